@@ -1,0 +1,4 @@
+"""Every architecture of the seed papers behind one registry (see ``models.registry`` for the contract)."""
+from models.registry import create_model, list_models, model_entry, prepare_images, register_model
+
+# Importing a family registers its models.

@@ -1,0 +1,62 @@
+"""Model registry: ``@register_model`` on a builder, ``create_model(name)`` to build one.
+
+The contract every registered model keeps (training, TTA and ensembling rely on it):
+* input: a float batch (B, 3, H, W), RGB normalised with IMAGENET_MEAN / IMAGENET_STD (``prepare_images``);
+* ``model(x)`` returns (B, 21, 3) in the codec's model space (``geometry``): u, v in input pixels with pixel
+  centres on integers, d the root-relative depth over DEPTH_RANGE_M; joints in FreiHAND order;
+* ``model(x, return_aux=True)`` returns ``(uvd, aux)``, a dict of extra outputs the losses may use:
+  ``heatmaps1d`` (B, 21, 3, L) per-axis probabilities, ``heatmaps2d`` list of (B, 21, h, w) maps, one per
+  supervised stage.
+"""
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from common import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: Callable[..., torch.nn.Module]
+    seed: str          # the seed paper it comes from, e.g. "000"
+    summary: str       # one line for --list-archs and the README
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name, *, seed, summary):
+    """Decorator for ``builder(pretrained='none', **options) -> nn.Module``."""
+    def decorate(builder):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = ModelEntry(name, builder, seed, summary)
+        return builder
+    return decorate
+
+
+def list_models():
+    return sorted(_REGISTRY)
+
+
+def model_entry(name):
+    if name not in _REGISTRY:
+        raise UserError(f"unknown arch {name!r}; valid names: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def create_model(name, pretrained="none", **options):
+    """Build a registered model. ``pretrained``: 'none', 'imagenet' or a path to a local weights file."""
+    return model_entry(name).builder(pretrained=pretrained, **options)
+
+
+def prepare_images(images_uint8):
+    """(B, 3, H, W) uint8 on any device -> float32 normalised network input, same device."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images_uint8.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images_uint8.device).view(1, 3, 1, 1)
+    return (images_uint8.float() / 255.0 - mean) / std
