@@ -96,9 +96,9 @@ def crop_resize_affine(box, size):
 
 
 def square_box(width, height):
-    """The square box (x0, y0, side) centred on a width x height image that holds all of it."""
+    """The square box (x0, y0, side), whole pixels, centred on a width x height image and holding all of it."""
     side = max(width, height)
-    return ((width - side) / 2.0, (height - side) / 2.0, float(side))
+    return (-((side - width) // 2), -((side - height) // 2), side)
 
 
 def rotation_affine(angle_deg, size, scale=1.0, translate=(0.0, 0.0)):

@@ -1,0 +1,71 @@
+"""The torch Dataset: images decoded and resized to the network input through the codec, labels moved with them."""
+import numpy as np
+import torch
+from PIL import Image
+
+import geometry
+from common import UserError
+
+
+def decode_image(path, size, mode="RGB"):
+    """Decode ``path`` and fit it into a size x size input (centred, zero-padded if not square).
+
+    Returns (pixels uint8 (size, size, 3) or (size, size) for mode 'L', affine (2, 3) original -> input).
+    """
+    try:
+        with Image.open(path) as image:
+            image = image.convert(mode)
+    except FileNotFoundError:
+        raise UserError(f"image {path} is missing; re-extract the dataset") from None
+    except OSError as err:  # PIL raises OSError subclasses for truncated or unreadable files
+        raise UserError(f"cannot decode image {path} ({err}); replace it with the file from the dataset "
+                        f"archive") from None
+    x0, y0, side = geometry.square_box(*image.size)
+    if image.size != (side, side):
+        canvas = Image.new(mode, (side, side))
+        canvas.paste(image, (-x0, -y0))
+        image = canvas
+    if side != size:
+        image = image.resize((size, size), Image.BILINEAR)  # antialiased; pixel areas map as in the codec
+    return np.asarray(image), geometry.crop_resize_affine((x0, y0, side), size)
+
+
+class HandDataset(torch.utils.data.Dataset):
+    """Samples of a ``data.readers.Split`` at the network input size.
+
+    Each sample is a dict of tensors:
+      image (3, S, S) uint8 RGB; mask (S, S) uint8 in {0, 1} (zeros when has_mask is False); has_mask ();
+      K (3, 3) float32 camera matrix of the input image (original K moved by the resize affine);
+      bone_length () float32 metres of geometry.SCALE_BONE from *_scale.json, NaN when the split has none;
+      id, ann_id () int64; and when the split is labelled: xyz (21, 3) float32 metres, uvd (21, 3) float32
+      model space of the input image.
+    """
+
+    def __init__(self, split, img_size):
+        self.split = split
+        self.size = int(img_size)
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, i):
+        split = self.split
+        image, affine = decode_image(split.image_paths[i], self.size)
+        mask_path = split.mask_paths[i] if split.mask_paths is not None else None
+        mask = np.zeros((self.size, self.size), np.uint8)
+        if mask_path is not None:
+            mask = (decode_image(mask_path, self.size, mode="L")[0] >= 128).astype(np.uint8)
+        K = geometry.transform_K(affine, split.K[i])
+        sample = {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "mask": torch.from_numpy(mask),
+            "has_mask": torch.tensor(mask_path is not None),
+            "K": torch.from_numpy(K.astype(np.float32)),
+            "bone_length": torch.tensor(np.nan if split.scale is None else split.scale[i], dtype=torch.float32),
+            "id": torch.tensor(split.image_ids[i]),
+            "ann_id": torch.tensor(split.ann_ids[i]),
+        }
+        if split.labelled:
+            sample["xyz"] = torch.from_numpy(split.xyz[i].astype(np.float32))
+            sample["uvd"] = torch.from_numpy(geometry.xyz_to_uvd(split.xyz[i], K).astype(np.float32))
+        return sample

@@ -1,0 +1,186 @@
+"""Readers for the two dataset layouts, detected automatically, and the saved validation split.
+
+FreiHAND v2                                   MP21 course layout
+  training/rgb/%08d.jpg  (versions x N)         {train,val,test}/%08d.jpg
+  training/mask/%08d.jpg (N, version 0)         {split}_K.json, {split}_xyz.json (no test xyz)
+  training_{K,xyz,scale}.json (N each)
+  evaluation/rgb/%08d.jpg
+  evaluation_{K,scale}.json [, evaluation_xyz.json]
+
+In both, annotation index = image index % number of annotations. Labels are kept in FreiHAND joint order.
+Split names: FreiHAND 'train' / 'val' (held out from training/ by annotation index) / 'evaluation'; MP21
+'train' / 'val' / 'test'. 'test' and 'evaluation' name the submission split of either layout.
+"""
+import json
+import os
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from common import UserError
+
+VAL_SPLIT_FILE = "val_split.json"
+VAL_FRACTION = 0.05
+VAL_SEED = 0
+IMAGE_NAME = re.compile(r"^(\d{8})\.jpg$")
+
+FREIHAND_HINT = "expected FreiHAND v2 (training/rgb/, training_K.json, ...) or MP21 (train/, train_K.json, ...)"
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split's images and labels, one row per image (labels repeated over image versions)."""
+    name: str
+    layout: str                  # 'freihand' or 'mp21'
+    root: Path
+    image_paths: list            # (N,) str
+    image_ids: np.ndarray        # (N,) int64, the image's file index in its folder
+    ann_ids: np.ndarray          # (N,) int64, image id % number of annotations
+    K: np.ndarray                # (N, 3, 3) float64 camera matrix of the original image
+    xyz: np.ndarray | None       # (N, 21, 3) float64 metres, FreiHAND order; None when unlabelled
+    scale: np.ndarray | None     # (N,) float64 metres, length of geometry.SCALE_BONE; None when unknown
+    mask_paths: list | None      # (N,) str or None per image; None when the layout has no masks
+    num_annotations: int         # annotations in the folder the split was read from
+
+    def __len__(self):
+        return len(self.image_paths)
+
+    @property
+    def labelled(self):
+        return self.xyz is not None
+
+    def subset(self, rows):
+        """The split restricted to ``rows`` (index array), keeping the row order given."""
+        rows = np.asarray(rows, dtype=np.int64)
+        pick = lambda seq: None if seq is None else [seq[r] for r in rows]
+        take = lambda arr: None if arr is None else arr[rows]
+        return replace(self, image_paths=pick(self.image_paths), image_ids=self.image_ids[rows],
+                       ann_ids=self.ann_ids[rows], K=self.K[rows], xyz=take(self.xyz),
+                       scale=take(self.scale), mask_paths=pick(self.mask_paths))
+
+
+def detect_layout(root):
+    """'freihand', 'mp21' or None when ``root`` holds neither."""
+    root = Path(root)
+    if (root / "training_K.json").is_file() or (root / "evaluation_K.json").is_file():
+        return "freihand"
+    if (root / "train_K.json").is_file() or (root / "test_K.json").is_file():
+        return "mp21"
+    return None
+
+
+def split_names(layout):
+    return {"freihand": ("train", "val", "evaluation"), "mp21": ("train", "val", "test")}[layout]
+
+
+def submission_split(layout):
+    return {"freihand": "evaluation", "mp21": "test"}[layout]
+
+
+def load_split(root, name):
+    """Read split ``name`` of the dataset at ``root``; a missing or inconsistent file is a UserError."""
+    root = Path(root)
+    layout = detect_layout(root)
+    if layout is None:
+        raise UserError(f"no dataset at {root}: {FREIHAND_HINT}")
+    if name in ("test", "evaluation"):
+        name = submission_split(layout)
+    if name not in split_names(layout):
+        raise UserError(f"unknown split {name!r} for the {layout} layout at {root}; "
+                        f"choose one of {', '.join(split_names(layout))}")
+    if layout == "mp21":
+        return _read_folder(root, name, layout, image_dir=root / name, prefix=name)
+    if name == "evaluation":
+        return _read_folder(root, name, layout, image_dir=root / "evaluation" / "rgb", prefix="evaluation")
+    training = _read_folder(root, name, layout, image_dir=root / "training" / "rgb", prefix="training",
+                            mask_dir=root / "training" / "mask")
+    in_val = np.isin(training.ann_ids, load_or_make_val_split(root, training.num_annotations))
+    return training.subset(np.flatnonzero(in_val if name == "val" else ~in_val))
+
+
+def _read_folder(root, name, layout, image_dir, prefix, mask_dir=None):
+    K = _read_json_array(root / f"{prefix}_K.json", (3, 3))
+    n_ann = len(K)
+    xyz = _read_json_array(root / f"{prefix}_xyz.json", (21, 3), optional=True, expect_len=n_ann, K_file=prefix)
+    scale = _read_json_array(root / f"{prefix}_scale.json", (), optional=True, expect_len=n_ann, K_file=prefix)
+    image_ids = _list_images(image_dir)
+    if len(image_ids) % n_ann:
+        raise UserError(f"partial dataset: {image_dir} holds {len(image_ids)} images, not a multiple of the "
+                        f"{n_ann} annotations in {root / f'{prefix}_K.json'}; re-download or re-extract it")
+    ann_ids = image_ids % n_ann
+    mask_paths = None
+    if mask_dir is not None:
+        # Masks exist for one image version only (mask i belongs to image i < n_ann).
+        if not mask_dir.is_dir():
+            raise UserError(f"partial dataset: {mask_dir} is missing; re-extract the FreiHAND archive")
+        mask_paths = [str(mask_dir / f"{i:08d}.jpg") if i < n_ann else None for i in image_ids]
+        missing = [p for p in mask_paths[:n_ann] if p is not None and not os.path.isfile(p)]
+        if missing:
+            raise UserError(f"partial dataset: mask {missing[0]} is missing ({len(missing)} in all); "
+                            f"re-extract the FreiHAND archive")
+    return Split(name=name, layout=layout, root=root,
+                 image_paths=[str(image_dir / f"{i:08d}.jpg") for i in image_ids],
+                 image_ids=image_ids, ann_ids=ann_ids, K=K[ann_ids],
+                 xyz=None if xyz is None else xyz[ann_ids],
+                 scale=None if scale is None else scale[ann_ids], mask_paths=mask_paths,
+                 num_annotations=n_ann)
+
+
+def _list_images(image_dir):
+    """Sorted image ids (int64) of ``%08d.jpg`` files, which must run 0..N-1 without gaps."""
+    if not image_dir.is_dir():
+        raise UserError(f"partial dataset: image folder {image_dir} is missing; re-extract the dataset there")
+    ids = sorted(int(m.group(1)) for m in map(IMAGE_NAME.match, os.listdir(image_dir)) if m)
+    if not ids:
+        raise UserError(f"partial dataset: no %08d.jpg images in {image_dir}")
+    if ids[-1] != len(ids) - 1:
+        gap = next(i for i, v in enumerate(ids) if i != v)
+        raise UserError(f"partial dataset: {image_dir / f'{gap:08d}.jpg'} is missing "
+                        f"(found {len(ids)} images up to {ids[-1]:08d}.jpg); re-extract the dataset")
+    return np.asarray(ids, dtype=np.int64)
+
+
+def _read_json_array(path, item_shape, optional=False, expect_len=None, K_file=None):
+    if not path.is_file():
+        if optional:
+            return None
+        raise UserError(f"partial dataset: {path} is missing; {FREIHAND_HINT}")
+    try:
+        with open(path) as f:
+            values = np.asarray(json.load(f), dtype=np.float64)
+    except (json.JSONDecodeError, ValueError) as err:
+        raise UserError(f"{path} is not a JSON list of {item_shape} arrays ({err}); re-download it") from None
+    if values.ndim != 1 + len(item_shape) or values.shape[1:] != item_shape:
+        expected = "(N" + "".join(f", {d}" for d in item_shape) + ")"
+        raise UserError(f"{path} holds an array of shape {values.shape}, expected {expected}; re-download it")
+    if expect_len is not None and len(values) != expect_len:
+        raise UserError(f"{path} has {len(values)} entries but {K_file}_K.json has {expect_len}; "
+                        f"the annotation files must come from the same release")
+    if not np.isfinite(values).all():
+        raise UserError(f"{path} holds non-finite values; re-download it")
+    return values
+
+
+def load_or_make_val_split(root, n_annotations, fraction=VAL_FRACTION, seed=VAL_SEED):
+    """Annotation ids held out for validation: made once, saved in ``root``, reused by every script."""
+    path = Path(root) / VAL_SPLIT_FILE
+    if path.is_file():
+        with open(path) as f:
+            saved = json.load(f)
+        if saved.get("num_annotations") != n_annotations:
+            raise UserError(f"{path} was made for {saved.get('num_annotations')} annotations, the dataset has "
+                            f"{n_annotations}; delete {path} to make a new split")
+        return np.asarray(saved["val_ann_ids"], dtype=np.int64)
+    n_val = max(1, round(n_annotations * fraction))
+    val = np.sort(np.random.default_rng(seed).choice(n_annotations, n_val, replace=False))
+    record = {"num_annotations": n_annotations, "fraction": fraction, "seed": seed, "val_ann_ids": val.tolist()}
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, path)
+    except OSError as err:
+        raise UserError(f"cannot save the validation split to {path} ({err.strerror}); "
+                        f"make the data folder writable") from None
+    return val

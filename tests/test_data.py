@@ -1,0 +1,155 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import geometry
+from common import PROJECT_ROOT, UserError
+from data import joints, resolve_data_root
+from data.dataset import HandDataset
+from data.readers import VAL_SPLIT_FILE, detect_layout, load_split
+from tests.markers import label_errors, write_marker_dataset
+
+
+@pytest.fixture(scope="module")
+def freihand_markers(tmp_path_factory):
+    return write_marker_dataset(tmp_path_factory.mktemp("fh"), n=40, versions=1, seed=5)
+
+
+def test_detects_both_layouts(tmp_path):
+    assert detect_layout(write_marker_dataset(tmp_path / "a", n=2)) == "freihand"
+    assert detect_layout(write_marker_dataset(tmp_path / "b", n=2, layout="mp21")) == "mp21"
+    assert detect_layout(tmp_path) is None
+
+
+@pytest.mark.parametrize("img_size", [128, 224])
+def test_labels_sit_on_the_marks_in_returned_pixels(freihand_markers, img_size):
+    """A FreiHAND-layout folder with per-sample off-centre K: the loader's uvd lands on each joint's mark."""
+    dataset = HandDataset(load_split(freihand_markers, "train"), img_size)
+    errors = []
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        assert sample["image"].shape == (3, img_size, img_size) and sample["image"].dtype.is_floating_point is False
+        image = sample["image"].permute(1, 2, 0).numpy()
+        errors.append(label_errors(sample["uvd"][:, :2].numpy(), image))
+        # K of the input projects xyz to the same uv
+        np.testing.assert_allclose(geometry.project(sample["xyz"].double(), sample["K"].double()).numpy(),
+                                   sample["uvd"][:, :2].numpy(), atol=1e-3)
+    errors = np.concatenate(errors)
+    assert np.median(errors) < 0.5 and np.percentile(errors, 95) < 1.0, (np.median(errors), errors.max())
+
+
+def test_mask_is_returned_and_covers_the_marks(freihand_markers):
+    sample = HandDataset(load_split(freihand_markers, "train"), 128)[0]
+    assert sample["has_mask"] and sample["mask"].dtype == __import__("torch").uint8
+    u, v = sample["uvd"][:, :2].round().long().T
+    assert sample["mask"][v, u].all()
+
+
+def test_val_split_is_by_annotation_saved_and_reused(tmp_path):
+    root = write_marker_dataset(tmp_path, n=40, versions=4, seed=2)
+    train, val = load_split(root, "train"), load_split(root, "val")
+    assert len(train) + len(val) == 160 and len(val) == 4 * 2  # 5 % of 40 annotations, all 4 versions
+    assert not set(train.ann_ids) & set(val.ann_ids)
+    saved = json.loads((root / VAL_SPLIT_FILE).read_text())
+    assert sorted(saved["val_ann_ids"]) == sorted(set(val.ann_ids.tolist()))
+    saved["val_ann_ids"] = [0, 1]
+    (root / VAL_SPLIT_FILE).write_text(json.dumps(saved))
+    assert sorted(set(load_split(root, "val").ann_ids.tolist())) == [0, 1]  # reused, not re-drawn
+
+
+def test_versions_map_to_annotations_and_masks_only_version_zero(tmp_path):
+    root = write_marker_dataset(tmp_path, n=10, versions=4, seed=3)
+    split = load_split(root, "train")
+    np.testing.assert_array_equal(split.ann_ids, split.image_ids % 10)
+    for image_id, mask in zip(split.image_ids, split.mask_paths):
+        assert (mask is not None) == (image_id < 10)
+    sample = HandDataset(split, 64)[int(np.flatnonzero(split.image_ids >= 10)[0])]
+    assert not sample["has_mask"] and sample["mask"].sum() == 0
+
+
+def test_mp21_layout_loads_with_its_splits(tmp_path):
+    root = write_marker_dataset(tmp_path, n=6, layout="mp21", n_eval=3)
+    assert len(load_split(root, "train")) == 6 and load_split(root, "val").labelled
+    test = load_split(root, "test")
+    assert len(test) == 3 and not test.labelled and test.mask_paths is None
+    sample = HandDataset(test, 96)[2]
+    assert "xyz" not in sample and np.isnan(sample["bone_length"].item())
+    assert load_split(root, "evaluation").name == "test"
+
+
+def test_evaluation_split_has_scale_and_labels(freihand_markers):
+    split = load_split(freihand_markers, "evaluation")
+    assert len(split) == 3 and split.labelled
+    np.testing.assert_allclose(split.scale, geometry.bone_length(split.xyz))
+
+
+def test_joint_orders_round_trip_and_known_positions():
+    xyz = np.random.default_rng(0).normal(size=(4, 21, 3))
+    for order in joints.ORDERS:
+        np.testing.assert_array_equal(joints.to_freihand(joints.from_freihand(xyz, order), order), xyz)
+    mano = joints.from_freihand(xyz, "mano")
+    np.testing.assert_array_equal(mano[:, 1], xyz[:, 5])    # index MCP first after the root
+    np.testing.assert_array_equal(mano[:, 17:], xyz[:, 1:5])  # thumb last
+    ait = joints.from_freihand(xyz, "ait")
+    np.testing.assert_array_equal(ait[:, 1:6], xyz[:, [1, 5, 9, 13, 17]])  # the five MCPs, thumb to pinky
+    np.testing.assert_array_equal(ait[:, 16:], xyz[:, [4, 8, 12, 16, 20]])  # the five tips
+
+
+# --- bad input: one clear line naming the file and the fix ---------------------------------------------
+
+def _error(root, split="train"):
+    with pytest.raises(UserError) as info:
+        split = load_split(root, split)
+        for i in range(len(split)):
+            HandDataset(split, 64)[i]
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    assert "no dataset at" in _error(tmp_path) and "training_K.json" in _error(tmp_path)
+    with pytest.raises(UserError, match="no dataset at"):
+        resolve_data_root(tmp_path / "nowhere")
+
+
+def test_partial_dataset_is_a_clear_error(tmp_path):
+    root = write_marker_dataset(tmp_path, n=6)
+    (root / "training/rgb/00000003.jpg").unlink()
+    message = _error(root)
+    assert "00000003.jpg" in message and "missing" in message
+
+
+def test_image_count_not_a_multiple_is_a_clear_error(tmp_path):
+    root = write_marker_dataset(tmp_path, n=6)
+    (root / "training/rgb/00000005.jpg").unlink()  # 5 images for 6 annotations
+    message = _error(root)
+    assert "not a multiple" in message and "training_K.json" in message
+
+
+def test_length_mismatch_is_a_clear_error(tmp_path):
+    root = write_marker_dataset(tmp_path, n=6)
+    xyz = json.loads((root / "training_xyz.json").read_text())
+    (root / "training_xyz.json").write_text(json.dumps(xyz[:5]))
+    message = _error(root)
+    assert "training_xyz.json" in message and "5 entries" in message and "6" in message
+
+
+def test_corrupt_jpeg_is_a_clear_error(tmp_path):
+    root = write_marker_dataset(tmp_path, n=3)
+    path = root / "training/rgb/00000001.jpg"
+    path.write_bytes(path.read_bytes()[:300])
+    message = _error(root)
+    assert "00000001.jpg" in message and "cannot decode" in message
+
+
+def test_scripts_print_one_line_for_a_missing_dataset(tmp_path):
+    """The CLI wrapper: a user error is one line on stderr and exit status 2, no traceback."""
+    code = ("import sys; from common import cli; from data.readers import load_split\n"
+            f"cli(lambda: load_split({str(tmp_path)!r}, 'train'))()")
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: no dataset at") and result.stderr.count("\n") == 1
