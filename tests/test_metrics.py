@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+from scipy.linalg import orthogonal_procrustes
+from scipy.spatial.transform import Rotation
+
+import metrics
+
+
+def freihand_align_w_scale(gt, pred):
+    """FreiHAND's reference alignment of one sample (its eval code, written out independently)."""
+    t1, t2 = gt.mean(0), pred.mean(0)
+    gt_t, pred_t = gt - t1, pred - t2
+    s1, s2 = np.linalg.norm(gt_t) + 1e-8, np.linalg.norm(pred_t) + 1e-8
+    gt_t, pred_t = gt_t / s1, pred_t / s2
+    R, s = orthogonal_procrustes(gt_t, pred_t)
+    return np.dot(pred_t, R.T) * s * s1 + t1
+
+
+@pytest.fixture
+def poses():
+    rng = np.random.default_rng(3)
+    gt = rng.normal(scale=0.05, size=(40, 21, 3)) + [0, 0, 0.6]
+    pred = gt + rng.normal(scale=0.01, size=gt.shape)
+    return pred, gt
+
+
+def test_pa_mpjpe_agrees_with_reference_implementation(poses):
+    pred, gt = poses
+    reference = np.array([np.linalg.norm(freihand_align_w_scale(g, p) - g, axis=1).mean()
+                          for p, g in zip(pred, gt)])
+    np.testing.assert_allclose(metrics.pa_mpjpe(pred, gt), reference, atol=1e-6, rtol=0)
+
+
+def test_similar_copy_scores_zero(poses):
+    _, gt = poses
+    rotations = Rotation.random(len(gt), random_state=1).as_matrix()
+    copy = 2.7 * np.einsum("nij,nkj->nki", rotations, gt) + [0.3, -0.2, 1.0]
+    assert metrics.pa_mpjpe(copy, gt).max() < 1e-7
+    assert metrics.pa_mpjpe(copy, gt, allow_reflection=False).max() < 1e-7
+
+
+def test_mirror_scores_zero_only_with_reflections(poses):
+    _, gt = poses
+    mirrored = gt * [-1, 1, 1]
+    assert metrics.pa_mpjpe(mirrored, gt).max() < 1e-7
+    assert metrics.pa_mpjpe(mirrored, gt, allow_reflection=False).min() > 1e-3
+
+
+def test_pa_mpjpe_keeps_the_inputs_unit(poses):
+    pred, gt = poses
+    np.testing.assert_allclose(metrics.pa_mpjpe(pred * 1000, gt * 1000), metrics.pa_mpjpe(pred, gt) * 1000)
+
+
+def test_evaluate_hand_computed_values():
+    gt = np.zeros((1, 21, 3))
+    gt[0, :, 0] = np.arange(21) * 0.01  # joints 1 cm apart on a line
+    pred = gt.copy()
+    pred[0, :, 1] += 0.002  # a pure translation by 2 mm: aligned away
+    result = metrics.evaluate(pred, gt)
+    assert result["pa_mpjpe_mm"] == pytest.approx(0, abs=1e-6)
+    assert result["mpjpe_mm"] == pytest.approx(0, abs=1e-9)  # root-relative removes a translation
+    assert result["f@5mm"] == 1.0 and result["auc_0_50mm"] > 0.99  # 0 mm threshold misses rounding
+
+
+def test_auc_and_f_score_by_hand():
+    errors = np.array([0.0, 25.0, 60.0])  # mm
+    # PCK is 1/3 up to 25 mm (exclusive), 2/3 from 25 to 50 mm; trapezoid over the 100-point grid
+    auc = metrics.pck_auc(errors)
+    assert auc == pytest.approx(0.5, abs=0.01)
+    pred = np.array([[[0, 0, 0], [10, 0, 0.0]]])
+    gt = np.array([[[0, 0, 0], [0, 20, 0.0]]])
+    # precision: pred0 near gt0 (yes), pred1 10 from gt0 (no at 5mm) -> 0.5; recall likewise 0.5
+    assert metrics.f_score(pred, gt, 5.0)[0] == pytest.approx(0.5)
+    assert metrics.f_score(pred, gt, 15.0)[0] == pytest.approx(2 * 1.0 * 0.5 / 1.5)
+
+
+def test_root_relative_mpjpe_by_hand():
+    gt = np.zeros((1, 21, 3))
+    pred = gt.copy()
+    pred[0, 0] = [0.003, 0.004, 0]  # one joint 5 mm off, root untouched
+    assert metrics.root_relative_mpjpe(pred * 1000, gt * 1000)[0] == pytest.approx(5.0 / 21)
