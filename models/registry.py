@@ -55,8 +55,9 @@ def create_model(name, pretrained="none", **options):
     return model_entry(name).builder(pretrained=pretrained, **options)
 
 
-def prepare_images(images_uint8):
-    """(B, 3, H, W) uint8 on any device -> float32 normalised network input, same device."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images_uint8.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images_uint8.device).view(1, 3, 1, 1)
-    return (images_uint8.float() / 255.0 - mean) / std
+def prepare_images(images):
+    """(B, 3, H, W) uint8, or float in [0, 1], on any device -> float32 normalised network input, same device."""
+    images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return (images - mean) / std
