@@ -125,3 +125,9 @@ def test_resize_affine_keeps_labels_on_the_pixels(tmp_path, size, target):
     uv = geometry.project(xyz, geometry.transform_K(affine, K))
     errors = label_errors(uv, pixels)
     assert np.median(errors) < 0.3 and errors.max() < 0.6, errors
+
+
+def test_uvd_to_xyz_by_bone_recovers_the_hand(hand):
+    K, xyz = hand
+    back = geometry.uvd_to_xyz_by_bone(geometry.xyz_to_uvd(xyz, K), K, geometry.bone_length(xyz))
+    np.testing.assert_allclose(back, xyz, atol=1e-9)

@@ -1,0 +1,65 @@
+"""Checkpoints: written to a temp file and ``os.replace``d; they carry the resolved config that rebuilds the model.
+
+A checkpoint is a dict: ``model`` (state dict), ``config`` (the run's resolved config: arch, img_size, model
+options, ...), ``epoch`` (epochs completed), ``history`` (one dict per completed epoch, the rows of log.csv),
+``stats`` (facts about the training data the predictions need, e.g. the mean bone length), and, in
+``last.pt``, the optimizer, scheduler, scaler and RNG states that ``--resume`` restores.
+"""
+import os
+from pathlib import Path
+
+import torch
+
+import models
+from common import RUNS_ROOT, UserError
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(state, path):
+    """Write ``state`` to ``path`` atomically: a reader sees the old file or the new one, never a partial one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    """Read a checkpoint of this project; a missing, broken or foreign file is a UserError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; train one with `python train.py --arch NAME` "
+                        f"or pass --ckpt PATH")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError) as err:  # torch reports broken zip/pickle data this way
+        raise UserError(f"checkpoint {path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                        f"it is broken or not a PyTorch file: use another checkpoint") from None
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION or "config" not in state:
+        raise UserError(f"{path} is not a checkpoint of this project (no config/format version); "
+                        f"pass a best.pt or last.pt written by train.py")
+    return state
+
+
+def build_model(state, expect_arch=None):
+    """The model a checkpoint describes, weights loaded, in eval mode on the CPU."""
+    config = state["config"]
+    if expect_arch is not None and config["arch"] != expect_arch:
+        raise UserError(f"the checkpoint holds arch {config['arch']!r}, not {expect_arch!r}; "
+                        f"pass --arch {config['arch']} or another checkpoint")
+    model = models.create_model(config["arch"], pretrained="none", **config["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise UserError(f"the checkpoint's weights do not fit arch {config['arch']!r} "
+                        f"({str(err).splitlines()[0]}); it was written by another version of the model") from None
+    return model.eval()
+
+
+def newest_checkpoint(name="best.pt", runs_root=RUNS_ROOT):
+    """The most recently written ``runs/*/name``; a UserError when there is none."""
+    candidates = sorted(Path(runs_root).glob(f"*/{name}"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise UserError(f"no {runs_root.name}/*/{name} found; train a model first "
+                        f"(`python train.py --arch effb4_1d`) or pass --ckpt PATH")
+    return candidates[-1]
