@@ -1,0 +1,386 @@
+"""Procedural synthetic right hands written in the FreiHAND v2 layout: the project's embedded default dataset.
+
+Each sample is a kinematic right hand (21 joints, FreiHAND order) with anatomical joint limits and varied
+bone lengths, turned to a uniformly random orientation and placed at a random distance in front of a camera
+with its own K, so that every joint projects inside the image. It is rendered as z-buffered, Lambert-shaded
+tapered capsules (one per bone, plus a wrist stub) and a palm polygon over a random background of gradients,
+blotchy noise and clutter shapes; the z-buffer's coverage is the hand mask.
+
+Hand frame (before the global rotation), metres, wrist at the origin: x radial (towards the thumb), y distal
+(towards the fingers), z volar (out of the palm). Positive flexion turns a bone from +y towards +z.
+
+    python -m data.synthetic --out DIR --train N --eval M --seed S [--size 224] [--workers W]
+"""
+import argparse
+import functools
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from common import UserError, cli
+from data.joints import BONES
+from geometry import ROOT_JOINT, SCALE_BONE, bone_length, project
+
+# --- Anatomy: every sampled angle is clipped to these limits (degrees) --------------------------------------
+# FLEX_LIMITS_DEG[finger, k] = (min, max) flexion before bone k of the chain starting at the finger's base.
+# Fingers: MCP, PIP, DIP. Thumb: none at the CMC (its orientation is THUMB_*), then MCP and IP.
+FLEX_LIMITS_DEG = np.array([[(0, 0), (-10, 60), (-15, 80)],      # thumb
+                            [(-25, 90), (0, 110), (0, 80)],      # index
+                            [(-25, 90), (0, 110), (0, 80)],      # middle
+                            [(-25, 90), (0, 110), (0, 80)],      # ring
+                            [(-25, 90), (0, 110), (0, 80)]],     # pinky
+                           dtype=np.float64)
+MCP_ABDUCT_DEG = (-15.0, 15.0)    # index..pinky, radial (+) or ulnar (-) of each finger's rest direction
+FINGER_SPLAY_DEG = np.array([8.0, 0.0, -8.0, -17.0])   # rest directions of index..pinky in the palm plane
+THUMB_SPREAD_DEG = (10.0, 70.0)   # CMC: radial angle of the metacarpal in the palm plane
+THUMB_PALMAR_DEG = (0.0, 65.0)    # CMC: lift of the metacarpal towards the palm side
+THUMB_ROLL_DEG = (40.0, 120.0)    # CMC: pronation about the metacarpal, which turns the thumb to face the fingers
+# Thumb CMC (spread, palmar, roll) at rest and fully opposed; a sampled opposition level blends the two.
+THUMB_REST_DEG, THUMB_OPPOSED_DEG = np.array([45.0, 10.0, 60.0]), np.array([20.0, 55.0, 110.0])
+
+# Chain bases (hand frame, metres, for a hand of size 1): thumb CMC (joint 1), index..pinky MCPs.
+CHAIN_BASE_M = np.array([[0.022, 0.028, 0.010], [0.024, 0.086, 0.000], [0.002, 0.090, 0.000],
+                         [-0.018, 0.084, 0.003], [-0.035, 0.074, 0.007]])
+# Bone lengths (metres) of each chain: thumb metacarpal, proximal, distal; fingers proximal, middle, distal.
+CHAIN_BONE_M = np.array([[0.038, 0.032, 0.028], [0.040, 0.024, 0.021], [0.044, 0.028, 0.023],
+                         [0.041, 0.026, 0.022], [0.033, 0.019, 0.019]])
+# Flesh radius (metres) at each joint; a bone is a capsule tapering from its parent's radius to its child's.
+JOINT_RADIUS_M = np.array([0.020, 0.015, 0.012, 0.010, 0.008, 0.011, 0.0095, 0.0085, 0.0072,
+                           0.0115, 0.010, 0.0088, 0.0074, 0.011, 0.0092, 0.0082, 0.0070,
+                           0.0095, 0.0082, 0.0072, 0.0062])
+WRIST_STUB_M = 0.035              # length of the forearm stub drawn behind the wrist
+HAND_SIZE = (0.85, 1.15)          # overall scale of a hand
+PROPORTION_SD = 0.05              # per-finger and per-bone length jitter (relative)
+
+# --- Camera, rendering and output --------------------------------------------------------------------------
+FOCAL_PX = (400.0, 700.0)         # at 224 px; scaled with the image size
+PRINCIPAL_OFFSET_PX = 15.0        # principal point off the image centre by up to this much (at 224 px)
+JOINT_MARGIN = 0.06               # every joint projects at least this fraction of the size inside the border
+HAND_FILL = (0.55, 1.0)           # projected hand radius, as a fraction of the room left by the margin
+MIN_DEPTH_M = 0.2                 # no joint nearer the camera than this
+SKIN_TONES = np.array([[255, 224, 196], [241, 194, 164], [224, 172, 130], [198, 134, 96],
+                       [160, 100, 66], [120, 74, 50], [84, 52, 36]], dtype=np.float32)
+PALM_TINT = np.array([255, 196, 186], dtype=np.float32)   # palms are lighter and pinker than backs
+JPEG_QUALITY = 92
+SPLIT_IDS = {"training": 0, "evaluation": 1}
+
+
+# --- Kinematics ------------------------------------------------------------------------------------------------
+
+def _rotation(axis, degrees):
+    """Right-handed rotation (3, 3) by ``degrees`` about coordinate axis 0 (x), 1 (y) or 2 (z)."""
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    i, j = [(1, 2), (2, 0), (0, 1)][axis]
+    rot = np.eye(3)
+    rot[i, i], rot[j, j], rot[i, j], rot[j, i] = c, c, -s, s
+    return rot
+
+
+def _radial(degrees):
+    """Rotation (3, 3) in the palm plane turning +y towards +x (the thumb side)."""
+    return _rotation(2, -degrees)
+
+
+def forward_kinematics(bases, frames, lengths, flex_deg):
+    """Chains -> joints (21, 3) in the hand frame, wrist at the origin.
+
+    bases (5, 3): first joint of each chain (thumb CMC, index..pinky MCP); frames (5, 3, 3): each chain's base
+    orientation (columns: flexion axis, bone direction, volar direction); lengths (5, 3); flex_deg (5, 3).
+    """
+    joints = np.zeros((21, 3))
+    for finger in range(5):
+        frame, point = frames[finger], bases[finger]
+        joints[1 + 4 * finger] = point
+        for k in range(3):
+            frame = frame @ _rotation(0, flex_deg[finger, k])
+            point = point + frame[:, 1] * lengths[finger, k]
+            joints[2 + 4 * finger + k] = point
+    return joints
+
+
+def sample_pose(rng):
+    """Chain orientations (5, 3, 3) and flexions (5, 3) in degrees, all within the anatomical limits."""
+    grip = rng.uniform()                                         # how closed the hand is overall
+    curl = np.clip(grip + rng.normal(0.0, 0.3, 5), 0.0, 1.0)   # per finger, thumb..pinky
+    flex = np.zeros((5, 3))
+    flex[1:, 0] = -15.0 + 100.0 * curl[1:] + rng.normal(0.0, 10.0, 4)
+    flex[1:, 1] = 110.0 * curl[1:] + rng.normal(0.0, 12.0, 4)
+    flex[1:, 2] = 0.7 * flex[1:, 1] + rng.normal(0.0, 8.0, 4)   # DIP follows PIP
+    flex[0, 1:] = [-5.0 + 60.0 * curl[0], -5.0 + 75.0 * curl[0]] + rng.normal(0.0, 8.0, 2)
+    flex = np.clip(flex, FLEX_LIMITS_DEG[..., 0], FLEX_LIMITS_DEG[..., 1])
+
+    abduct = rng.uniform(*MCP_ABDUCT_DEG, 4) * (1.0 - 0.7 * curl[1:])   # curled fingers spread less
+    opposition = rng.uniform()
+    spread, palmar, roll = THUMB_REST_DEG + opposition * (THUMB_OPPOSED_DEG - THUMB_REST_DEG) \
+        + rng.normal(0.0, 8.0, 3)
+    thumb = (_radial(np.clip(spread, *THUMB_SPREAD_DEG)) @ _rotation(0, np.clip(palmar, *THUMB_PALMAR_DEG))
+             @ _rotation(1, -np.clip(roll, *THUMB_ROLL_DEG)))
+    frames = np.stack([thumb] + [_radial(s + a) for s, a in zip(FINGER_SPLAY_DEG, abduct)])
+    return frames, flex
+
+
+def sample_hand(rng):
+    """A random right hand in the hand frame: joints (21, 3), palm outline (7, 3), radii (21,), metres."""
+    size = rng.uniform(*HAND_SIZE)
+    width = rng.uniform(0.9, 1.1)
+    bases = (CHAIN_BASE_M * [width, 1.0, 1.0] + rng.normal(0.0, 0.002, (5, 3))) * size
+    proportions = rng.normal(1.0, PROPORTION_SD, (5, 1)) * rng.normal(1.0, PROPORTION_SD, (5, 3))
+    lengths = CHAIN_BONE_M * size * np.clip(proportions, 0.8, 1.2)
+    frames, flex = sample_pose(rng)
+    joints = forward_kinematics(bases, frames, lengths, flex)
+    wrist_sides = np.array([[0.026, 0.006, 0.0], [-0.026, 0.006, 0.0]]) * width * size
+    palm = np.stack([wrist_sides[0], *joints[[1, 5, 9, 13, 17]], wrist_sides[1]])
+    radii = JOINT_RADIUS_M * size * rng.uniform(0.85, 1.15)
+    return joints, palm, radii
+
+
+def random_rotation(rng):
+    """A uniformly distributed rotation (3, 3), from a random unit quaternion."""
+    quaternion = rng.normal(size=4)
+    w, x, y, z = quaternion / np.linalg.norm(quaternion)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def sample_camera(rng, size):
+    """A FreiHAND-like K (3, 3): square pixels, focal and principal point scaled to the image size."""
+    f = round(rng.uniform(*FOCAL_PX) * size / 224, 3)
+    cx, cy = np.round((size - 1) / 2 + rng.uniform(-1, 1, 2) * PRINCIPAL_OFFSET_PX * size / 224, 3)
+    return np.array([[f, 0.0, cx], [0.0, f, cy], [0.0, 0.0, 1.0]])
+
+
+def place_hand(root_relative, K, size, rng):
+    """Translate root-relative camera points (P, 3) to a random depth and offset that keeps the first 21 (the
+    joints) inside the image margin. Returns the placed points (P, 3), rounded to micrometres."""
+    margin = JOINT_MARGIN * size
+    room = (size - 1) / 2 - margin - PRINCIPAL_OFFSET_PX * size / 224
+    radius_px = rng.uniform(*HAND_FILL) * room
+    depth = K[0, 0] * np.linalg.norm(root_relative[:21], axis=1).max() / radius_px
+    depth = max(depth, MIN_DEPTH_M - root_relative[:21, 2].min())
+    uv = project(root_relative[:21] + [0.0, 0.0, depth], K)
+    shift_px = rng.uniform(margin - uv.min(0), size - 1 - margin - uv.max(0))   # (2,) where the room allows
+    for _ in range(50):   # perspective makes near joints move further than the root: shrink until all fit
+        offset = np.array([*(shift_px * depth / K[0, 0]), depth])
+        placed = np.round(root_relative + offset, 6)
+        uv = project(placed[:21], K)
+        if uv.min() >= margin and uv.max() <= size - 1 - margin:
+            return placed
+        shift_px, depth = shift_px * 0.7, depth * 1.05
+    raise RuntimeError("could not fit the hand in the image")   # unreachable for the constants above
+
+
+# --- Rendering ------------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=4)
+def _pixel_grid(size):
+    """(size, size, 2) float32 pixel centres (u, v), integer-centred like geometry's convention."""
+    v, u = np.mgrid[0:size, 0:size].astype(np.float32)
+    return np.stack([u, v], -1)
+
+
+def _draw_capsule(zbuf, normals, uv, depth, radius_m, radius_px):
+    """Z-buffer one tapered capsule between two projected ends: uv (2, 2), depth, radius_m, radius_px (2,).
+
+    Screen-space capsule: a pixel within the interpolated radius of the segment is covered; its depth bulges
+    towards the camera like a cylinder's, and its normal (camera frame) follows the bulge.
+    """
+    size = zbuf.shape[0]
+    lo = np.clip(np.floor(uv.min(0) - radius_px.max()), 0, size - 1).astype(int)
+    hi = np.clip(np.ceil(uv.max(0) + radius_px.max()) + 1, 0, size).astype(int)
+    pixels = _pixel_grid(size)[lo[1]:hi[1], lo[0]:hi[0]]                       # (h, w, 2)
+    axis = uv[1] - uv[0]
+    t = np.clip((pixels - uv[0]) @ axis / max(float(axis @ axis), 1e-6), 0.0, 1.0)   # (h, w) along the axis
+    offset = pixels - (uv[0] + t[..., None] * axis)                             # (h, w, 2) from the axis
+    radius = radius_px[0] + t * (radius_px[1] - radius_px[0])
+    across2 = (offset ** 2).sum(-1) / radius ** 2                               # (h, w) squared, 1 at the rim
+    bulge = np.sqrt(np.clip(1.0 - across2, 0.0, 1.0))
+    z = depth[0] + t * (depth[1] - depth[0]) - bulge * (radius_m[0] + t * (radius_m[1] - radius_m[0]))
+    region = zbuf[lo[1]:hi[1], lo[0]:hi[0]]
+    nearer = (across2 < 1.0) & (z < region)
+    region[nearer] = z[nearer]
+    normals[lo[1]:hi[1], lo[0]:hi[0]][nearer] = np.concatenate(
+        [offset / radius[..., None], -bulge[..., None]], -1)[nearer]
+
+
+def _draw_palm(zbuf, normals, palm, K):
+    """Z-buffer the palm polygon (P, 3), camera frame, flat at the plane of wrist, index and pinky MCP."""
+    size = zbuf.shape[0]
+    outline = Image.new("L", (size, size))
+    ImageDraw.Draw(outline).polygon([tuple(p) for p in project(palm, K).tolist()], fill=1)
+    inside = np.asarray(outline, bool)
+    plane_normal = np.cross(palm[2] - palm[0], palm[5] - palm[0])
+    plane_normal = plane_normal / np.linalg.norm(plane_normal) * -np.sign(plane_normal @ palm[0])  # to camera
+    rays = np.linalg.solve(K, np.concatenate([_pixel_grid(size)[inside].T, np.ones((1, inside.sum()))]))
+    z = np.clip((plane_normal @ palm[0]) / (plane_normal @ rays), palm[:, 2].min(), palm[:, 2].max())
+    nearer = z < zbuf[inside]
+    rows, cols = np.nonzero(inside)
+    zbuf[rows[nearer], cols[nearer]] = z[nearer]
+    normals[rows[nearer], cols[nearer]] = plane_normal
+
+
+def render_hand(joints, palm, radii, K, size):
+    """Joints (21, 3), palm (7, 3), radii (21,) in the camera frame -> depth (S, S), inf off the hand, and
+    unit normals (S, S, 3) in the camera frame."""
+    zbuf = np.full((size, size), np.inf, np.float32)
+    normals = np.zeros((size, size, 3), np.float32)
+    forearm = joints[0] + (joints[0] - joints[9]) / np.linalg.norm(joints[0] - joints[9]) * WRIST_STUB_M
+    points = np.concatenate([joints, forearm[None]])                           # (22, 3)
+    point_radii = np.append(radii, radii[0] * 1.05)
+    uv = project(points, K).astype(np.float32)
+    radius_px = K[0, 0] * point_radii / points[:, 2]
+    for bone in [*BONES, (0, 21)]:
+        bone = list(bone)
+        _draw_capsule(zbuf, normals, uv[bone], points[bone, 2], point_radii[bone], radius_px[bone])
+    _draw_palm(zbuf, normals, palm, K)
+    return zbuf, normals
+
+
+def shade_hand(normals, volar, rng):
+    """Unit normals (N, 3) of hand pixels -> colours (N, 3) float32: Lambert shading of a random skin tone
+    whose surfaces facing along ``volar`` (3,), the palm side, are tinted like a palm."""
+    skin = SKIN_TONES[rng.integers(len(SKIN_TONES))] + rng.normal(0.0, 8.0, 3).astype(np.float32)
+    palm_tone = skin + 0.3 * (PALM_TINT - skin)
+    light = np.array([*rng.uniform(-1.0, 1.0, 2), -rng.uniform(0.3, 1.5)], np.float32)   # towards the light
+    ambient = np.float32(rng.uniform(0.25, 0.5))
+    lambert = np.clip(normals @ (light / np.linalg.norm(light)), 0.0, 1.0)
+    palmness = np.clip(normals @ volar.astype(np.float32) * 2.0, 0.0, 1.0)[:, None]
+    colour = skin + palmness * (palm_tone - skin)
+    return colour * (ambient + (1.0 - ambient) * lambert)[:, None]
+
+
+def random_background(rng, size):
+    """(S, S, 3) float32: a two-colour gradient blended with blotchy noise, under random clutter shapes."""
+    cells = int(rng.integers(2, 24))   # both are drawn on a cells x cells grid, then resized smoothly
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = _pixel_grid(cells) @ np.array([np.cos(angle), np.sin(angle)], np.float32)
+    ramp = (ramp - ramp.min()) / (ramp.max() - ramp.min())                    # (cells, cells) in [0, 1]
+    low, high = rng.uniform(0, 255, (2, 3)).astype(np.float32)
+    gradient = low + ramp[..., None] * (high - low)
+    blotches = rng.uniform(0, 255, (cells, cells, 3)).astype(np.float32)
+    image = gradient + rng.uniform(0.0, 0.7) * (blotches - gradient)
+    canvas = Image.fromarray(image.astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(rng.integers(0, 12)):
+        corners = rng.uniform(-0.2, 1.2, (2, 2)) * size
+        box = [*corners.min(0), *corners.max(0)]
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        shape = rng.integers(4)
+        if shape == 0:
+            draw.ellipse(box, fill=colour)
+        elif shape == 1:
+            draw.rectangle(box, fill=colour)
+        elif shape == 2:
+            draw.line(box, fill=colour, width=int(rng.integers(1, 8)))
+        else:
+            draw.polygon([tuple(p) for p in rng.uniform(0, size, (int(rng.integers(3, 7)), 2)).tolist()],
+                         fill=colour)
+    return np.array(canvas, np.float32)   # writable
+
+
+def make_sample(rng, size):
+    """One sample: rgb (S, S, 3) uint8, mask (S, S) uint8 (255 = hand), K (3, 3), xyz (21, 3) metres."""
+    joints, palm, radii = sample_hand(rng)
+    rotation = random_rotation(rng)
+    K = sample_camera(rng, size)
+    points = np.concatenate([joints, palm]) - joints[ROOT_JOINT]
+    placed = place_hand(points @ rotation.T, K, size, rng)
+    xyz, palm = placed[:21], placed[21:]
+    zbuf, normals = render_hand(xyz, palm, radii, K, size)
+    hand = np.isfinite(zbuf)
+    image = random_background(rng, size)
+    image[hand] = shade_hand(normals[hand], rotation[:, 2], rng)
+    if rng.uniform() < 0.5:
+        image += rng.standard_normal(image.shape, np.float32) * np.float32(rng.uniform(1.0, 6.0))   # sensor noise
+    rgb = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
+    if rng.uniform() < 0.3:
+        rgb = rgb.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))   # slight defocus
+    return np.asarray(rgb), hand.astype(np.uint8) * 255, K, xyz
+
+
+# --- Writing the layout ------------------------------------------------------------------------------------
+
+def _write_sample(task):
+    """Worker: render sample (split, index) into ``root`` and return its K and xyz as rounded lists."""
+    root, split, index, seed, size = task
+    rng = np.random.default_rng(np.random.SeedSequence([seed, SPLIT_IDS[split], index]))
+    rgb, mask, K, xyz = make_sample(rng, size)
+    Image.fromarray(rgb).save(root / split / "rgb" / f"{index:08d}.jpg", quality=JPEG_QUALITY)
+    if split == "training":
+        Image.fromarray(mask).save(root / split / "mask" / f"{index:08d}.jpg", quality=JPEG_QUALITY)
+    return K.tolist(), xyz.tolist()
+
+
+def _write_json(path, value):
+    path.write_text(json.dumps(value, separators=(",", ":")))
+
+
+def generate(out_dir, n_train, n_eval, seed=0, size=224, workers=None):
+    """Write n_train training and n_eval evaluation samples in the FreiHAND v2 layout into ``out_dir``.
+
+    The result depends only on (seed, size), not on ``workers`` (default: all CPUs). The files are written to
+    a hidden sibling folder that is renamed into place at the end, so an interrupted run leaves no out_dir.
+    """
+    if n_train < 0 or n_eval < 0:
+        raise UserError(f"sample counts must be >= 0, got --train {n_train} --eval {n_eval}")
+    if size < 64:
+        raise UserError(f"--size {size} is too small: use at least 64 pixels")
+    if seed < 0:
+        raise UserError(f"--seed {seed}: use a seed >= 0")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers {workers}: use at least 1")
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} already exists and is not empty: choose another --out or delete it")
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    tasks = [(partial, split, i, seed, size)
+             for split, n in (("training", n_train), ("evaluation", n_eval)) for i in range(n)]
+    workers = min(workers or os.cpu_count() or 1, max(1, len(tasks) // 8))
+    try:
+        for folder in ("training/rgb", "training/mask", "evaluation/rgb"):
+            (partial / folder).mkdir(parents=True)
+        if workers == 1:
+            results = list(map(_write_sample, tasks))
+        else:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                results = pool.map(_write_sample, tasks, chunksize=8)
+        for split, part in (("training", results[:n_train]), ("evaluation", results[n_train:])):
+            xyz = [joints for _, joints in part]
+            _write_json(partial / f"{split}_K.json", [K for K, _ in part])
+            _write_json(partial / f"{split}_xyz.json", xyz)
+            _write_json(partial / f"{split}_scale.json",
+                        np.round(bone_length(np.array(xyz).reshape(-1, 21, 3), SCALE_BONE), 8).tolist())
+        os.replace(partial, out)
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial)
+    return out
+
+
+@cli
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Write procedural synthetic right hands in the FreiHAND v2 "
+                                                 "layout.")
+    parser.add_argument("--out", required=True, help="folder to create (must not exist, or be empty)")
+    parser.add_argument("--train", type=int, required=True, help="number of training samples")
+    parser.add_argument("--eval", type=int, required=True, help="number of evaluation samples")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=224, help="image side in pixels")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    out = generate(args.out, args.train, args.eval, args.seed, args.size, args.workers)
+    seconds = time.perf_counter() - start
+    count = args.train + args.eval
+    print(f"wrote {args.train} training + {args.eval} evaluation samples ({args.size} px) to {out} "
+          f"in {seconds:.2f} s: {count / seconds:.1f} images/s")
+
+
+if __name__ == "__main__":
+    main()
