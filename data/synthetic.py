@@ -29,7 +29,7 @@ from geometry import ROOT_JOINT, SCALE_BONE, bone_length, project
 
 # --- Anatomy: every sampled angle is clipped to these limits (degrees) --------------------------------------
 # FLEX_LIMITS_DEG[finger, k] = (min, max) flexion before bone k of the chain starting at the finger's base.
-# Fingers: MCP, PIP, DIP. Thumb: none at the CMC (its orientation is THUMB_*), then MCP and IP.
+# Fingers: MCP, PIP, DIP. Thumb: none at the CMC (its orientation is THUMB_CMC_*), then MCP and IP.
 FLEX_LIMITS_DEG = np.array([[(0, 0), (-10, 60), (-15, 80)],      # thumb
                             [(-25, 90), (0, 110), (0, 80)],      # index
                             [(-25, 90), (0, 110), (0, 80)],      # middle
@@ -38,11 +38,11 @@ FLEX_LIMITS_DEG = np.array([[(0, 0), (-10, 60), (-15, 80)],      # thumb
                            dtype=np.float64)
 MCP_ABDUCT_DEG = (-15.0, 15.0)    # index..pinky, radial (+) or ulnar (-) of each finger's rest direction
 FINGER_SPLAY_DEG = np.array([8.0, 0.0, -8.0, -17.0])   # rest directions of index..pinky in the palm plane
-THUMB_SPREAD_DEG = (10.0, 70.0)   # CMC: radial angle of the metacarpal in the palm plane
-THUMB_PALMAR_DEG = (0.0, 65.0)    # CMC: lift of the metacarpal towards the palm side
-THUMB_ROLL_DEG = (40.0, 120.0)    # CMC: pronation about the metacarpal, which turns the thumb to face the fingers
-# Thumb CMC (spread, palmar, roll) at rest and fully opposed; a sampled opposition level blends the two.
-THUMB_REST_DEG, THUMB_OPPOSED_DEG = np.array([45.0, 10.0, 60.0]), np.array([20.0, 55.0, 110.0])
+# Thumb CMC orientation (spread: radial angle of the metacarpal in the palm plane; palmar: its lift towards the
+# palm side; roll: pronation about it, turning the thumb to face the fingers). Opposition blends rest -> opposed.
+THUMB_CMC_LIMITS_DEG = np.array([(10.0, 70.0), (0.0, 65.0), (40.0, 120.0)])   # (min, max) of spread, palmar, roll
+THUMB_REST_DEG = np.array([45.0, 10.0, 60.0])
+THUMB_OPPOSED_DEG = np.array([20.0, 55.0, 110.0])
 
 # Chain bases (hand frame, metres, for a hand of size 1): thumb CMC (joint 1), index..pinky MCPs.
 CHAIN_BASE_M = np.array([[0.022, 0.028, 0.010], [0.024, 0.086, 0.000], [0.002, 0.090, 0.000],
@@ -117,10 +117,9 @@ def sample_pose(rng):
 
     abduct = rng.uniform(*MCP_ABDUCT_DEG, 4) * (1.0 - 0.7 * curl[1:])   # curled fingers spread less
     opposition = rng.uniform()
-    spread, palmar, roll = THUMB_REST_DEG + opposition * (THUMB_OPPOSED_DEG - THUMB_REST_DEG) \
-        + rng.normal(0.0, 8.0, 3)
-    thumb = (_radial(np.clip(spread, *THUMB_SPREAD_DEG)) @ _rotation(0, np.clip(palmar, *THUMB_PALMAR_DEG))
-             @ _rotation(1, -np.clip(roll, *THUMB_ROLL_DEG)))
+    cmc = THUMB_REST_DEG + opposition * (THUMB_OPPOSED_DEG - THUMB_REST_DEG) + rng.normal(0.0, 8.0, 3)
+    spread, palmar, roll = np.clip(cmc, THUMB_CMC_LIMITS_DEG[:, 0], THUMB_CMC_LIMITS_DEG[:, 1])
+    thumb = _radial(spread) @ _rotation(0, palmar) @ _rotation(1, -roll)   # roll turns volar towards ulnar
     frames = np.stack([thumb] + [_radial(s + a) for s, a in zip(FINGER_SPLAY_DEG, abduct)])
     return frames, flex
 
@@ -210,7 +209,8 @@ def _draw_capsule(zbuf, normals, uv, depth, radius_m, radius_px):
 
 
 def _draw_palm(zbuf, normals, palm, K):
-    """Z-buffer the palm polygon (P, 3), camera frame, flat at the plane of wrist, index and pinky MCP."""
+    """Z-buffer the palm polygon (P, 3), camera frame, flat in the plane of its radial wrist corner, index MCP
+    and pinky MCP."""
     size = zbuf.shape[0]
     outline = Image.new("L", (size, size))
     ImageDraw.Draw(outline).polygon([tuple(p) for p in project(palm, K).tolist()], fill=1)
@@ -337,18 +337,20 @@ def generate(out_dir, n_train, n_eval, seed=0, size=224, workers=None):
         raise UserError(f"--workers {workers}: use at least 1")
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} already exists and is not empty: choose another --out or delete it")
+        raise UserError(f"{out} exists and is not an empty folder: choose another --out or delete it")
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     tasks = [(partial, split, i, seed, size)
              for split, n in (("training", n_train), ("evaluation", n_eval)) for i in range(n)]
-    workers = min(workers or os.cpu_count() or 1, max(1, len(tasks) // 8))
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(workers or available, max(1, len(tasks) // 8))
     try:
         for folder in ("training/rgb", "training/mask", "evaluation/rgb"):
             (partial / folder).mkdir(parents=True)
         if workers == 1:
             results = list(map(_write_sample, tasks))
         else:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
+            fork = "fork" if "fork" in multiprocessing.get_all_start_methods() else None   # no re-imports
+            with multiprocessing.get_context(fork).Pool(workers) as pool:
                 results = pool.map(_write_sample, tasks, chunksize=8)
         for split, part in (("training", results[:n_train]), ("evaluation", results[n_train:])):
             xyz = [joints for _, joints in part]
