@@ -1,7 +1,7 @@
 """Batched augmentation on the training device, with labels that stay on the pixels.
 
     python augment.py --preview [--data-root DIR] [--n 16] [--seed 0] [--augs rotate,background] --out DIR
-    python augment.py --bench [--img-size 224] [--batch-size 32] [--device cpu]
+    python augment.py --bench [--img-size 224] [--batch-size 32] [--device cpu] [--threads N]
 
 Pipeline (fixed order, whatever order --augs names them):
   1. geometry: flip, scale, rotate, translate composed into ONE 2x3 affine per sample (``geometry``), applied
@@ -16,7 +16,7 @@ Policies
 * Flip: a mirror about the vertical centre line, composed into the affine. FreiHAND shows right hands only,
   so a flipped image shows a LEFT hand; joint identities stay anatomical (joint 1 is still the thumb base),
   d is unchanged, and K moves with the image so unprojecting the flipped uv returns the original xyz.
-  ``flipped`` (B,) says which samples show a left hand. Off in the defaults: both seeds found it hurt.
+  ``flipped`` (B,) says which samples show a left hand. Not in the default set: both seeds found it hurt.
 * Occlusion: the target fraction of the hand area (the mask; discs around the visible joints when the
   sample has no mask) is drawn from ``cover``; shapes are added until the covered fraction is closest to it.
 * Only named augmentations run (train's --augs; TRAIN_DEFAULT_AUGS = rotate, as seed 000); once named, p
@@ -38,6 +38,10 @@ from PIL import Image, ImageDraw, ImageOps
 
 import geometry
 from common import UserError, cli, resolve_device
+from data import resolve_data_root
+from data.dataset import HandDataset
+from data.joints import BONES
+from data.readers import load_split
 
 AUG_NAMES = ("flip", "scale", "rotate", "translate", "background", "occlude", "color", "blur", "noise")
 TRAIN_DEFAULT_AUGS = ("rotate",)  # seed 000's final recipe
@@ -59,8 +63,8 @@ DEFAULTS = {
     "blur": {"p": 0.2, "sigma": (0.3, 1.5)},               # Gaussian sigma in pixels
     "noise": {"p": 0.2, "std": (0.005, 0.04)},             # additive Gaussian, image in [0, 1]
 }
-# 'other' (another sample's background) is off by default: on FreiHAND the masked version has the green
-# screen behind the hand, and other versions have no mask to cut their own hand out.
+# 'other' (another sample's background, its own hand cut out through its mask) has weight 0: on FreiHAND
+# the masked image version has the green screen behind the hand, and the others carry no mask.
 
 
 # --- options --------------------------------------------------------------------------------------------
@@ -207,42 +211,59 @@ def saturation_hue(x, saturation, hue):
 MAX_VERTICES = 6
 
 
+def ellipse_masks(centre, a, b, theta, size):
+    """(N, S, S) bool: pixels inside ellipses of centre (N, 2), semi-axes a, b (N,), turned by theta (N,).
+
+    With x = dx cos + dy sin, y = dy cos - dx sin: (x/a)^2 + (y/b)^2 <= 1, written as a quadratic in the
+    pixel offsets dx (N, 1, S), dy (N, S, 1) so that only the final sums are full-size.
+    """
+    u, v = _pixel_grid(size, centre.device)
+    col = lambda t: t[:, None, None]
+    dx, dy = u - col(centre[:, 0]), v - col(centre[:, 1])
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    qa, qc = (cos / a) ** 2 + (sin / b) ** 2, (sin / a) ** 2 + (cos / b) ** 2
+    qb = 2 * cos * sin * (a ** -2 - b ** -2)
+    return col(qa) * dx ** 2 + col(qc) * dy ** 2 + (col(qb) * dx) * dy <= 1.0
+
+
+def polygon_masks(vertices, size):
+    """(N, S, S) bool: pixels inside convex polygons (N, V, 2), vertices counter-clockwise in (u, v) algebra
+    (clockwise on screen); a pixel is inside when it is left of every edge. Zero-length edges pass all."""
+    u, v = _pixel_grid(size, vertices.device)
+    col = lambda t: t[:, None, None]
+    px, py = vertices[..., 0], vertices[..., 1]                                # (N, V)
+    inside = torch.ones(len(vertices), size, size, dtype=torch.bool, device=vertices.device)
+    for i in range(vertices.shape[1]):
+        j = (i + 1) % vertices.shape[1]
+        ex, ey = px[:, j] - px[:, i], py[:, j] - py[:, i]
+        inside &= col(ex) * v - col(ex * py[:, i]) >= col(ey) * u - col(ey * px[:, i])  # cross >= 0
+    return inside
+
+
 def random_shapes(centre, radius, size, g):
     """One random shape per row, centred at ``centre`` (N, 2) with area about pi * radius^2 (N,).
 
     Returns (inside (N, S, S) bool, kind (N,) long): kind 0 ellipse, 1 convex polygon of 3-6 vertices,
-    2 rectangular patch. Polygons are vertices on an ellipse at increasing angles (so convex), rasterised by
-    half-plane tests; ellipses by their implicit equation.
+    2 rectangular patch. Polygon vertices lie on the ellipse at increasing angles, so polygons are convex.
     """
     n, device = centre.shape[0], centre.device
     kind = torch.randint(0, 3, (n,), generator=g, device=device)
     aspect = torch.exp(_uniform(-0.5, 0.5, (n,), g, device))
     a, b = radius * aspect, radius / aspect                                    # semi-axes (N,)
     theta = _uniform(0, math.pi, (n,), g, device)
-    cos, sin = torch.cos(theta), torch.sin(theta)
-    u, v = _pixel_grid(size, device)
-    col = lambda t: t[:, None, None]
-    dx, dy = u - col(centre[:, 0]), v - col(centre[:, 1])                      # (N, 1, S), (N, S, 1)
-    # Ellipse: x = dx cos + dy sin, y = dy cos - dx sin, (x/a)^2 + (y/b)^2 <= 1 as a quadratic in dx, dy.
-    qa, qc = (cos / a) ** 2 + (sin / b) ** 2, (sin / a) ** 2 + (cos / b) ** 2
-    qb = 2 * cos * sin * (a ** -2 - b ** -2)
-    ellipse = col(qa) * dx ** 2 + col(qc) * dy ** 2 + (col(qb) * dx) * dy <= 1.0  # (N, S, S)
-    # Polygon vertices on that ellipse; rows with fewer than MAX_VERTICES repeat their last vertex.
+    # Rows with fewer than MAX_VERTICES vertices repeat their last one.
     count = torch.where(kind == 2, 4, torch.randint(3, MAX_VERTICES + 1, (n,), generator=g, device=device))
     k = torch.minimum(torch.arange(MAX_VERTICES, device=device)[None], count[:, None] - 1)   # (N, V)
     step = 2 * math.pi / count[:, None]
     jitter = torch.where(kind[:, None] == 2, 0.0, _uniform(-0.35, 0.35, (n, MAX_VERTICES), g, device))
     start = torch.where(kind == 2, math.pi / 4, _uniform(0, 2 * math.pi, (n,), g, device))
-    phi = start[:, None] + step * (k + jitter.gather(1, k))
-    x, y = a[:, None] * torch.cos(phi), b[:, None] * torch.sin(phi)            # (N, V) shape frame
-    px = centre[:, :1] + x * cos[:, None] - y * sin[:, None]                   # (N, V) pixels
-    py = centre[:, 1:] + x * sin[:, None] + y * cos[:, None]
-    polygon = torch.ones_like(ellipse)
-    for i in range(MAX_VERTICES):  # inside = left of every edge (counter-clockwise); zero-length edges pass
-        j = (i + 1) % MAX_VERTICES
-        ex, ey = px[:, j] - px[:, i], py[:, j] - py[:, i]
-        polygon &= col(ex) * v - col(ex * py[:, i]) >= col(ey) * u - col(ey * px[:, i])
-    return torch.where((kind == 0)[:, None, None], ellipse, polygon), kind
+    phi = start[:, None] + step * (k + jitter.gather(1, k))                   # (N, V) increasing
+    x, y = a[:, None] * torch.cos(phi), b[:, None] * torch.sin(phi)            # shape frame
+    cos, sin = torch.cos(theta)[:, None], torch.sin(theta)[:, None]
+    vertices = centre[:, None] + torch.stack([x * cos - y * sin, x * sin + y * cos], -1)   # (N, V, 2) pixels
+    inside = torch.where((kind == 0)[:, None, None], ellipse_masks(centre, a, b, theta, size),
+                         polygon_masks(vertices, size))
+    return inside, kind
 
 
 def joint_discs(uv, visible, size):
@@ -340,9 +361,9 @@ class Augmenter:
         mask = batch["mask"].bool()                                                       # (B, S, S)
         has_mask = batch["has_mask"].bool()
         n, size = image.shape[0], image.shape[-1]
-        affine, flipped = self.draw_affine(n, size, g)
         if size != self.size:
             raise ValueError(f"Augmenter built for {self.size} px images got {size} px")
+        affine, flipped = self.draw_affine(n, size, g)
         moved = (affine != torch.eye(2, 3, device=self.device)).flatten(1).any(1)     # (B,) not identity
         if moved.any():  # identity samples are left bit-exact
             rows = moved.nonzero()[:, 0]
@@ -381,12 +402,13 @@ class Augmenter:
         rows = (self._chance("background", image.shape[0], g) & has_mask).nonzero()[:, 0]
         if len(rows) == 0:
             return image
-        background = self.draw_backgrounds(image, mask, has_mask, rows, g)           # (R, 3, S, S)
+        background = self.draw_backgrounds(image, mask, has_mask, rows, g)          # (R, 3, S, S)
         image = image.clone()
         image[rows] = torch.where(mask[rows, None], image[rows], background)
         return image
 
     def draw_backgrounds(self, image, mask, has_mask, rows, g):
+        """(R, 3, S, S) backgrounds for ``rows``: bank images, or generated on the device by ``sources``."""
         n, size, dev = len(rows), image.shape[-1], self.device
         if self.bank is not None:  # a random bank image, mirrored half of the time
             pick = self.bank[torch.randint(0, len(self.bank), (n,), generator=g, device=dev)].float() / 255.0
@@ -400,7 +422,8 @@ class Augmenter:
                 out[sub] = make(len(sub), size, g, dev)
         sub = (kind == 3).nonzero()[:, 0]
         if len(sub):  # another sample's background; its own hand (all of it when unmasked) stays noise
-            donor = torch.randint(0, image.shape[0], (len(sub),), generator=g, device=dev)
+            batch = image.shape[0]
+            donor = (rows[sub] + torch.randint(1, max(batch, 2), (len(sub),), generator=g, device=dev)) % batch
             hidden = (mask[donor] | ~has_mask[donor, None, None])[:, None]
             out[sub] = torch.where(hidden, out[sub], image[donor])
         return out
@@ -472,7 +495,6 @@ FINGER_COLOURS = [(255, 70, 70), (255, 200, 0), (70, 220, 70), (0, 190, 255), (2
 
 def draw_grid(images, uv, visible, path):
     """Save a grid of (N, H, W, 3) uint8 images with their joints (N, 21, 2) and bones drawn."""
-    from data.joints import BONES
     n, h, w = images.shape[:3]
     cols = math.ceil(math.sqrt(n))
     canvas = Image.new("RGB", (cols * w, math.ceil(n / cols) * h))
@@ -497,7 +519,8 @@ def _json_options(text):
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise UserError(f"--options is not valid JSON ({err}); e.g. '{{\"rotate\": {{\"max_deg\": 30}}}}'") from None
+        raise UserError(f"--options is not valid JSON ({err}); "
+                        f"e.g. '{{\"rotate\": {{\"max_deg\": 30}}}}'") from None
 
 
 def forced_options(names, overrides=None):
@@ -509,14 +532,11 @@ def forced_options(names, overrides=None):
 
 
 def run_preview(args):
-    from data import resolve_data_root
-    from data.dataset import HandDataset
-    from data.readers import load_split
+    if args.n < 1:
+        raise UserError(f"--n {args.n}: preview at least one sample")
     names = parse_augs(args.augs)
     options = forced_options(names, _json_options(args.options))
     device = resolve_device(args.device)
-    if args.n < 1:
-        raise UserError(f"--n {args.n}: preview at least one sample")
     root = resolve_data_root(args.data_root)
     split = load_split(root, args.split)
     if not split.labelled:
@@ -547,12 +567,15 @@ def bench_batch(n, size, device, seed=0):
     mask = ((u - size / 2) ** 2 + (v - size / 2) ** 2 <= (0.3 * size) ** 2).expand(n, -1, -1)
     uv = size / 2 + (torch.rand(n, 21, 2, generator=g, device=device) - 0.5) * 0.4 * size
     K = torch.tensor([[2.0 * size, 0, size / 2], [0, 2.0 * size, size / 2], [0, 0, 1]], device=device)
-    return {"image": image, "mask": mask.to(torch.uint8), "has_mask": torch.ones(n, dtype=torch.bool, device=device),
-            "uvd": torch.cat([uv, torch.zeros(n, 21, 1, device=device)], -1), "K": K.expand(n, 3, 3)}
+    return {"image": image, "mask": mask.to(torch.uint8), "K": K.expand(n, 3, 3),
+            "has_mask": torch.ones(n, dtype=torch.bool, device=device),
+            "uvd": torch.cat([uv, torch.zeros(n, 21, 1, device=device)], -1)}
 
 
 def run_bench(args):
     device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     batch = bench_batch(args.batch_size, args.img_size, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     print(f"augmentation cost on {device} ({torch.get_num_threads()} threads), batch {args.batch_size} x "
@@ -590,6 +613,7 @@ def main(argv=None):
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32, help="benchmark batch size")
     parser.add_argument("--iters", type=int, default=5, help="benchmark batches per case")
+    parser.add_argument("--threads", type=int, default=None, help="benchmark CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--out", default=None, help="preview output folder")
     args = parser.parse_args(argv)

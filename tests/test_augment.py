@@ -248,3 +248,22 @@ def test_bench_prints_a_rate_per_augmentation(capsys):
     lines = capsys.readouterr().out.splitlines()
     for name in augment.AUG_NAMES + ("full set",):
         assert any(line.strip().startswith(name) and line.endswith("images/s") for line in lines), name
+
+
+def test_shape_rasterisers_match_matplotlib():
+    from matplotlib.patches import Ellipse, Polygon
+    rng, size = np.random.default_rng(0), 64
+    pixels = np.stack(np.meshgrid(np.arange(size), np.arange(size), indexing="xy"), -1).reshape(-1, 2)
+    centre = rng.uniform(20, 44, (4, 2))
+    phi = np.sort(rng.uniform(0, 2 * np.pi, (4, 5)), 1)
+    vertices = centre[:, None] + rng.uniform(8, 20, (4, 1, 1)) * np.stack([np.cos(phi), np.sin(phi)], -1)
+    a, b, theta = rng.uniform(5, 20, 4), rng.uniform(5, 20, 4), rng.uniform(0, np.pi, 4)
+    t = lambda x: torch.tensor(np.asarray(x), dtype=torch.float32)
+    polygons = augment.polygon_masks(t(vertices), size).numpy()
+    ellipses = augment.ellipse_masks(t(centre), t(a), t(b), t(theta), size).numpy()
+    for i in range(4):
+        references = [(polygons[i], Polygon(vertices[i])),
+                      (ellipses[i], Ellipse(centre[i], 2 * a[i], 2 * b[i], angle=np.degrees(theta[i])))]
+        for ours, patch in references:
+            reference = patch.contains_points(pixels).reshape(size, size)
+            assert reference.sum() > 50 and (ours != reference).sum() <= 0.02 * reference.sum()
