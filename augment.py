@@ -354,6 +354,11 @@ class Augmenter:
         return torch.rand(n, generator=g, device=self.device) < self.opt[name]["p"]
 
     def __call__(self, batch, generator=None):
+        """Augment a batch of device tensors: image (B, 3, S, S) uint8 or float in [0, 1], mask (B, S, S),
+        has_mask (B,), uvd (B, 21, 3), K (B, 3, 3). ``generator``: a torch.Generator on the augmenter's device
+        (default: its own). Returns a new dict: image float32 (B, 3, S, S) in [0, 1], mask uint8, uvd (uv
+        moved, d unchanged), K moved, visible (B, 21), affine (B, 2, 3), flipped (B,), occluded (B,) fraction
+        of the hand covered; other keys passed through (xyz stays valid: K moves with the image)."""
         g = self.generator if generator is None else generator
         out = dict(batch)
         image = batch["image"]
