@@ -1,0 +1,105 @@
+"""Seed 000: EfficientNet encoder + 1D-heatmap decoder (Schneider et al., after I2L-MeshNet's lixel heatmaps).
+
+The encoder is segmentation-models-pytorch's ``efficientnet-b4`` / ``-b0`` (the lukemelas implementation the
+paper used); only its deepest feature map is decoded (448 channels at stride 32 for b4, 320 for b0). The
+decoder has two branches, xy and z, each N transposed-convolution blocks doubling the resolution (the first
+dense, the others depthwise-separable), C channels, BN + ReLU: 7 -> 112 at 224 px, 4 -> 64 at 128 px. The xy
+map is averaged over rows (x profile) and over columns (y profile), the z map over rows; Conv1d(k=1) turns
+each profile into 21 heatmaps of length L, and a soft-argmax over each gives u, v in input pixels and d in
+[-1, 1].
+
+Inputs are square, a multiple of 32 pixels on a side (then the heatmaps span the input exactly).
+"""
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+from geometry import NUM_JOINTS, depth_bin_centres, heatmap_bin_centres
+from models.pretrained import build_backbone
+from models.registry import register_model
+
+
+def upsample_block(in_channels, out_channels, separable):
+    """ConvTranspose2d(k3, s2, p1, output_padding 1) doubling H and W, then BN + ReLU.
+
+    separable: a depthwise transposed convolution followed by a pointwise 1x1 convolution.
+    """
+    if separable:
+        conv = [nn.ConvTranspose2d(in_channels, in_channels, 3, stride=2, padding=1, output_padding=1,
+                                   groups=in_channels, bias=False),
+                nn.Conv2d(in_channels, out_channels, 1, bias=False)]
+    else:
+        conv = [nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1, bias=False)]
+    return nn.Sequential(*conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+
+
+def upsampler(in_channels, channels, num_blocks):
+    """(B, in_channels, h, w) -> (B, channels, h * 2^N, w * 2^N): one dense block, then separable ones."""
+    blocks = [upsample_block(in_channels, channels, separable=False)]
+    blocks += [upsample_block(channels, channels, separable=True) for _ in range(num_blocks - 1)]
+    return nn.Sequential(*blocks)
+
+
+def soft_argmax_1d(logits, size):
+    """Per-axis heatmap logits (B, J, 3, L) -> uvd (B, J, 3) and probabilities (B, J, 3, L).
+
+    u, v: expectation over the input-pixel centres of the L bins spanning a size-pixel input;
+    d: expectation over the depth bin centres spanning [-1, 1].
+    """
+    num_bins = logits.shape[-1]
+    probs = logits.softmax(-1)
+    pixel_centres = heatmap_bin_centres(num_bins, size, device=logits.device)
+    centres = torch.stack([pixel_centres, pixel_centres, depth_bin_centres(num_bins, device=logits.device)])
+    uvd = (probs * centres.to(probs.dtype)).sum(-1)  # (B, J, 3)
+    return uvd, probs
+
+
+class HeatmapDecoder1D(nn.Module):
+    """Deepest encoder features (B, in_channels, h, h) -> per-axis heatmap logits (B, J, 3, h * 2^N)."""
+
+    def __init__(self, in_channels, channels=128, num_blocks=4, num_joints=NUM_JOINTS):
+        super().__init__()
+        self.xy_branch = upsampler(in_channels, channels, num_blocks)
+        self.z_branch = upsampler(in_channels, channels, num_blocks)
+        self.to_x = nn.Conv1d(channels, num_joints, 1)
+        self.to_y = nn.Conv1d(channels, num_joints, 1)
+        self.to_z = nn.Conv1d(channels, num_joints, 1)
+
+    def forward(self, features):
+        xy = self.xy_branch(features)  # (B, C, L, L)
+        z = self.z_branch(features)    # (B, C, L, L)
+        x_logits = self.to_x(xy.mean(2))  # mean over rows -> (B, C, L) along u -> (B, J, L)
+        y_logits = self.to_y(xy.mean(3))  # mean over columns, along v
+        z_logits = self.to_z(z.mean(2))
+        return torch.stack([x_logits, y_logits, z_logits], 2)  # (B, J, 3, L)
+
+
+class EffNet1D(nn.Module):
+    def __init__(self, arch, encoder_name, pretrained="none", channels=128, num_blocks=4):
+        super().__init__()
+
+        def build(imagenet):
+            return smp.encoders.get_encoder(encoder_name, weights="imagenet" if imagenet else None)
+
+        self.encoder = build_backbone(arch, pretrained, build, prefix="encoder")
+        self.decoder = HeatmapDecoder1D(self.encoder.out_channels[-1], channels, num_blocks)
+
+    def forward(self, x, return_aux=False):
+        height, width = x.shape[-2:]
+        if height != width:
+            raise ValueError(f"the 1D-heatmap decoder needs square inputs, got {height}x{width}")
+        features = self.encoder(x)[-1]  # (B, 448, S/32, S/32) for b4
+        uvd, probs = soft_argmax_1d(self.decoder(features), width)
+        return (uvd, {"heatmaps1d": probs}) if return_aux else uvd
+
+
+@register_model("effb4_1d", seed="000",
+                summary="EfficientNet-B4 encoder + separable 1D-heatmap decoder, soft-argmax (19.5M in the paper)")
+def effb4_1d(pretrained="none", channels=128, num_blocks=4):
+    return EffNet1D("effb4_1d", "efficientnet-b4", pretrained, channels, num_blocks)
+
+
+@register_model("effb0_1d", seed="000",
+                summary="EfficientNet-B0 encoder + separable 1D-heatmap decoder, soft-argmax (5.4M in the paper)")
+def effb0_1d(pretrained="none", channels=128, num_blocks=4):
+    return EffNet1D("effb0_1d", "efficientnet-b0", pretrained, channels, num_blocks)
