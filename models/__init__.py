@@ -2,3 +2,4 @@
 from models.registry import create_model, list_models, model_entry, prepare_images, register_model
 
 # Importing a family registers its models.
+from models import effnet1d, resnet  # noqa: F401  (seeds 000, 001)
