@@ -3,3 +3,4 @@ from models.registry import create_model, list_models, model_entry, prepare_imag
 
 # Importing a family registers its models.
 from models import effnet1d, resnet  # noqa: F401  (seeds 000, 001)
+from models import ghost, hourglass  # noqa: F401  (seeds 002, 003, 004)
