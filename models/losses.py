@@ -1,0 +1,276 @@
+"""One loss for every architecture: ``pose_loss(uvd, aux, target, weights, progress)``.
+
+``weights`` maps term names to weights (a term with weight 0 or absent is skipped) and may also set OPTIONS.
+Each term is a small function below with its formula; ``parts`` holds every computed term *unweighted*
+(detached, for logging), ``total`` the weighted sum.
+
+Visibility policy: u, v errors count only for joints inside the input (``target['visible']``); d and every
+3D term count all joints (the depth label and the camera-space joint exist wherever the joint is).
+
+Terms
+-----
+* on normalised uvd (``geometry.normalize_uvd``: u, v in [-1, 1] across the input, d unchanged):
+  ``coord_mse``, ``coord_l1`` (seeds 000, 001): mean over the counted coordinates;
+  ``uv_l1``, ``depth_l1`` (seed 002): the mean L1 of the 2D part and of the depth.
+* on heatmaps: ``heatmap2d`` (seeds 003, 004): mean squared error to Gaussians (peak 1, ``heatmap_sigma`` map
+  pixels) at the target uv, visible joints, summed over the maps in ``aux['heatmaps2d']`` (intermediate
+  supervision); ``js1d`` (seed 000's regulariser): Jensen-Shannon divergence (nats) of each 1D heatmap in
+  ``aux['heatmaps1d']`` from a discretised Gaussian of variance ``js_variance`` bins at the target bin.
+* seed 004's family on root-relative camera-space joints, ``geometry.uvd_to_xyz`` with the target's K and root
+  depth, in units of DEPTH_RANGE_M (0.15 m), so a hand spans about 1 and the terms are of order 1;
+  per sample sums over joints / bones, averaged over the batch:
+  ``pose_l2`` = sum_j |p_j - t_j|^2; ``bone_length`` = sum_b | |b_pred| - |b_true| |;
+  ``bone_direction`` = sum_b |b_pred/|b_pred| - b_true/|b_true||; ``bone_cosine`` = 1 - mean_b cos(b_pred, b_true);
+  ``asm`` = sum over the 63 values of (Y_pred - Y_asm)^2, Y_asm the batch's ground truth projected on its own
+  top-k principal components with coefficients clamped to +-3 sqrt(eigenvalue); its weight decays with
+  ``progress`` (``asm_decay``: 'linear' 1 - p, or 'cosine' (1 + cos(pi p)) / 2), from weight to 0.
+"""
+import math
+from functools import cached_property
+
+import torch
+import torch.nn.functional as F
+
+from common import UserError
+from data.joints import BONES
+from geometry import DEPTH_RANGE_M, ROOT_JOINT, depth_bin_centres, heatmap_bin_centres, normalize_uvd, uvd_to_xyz
+
+OPTIONS = {
+    "heatmap_sigma": 2.0,    # heatmap2d: Gaussian sigma in heatmap pixels
+    "js_variance": 2.0,      # js1d: target variance in bins
+    "asm_components": 10,    # asm: principal components kept (at most batch size - 1)
+    "asm_decay": "linear",   # asm: 'linear' or 'cosine' decay of its weight over training
+}
+ASM_DECAYS = {"linear": lambda p: 1.0 - p, "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p))}
+EPS = 1e-8
+
+
+# --- terms on normalised uvd -------------------------------------------------------------------------------
+
+def masked_mean(values, mask):
+    """Mean of ``values`` where ``mask`` (same shape, 0/1) is set."""
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def coord_mse(pred, true, mask):
+    """pred, true: (B, 21, 3) normalised uvd; mask (B, 21, 3): which coordinates count."""
+    return masked_mean((pred - true) ** 2, mask)
+
+
+def coord_l1(pred, true, mask):
+    return masked_mean((pred - true).abs(), mask)
+
+
+def uv_l1(pred, true, mask):
+    return masked_mean((pred[..., :2] - true[..., :2]).abs(), mask[..., :2])
+
+
+def depth_l1(pred, true):
+    return (pred[..., 2] - true[..., 2]).abs().mean()
+
+
+# --- terms on heatmaps -------------------------------------------------------------------------------------
+
+def gaussian_heatmaps(uv, size, height, width, sigma):
+    """Targets (B, J, height, width): exp(-r^2 / 2 sigma^2), r in map pixels from uv (B, J, 2) input pixels.
+
+    Map pixel centres sit at ``geometry.heatmap_bin_centres`` of a size-pixel input, so a joint on a pixel
+    centre peaks (value 1) at that map pixel.
+    """
+    xs = heatmap_bin_centres(width, size, device=uv.device)   # (w,) input pixels
+    ys = heatmap_bin_centres(height, size, device=uv.device)  # (h,)
+    dx = (xs - uv[..., 0, None]) * (width / size)   # (B, J, w) map pixels
+    dy = (ys - uv[..., 1, None]) * (height / size)  # (B, J, h)
+    r2 = dy[..., :, None] ** 2 + dx[..., None, :] ** 2
+    return torch.exp(-r2 / (2.0 * sigma ** 2))
+
+
+def heatmap2d(heatmaps, uv, visible, size, sigma):
+    """Sum over the maps (B, J, h, w) of the mean squared error to Gaussian targets, over visible joints."""
+    total = uv.new_zeros(())
+    for maps in heatmaps:
+        target = gaussian_heatmaps(uv, size, maps.shape[-2], maps.shape[-1], sigma)
+        per_joint = ((maps - target) ** 2).mean((-2, -1))  # (B, J)
+        total = total + masked_mean(per_joint, visible)
+    return total
+
+
+def gaussian_1d(coord, centres, variance):
+    """Discretised Gaussian (B, J, L) over bins with centres (L,), at coord (B, J) in the centres' unit.
+
+    A softmax of -(i - mu)^2 / (2 var), distances in bins, so it sums to one and never underflows to NaN.
+    """
+    bin_width = centres[1] - centres[0]
+    distance = (centres - coord[..., None]) / bin_width
+    return torch.softmax(-distance ** 2 / (2.0 * variance), -1)
+
+
+def jensen_shannon(p, q):
+    """JS divergence (nats) along the last axis: (KL(p | m) + KL(q | m)) / 2, m = (p + q) / 2."""
+    m = 0.5 * (p + q)
+    kl_pm = (torch.special.xlogy(p, p) - torch.special.xlogy(p, m)).sum(-1)
+    kl_qm = (torch.special.xlogy(q, q) - torch.special.xlogy(q, m)).sum(-1)
+    return 0.5 * (kl_pm + kl_qm)
+
+
+def js1d(probs, uvd, mask, size, variance):
+    """Mean JS divergence of the 1D heatmaps ``probs`` (B, J, 3, L) from Gaussians at the target uvd (B, J, 3)."""
+    num_bins = probs.shape[-1]
+    pixels = heatmap_bin_centres(num_bins, size, device=probs.device)
+    depths = depth_bin_centres(num_bins, device=probs.device)
+    targets = torch.stack([gaussian_1d(uvd[..., 0], pixels, variance),
+                           gaussian_1d(uvd[..., 1], pixels, variance),
+                           gaussian_1d(uvd[..., 2], depths, variance)], 2)  # (B, J, 3, L)
+    return masked_mean(jensen_shannon(probs, targets), mask)
+
+
+# --- seed 004's family on root-relative camera-space joints (units of DEPTH_RANGE_M) -----------------------
+
+def bone_vectors(joints):
+    """(B, 21, 3) -> (B, 20, 3), parent -> child."""
+    return joints[:, BONES[:, 1]] - joints[:, BONES[:, 0]]
+
+
+def pose_l2(pred, true):
+    return ((pred - true) ** 2).sum((-2, -1)).mean()
+
+
+def bone_length(pred, true):
+    return (bone_vectors(pred).norm(dim=-1) - bone_vectors(true).norm(dim=-1)).abs().sum(-1).mean()
+
+
+def bone_direction(pred, true):
+    pred_dir = F.normalize(bone_vectors(pred), dim=-1, eps=EPS)
+    true_dir = F.normalize(bone_vectors(true), dim=-1, eps=EPS)
+    return (pred_dir - true_dir).norm(dim=-1).sum(-1).mean()
+
+
+def bone_cosine(pred, true):
+    """1 - mean cos_sim; cos_sim = x.y / max(|x| |y|, 1e-8)."""
+    return 1.0 - F.cosine_similarity(bone_vectors(pred), bone_vectors(true), dim=-1, eps=EPS).mean()
+
+
+def asm_target(true, num_components):
+    """The active-shape-model version of a batch (B, 21, 3): projected on its top-k principal components, with
+    each coefficient clamped to +-3 sqrt(eigenvalue). k is capped at B - 1."""
+    flat = true.reshape(true.shape[0], -1)  # (B, 63)
+    mean = flat.mean(0, keepdim=True)
+    centred = flat - mean
+    k = min(num_components, flat.shape[0] - 1)
+    _, singular, vh = torch.linalg.svd(centred, full_matrices=False)
+    components = vh[:k].T                                        # (63, k)
+    eigenvalues = singular[:k] ** 2 / max(flat.shape[0] - 1, 1)  # covariance eigenvalues
+    limit = 3.0 * eigenvalues.sqrt()
+    coefficients = torch.clamp(centred @ components, -limit, limit)  # (B, k)
+    return (mean + coefficients @ components.T).reshape(true.shape)
+
+
+def asm(pred, true, num_components):
+    return ((pred - asm_target(true.detach(), num_components)) ** 2).sum((-2, -1)).mean()
+
+
+# --- the combined loss -------------------------------------------------------------------------------------
+
+class _Batch:
+    """The prediction and target in every space the terms need, each computed once, on demand."""
+
+    def __init__(self, uvd, aux, target, options):
+        self.uvd, self.aux, self.target, self.options = uvd, aux, target, options
+        self.size = target["size"]
+
+    @cached_property
+    def mask(self):
+        """(B, 21, 3): u, v of visible joints, d of all joints."""
+        visible = self.target["visible"].to(self.uvd.dtype)
+        return torch.stack([visible, visible, torch.ones_like(visible)], -1)
+
+    @cached_property
+    def pred_norm(self):
+        return normalize_uvd(self.uvd, self.size)
+
+    @cached_property
+    def true_norm(self):
+        return normalize_uvd(self.target["uvd"], self.size)
+
+    def _relative_xyz(self, uvd):
+        xyz = uvd_to_xyz(uvd, self.target["K"].to(uvd.dtype), self.target["root_depth"].to(uvd.dtype))
+        return (xyz - xyz[:, ROOT_JOINT:ROOT_JOINT + 1]) / DEPTH_RANGE_M
+
+    @cached_property
+    def pred_xyz(self):
+        return self._relative_xyz(self.uvd)
+
+    @cached_property
+    def true_xyz(self):
+        return self._relative_xyz(self.target["uvd"])
+
+    def aux_output(self, key, term):
+        if key not in self.aux:
+            raise UserError(f"loss term {term!r} needs the model's aux[{key!r}], which this arch does not return; "
+                            f"set its weight to 0")
+        return self.aux[key]
+
+
+TERMS = {
+    "coord_mse": lambda b: coord_mse(b.pred_norm, b.true_norm, b.mask),
+    "coord_l1": lambda b: coord_l1(b.pred_norm, b.true_norm, b.mask),
+    "uv_l1": lambda b: uv_l1(b.pred_norm, b.true_norm, b.mask),
+    "depth_l1": lambda b: depth_l1(b.pred_norm, b.true_norm),
+    "heatmap2d": lambda b: heatmap2d(b.aux_output("heatmaps2d", "heatmap2d"), b.target["uvd"][..., :2],
+                                     b.mask[..., 0], b.size, b.options["heatmap_sigma"]),
+    "js1d": lambda b: js1d(b.aux_output("heatmaps1d", "js1d"), b.target["uvd"], b.mask, b.size,
+                           b.options["js_variance"]),
+    "pose_l2": lambda b: pose_l2(b.pred_xyz, b.true_xyz),
+    "bone_length": lambda b: bone_length(b.pred_xyz, b.true_xyz),
+    "bone_direction": lambda b: bone_direction(b.pred_xyz, b.true_xyz),
+    "bone_cosine": lambda b: bone_cosine(b.pred_xyz, b.true_xyz),
+    "asm": lambda b: asm(b.pred_xyz, b.true_xyz, b.options["asm_components"]),
+}
+AUX_TERMS = {"heatmap2d", "js1d"}
+
+
+def split_weights(weights):
+    """``weights`` -> (term weights, options with defaults); an unknown key or bad option is a UserError."""
+    unknown = set(weights) - set(TERMS) - set(OPTIONS)
+    if unknown:
+        raise UserError(f"unknown loss keys {sorted(unknown)}; terms: {', '.join(TERMS)}; "
+                        f"options: {', '.join(OPTIONS)}")
+    options = {**OPTIONS, **{k: v for k, v in weights.items() if k in OPTIONS}}
+    if options["asm_decay"] not in ASM_DECAYS:
+        raise UserError(f"loss option asm_decay={options['asm_decay']!r}; choose {' or '.join(ASM_DECAYS)}")
+    terms = {k: float(v) for k, v in weights.items() if k in TERMS and v}
+    if not terms:
+        raise UserError(f"no loss term has a nonzero weight in {weights}; terms: {', '.join(TERMS)}")
+    return terms, options
+
+
+def needs_aux(weights):
+    """Whether these weights use a term that reads the model's aux outputs (call it with return_aux=True)."""
+    return any(weights.get(term) for term in AUX_TERMS)
+
+
+def term_weight(name, weight, options, progress):
+    """The weight of a term at this point of training (only ``asm`` changes)."""
+    if name == "asm":
+        return weight * ASM_DECAYS[options["asm_decay"]](min(max(progress, 0.0), 1.0))
+    return weight
+
+
+def pose_loss(uvd, aux, target, weights, progress=0.0):
+    """Weighted sum of the loss terms.
+
+    uvd: prediction (B, 21, 3) in model space; aux: the model's aux dict ({} when it has none);
+    target: 'uvd' (B, 21, 3) model space of the input, 'visible' (B, 21) joints inside the input,
+    'K' (B, 3, 3) camera matrix of the input, 'root_depth' (B,) metres, 'size' (int) input side in pixels;
+    weights: term -> weight, plus OPTIONS; progress: fraction of training done, in [0, 1].
+    Returns (total, parts): the scalar to minimise, and term -> unweighted detached value.
+    """
+    terms, options = split_weights(weights)
+    batch = _Batch(uvd, aux, target, options)
+    total = uvd.new_zeros(())
+    parts = {}
+    for name, weight in terms.items():
+        value = TERMS[name](batch)
+        total = total + term_weight(name, weight, options, progress) * value
+        parts[name] = value.detach()
+    return total, parts
