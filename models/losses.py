@@ -227,11 +227,12 @@ TERMS = {
     "asm": lambda b: asm(b.pred_xyz, b.true_xyz, b.options["asm_components"]),
 }
 AUX_TERMS = {"heatmap2d", "js1d"}
+LOSS_TERMS = frozenset(TERMS) | frozenset(OPTIONS)  # every key a weights dict may hold: term names and options
 
 
 def split_weights(weights):
     """``weights`` -> (term weights, options with defaults); an unknown key or bad option is a UserError."""
-    unknown = set(weights) - set(TERMS) - set(OPTIONS)
+    unknown = set(weights) - LOSS_TERMS
     if unknown:
         raise UserError(f"unknown loss keys {sorted(unknown)}; terms: {', '.join(TERMS)}; "
                         f"options: {', '.join(OPTIONS)}")
