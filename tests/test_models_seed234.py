@@ -1,0 +1,186 @@
+"""Tests specific to the archs of seeds 002-004: ghost_lite, hourglass_attn, hg_mlp."""
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from common import UserError
+from models import create_model
+from models.flops import count_gflops, count_params
+from models.ghost import SeparableSelfAttention
+from models.hourglass import soft_argmax_2d, spatial_softmax
+from models.losses import gaussian_heatmaps, pose_loss
+
+ARCHS = ("ghost_lite", "hourglass_attn", "hg_mlp")
+HEATMAP_STAGES = {"ghost_lite": 1, "hourglass_attn": 2, "hg_mlp": 2}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small CPU models run faster on one thread on a shared machine (spinning OpenMP threads stall each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def default_models():
+    torch.manual_seed(0)
+    return {name: create_model(name).eval() for name in ARCHS}
+
+
+def make_target(batch, size, generator):
+    """A pose_loss target: joints inside the input, d in [-0.5, 0.5], a camera that fits the input."""
+    uv = torch.rand(batch, 21, 2, generator=generator) * (0.75 * size) + size / 8
+    d = torch.rand(batch, 21, 1, generator=generator) - 0.5
+    focal = 2.5 * size
+    K = torch.tensor([[focal, 0.0, size / 2], [0.0, focal, size / 2], [0.0, 0.0, 1.0]]).expand(batch, 3, 3)
+    return {"uvd": torch.cat([uv, d], -1), "visible": torch.ones(batch, 21), "K": K,
+            "root_depth": torch.full((batch,), 0.6), "size": size}
+
+
+# --- the contract at the default input size ------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_output_and_aux_shapes_at_128px(default_models, name):
+    model = default_models[name]
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        uvd = model(x)
+        uvd_aux, aux = model(x, return_aux=True)
+    assert uvd.shape == (2, 21, 3) and torch.isfinite(uvd).all()
+    torch.testing.assert_close(uvd, uvd_aux)
+    heatmaps = aux["heatmaps2d"]
+    assert isinstance(heatmaps, list) and len(heatmaps) == HEATMAP_STAGES[name]
+    for maps in heatmaps:
+        assert maps.shape == (2, 21, 64, 64) and torch.isfinite(maps).all()
+
+
+def test_ghost_lite_heatmaps_are_com1_probabilities(default_models):
+    with torch.no_grad():
+        _, aux = default_models["ghost_lite"](torch.randn(1, 3, 128, 128), return_aux=True)
+    sums = aux["heatmaps2d"][0].sum((-2, -1))
+    torch.testing.assert_close(sums, torch.ones_like(sums))
+
+
+def test_ghost_lite_is_paper_scale(default_models):
+    model = default_models["ghost_lite"]
+    params = count_params(model)
+    assert params < 1_000_000
+    assert 100_000 < params < 300_000  # the paper: 0.18 M
+    assert count_gflops(model, 128) < 1.0  # the paper: 0.27 G; this count is 2 FLOPs per MAC
+
+
+def test_count_gflops_counts_two_flops_per_mac():
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    macs = 16 * 16 * 8 * 3 * 9
+    assert count_gflops(conv, 16) == pytest.approx(2 * macs / 1e9)
+
+
+# --- ghost_lite's parts ---------------------------------------------------------------------------------
+
+def test_ghost_lite_beta_is_learned_per_joint():
+    torch.manual_seed(0)
+    model = create_model("ghost_lite")
+    assert any(param is model.beta for param in model.parameters())
+    assert model.beta.shape == (21,)
+    uvd = model(torch.randn(2, 3, 64, 64))
+    uvd[..., 2].square().sum().backward()  # beta only reaches the depth, through the fused attention
+    assert model.beta.grad is not None and (model.beta.grad.abs() > 0).all()
+
+
+def test_separable_attention_is_permutation_equivariant():
+    torch.manual_seed(0)
+    attention = SeparableSelfAttention(16).eval()
+    tokens = torch.randn(2, 50, 16)
+    order = torch.randperm(50)
+    with torch.no_grad():
+        torch.testing.assert_close(attention(tokens[:, order]), attention(tokens)[:, order])
+
+
+def test_separable_attention_cost_is_linear_in_tokens():
+    attention = SeparableSelfAttention(16).eval()
+
+    def flops(num_tokens):
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            out = attention(torch.randn(1, num_tokens, 16))
+        assert out.shape == (1, num_tokens, 16) and torch.isfinite(out).all()
+        return counter.get_total_flops()
+
+    # an N x N attention matrix would make the count grow 16x from 1024 to 4096 tokens
+    assert flops(4096) == 4 * flops(1024)
+
+
+# --- read-outs ----------------------------------------------------------------------------------------
+
+def test_soft_argmax_returns_the_input_pixel_of_a_peaked_bin():
+    logits = torch.full((1, 2, 64, 32), -1e4)
+    logits[0, 0, 10, 20] = 0.0   # row 10, column 20 of a 64 x 32 map over a 128 (high) x 64 (wide) input
+    logits[0, 1, 63, 0] = 0.0
+    uv = soft_argmax_2d(spatial_softmax(logits), (128, 64))
+    # a map bin is 2 x 2 input pixels; bin (10, 20) spans pixels u 40-41, v 20-21, centre (40.5, 20.5)
+    torch.testing.assert_close(uv[0], torch.tensor([[40.5, 20.5], [0.5, 126.5]]))
+
+
+@pytest.mark.parametrize("peak", [1.0, 0.4])
+def test_hourglass_attn_readout_finds_gaussian_targets(default_models, peak):
+    """The heatmaps are trained towards the loss's Gaussians (peak 1); the read-out must land on their centre
+    at sub-pixel positions, for tall or low peaks, over a low noisy background."""
+    generator = torch.Generator().manual_seed(0)
+    uv = torch.rand(2, 21, 2, generator=generator) * 100 + 14
+    noise = 0.02 * peak * torch.rand(2, 21, 64, 64, generator=generator)
+    maps = peak * gaussian_heatmaps(uv, 128, 64, 64, sigma=2.0) + noise
+    found = soft_argmax_2d(default_models["hourglass_attn"].normalise(maps), (128, 128))
+    assert (found - uv).abs().max() < 0.2  # input pixels; a map bin is 2 pixels
+
+
+# --- learning -------------------------------------------------------------------------------------------
+
+# The seeds' losses; hourglass_attn also with the seed's optimiser (SGD, momentum 0.9, lr 0.1). The two
+# hourglass archs are overfitted at width 32 to keep this file fast on a CPU.
+OVERFIT = {
+    "ghost_lite": ({}, {"uv_l1": 1.0, "depth_l1": 1.0}, "adam", 3e-3),
+    "hourglass_attn": ({"channels": 32}, {"heatmap2d": 1.0, "depth_l1": 1.0}, "sgd", 0.1),
+    "hg_mlp": ({"channels": 32, "dropout": 0.0},
+               {"heatmap2d": 0.1, "pose_l2": 1.0, "bone_cosine": 10.0}, "adam", 1e-3),  # M-cos-2
+}
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_overfits_a_small_batch(name):
+    options, weights, optimiser, lr = OVERFIT[name]
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(1)
+    model = create_model(name, **options)
+    x = torch.randn(2, 3, 64, 64, generator=generator)
+    target = make_target(2, 64, generator)
+    if optimiser == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-5)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for step in range(30):
+        uvd, aux = model(x, return_aux=True)
+        loss, _ = pose_loss(uvd, aux, target, weights, progress=step / 30)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-3:]) / 3 < 0.5 * losses[0], losses
+
+
+# --- weights --------------------------------------------------------------------------------------------
+
+def test_weights_file_round_trip_and_no_imagenet(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("ghost_lite").eval()
+    path = tmp_path / "ghost_lite.pt"
+    torch.save({"model": model.state_dict()}, path)
+    loaded = create_model("ghost_lite", pretrained=str(path)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    with pytest.raises(UserError, match="no ImageNet weights"):
+        create_model("hourglass_attn", pretrained="imagenet")
