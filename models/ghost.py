@@ -107,7 +107,7 @@ class GhostLite(nn.Module):
 
 @register_model("ghost_lite", seed="002",
                 summary="Ghost-module hourglass, fused per-joint attention (learned beta), soft-argmax 2D + "
-                        "separable self-attention depth (~0.2M params)")
+                        "separable self-attention depth (0.18M params, as in the paper)")
 def build_ghost_lite(pretrained="none", channels=48, num_stacks=2, hourglass_depth=4, depth_dim=64):
     model = GhostLite(channels, num_stacks, hourglass_depth, depth_dim)
     return load_weights(model, pretrained, "ghost_lite")
