@@ -82,6 +82,10 @@ class EffNet1D(nn.Module):
             return smp.encoders.get_encoder(encoder_name, weights="imagenet" if imagenet else None)
 
         self.encoder = build_backbone(arch, pretrained, build, prefix="encoder")
+        # smp keeps EfficientNet's 1x1 head conv + BN (0.81 M for b4), which the paper's parameter count
+        # evidently includes, but the forward never uses it: frozen, so it needs no gradient (and DDP none).
+        for layer in (self.encoder._conv_head, self.encoder._bn1):
+            layer.requires_grad_(False)
         self.decoder = HeatmapDecoder1D(self.encoder.out_channels[-1], channels, num_blocks)
 
     def forward(self, x, return_aux=False):

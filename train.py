@@ -1,0 +1,539 @@
+"""Train any registered architecture.
+
+    python train.py --arch effb4_1d                      # the seed-000 recipe on data/freihand (or the synthetic set)
+    python train.py --arch resnet101 --epochs 20 --set loss.coord_l1=2.0 --set aug.rotate.max_deg=90
+    python train.py --arch effb4_1d --out runs/effb4_1d_x --resume
+    torchrun --nproc_per_node 2 train.py --arch effb0_1d  # DDP; --batch-size is per process
+    python train.py --list-archs
+
+A run folder holds config.json (resolved), log.csv, curves.png, last.pt, best.pt, val_pred.npz, summary.json.
+"""
+import argparse
+import copy
+import csv
+import json
+import math
+import os
+import random
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+import augment
+import geometry
+import metrics
+import models
+import recipes
+from checkpoints import build_model, load_checkpoint, newest_checkpoint, save_checkpoint
+from common import RUNS_ROOT, SYNTHETIC_ROOT, UserError, cli, resolve_device
+from data import resolve_data_root
+from data.dataset import HandDataset
+from data.loader import make_loader, to_device
+from data.readers import load_split
+from models.losses import LOSS_TERMS, pose_loss
+from predict import autocast, camera_joints, predict_loader
+
+# The laptop default: the synthetic set on the CPU with none of these keys given gets this short run, which
+# ends in minutes; giving any of them on the command line hands the whole budget back to the recipe.
+CPU_SYNTHETIC_BUDGET = {"img_size": 128, "epochs": 3, "batch_size": 16, "max_train_images": 480,
+                        "max_val_images": 100}
+CLI_KEYS = ("data_root", "epochs", "batch_size", "img_size", "lr", "pretrained", "device", "seed", "augs",
+            "backgrounds", "workers")
+RESUMABLE_OVERRIDES = ("epochs", "device", "workers")
+
+
+# --- configuration ----------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", help="a registered architecture (see --list-archs)")
+    p.add_argument("--recipe", help="recipe name in recipes.py (default: the one named like --arch)")
+    p.add_argument("--list-archs", action="store_true", help="print the architectures and exit")
+    p.add_argument("--data-root", help="dataset folder (default: data/freihand, else the synthetic set)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="per process")
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--pretrained", help="imagenet | none | PATH to local weights (default: imagenet on real "
+                                        "data, none on the synthetic set)")
+    p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--augs", help=f"comma-separated: {', '.join(augment.AUG_NAMES)}; or none")
+    p.add_argument("--backgrounds", help="folder of background images for the background swap")
+    p.add_argument("--workers", type=int, help="data-loading processes (-1: sized to the machine)")
+    p.add_argument("--out", help="run folder (default: runs/ARCH_YYYYmmdd-HHMMSS)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (default: the newest run "
+                                                         "of --arch) from its last.pt")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any recipe key, e.g. loss.js1d=0.1, aug.rotate.max_deg=90, amp=false")
+    return p.parse_args(argv)
+
+
+def parse_value(text):
+    """JSON when it parses (numbers, true/false, lists), else the plain string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def check_type(key, value, default):
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(value, bool) and isinstance(default, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float))
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise UserError(f"{key}={value!r}: expected {type(default).__name__} like {default!r}")
+    return value
+
+
+def set_key(config, dotted, value):
+    """Set ``a.b.c`` in the config; the top-level key must exist and keep its type (loss/aug/model are
+    checked by their owners)."""
+    top, *rest = dotted.split(".")
+    if top not in recipes.DEFAULTS:
+        raise UserError(f"unknown config key {top!r}; known keys: {', '.join(recipes.DEFAULTS)}")
+    if not rest:
+        config[top] = check_type(top, value, recipes.DEFAULTS[top])
+        return
+    if not isinstance(config[top], dict):
+        raise UserError(f"{dotted}: {top!r} has no sub-keys")
+    node = config[top]
+    for part in rest[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"{dotted}: {part!r} has no sub-keys")
+    node[rest[-1]] = value
+
+
+def resolve_config(args):
+    """DEFAULTS <- recipe <- command line. Returns (config, keys given on the command line)."""
+    name = args.recipe or args.arch
+    if not name:
+        raise UserError("give --arch NAME (see --list-archs) or --recipe NAME")
+    if name not in recipes.RECIPES:
+        models.model_entry(name)  # an unknown arch gets the registry's message listing valid names
+        raise UserError(f"no recipe {name!r} in recipes.py; known recipes: {', '.join(recipes.recipe_names())}")
+    config = copy.deepcopy(recipes.DEFAULTS)
+    config.update(copy.deepcopy(recipes.RECIPES[name]))
+    config["recipe"] = name
+    if args.arch and args.arch != config["arch"]:
+        raise UserError(f"recipe {name!r} trains {config['arch']!r}, not --arch {args.arch!r}")
+    given = {key for key in CLI_KEYS if getattr(args, key) is not None}
+    config.update({key: getattr(args, key) for key in given})
+    for item in args.set:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE")
+        set_key(config, key.strip(), parse_value(text.strip()))
+        given.add(key.strip().split(".")[0])
+    validate_config(config)
+    return config, given
+
+
+def validate_config(config):
+    models.model_entry(config["arch"])
+    unknown = sorted(set(config["loss"]) - LOSS_TERMS)
+    if unknown:
+        raise UserError(f"unknown loss key(s) {', '.join(unknown)}; known: {', '.join(sorted(LOSS_TERMS))}")
+    augment.parse_augs(config["augs"])
+    augment.resolve_options(config["aug"])
+    for key, allowed in (("optimizer", ("adam", "adamw", "sgd")), ("schedule", ("multistep", "cosine", "constant"))):
+        if config[key] not in allowed:
+            raise UserError(f"{key}={config[key]!r}: choose one of {', '.join(allowed)}")
+    for key in ("epochs", "batch_size", "img_size"):
+        if config[key] < 1:
+            raise UserError(f"{key}={config[key]}: must be at least 1")
+    if config["lr"] <= 0:
+        raise UserError(f"lr={config['lr']}: must be positive")
+
+
+# --- distributed ------------------------------------------------------------------------------------------
+
+def init_distributed(device_name):
+    """(rank, world_size, device). Under torchrun: nccl on GPUs, gloo on the CPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_name)
+    if world_size == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        local_rank = int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world_size, device
+
+
+def barrier(world_size):
+    if world_size > 1:
+        dist.barrier()
+
+
+def ranks_hold_same_weights(model):
+    """True when every rank's parameters equal rank 0's, compared against a broadcast copy of rank 0's."""
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    reference = flat.clone()
+    dist.broadcast(reference, src=0)
+    same = torch.tensor([float(torch.equal(flat, reference))], device=flat.device)
+    dist.all_reduce(same, op=dist.ReduceOp.MIN)
+    return bool(same.item())
+
+
+# --- the run folder -----------------------------------------------------------------------------------------
+
+def run_folder(args, config):
+    if args.resume:
+        if args.out:
+            return Path(args.out)
+        return newest_checkpoint("last.pt", RUNS_ROOT).parent if not args.arch else _newest_run_of(args.arch)
+    if args.out:
+        return Path(args.out)
+    return RUNS_ROOT / f"{config['recipe']}_{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _newest_run_of(arch):
+    runs = sorted((p for p in RUNS_ROOT.glob("*/last.pt")
+                   if json.loads((p.parent / "config.json").read_text())["arch"] == arch),
+                  key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise UserError(f"no run of {arch} with a last.pt in {RUNS_ROOT.name}/ to resume; start one without "
+                        f"--resume or pass --out RUN_FOLDER")
+    return runs[-1].parent
+
+
+def write_log(folder, history):
+    """log.csv from the history rows, rewritten whole (so a resumed run never repeats or drops an epoch)."""
+    tmp = folder / ".log.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        fields = list(dict.fromkeys(k for row in history for k in row))
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, folder / "log.csv")
+
+
+def plot_curves(folder, history):
+    """curves.png: training loss and validation PA-MPJPE per epoch."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [row["train_loss"] for row in history], marker="o")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log", title="training loss")
+    ax_val.plot(epochs, [row["val_pa_mpjpe_mm"] for row in history], marker="o", color="tab:red")
+    ax_val.set(xlabel="epoch", ylabel="PA-MPJPE (mm)", title="validation PA-MPJPE")
+    for ax in (ax_loss, ax_val):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(folder / "curves.png", dpi=90)
+    plt.close(fig)
+
+
+# --- optimisation ------------------------------------------------------------------------------------------
+
+def make_optimizer(model, config):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=config["lr"], momentum=config["momentum"],
+                               weight_decay=config["weight_decay"])
+    kind = torch.optim.AdamW if config["optimizer"] == "adamw" else torch.optim.Adam
+    return kind(params, lr=config["lr"], weight_decay=config["weight_decay"])
+
+
+def make_scheduler(optimizer, config):
+    """Stepped once per epoch."""
+    epochs = config["epochs"]
+    if config["schedule"] == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if config["schedule"] == "multistep":
+        milestones = sorted({max(1, round(f * epochs)) for f in config["milestones"]})
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config["gamma"])
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def seed_everything(seed):
+    """Every RNG stream re-seeded; called with (seed, epoch) at each epoch start, so a resumed run draws the
+    same shuffles, augmentations and dropout as one that never stopped."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+# --- one epoch ------------------------------------------------------------------------------------------------
+
+def make_target(batch, size):
+    """The loss's view of an augmented batch."""
+    return {"uvd": batch["uvd"], "visible": batch["visible"], "K": batch["K"],
+            "root_depth": batch["xyz"][:, geometry.ROOT_JOINT, 2], "size": size}
+
+
+def train_one_epoch(ctx, epoch):
+    """Returns (mean loss, mean loss parts, training images per second)."""
+    model, config, loader, device = ctx["model"], ctx["config"], ctx["train_loader"], ctx["device"]
+    model.train()
+    loader.sampler.set_epoch(epoch)  # the shuffle of this epoch; augmentation parameters come from `generator`
+    generator = torch.Generator(device=device).manual_seed(config["seed"] * 100003 + epoch)
+    size, progress_start = config["img_size"], (epoch - 1) / config["epochs"]
+    totals, count, images, window = {}, 0, 0, []
+    bar = tqdm(loader, desc=f"epoch {epoch}/{config['epochs']}", leave=False, dynamic_ncols=True, mininterval=1,
+               disable=ctx["rank"] != 0)
+    start = time.perf_counter()
+    for step, batch in enumerate(bar):
+        batch = ctx["augmenter"](to_device(batch, device), generator=generator)
+        x = models.prepare_images(batch["image"])
+        if ctx["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
+        progress = progress_start + step / (len(loader) * config["epochs"])
+        with autocast(device, config["amp"]):
+            uvd, aux = model(x, return_aux=True)
+        loss, parts = pose_loss(uvd.float(), _float_aux(aux), make_target(batch, size), config["loss"], progress)
+        ctx["optimizer"].zero_grad(set_to_none=True)
+        ctx["scaler"].scale(loss).backward()
+        if config["grad_clip"] > 0:
+            ctx["scaler"].unscale_(ctx["optimizer"])
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
+        ctx["scaler"].step(ctx["optimizer"])
+        ctx["scaler"].update()
+        window.append(loss.detach())
+        for k, v in {"total": loss.detach(), **parts}.items():
+            totals[k] = totals.get(k, 0.0) + v.detach()
+        count += 1
+        images += x.shape[0] * ctx["world_size"]
+        if len(window) == 10 or step == len(loader) - 1:
+            check_finite(torch.stack(window), epoch, step, ctx)
+            bar.set_postfix(loss=f"{torch.stack(window).mean().item():.4f}",
+                            img_s=f"{images / (time.perf_counter() - start):.0f}")
+            window = []
+    seconds = time.perf_counter() - start
+    parts = {k: float(v) / count for k, v in totals.items()}
+    return parts.pop("total"), parts, images / seconds
+
+
+def _float_aux(aux):
+    return {k: [t.float() for t in v] if isinstance(v, list) else v.float() for k, v in aux.items()}
+
+
+def check_finite(losses, epoch, step, ctx):
+    if not torch.isfinite(losses).all():
+        kept = (f"{ctx['folder'] / 'last.pt'} keeps epoch {epoch - 1}" if epoch > 1
+                else "no checkpoint was written yet")
+        raise UserError(f"the loss became {losses[~torch.isfinite(losses)][0].item()} at epoch {epoch}, step "
+                        f"{step}: training stopped; {kept}; lower --lr or --set grad_clip=1.0, then --resume")
+
+
+def validate(ctx):
+    """Plain (no TTA) prediction of the validation split: metrics dict and the predictions."""
+    predictions = predict_loader(ctx["net"], ctx["val_loader"], ctx["device"], tta=1, amp=ctx["config"]["amp"],
+                                 channels_last=ctx["channels_last"], desc="validate")
+    xyz = camera_joints(predictions, ctx["stats"]["bone_length_m"])
+    result = metrics.evaluate(xyz, predictions["xyz"])
+    return result, xyz, predictions["ids"]
+
+
+# --- set-up and the loop --------------------------------------------------------------------------------------
+
+def apply_cpu_budget(config, given, announce):
+    """The laptop default: synthetic data on the CPU, none of the budget's keys given -> CPU_SYNTHETIC_BUDGET."""
+    if given & set(CPU_SYNTHETIC_BUDGET):
+        return
+    config.update(CPU_SYNTHETIC_BUDGET)
+    announce(f"synthetic data on the CPU: a short run ({config['img_size']} px, {config['epochs']} epochs of "
+             f"{config['max_train_images']} images) that ends in minutes; give --epochs, --img-size or "
+             f"--batch-size to run the recipe instead")
+
+
+def limit(split, max_images, seed):
+    """A fixed random subset of at most ``max_images`` images (0 = all)."""
+    if not max_images or max_images >= len(split):
+        return split
+    return split.subset(np.sort(np.random.default_rng(seed).choice(len(split), max_images, replace=False)))
+
+
+def training_stats(split):
+    """Facts about the training labels that predictions need later (stored in every checkpoint)."""
+    bone = split.scale if split.scale is not None else geometry.bone_length(split.xyz)
+    rel = split.xyz - split.xyz[:, geometry.ROOT_JOINT:geometry.ROOT_JOINT + 1]
+    return {"bone_length_m": float(np.mean(bone)), "mean_pose_m": rel.mean(0).tolist()}
+
+
+def build_context(args):
+    """Everything a run needs: config, data, model, optimizer, folder; resumes state when asked."""
+    resume_state = None
+    if args.resume:
+        folder = run_folder(args, None)
+        resume_state = load_checkpoint(folder / "last.pt")
+        config = resume_state["config"]
+        config.update({k: getattr(args, k) for k in RESUMABLE_OVERRIDES if getattr(args, k) is not None})
+    else:
+        config, given = resolve_config(args)
+        folder = None
+    rank, world_size, device = init_distributed(config["device"])
+    announce = print if rank == 0 else (lambda *_: None)
+    if rank == 0:  # the synthetic default is generated once, by rank 0
+        data_root = resolve_data_root(config["data_root"] or None, announce)
+    barrier(world_size)
+    if rank:
+        data_root = resolve_data_root(config["data_root"] or None, announce=lambda *_: None)
+    synthetic = Path(data_root).resolve() == SYNTHETIC_ROOT.resolve()
+    if resume_state is None:
+        if synthetic and device.type == "cpu":
+            apply_cpu_budget(config, given, announce)
+        if config["pretrained"] == "auto":
+            config["pretrained"] = "none" if synthetic else "imagenet"
+        config["data_root"] = str(data_root)
+        folder = run_folder(args, config)
+    seed_everything(config["seed"])
+
+    train_split = limit(load_split(data_root, "train"), config["max_train_images"], config["seed"])
+    val_split = limit(load_split(data_root, "val"), config["max_val_images"], config["seed"])
+    if not train_split.labelled or not val_split.labelled:
+        raise UserError(f"{data_root}: the train and val splits need *_xyz.json labels")
+    size, cuda = config["img_size"], device.type == "cuda"
+    train_set, val_set = HandDataset(train_split, size), HandDataset(val_split, size)
+    if len(train_set) < config["batch_size"] * world_size:
+        raise UserError(f"{len(train_set)} training images are fewer than one batch of {config['batch_size']} "
+                        f"per process; lower --batch-size")
+
+    model = models.create_model(config["arch"], pretrained="none" if resume_state else config["pretrained"],
+                                **config["model"])
+    channels_last = cuda and config["channels_last"]
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config)
+    amp_fp16 = cuda and config["amp"] and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_fp16)
+    ctx = {"config": config, "folder": folder, "rank": rank, "world_size": world_size, "device": device,
+           "channels_last": channels_last, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler,
+           "history": [], "best": math.inf, "start_epoch": 1, "stats": training_stats(train_split),
+           "params": sum(p.numel() for p in model.parameters())}
+    if resume_state is not None:
+        restore(ctx, model, resume_state)
+        announce(f"resuming {folder} after epoch {resume_state['epoch']} of {config['epochs']}")
+    ctx["net"] = model  # the bare model: validation and checkpoints
+    if world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    if config["compile"]:
+        model = torch.compile(model)
+    ctx["model"] = model  # the training model, wrapped for DDP / compile
+    ctx["train_loader"] = make_loader(train_set, config["batch_size"], train=True, workers=config["workers"],
+                                      seed=config["seed"], rank=rank, world_size=world_size, pin_memory=cuda)
+    ctx["val_loader"] = make_loader(val_set, config["batch_size"], train=False, workers=config["workers"],
+                                    pin_memory=cuda)
+    ctx["augmenter"] = augment.Augmenter(augment.parse_augs(config["augs"]), augment.resolve_options(config["aug"]),
+                                         size, device, backgrounds=config["backgrounds"] or None)
+    ctx["baseline"] = mean_pose_baseline(ctx["stats"], val_split.xyz)
+    announce(f"{config['recipe']}: {config['arch']} ({ctx['params'] / 1e6:.2f} M params), {len(train_set)} training "
+             f"/ {len(val_set)} validation images from {data_root}, {size} px, batch {config['batch_size']}"
+             f"{f' x {world_size} processes' if world_size > 1 else ''}, {device}, run folder {folder}; "
+             f"mean-pose baseline {ctx['baseline']:.2f} mm PA-MPJPE on validation")
+    return ctx
+
+
+def mean_pose_baseline(stats, xyz):
+    """PA-MPJPE (mm) of always predicting the training set's mean root-relative pose."""
+    mean_pose = np.broadcast_to(np.asarray(stats["mean_pose_m"]), xyz.shape)
+    return float(metrics.pa_mpjpe(mean_pose, xyz).mean() * 1000.0)
+
+
+def restore(ctx, model, state):
+    model.load_state_dict(state["model"])
+    ctx["optimizer"].load_state_dict(state["optimizer"])
+    ctx["scheduler"].load_state_dict(state["scheduler"])
+    ctx["scaler"].load_state_dict(state["scaler"])
+    ctx["history"], ctx["best"] = state["history"], state["best_val_pa_mpjpe_mm"]
+    ctx["start_epoch"] = state["epoch"] + 1
+
+
+def save_epoch(ctx, epoch, result, val_xyz, val_ids):
+    """best.pt (when validation improved) and val_pred.npz, then last.pt, then log.csv and curves.png."""
+    folder, config = ctx["folder"], ctx["config"]
+    state = {"model": ctx["net"].state_dict(), "config": config, "epoch": epoch, "history": ctx["history"],
+             "stats": ctx["stats"], "best_val_pa_mpjpe_mm": ctx["best"]}
+    if result["pa_mpjpe_mm"] <= ctx["best"]:
+        ctx["best"] = state["best_val_pa_mpjpe_mm"] = result["pa_mpjpe_mm"]
+        save_checkpoint(state, folder / "best.pt")
+        tmp = folder / ".val_pred.tmp.npz"
+        np.savez(tmp, xyz=val_xyz, ids=val_ids, split="val")
+        os.replace(tmp, folder / "val_pred.npz")
+    save_checkpoint({**state, "optimizer": ctx["optimizer"].state_dict(), "scheduler": ctx["scheduler"].state_dict(),
+                     "scaler": ctx["scaler"].state_dict()}, folder / "last.pt")
+    write_log(folder, ctx["history"])
+    plot_curves(folder, ctx["history"])
+
+
+@cli
+def main(argv=None):
+    args = parse_args(argv)
+    if args.list_archs:
+        print_archs()
+        return
+    ctx = build_context(args)
+    config, folder, rank = ctx["config"], ctx["folder"], ctx["rank"]
+    if rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
+    speeds = [row["train_images_per_s"] for row in ctx["history"]]
+    for epoch in range(ctx["start_epoch"], config["epochs"] + 1):
+        seed_everything(config["seed"] * 1000 + epoch)
+        started = time.perf_counter()
+        loss, parts, speed = train_one_epoch(ctx, epoch)
+        lr = ctx["optimizer"].param_groups[0]["lr"]
+        ctx["scheduler"].step()
+        speeds.append(speed)
+        if rank == 0:
+            result, val_xyz, val_ids = validate(ctx)
+            ctx["history"].append({"epoch": epoch, "lr": lr, "train_loss": loss,
+                                   **{f"loss_{k}": v for k, v in parts.items() if k != "total"},
+                                   "val_pa_mpjpe_mm": result["pa_mpjpe_mm"], "val_auc": result["auc_0_50mm"],
+                                   "val_mpjpe_mm": result["mpjpe_mm"], "train_images_per_s": speed,
+                                   "epoch_seconds": time.perf_counter() - started})
+            save_epoch(ctx, epoch, result, val_xyz, val_ids)
+            tqdm.write(f"epoch {epoch}/{config['epochs']}  loss {loss:.4f}  val PA-MPJPE "
+                       f"{result['pa_mpjpe_mm']:.2f} mm  AUC {result['auc_0_50mm']:.3f}  {speed:.0f} img/s")
+        barrier(ctx["world_size"])
+    finish(ctx, speeds)
+
+
+def finish(ctx, speeds):
+    summary_extra = {}
+    if ctx["world_size"] > 1:
+        summary_extra["ranks_hold_same_weights"] = ranks_hold_same_weights(ctx["net"])
+    if ctx["rank"] == 0:
+        history, config = ctx["history"], ctx["config"]
+        best = min(history, key=lambda row: row["val_pa_mpjpe_mm"])
+        summary = {"arch": config["arch"], "recipe": config["recipe"], "params": ctx["params"],
+                   "epochs": len(history), "best_epoch": best["epoch"],
+                   "best_val_pa_mpjpe_mm": best["val_pa_mpjpe_mm"],
+                   "val_mean_pose_pa_mpjpe_mm": ctx["baseline"],
+                   "train_images_per_s": float(np.mean(speeds)) if speeds else None,
+                   "img_size": config["img_size"], "world_size": ctx["world_size"], **summary_extra}
+        (ctx["folder"] / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(f"done: best validation PA-MPJPE {summary['best_val_pa_mpjpe_mm']:.2f} mm at epoch "
+              f"{summary['best_epoch']}; {ctx['folder'] / 'best.pt'}")
+    if ctx["world_size"] > 1:
+        dist.destroy_process_group()
+
+
+def print_archs():
+    from models.flops import count_gflops
+    print(f"{'arch':<16}{'seed':<6}{'params':>10}{'input':>7}{'GFLOPs':>9}  summary")
+    for name in models.list_models():
+        entry = models.model_entry(name)
+        size = recipes.RECIPES.get(name, recipes.DEFAULTS)["img_size"]
+        model = models.create_model(name, pretrained="none").eval()
+        params = sum(p.numel() for p in model.parameters())
+        print(f"{name:<16}{entry.seed:<6}{params / 1e6:>9.2f}M{size:>7}{count_gflops(model, size):>9.2f}  "
+              f"{entry.summary}")
+
+
+if __name__ == "__main__":
+    main()
