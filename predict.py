@@ -1,18 +1,81 @@
-"""Predict with rotation test-time augmentation and write submission files.
+"""Predict with rotation test-time augmentation, write submission files, score locally, draw pictures.
 
-    python predict.py [--ckpt PATH] [--data-root DIR] [--split NAME] [--tta N] [--format freihand|mp21] [--out PREFIX]
+    python predict.py [--ckpt PATH] [--data-root DIR] [--split NAME] [--tta N] [--format freihand|mp21]
+                      [--joint-order mano|ait|freihand] [--out PREFIX] [--batch-size B] [--device auto|cpu|cuda]
+                      [--viz K] [--workers W] [--no-amp]
+    python predict.py --check FILE [--data-root DIR] [--split NAME]
+
+Defaults: the newest runs/*/best.pt; --data-root, else the data root the checkpoint was trained on when it still
+holds a dataset, else data.resolve_data_root(); the layout's submission split (FreiHAND 'evaluation', MP21
+'test'); --format freihand on the FreiHAND layout, mp21 on MP21; --out submissions/<run>_<split>_tta<N>.
+img_size, arch and model options always come from the checkpoint's config.
+
+Files (PREFIX = --out):
+  PREFIX.npz           raw predictions for ensemble.py: xyz (N, 21, 3) metres in FreiHAND order, ids (N,) image
+                       ids, split; and layout, data_root, arch, ckpt, run_dir, tta, bone_length_m, mean_pose_m
+  PREFIX.zip           --format freihand, the Codalab upload: pred.json = [xyz_list, verts_list], N entries each,
+                       metres, the split's order
+  PREFIX.json.gz       --format mp21, the course upload (the course names it test_preds.json.gz; the name inside
+                       the upload form does not matter): a JSON list N x 21 x 3 in millimetres, the split's order,
+                       in --joint-order (default mano, the course template's order)
+  PREFIX.metrics.json  when the split has labels: both Procrustes variants and the mean-pose baseline
+  PREFIX_viz/NNNN.png  --viz K: K images (NNNN the image id) with the 2D skeleton beside a 3D view
+
+Policies
+* Mesh: we predict joints, no MANO mesh. verts_list holds, per sample, 778 copies of the centroid of that
+  sample's predicted joints: a well-formed file whose joint scores are ours and whose mesh scores are
+  meaningless (all vertices sit at one point in front of the camera, never at the camera centre).
+* TTA: N rotations about the input's centre, evenly spaced over 360 degrees (0 first; N=1 is the plain
+  prediction), all rotations of a batch in one forward (a forward holds batch x N images); each prediction's
+  u, v is mapped back by the inverse affine, then u, v, d are averaged and converted to camera xyz.
+* Root depth: from the known bone scale where the split has *_scale.json, else from the checkpoint's training
+  mean bone length (stats['bone_length_m']); the run prints which. Where the bone gives no depth (its two joints
+  predicted on one camera ray: in practice only an untrained model), FALLBACK_ROOT_DEPTH_M, with a warning.
+* CUDA: AMP (bf16 where supported, else fp16) and channels_last, as the checkpoint's config says (both on by
+  default); --no-amp predicts in fp32. The CPU always runs fp32.
+* Files are validated (count, unique ids, shape (N, 21, 3), finite) before anything is written, and each is
+  written to a temp file that replaces the target only when complete: an error never leaves a partial file.
 """
+import argparse
 import contextlib
+import gzip
+import inspect
+import json
+import os
+import pickle
+import zipfile
+import zlib
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 import geometry
-from augment import warp_images
-from data.loader import to_device
+import metrics
+import models
+from augment import FINGER_COLOURS, warp_images
+from checkpoints import build_model, load_checkpoint, newest_checkpoint
+from common import PROJECT_ROOT, RUNS_ROOT, SUBMISSIONS_ROOT, UserError, cli, resolve_device
+from data import resolve_data_root
+from data.dataset import HandDataset
+from data.joints import BONES, ORDERS, from_freihand
+from data.loader import make_loader, to_device
+from data.readers import detect_layout, load_split, submission_split
 from models import prepare_images
 
+FORMATS = ("freihand", "mp21")
+UPLOAD_SUFFIX = {"freihand": ".zip", "mp21": ".json.gz"}
+OUTPUT_SUFFIXES = (".zip", ".json.gz", ".npz")
+ZIP_MEMBER = "pred.json"             # the file name FreiHAND's Codalab scorer reads from the zip
+FREIHAND_EVAL_SIZE = 3960            # images in FreiHAND's evaluation set
+MESH_VERTICES = 778                  # MANO vertices per sample in pred.json
+DECIMALS_M, DECIMALS_MM = 7, 4       # written precision: 0.1 micrometre either way
+REQUIRED_RECORD_KEYS = ("xyz", "ids", "split")
+FALLBACK_ROOT_DEPTH_M = 0.6          # root depth where the bone gives none (see root_depths); FreiHAND-like
+
+
+# --- the inference core -------------------------------------------------------------------------------------
 
 def tta_affines(n, size, device=None):
     """(n, 2, 3) rotations about the input's centre by n angles evenly spaced over 360 degrees (0 first)."""
@@ -64,9 +127,507 @@ def predict_loader(model, loader, device, tta=1, amp=False, channels_last=False,
     return result
 
 
-def camera_joints(predictions, default_bone_length):
-    """xyz (N, 21, 3) metres from predicted uvd: root depth from the bone length of *_scale.json where known,
-    else ``default_bone_length`` (the training set's mean)."""
+def root_depths(predictions, default_bone_length):
+    """(root depth (N,) metres, fell_back (N,) bool). The depth that gives geometry.SCALE_BONE the bone length of
+    *_scale.json where known, else ``default_bone_length`` (the training set's mean). Where no positive depth
+    does (the bone's two joints on one camera ray, as when an untrained model puts every joint at the centre),
+    FALLBACK_ROOT_DEPTH_M and fell_back True."""
     bone = predictions["bone_length"]
     bone = np.where(np.isnan(bone), default_bone_length, bone)
-    return geometry.uvd_to_xyz_by_bone(predictions["uvd"], predictions["K"], bone)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        depth = geometry.root_depth_from_bone(predictions["uvd"], predictions["K"], bone)
+    fell_back = ~(np.isfinite(depth) & (depth > 0))
+    return np.where(fell_back, FALLBACK_ROOT_DEPTH_M, depth), fell_back
+
+
+def camera_joints(predictions, default_bone_length):
+    """xyz (N, 21, 3) metres from predicted uvd, the root depth from ``root_depths``."""
+    depth, _ = root_depths(predictions, default_bone_length)
+    return geometry.uvd_to_xyz(predictions["uvd"], predictions["K"], depth)
+
+
+# --- checkpoint, data, options ------------------------------------------------------------------------------
+
+def read_checkpoint(path):
+    """``checkpoints.load_checkpoint`` plus what prediction needs: a config naming the model and its input size,
+    and the training stats. Every problem is a UserError naming the file."""
+    try:
+        state = load_checkpoint(path)
+    except pickle.UnpicklingError as err:  # a text or foreign file that torch.load reads as a pickle
+        raise UserError(f"checkpoint {path} cannot be read (UnpicklingError: {err}); it is broken or not a "
+                        f"PyTorch file: use another checkpoint") from None
+    missing = [key for key in ("arch", "img_size", "model") if key not in state["config"]]
+    missing += [f"stats.{key}" for key in ("bone_length_m", "mean_pose_m") if key not in state.get("stats", {})]
+    if missing:
+        raise UserError(f"checkpoint {path} lacks {', '.join(missing)}; pass a best.pt written by train.py")
+    return state
+
+
+def load_model(state, path):
+    """The checkpoint's model, weights loaded, in eval mode on the CPU. A config whose arch or model options do
+    not fit the weights (another arch's checkpoint, an edited config.json) is a UserError naming the file."""
+    config = state["config"]
+    try:
+        builder = models.model_entry(config["arch"]).builder
+        try:
+            inspect.signature(builder).bind(pretrained="none", **config["model"])
+        except TypeError as err:  # bind() raises TypeError exactly when the options do not fit the builder
+            raise UserError(f"model options {config['model']} do not fit arch {config['arch']!r} ({err})") from None
+        return build_model(state)
+    except UserError as err:
+        raise UserError(f"checkpoint {path}: {err}; it holds another arch's weights or an edited config: "
+                        f"use the best.pt its run wrote") from None
+
+
+def resolve_root(data_root, config, announce=print):
+    """--data-root, else the checkpoint's training data root while it holds a dataset, else the default."""
+    if data_root:
+        return resolve_data_root(data_root)
+    trained_on = config.get("data_root")
+    if trained_on and detect_layout(trained_on) is not None:
+        return Path(trained_on)
+    if trained_on:
+        announce(f"the checkpoint's data root {trained_on} holds no dataset now; using the default")
+    return resolve_data_root(None, announce)
+
+
+def resolve_format(fmt, joint_order, layout):
+    """(format, joint order) from the options and the layout: freihand files are always in FreiHAND order."""
+    fmt = fmt or ("mp21" if layout == "mp21" else "freihand")
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if joint_order is not None and joint_order not in ORDERS:
+        raise UserError(f"--joint-order {joint_order!r}: choose one of {', '.join(ORDERS)}")
+    if fmt == "freihand":
+        if joint_order not in (None, "freihand"):
+            raise UserError(f"--joint-order {joint_order}: the freihand format is always in FreiHAND order; "
+                            f"leave out --joint-order or use --format mp21")
+        return fmt, "freihand"
+    return fmt, joint_order or "mano"
+
+
+def output_prefix(out, default_name):
+    """PREFIX from --out (a known suffix such as .zip is dropped), else SUBMISSIONS_ROOT/default_name."""
+    prefix = Path(out) if out else SUBMISSIONS_ROOT / default_name
+    for suffix in OUTPUT_SUFFIXES:
+        if prefix.name.endswith(suffix):
+            prefix = prefix.with_name(prefix.name[:-len(suffix)])
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    return prefix
+
+
+def root_depth_source(split, stats):
+    """One line saying where the root depth comes from."""
+    if split.scale is not None:
+        return f"root depth from the known bone scale (*_scale.json of the {split.name} split)"
+    return (f"root depth from the checkpoint's training mean bone length ({stats['bone_length_m'] * 1000:.2f} mm): "
+            f"the {split.name} split has no *_scale.json")
+
+
+def shown(path):
+    """A path relative to the project when it lies inside it (shorter output lines)."""
+    path = Path(path).resolve()
+    return path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path
+
+
+# --- prediction records (.npz) -----------------------------------------------------------------------------
+
+def validate_predictions(xyz, ids, what, expected_ids=None):
+    """Raise a UserError unless xyz is (N, 21, 3) finite with N >= 1 unique ids (equal to ``expected_ids``,
+    in order, when given)."""
+    xyz, ids = np.asarray(xyz), np.asarray(ids)
+    if xyz.ndim != 3 or xyz.shape[1:] != (geometry.NUM_JOINTS, 3) or len(xyz) == 0:
+        raise UserError(f"{what}: xyz has shape {xyz.shape}, expected (N, 21, 3) with N >= 1")
+    if ids.shape != (len(xyz),):
+        raise UserError(f"{what}: {ids.size} ids for {len(xyz)} predictions")
+    values, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise UserError(f"{what}: image id {values[counts > 1][0]} occurs {counts.max()} times; ids must be unique")
+    bad = ~np.isfinite(xyz).all(axis=(1, 2))
+    if bad.any():
+        raise UserError(f"{what}: {bad.sum()} of {len(xyz)} predictions hold NaN or inf (first: image id "
+                        f"{ids[bad][0]}); nothing was written")
+    if expected_ids is not None:
+        expected_ids = np.asarray(expected_ids)
+        if len(ids) != len(expected_ids):
+            raise UserError(f"{what}: {len(ids)} predictions, but the split has {len(expected_ids)} images")
+        if not np.array_equal(ids, expected_ids):
+            row = int(np.flatnonzero(ids != expected_ids)[0])
+            raise UserError(f"{what}: row {row} is image id {ids[row]}, the split's row {row} is {expected_ids[row]}")
+
+
+@contextlib.contextmanager
+def atomic_file(path):
+    """Yield a temp path beside ``path``; when the block ends normally it replaces ``path``, and on any error the
+    temp file is removed, so ``path`` is either the complete new file or what was there before."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_record(path, record):
+    """A prediction record (dict of arrays, strings and numbers) as .npz, atomically."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **{key: np.asarray(value) for key, value in record.items()})
+
+
+def load_predictions(path):
+    """A .npz of predictions (predict.py, ensemble.py or a run's val_pred.npz) -> dict: arrays, and plain str /
+    numbers for scalars. Missing keys or a broken file are a UserError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; write predictions with `python predict.py`")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            record = {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"{path} is not a readable .npz of predictions ({type(err).__name__}: {err}); "
+                        f"write it again with predict.py") from None
+    missing = [key for key in REQUIRED_RECORD_KEYS if key not in record]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)}; it is not a prediction file of predict.py")
+    record = {key: value.item() if value.ndim == 0 else value for key, value in record.items()}
+    record["xyz"], record["ids"] = record["xyz"].astype(np.float64), record["ids"].astype(np.int64)
+    validate_predictions(record["xyz"], record["ids"], str(path))
+    return record
+
+
+# --- upload files ---------------------------------------------------------------------------------------------
+
+def json_array(values, decimals):
+    return json.dumps(np.round(np.asarray(values, np.float64), decimals).tolist())
+
+
+def mesh_placeholder(xyz):
+    """The vertex written for every one of the 778 MANO vertices of each sample: its joints' centroid (N, 3)."""
+    return xyz.mean(1)
+
+
+def freihand_json_chunks(xyz):
+    """pred.json text in pieces: [[xyz_0, ...], [verts_0, ...]], verts_i = 778 copies of mesh_placeholder."""
+    yield "[" + json_array(xyz, DECIMALS_M) + ", ["
+    for i, vertex in enumerate(mesh_placeholder(xyz)):
+        row = json_array(vertex, DECIMALS_M)
+        yield (", [" if i else "[") + ", ".join([row] * MESH_VERTICES) + "]"
+    yield "]]"
+
+
+def write_freihand_zip(path, xyz, joint_order="freihand"):
+    """The Codalab upload: a zip holding pred.json, streamed (no 100 MB string in memory), reproducible bytes."""
+    assert joint_order == "freihand", "FreiHAND's scorer reads FreiHAND order"
+    info = zipfile.ZipInfo(ZIP_MEMBER, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    with atomic_file(path) as tmp:
+        with zipfile.ZipFile(tmp, "w") as archive, archive.open(info, "w") as member:
+            for chunk in freihand_json_chunks(xyz):
+                member.write(chunk.encode())
+
+
+def write_mp21_json_gz(path, xyz, joint_order="mano"):
+    """The course upload: gzipped JSON list N x 21 x 3 in millimetres, joints in ``joint_order``."""
+    text = json_array(from_freihand(xyz * 1000.0, joint_order), DECIMALS_MM)
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as packed:
+            packed.write(text.encode())
+
+
+WRITERS = {"freihand": write_freihand_zip, "mp21": write_mp21_json_gz}
+
+
+def upload_path(prefix, fmt):
+    return Path(f"{prefix}{UPLOAD_SUFFIX[fmt]}")
+
+
+def write_outputs(prefix, record, fmt, joint_order, expected_ids=None):
+    """Validate, then write PREFIX.npz and the upload file (each atomically). Returns their paths."""
+    validate_predictions(record["xyz"], record["ids"], f"predictions for {prefix}", expected_ids)
+    npz, upload = Path(f"{prefix}.npz"), upload_path(prefix, fmt)
+    save_record(npz, record)
+    WRITERS[fmt](upload, record["xyz"], joint_order)
+    return npz, upload
+
+
+# --- reading upload files back (--check) ---------------------------------------------------------------------
+
+def as_joint_array(values, item_shape, what):
+    """A JSON list -> float64 array (N, *item_shape), finite; otherwise a UserError saying what is wrong."""
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise UserError(f"{what}: entries are not all {' x '.join(map(str, item_shape))} numbers") from None
+    if array.ndim != 1 + len(item_shape) or array.shape[1:] != item_shape:
+        raise UserError(f"{what}: shape {array.shape}, expected (N, {', '.join(map(str, item_shape))})")
+    bad = ~np.isfinite(array).all(axis=tuple(range(1, array.ndim)))
+    if bad.any():
+        raise UserError(f"{what}: {bad.sum()} entries hold NaN or inf (first: row {np.flatnonzero(bad)[0]})")
+    return array
+
+
+def read_freihand_zip(path):
+    """(xyz (N, 21, 3), verts (N, 778, 3)) metres from a Codalab upload zip."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if ZIP_MEMBER not in archive.namelist():
+                raise UserError(f"{path} holds {archive.namelist()}, not {ZIP_MEMBER}; write it with predict.py "
+                                f"--format freihand")
+            with archive.open(ZIP_MEMBER) as member:
+                content = json.load(member)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+        raise UserError(f"{path} is not a readable zip file ({err}); write it again with predict.py") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: {ZIP_MEMBER} is not valid JSON ({err})") from None
+    if not (isinstance(content, list) and len(content) == 2):
+        raise UserError(f"{path}: {ZIP_MEMBER} must hold [xyz_list, verts_list]")
+    xyz = as_joint_array(content[0], (geometry.NUM_JOINTS, 3), f"{path}: xyz_list")
+    verts = as_joint_array(content[1], (MESH_VERTICES, 3), f"{path}: verts_list")
+    if len(verts) != len(xyz):
+        raise UserError(f"{path}: {len(xyz)} xyz entries but {len(verts)} verts entries")
+    return xyz, verts
+
+
+def read_mp21_json_gz(path):
+    """(N, 21, 3) millimetres, in the file's joint order, from a course upload."""
+    try:
+        with gzip.open(path, "rt") as f:
+            content = json.load(f)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise UserError(f"{path} is not a readable gzip file ({err}); write it again with predict.py") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: the gzipped text is not valid JSON ({err})") from None
+    return as_joint_array(content, (geometry.NUM_JOINTS, 3), str(path))
+
+
+def expected_split(data_root, split_name, record=None):
+    """The split an uploaded file must cover: --data-root / --split when given; for an .npz, the split it records
+    while its data root holds a dataset; else None."""
+    if data_root or split_name:
+        root = resolve_data_root(data_root)
+        return load_split(root, split_name or submission_split(detect_layout(root)))
+    if record is not None and record.get("data_root") and detect_layout(record["data_root"]) is not None:
+        return load_split(record["data_root"], record["split"])
+    return None
+
+
+def check_file(path, data_root=None, split_name=None):
+    """Validate an upload (.zip, .json.gz) or prediction (.npz) file; a UserError says what is wrong, else returns
+    the OK line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist")
+    if path.name.endswith(".npz"):
+        record = load_predictions(path)
+        split = expected_split(data_root, split_name, record)
+        if split is not None:
+            validate_predictions(record["xyz"], record["ids"], str(path), expected_ids=split.image_ids)
+        where = f", matching the {split.name} split of {split.root}" if split is not None else ""
+        return f"OK: {path}: {len(record['xyz'])} predictions of split {record['split']!r} (21 x 3, metres){where}"
+    if path.name.endswith(".json.gz"):
+        xyz, kind, unit, verts = read_mp21_json_gz(path), "mp21", "millimetres", None
+        if np.median(xyz[..., 2]) < 10.0:
+            raise UserError(f"{path}: depths look like metres (median z {np.median(xyz[..., 2]):.3f}); the course "
+                            f"wants millimetres")
+    elif path.name.endswith(".zip") or zipfile.is_zipfile(path):
+        (xyz, verts), kind, unit = read_freihand_zip(path), "freihand", "metres"
+        if np.median(xyz[..., 2]) > 100.0:
+            raise UserError(f"{path}: depths look like millimetres (median z {np.median(xyz[..., 2]):.1f}); "
+                            f"FreiHAND wants metres")
+    else:
+        raise UserError(f"{path}: not a .zip, .json.gz or .npz file; pass an upload or prediction file")
+    split = expected_split(data_root, split_name)
+    expected, source = ((len(split), f"the {split.name} split of {split.root}") if split is not None
+                        else (FREIHAND_EVAL_SIZE, "the FreiHAND evaluation set") if kind == "freihand"
+                        else (None, None))
+    if expected is not None and len(xyz) != expected:
+        raise UserError(f"{path}: {len(xyz)} samples, expected {expected} for {source}")
+    mesh = f" + {MESH_VERTICES} placeholder vertices" if verts is not None else ""
+    where = f", as {source} has" if expected is not None else " (pass --data-root to check the count)"
+    return f"OK: {path}: {kind} upload, {len(xyz)} samples of 21 x 3 joints{mesh}, {unit}{where}"
+
+
+# --- local scoring ------------------------------------------------------------------------------------------
+
+METRIC_COLUMNS = {"pa_mpjpe_mm": "PA-MPJPE mm", "auc_0_50mm": "AUC 0-50mm", "f@5mm": "F@5mm",
+                  "f@15mm": "F@15mm", "mpjpe_mm": "root-rel. MPJPE mm"}
+VARIANTS = {"reflections_allowed": "reflections allowed (FreiHAND)",
+            "reflections_corrected": "reflections corrected (MP21)"}
+
+
+def labels_for(split, ids, what):
+    """Ground truth xyz (N, 21, 3) of the images ``ids`` of a labelled split."""
+    rows = {image_id: row for row, image_id in enumerate(split.image_ids)}
+    missing = [i for i in ids if i not in rows]
+    if missing:
+        raise UserError(f"{what}: image id {missing[0]} is not in the {split.name} split of {split.root} "
+                        f"({len(missing)} ids missing); pass the --data-root the predictions were made on")
+    return split.xyz[[rows[i] for i in ids]]
+
+
+def score(xyz, gt, mean_pose_m=None):
+    """Metrics of predictions against ground truth (N, 21, 3) metres: both Procrustes variants and, given the
+    training mean pose (21, 3), the mean-pose baseline's PA-MPJPE (mm)."""
+    from train import mean_pose_baseline  # imported here: train imports this module
+    result = {variant: metrics.evaluate(xyz, gt, allow_reflection=variant == "reflections_allowed")
+              for variant in VARIANTS}
+    result["mean_pose_baseline_pa_mpjpe_mm"] = (None if mean_pose_m is None
+                                                else mean_pose_baseline({"mean_pose_m": mean_pose_m}, gt))
+    return result
+
+
+def score_table(scores):
+    """The metrics as a text table, one row per variant and one for the mean-pose baseline."""
+    import pandas as pd
+    rows = {label: {column: scores[variant][key] for key, column in METRIC_COLUMNS.items()}
+            for variant, label in VARIANTS.items()}
+    if scores["mean_pose_baseline_pa_mpjpe_mm"] is not None:
+        rows["mean-pose baseline"] = {"PA-MPJPE mm": scores["mean_pose_baseline_pa_mpjpe_mm"]}
+    frame = pd.DataFrame.from_dict(rows, orient="index", columns=list(METRIC_COLUMNS.values()))
+    return frame.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-")
+
+
+def report_scores(prefix, xyz, gt, mean_pose_m=None, info=None):
+    """Print the score table and write PREFIX.metrics.json (``info``: what made the predictions). Returns it."""
+    scores = {**(info or {}), "n": int(len(gt)), **score(xyz, gt, mean_pose_m)}
+    print(f"scores on {scores['n']} labelled images:\n{score_table(scores)}")
+    path = Path(f"{prefix}.metrics.json")
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(scores, indent=2))
+    return path
+
+
+# --- pictures -----------------------------------------------------------------------------------------------
+
+def bone_colour(child):
+    """Matplotlib colour of the bone ending at joint ``child``: one per finger (augment's preview colours)."""
+    return np.array(FINGER_COLOURS[(child - 1) // 4]) / 255.0
+
+
+def draw_skeleton_2d(ax, uv, style):
+    for parent, child in BONES:
+        ax.plot(*uv[[parent, child]].T, style, color=bone_colour(child), lw=1.5, ms=2.5)
+
+
+def draw_skeleton_3d(ax, xyz_mm, style):
+    """Camera-frame joints drawn with x right, depth into the page and -y up (the camera's view turned)."""
+    for parent, child in BONES:
+        ax.plot(xyz_mm[[parent, child], 0], xyz_mm[[parent, child], 2], -xyz_mm[[parent, child], 1], style,
+                color=bone_colour(child), lw=1.5, ms=2.5)
+
+
+def save_pictures(prefix, split, xyz, count):
+    """``count`` PNGs PREFIX_viz/NNNN.png (NNNN the image id), evenly spread over the split: the image with the
+    predicted 2D skeleton (solid; ground truth dashed where known) beside a 3D view of the root-relative hand.
+    ``xyz`` (N, 21, 3) metres, rows as the split's. Returns the folder."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    folder = Path(f"{prefix}_viz")
+    folder.mkdir(parents=True, exist_ok=True)
+    for row in np.unique(np.linspace(0, len(split) - 1, min(count, len(split))).round().astype(int)):
+        poses = {"-o": xyz[row]} if split.xyz is None else {"-o": xyz[row], "--": split.xyz[row]}
+        fig = plt.figure(figsize=(9, 4.5))
+        ax_image, ax_3d = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2, projection="3d")
+        with Image.open(split.image_paths[row]) as image:
+            ax_image.imshow(image.convert("RGB"))
+        for style, joints in poses.items():
+            draw_skeleton_2d(ax_image, geometry.project(joints, split.K[row]), style)
+            draw_skeleton_3d(ax_3d, (joints - joints[geometry.ROOT_JOINT]) * 1000.0, style)
+        ax_image.set_axis_off()
+        ax_image.set_title(f"{split.name} image {split.image_ids[row]}: prediction solid"
+                           + (", ground truth dashed" if split.xyz is not None else ""), fontsize=9)
+        ax_3d.set_title("root-relative, mm", fontsize=9)
+        ax_3d.set(xlabel="x", ylabel="z (depth)", zlabel="-y", xlim=(-110, 110), ylim=(-110, 110), zlim=(-110, 110))
+        ax_3d.set_box_aspect((1, 1, 1))
+        ax_3d.view_init(elev=20, azim=-70)
+        fig.tight_layout()
+        fig.savefig(folder / f"{split.image_ids[row]:04d}.png", dpi=80)
+        plt.close(fig)
+    return folder
+
+
+# --- the command line ----------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", help="checkpoint (default: the newest runs/*/best.pt)")
+    p.add_argument("--data-root", help="dataset folder (default: the checkpoint's, else data/freihand, else the "
+                                       "synthetic set)")
+    p.add_argument("--split", help="split to predict (default: evaluation on FreiHAND, test on MP21)")
+    p.add_argument("--tta", type=int, default=1, help="rotations averaged per image (1 = plain prediction)")
+    p.add_argument("--format", help="upload format: freihand | mp21 (default: the layout's)")
+    p.add_argument("--joint-order", help="mp21 joint order: mano (default) | ait | freihand")
+    p.add_argument("--out", help="output prefix (default: submissions/<run>_<split>_tta<N>)")
+    p.add_argument("--batch-size", type=int, help="images per forward before TTA (default: the checkpoint's)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--workers", type=int, default=-1, help="data-loading processes (-1: sized to the machine)")
+    p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA (default: AMP as the checkpoint trained)")
+    p.add_argument("--viz", type=int, default=0, metavar="K", help="save K pictures to PREFIX_viz/")
+    p.add_argument("--check", metavar="FILE", help="validate an upload (.zip, .json.gz) or .npz file and exit")
+    return p.parse_args(argv)
+
+
+def check_numbers(args):
+    for name, value, low in (("--tta", args.tta, 1), ("--batch-size", args.batch_size, 1), ("--viz", args.viz, 0)):
+        if value is not None and value < low:
+            raise UserError(f"{name} {value}: must be at least {low}")
+
+
+def predict_split(model, split, config, args, device):
+    """Predictions of every image of ``split`` (``predict_loader``'s dict), the model moved to ``device``."""
+    cuda = device.type == "cuda"
+    channels_last = cuda and config.get("channels_last", True)
+    amp = cuda and config.get("amp", True) and not args.no_amp
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # one input size throughout
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    loader = make_loader(HandDataset(split, config["img_size"]), args.batch_size or config["batch_size"],
+                         train=False, workers=args.workers, pin_memory=cuda)
+    print(f"predicting {len(split)} images on {device} ({'AMP' if amp else 'fp32'}"
+          f"{', channels_last' if channels_last else ''}), TTA over {args.tta} rotation{'s' * (args.tta > 1)}")
+    return predict_loader(model, loader, device, args.tta, amp, channels_last, desc=f"predict {split.name}")
+
+
+@cli
+def main(argv=None):
+    args = parse_args(argv)
+    if args.check:
+        print(check_file(args.check, args.data_root, args.split))
+        return
+    check_numbers(args)
+    ckpt = Path(args.ckpt) if args.ckpt else newest_checkpoint("best.pt", RUNS_ROOT)
+    state = read_checkpoint(ckpt)
+    model, config, stats = load_model(state, ckpt), state["config"], state["stats"]
+    print(f"checkpoint {shown(ckpt)}: {config['arch']}, {config['img_size']} px, epoch {state.get('epoch', '?')}")
+    root = resolve_root(args.data_root, config)
+    split = load_split(root, args.split or submission_split(detect_layout(root)))
+    fmt, joint_order = resolve_format(args.format, args.joint_order, split.layout)
+    prefix = output_prefix(args.out, f"{ckpt.resolve().parent.name}_{split.name}_tta{args.tta}")
+    print(f"data: the {split.name} split of {shown(root)} ({split.layout} layout); {root_depth_source(split, stats)}")
+
+    predictions = predict_split(model, split, config, args, resolve_device(args.device))
+    xyz = camera_joints(predictions, stats["bone_length_m"])
+    fell_back = root_depths(predictions, stats["bone_length_m"])[1].sum()
+    if fell_back:
+        print(f"warning: {fell_back} of {len(xyz)} predictions put both joints of the scale bone on one camera ray "
+              f"(an untrained model?); their root depth is set to {FALLBACK_ROOT_DEPTH_M} m")
+    record = {"xyz": xyz, "ids": predictions["ids"], "split": split.name, "layout": split.layout,
+              "data_root": str(Path(root).resolve()), "arch": config["arch"], "ckpt": str(ckpt.resolve()),
+              "run_dir": str(ckpt.resolve().parent), "tta": args.tta, "bone_length_m": stats["bone_length_m"],
+              "mean_pose_m": np.asarray(stats["mean_pose_m"])}
+    npz, upload = write_outputs(prefix, record, fmt, joint_order, expected_ids=split.image_ids)
+    joint_note = f", {joint_order} joint order" if fmt == "mp21" else ""
+    print(f"wrote {npz} and the upload file {upload} ({fmt} format{joint_note})")
+    if split.labelled:
+        info = {"split": split.name, "arch": config["arch"], "ckpt": str(ckpt), "tta": args.tta}
+        print(f"wrote {report_scores(prefix, xyz, split.xyz, stats['mean_pose_m'], info)}")
+    if args.viz:
+        print(f"wrote {args.viz} pictures to {save_pictures(prefix, split, xyz, args.viz)}/")
+
+
+if __name__ == "__main__":
+    main()

@@ -88,3 +88,17 @@ def label_errors(uv, image):
     """Distance (J,) from each label uv (J, 2) to the nearest blob centroid in ``image``."""
     marks = find_marks(image)
     return np.linalg.norm(np.asarray(uv)[:, None] - marks[None], axis=-1).min(1)
+
+
+def centred_marker_image(rng, size):
+    """(image uint8 (S, S, 3), uv (21, 2)) of a size x size marker image whose blobs all lie inside the inscribed
+    circle, so that any rotation about the image centre keeps every blob whole inside the frame."""
+    centre, radius = (size - 1) / 2.0, (size - 1) / 2.0 - 4 * BLOB_SIGMA - 1
+    uv = []
+    while len(uv) < 21:
+        p = rng.uniform(centre - radius, centre + radius, size=2)
+        if np.hypot(*(p - centre)) <= radius and all(np.hypot(*(p - q)) >= MIN_SPACING for q in uv):
+            uv.append(p)
+    uv = np.array(uv)
+    blobs = _draw_blobs(uv, size, size)
+    return np.stack([blobs, (blobs * 0.8).astype(np.uint8), blobs], -1), uv

@@ -1,0 +1,458 @@
+"""predict.py: rotation TTA through the inverse affines, upload files, --check, local scores, pictures, every arch
+through the command line, and one-line errors that leave no partial file behind."""
+import copy
+import gzip
+import json
+import math
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import geometry
+import models
+import predict
+import recipes
+import train
+from checkpoints import load_checkpoint, save_checkpoint
+from common import PROJECT_ROOT, UserError
+from data.joints import ORDERS, to_freihand
+from data.readers import load_split
+from tests.markers import centred_marker_image, find_marks, write_marker_dataset
+
+IMG_SIZE = 64       # network input of the test checkpoints
+MARKER_SIZE = 160   # side of the in-memory marker images
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small CPU models run faster on one thread: on a shared runner, spinning OpenMP threads stall each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- test doubles and helpers ----------------------------------------------------------------------------------
+
+class CentroidNet(torch.nn.Module):
+    """A rotation-equivariant stand-in model: joint j's (u, v) is the centroid of the image brightness raised to
+    the power 1 + j / 10 (joint 0: the plain intensity centroid), its d the mean brightness times 1 + j / 10,
+    which a rotation that keeps the content inside the frame leaves unchanged."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("powers", 1.0 + torch.arange(21, dtype=torch.float32) / 10.0)
+
+    def forward(self, x):
+        mean = torch.tensor(models.registry.IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(models.registry.IMAGENET_STD).view(1, 3, 1, 1)
+        brightness = (x * std + mean).mean(1).clamp(0, 1)                        # (B, S, S) in [0, 1]
+        weight = brightness[:, None] ** self.powers[None, :, None, None]         # (B, 21, S, S)
+        size = x.shape[-1]
+        grid = torch.arange(size, dtype=torch.float32)
+        total = weight.sum((-2, -1))
+        u = (weight * grid.view(1, 1, 1, size)).sum((-2, -1)) / total
+        v = (weight * grid.view(1, 1, size, 1)).sum((-2, -1)) / total
+        d = brightness.mean((-2, -1))[:, None] * self.powers                     # (B, 21)
+        return torch.stack([u, v, d], -1)                                        # (B, 21, 3)
+
+
+class ConstantNet(torch.nn.Module):
+    """Predicts the same uvd whatever the image: not equivariant at all."""
+
+    def forward(self, x):
+        uvd = torch.tensor([10.0, 20.0, 0.3]).expand(x.shape[0], 21, 3)
+        return uvd + torch.arange(21.0).view(1, 21, 1) * torch.tensor([1.0, 0.5, 0.0])
+
+
+def marker_batch(count=3, seed=0):
+    """(images uint8 (B, 3, S, S), mark uv (B, 21, 2)) of centred marker images."""
+    rng = np.random.default_rng(seed)
+    samples = [centred_marker_image(rng, MARKER_SIZE) for _ in range(count)]
+    images = torch.from_numpy(np.stack([s[0] for s in samples])).permute(0, 3, 1, 2).contiguous()
+    return images, np.stack([s[1] for s in samples])
+
+
+def write_checkpoint(path, arch, data_root, **config_overrides):
+    """An untrained ``arch`` saved as train.py would: its recipe's config at IMG_SIZE px, the data's stats."""
+    config = copy.deepcopy(recipes.DEFAULTS)
+    config.update(copy.deepcopy(recipes.RECIPES.get(arch, {})))
+    config.update(arch=arch, recipe=arch, img_size=IMG_SIZE, batch_size=2, pretrained="none",
+                  data_root=str(data_root), **config_overrides)
+    torch.manual_seed(0)
+    model = models.create_model(arch, pretrained="none", **config["model"])
+    stats = train.training_stats(load_split(data_root, "train"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({"model": model.state_dict(), "config": config, "epoch": 0, "history": [], "stats": stats,
+                     "best_val_pa_mpjpe_mm": math.inf}, path)
+    return path
+
+
+def run_cli(argv, capsys):
+    """predict.main in this process: (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        predict.main([str(a) for a in argv])
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    """Exit status 2 and one line on stderr (after any progress bar, which redraws itself with carriage returns)."""
+    assert code == 2, err
+    err = err.rsplit("\r", 1)[-1]
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def leftovers(folder):
+    """Files in ``folder`` whose names mark a temp file or a partial upload."""
+    return sorted(p.name for p in folder.iterdir() if ".tmp" in p.name)
+
+
+@pytest.fixture(scope="module")
+def markers(tmp_path_factory):
+    """FreiHAND-layout marker data: 4 training hands, 3 labelled evaluation hands with *_scale.json."""
+    return write_marker_dataset(tmp_path_factory.mktemp("predict_markers"), n=4, n_eval=3, seed=5)
+
+
+@pytest.fixture(scope="module")
+def ghost_ckpt(markers, tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("runs") / "ghost_run" / "best.pt", "ghost_lite", markers)
+
+
+def random_hands(n, seed=0):
+    """(n, 21, 3) metres: plausible hands about 0.6 m in front of the camera."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(0, 0.03, (n, 21, 3)) + np.array([0.0, 0.0, 0.6])
+
+
+def record_of(xyz, ids=None, split="evaluation"):
+    return {"xyz": xyz, "ids": np.arange(len(xyz)) if ids is None else np.asarray(ids), "split": split,
+            "layout": "freihand"}
+
+
+# --- TTA: the inverse transforms -------------------------------------------------------------------------------
+
+def test_tta_of_an_equivariant_model_is_the_plain_prediction_exactly_at_right_angles():
+    """4 rotations by multiples of 90 degrees move pixel centres onto pixel centres: no interpolation, so the
+    mapped-back predictions equal the plain one to float precision."""
+    images, _ = marker_batch()
+    model = CentroidNet()
+    plain = predict.predict_batch(model, images, tta=1)
+    tta4 = predict.predict_batch(model, images, tta=4)
+    assert torch.allclose(tta4, plain, atol=2e-3), (tta4 - plain).abs().max()
+
+
+def test_tta_over_10_rotations_returns_the_plain_prediction():
+    """36 degree steps interpolate the pixels; the blobs are smooth, so the result stays within 0.05 px."""
+    images, _ = marker_batch()
+    model = CentroidNet()
+    plain = predict.predict_batch(model, images, tta=1)
+    tta10 = predict.predict_batch(model, images, tta=10)
+    assert (tta10[..., :2] - plain[..., :2]).abs().max() < 0.05
+    assert (tta10[..., 2] - plain[..., 2]).abs().max() < 1e-3 * plain[..., 2].abs().max()
+
+
+@pytest.mark.parametrize("tta", [1, 4, 10])
+def test_tta_predictions_sit_on_the_markers(tta):
+    """The intensity centroid (joint 0) of the mapped-back TTA prediction is the mean of the marks' positions,
+    as labelled and as found in the image: the averaged prediction lies in the unrotated image's pixels."""
+    images, uv = marker_batch()
+    centroid = predict.predict_batch(CentroidNet(), images, tta=tta)[:, 0, :2].numpy()
+    found = np.stack([find_marks(image.permute(1, 2, 0).numpy()).mean(0) for image in images])
+    assert np.abs(centroid - uv.mean(1)).max() < 0.1
+    assert np.abs(centroid - found).max() < 0.1
+
+
+def test_tta_of_a_constant_model_averages_to_the_input_centre():
+    """Inverse rotations evenly spread over the circle average any fixed point to the centre of rotation."""
+    images, _ = marker_batch(count=2)
+    for tta in (2, 3, 10):
+        uvd = predict.predict_batch(ConstantNet(), images, tta=tta)
+        assert torch.allclose(uvd[..., :2], torch.full_like(uvd[..., :2], (MARKER_SIZE - 1) / 2), atol=1e-3)
+        assert torch.allclose(uvd[..., 2], torch.full_like(uvd[..., 2], 0.3))
+
+
+def test_predict_loader_keeps_tta_equal_to_plain_over_batches():
+    """The loader path: batches concatenated in order, K / ids / bone lengths passed through, TTA over 4 rotations
+    equal to the plain uvd."""
+    images, _ = marker_batch(count=4)
+    K = torch.tensor([[300.0, 0, 80], [0, 300, 78], [0, 0, 1]]).expand(2, 3, 3)
+    batches = [{"image": images[i:i + 2], "K": K, "id": torch.tensor([i, i + 1]) + 10,
+                "bone_length": torch.tensor([0.03, float("nan")])} for i in (0, 2)]
+    plain, tta4 = (predict.predict_loader(CentroidNet(), batches, torch.device("cpu"), tta=tta) for tta in (1, 4))
+    np.testing.assert_allclose(tta4["uvd"], plain["uvd"], atol=2e-3)
+    np.testing.assert_allclose(plain["uvd"][:2], predict.predict_batch(CentroidNet(), images[:2]).numpy(), atol=1e-6)
+    np.testing.assert_array_equal(tta4["ids"], [10, 11, 12, 13])
+    assert tta4["K"].shape == (4, 3, 3) and np.isnan(tta4["bone_length"][[1, 3]]).all() and tta4["xyz"] is None
+
+
+# --- upload files ----------------------------------------------------------------------------------------------
+
+def test_freihand_zip_holds_xyz_and_placeholder_verts(tmp_path):
+    xyz = random_hands(5)
+    npz, upload = predict.write_outputs(tmp_path / "sub", record_of(xyz), "freihand", "freihand")
+    assert upload == tmp_path / "sub.zip" and npz == tmp_path / "sub.npz"
+    with zipfile.ZipFile(upload) as archive:
+        assert archive.namelist() == ["pred.json"]
+        xyz_list, verts_list = json.loads(archive.read("pred.json"))
+    assert len(xyz_list) == len(verts_list) == 5
+    np.testing.assert_allclose(np.array(xyz_list), xyz, atol=1e-7)          # metres, evaluation order
+    verts = np.array(verts_list)
+    assert verts.shape == (5, 778, 3)
+    np.testing.assert_allclose(verts, np.broadcast_to(xyz.mean(1, keepdims=True), verts.shape), atol=1e-7)
+    record = predict.load_predictions(npz)
+    np.testing.assert_array_equal(record["xyz"], xyz)
+    assert record["split"] == "evaluation" and list(record["ids"]) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("order", list(ORDERS))
+def test_mp21_file_is_millimetres_in_the_joint_order_and_converts_back(tmp_path, order):
+    xyz = random_hands(4, seed=1)
+    _, upload = predict.write_outputs(tmp_path / "sub", record_of(xyz, split="test"), "mp21", order)
+    assert upload.name == "sub.json.gz"
+    with gzip.open(upload, "rt") as f:
+        written = np.array(json.load(f))
+    assert written.shape == (4, 21, 3)
+    np.testing.assert_allclose(to_freihand(written / 1000.0, order), xyz, atol=1e-7)
+    index_mcp = {"freihand": 5, "mano": 1, "ait": 2}[order]                 # FreiHAND joint 5 in each order
+    np.testing.assert_allclose(written[:, index_mcp] / 1000.0, xyz[:, 5], atol=1e-7)
+    np.testing.assert_allclose(predict.read_mp21_json_gz(upload), written)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("nan", "NaN or inf"), ("shape", "expected (N, 21, 3)"), ("duplicate", "occurs 2 times"),
+    ("count", "the split has 6 images"), ("ids", "row 2 is image id 7")])
+def test_writers_refuse_bad_predictions_and_write_nothing(tmp_path, case, message):
+    xyz, ids = random_hands(5), np.arange(5)
+    expected = np.arange(6) if case == "count" else np.arange(5)
+    if case == "nan":
+        xyz[3, 4, 1] = np.nan
+    if case == "shape":
+        xyz = xyz[:, :20]
+    if case == "duplicate":
+        ids[4] = 0
+    if case == "ids":
+        ids[2] = 7
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        predict.write_outputs(tmp_path / "sub", record_of(xyz, ids), "freihand", "freihand", expected_ids=expected)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_error_while_writing_leaves_no_partial_upload(tmp_path, monkeypatch):
+    """The writer fails half-way (think: disk full): neither the zip nor its temp file remains; an earlier
+    complete upload stays as it was."""
+    (tmp_path / "sub.zip").write_bytes(b"an earlier, complete upload")
+
+    def failing_chunks(xyz):
+        yield "[[ half a file"
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(predict, "freihand_json_chunks", failing_chunks)
+    with pytest.raises(OSError):
+        predict.write_outputs(tmp_path / "sub", record_of(random_hands(3)), "freihand", "freihand")
+    assert (tmp_path / "sub.zip").read_bytes() == b"an earlier, complete upload"
+    assert leftovers(tmp_path) == []
+
+
+# --- --check ---------------------------------------------------------------------------------------------------
+
+def write_zip(path, content, member="pred.json"):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(member, content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("garbage", "not a readable zip file"), ("member", "not pred.json"), ("json", "not valid JSON"),
+    ("structure", "[xyz_list, verts_list]"), ("shape", "shape (2, 20, 3)"), ("nan", "NaN or inf"),
+    ("lengths", "2 xyz entries but 1 verts"), ("millimetres", "look like millimetres"),
+    ("count", "2 samples, expected 3960")])
+def test_check_says_what_is_wrong_with_a_freihand_zip(tmp_path, case, message):
+    xyz, verts = random_hands(2).tolist(), np.full((2, 778, 3), 0.6).tolist()
+    path = tmp_path / "pred.zip"
+    if case == "garbage":
+        path.write_bytes(b"PK\x03\x04 this is no zip")
+    elif case == "member":
+        write_zip(path, [xyz, verts], member="preds.json")
+    elif case == "json":
+        write_zip(path, "[[1, 2")
+    elif case == "structure":
+        write_zip(path, [xyz])
+    elif case == "shape":
+        write_zip(path, [np.array(xyz)[:, :20].tolist(), verts])
+    elif case == "nan":
+        xyz[1][4][2] = float("nan")  # json writes and reads it as NaN
+        write_zip(path, [xyz, verts])
+    elif case == "lengths":
+        write_zip(path, [xyz, verts[:1]])
+    elif case == "millimetres":
+        write_zip(path, [(np.array(xyz) * 1000).tolist(), verts])
+    else:
+        write_zip(path, [xyz, verts])
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+                       .replace("]", r"\]")):
+        predict.check_file(path)
+
+
+def test_check_accepts_complete_files_and_counts_against_the_data(tmp_path, markers):
+    xyz = random_hands(3)
+    predict.write_outputs(tmp_path / "sub", {**record_of(xyz), "data_root": str(markers)}, "freihand", "freihand")
+    assert predict.check_file(tmp_path / "sub.zip", data_root=markers).startswith("OK: ")
+    assert "3 predictions" in predict.check_file(tmp_path / "sub.npz")        # its recorded data root and split
+    with pytest.raises(UserError, match="expected 1 for the val split"):
+        predict.check_file(tmp_path / "sub.zip", data_root=markers, split_name="val")
+    predict.write_outputs(tmp_path / "mp", record_of(xyz, split="test"), "mp21", "mano")
+    assert "mp21 upload, 3 samples" in predict.check_file(tmp_path / "mp.json.gz")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(UserError, match="not a .zip, .json.gz or .npz"):
+        predict.check_file(tmp_path / "notes.txt")
+
+
+def test_check_of_a_broken_zip_is_one_line_from_the_command_line(tmp_path):
+    path = tmp_path / "pred.zip"
+    path.write_bytes(b"not a zip at all")
+    done = subprocess.run([sys.executable, "predict.py", "--check", str(path)], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert_one_line_error(done.returncode, done.stderr, "pred.zip", "not a readable zip file")
+
+
+# --- scores -----------------------------------------------------------------------------------------------------
+
+def test_scores_offer_both_reflection_variants_and_the_mean_pose_baseline(tmp_path, capsys):
+    gt = random_hands(6, seed=2)
+    mirrored = gt * np.array([-1.0, 1.0, 1.0])
+    mean_pose = (gt - gt[:, geometry.ROOT_JOINT:geometry.ROOT_JOINT + 1]).mean(0)
+    path = predict.report_scores(tmp_path / "sub", mirrored, gt, mean_pose, {"tta": 1})
+    scores = json.loads(path.read_text())
+    assert scores["reflections_allowed"]["pa_mpjpe_mm"] < 1e-6
+    assert scores["reflections_corrected"]["pa_mpjpe_mm"] > 1.0
+    assert scores["mean_pose_baseline_pa_mpjpe_mm"] == pytest.approx(
+        train.mean_pose_baseline({"mean_pose_m": mean_pose}, gt))
+    assert scores["tta"] == 1 and scores["n"] == 6
+    table = capsys.readouterr().out
+    for label in ("PA-MPJPE mm", "AUC 0-50mm", "F@5mm", "F@15mm", "root-rel. MPJPE mm", "mean-pose baseline",
+                  "reflections corrected (MP21)"):
+        assert label in table
+
+
+# --- the command line -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", models.list_models())
+def test_predict_runs_on_a_checkpoint_of_every_arch(arch, markers, tmp_path, capsys):
+    ckpt = write_checkpoint(tmp_path / "run" / "best.pt", arch, markers)
+    viz = 2 if arch == "ghost_lite" else 0
+    code, out, err = run_cli(["--ckpt", ckpt, "--tta", 2, "--out", tmp_path / "sub", "--workers", 0,
+                              "--device", "cpu", "--viz", viz], capsys)
+    assert code == 0, err
+    record = predict.load_predictions(tmp_path / "sub.npz")
+    assert record["arch"] == arch and record["tta"] == 2 and record["split"] == "evaluation"
+    np.testing.assert_array_equal(record["ids"], [0, 1, 2])
+    assert predict.read_freihand_zip(tmp_path / "sub.zip")[0].shape == (3, 21, 3)
+    scores = json.loads((tmp_path / "sub.metrics.json").read_text())
+    assert np.isfinite(scores["reflections_allowed"]["pa_mpjpe_mm"])
+    assert "root depth from the known bone scale" in out and str(ckpt.name) in out
+    if viz:
+        pictures = sorted((tmp_path / "sub_viz").glob("*.png"))
+        assert [p.name for p in pictures] == ["0000.png", "0002.png"]
+        with Image.open(pictures[0]) as picture:
+            assert picture.size[0] > picture.size[1] > 100
+    ckpt.unlink()  # large architectures: free the disk now
+
+
+def test_defaults_newest_checkpoint_its_data_root_and_the_submission_split(markers, tmp_path, monkeypatch, capsys):
+    """No options: the newest runs/*/best.pt, the data root it trained on, FreiHAND's evaluation split, the
+    freihand format and submissions/<run>_evaluation_tta1."""
+    runs = tmp_path / "runs"
+    write_checkpoint(runs / "older" / "best.pt", "ghost_lite", markers)
+    write_checkpoint(runs / "newer" / "best.pt", "ghost_lite", markers)
+    monkeypatch.setattr(predict, "RUNS_ROOT", runs)
+    monkeypatch.setattr(predict, "SUBMISSIONS_ROOT", tmp_path / "submissions")
+    code, out, err = run_cli(["--workers", 0], capsys)
+    assert code == 0, err
+    prefix = tmp_path / "submissions" / "newer_evaluation_tta1"
+    assert all(p.is_file() for p in (prefix.with_suffix(".npz"), prefix.with_suffix(".zip"),
+                                     prefix.with_suffix(".metrics.json")))
+    assert "newer" in out and str(markers) in out
+
+
+def test_mp21_layout_defaults_to_its_test_split_and_mano_json_gz(tmp_path, capsys):
+    """MP21: the test split, unlabelled (no metrics file), no *_scale.json (the training mean bone length)."""
+    root = write_marker_dataset(tmp_path / "mp21", n=4, n_eval=2, layout="mp21", seed=3)
+    ckpt = write_checkpoint(tmp_path / "run" / "best.pt", "ghost_lite", root)
+    code, out, err = run_cli(["--ckpt", ckpt, "--out", tmp_path / "sub", "--workers", 0], capsys)
+    assert code == 0, err
+    record = predict.load_predictions(tmp_path / "sub.npz")
+    assert record["split"] == "test" and record["layout"] == "mp21"
+    with gzip.open(tmp_path / "sub.json.gz", "rt") as f:
+        written = np.array(json.load(f))
+    np.testing.assert_allclose(to_freihand(written / 1000.0, "mano"), record["xyz"], atol=1e-6)
+    assert not (tmp_path / "sub.metrics.json").exists()
+    assert "training mean bone length" in out and "mano joint order" in out
+
+
+def test_checkpoint_of_another_arch_is_one_line(ghost_ckpt, tmp_path, capsys):
+    state = load_checkpoint(ghost_ckpt)
+    for name, arch, options, fragment in [("claims_hg_mlp", "hg_mlp", {}, "do not fit arch 'hg_mlp'"),
+                                          ("claims_resnet34", "resnet34", None, "do not fit arch 'resnet34'"),
+                                          ("claims_nothing", "resnet35", None, "unknown arch 'resnet35'")]:
+        config = {**state["config"], "arch": arch, "model": state["config"]["model"] if options is None else options}
+        path = tmp_path / name / "best.pt"
+        path.parent.mkdir()
+        save_checkpoint({**state, "config": config}, path)
+        code, _, err = run_cli(["--ckpt", path, "--out", tmp_path / "sub", "--workers", 0], capsys)
+        assert_one_line_error(code, err, str(path), fragment)
+    assert not list(tmp_path.glob("sub*"))
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", b"{\"arch\": \"ghost_lite\"}", "half", b""])
+def test_broken_checkpoint_is_one_line(ghost_ckpt, tmp_path, capsys, content):
+    path = tmp_path / "best.pt"
+    path.write_bytes(ghost_ckpt.read_bytes()[:2000] if content == "half" else content)
+    code, _, err = run_cli(["--ckpt", path, "--out", tmp_path / "sub"], capsys)
+    assert_one_line_error(code, err, str(path))
+    assert not list(tmp_path.glob("sub*"))
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--format", "kaggle"], "--format 'kaggle': choose one of freihand, mp21"),
+    (["--format", "freihand", "--joint-order", "mano"], "always in FreiHAND order"),
+    (["--format", "mp21", "--joint-order", "xyz"], "--joint-order 'xyz'"),
+    (["--tta", "0"], "--tta 0: must be at least 1"),
+    (["--split", "holdout"], "unknown split 'holdout'")])
+def test_bad_options_are_one_line_and_write_nothing(ghost_ckpt, markers, tmp_path, capsys, argv, fragment):
+    code, _, err = run_cli(["--ckpt", ghost_ckpt, "--out", tmp_path / "sub", "--workers", 0, *argv], capsys)
+    assert_one_line_error(code, err, fragment)
+    assert not list(tmp_path.glob("sub*"))
+
+
+def test_non_finite_predictions_write_no_upload(ghost_ckpt, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(predict, "camera_joints", lambda predictions, bone: np.full((3, 21, 3), np.nan))
+    code, _, err = run_cli(["--ckpt", ghost_ckpt, "--out", tmp_path / "sub", "--workers", 0], capsys)
+    assert_one_line_error(code, err, "NaN or inf", "nothing was written")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_root_depth_falls_back_where_the_bone_gives_none():
+    """Every joint at the input's centre (an untrained effb0_1d): no depth gives the scale bone its length, so the
+    root depth is FALLBACK_ROOT_DEPTH_M and the xyz stay finite; a real hand keeps its recovered depth."""
+    K = np.array([[[500.0, 0, 32], [0, 500, 32], [0, 0, 1]]] * 2)
+    hand = random_hands(1, seed=4)[0]
+    uvd = np.stack([np.tile([31.5, 31.5, 0.0], (21, 1)), geometry.xyz_to_uvd(hand, K[1])])
+    predictions = {"uvd": uvd, "K": K, "bone_length": np.array([np.nan, geometry.bone_length(hand)])}
+    depth, fell_back = predict.root_depths(predictions, 0.03)
+    assert list(fell_back) == [True, False]
+    assert depth[0] == predict.FALLBACK_ROOT_DEPTH_M
+    assert depth[1] == pytest.approx(hand[geometry.ROOT_JOINT, 2])
+    xyz = predict.camera_joints(predictions, 0.03)
+    assert np.isfinite(xyz).all()
+    np.testing.assert_allclose(xyz[1], hand, atol=1e-9)
