@@ -456,14 +456,20 @@ VARIANTS = {"reflections_allowed": "reflections allowed (FreiHAND)",
             "reflections_corrected": "reflections corrected (MP21)"}
 
 
+def rows_of(available_ids, ids):
+    """Row indices (N,) of image ``ids`` within ``available_ids``, and the ids not found there."""
+    rows = {image_id: row for row, image_id in enumerate(available_ids)}
+    missing = [i for i in ids if i not in rows]
+    return np.array([rows[i] for i in ids if i in rows], dtype=np.int64), missing
+
+
 def labels_for(split, ids, what):
     """Ground truth xyz (N, 21, 3) of the images ``ids`` of a labelled split."""
-    rows = {image_id: row for row, image_id in enumerate(split.image_ids)}
-    missing = [i for i in ids if i not in rows]
+    rows, missing = rows_of(split.image_ids, ids)
     if missing:
         raise UserError(f"{what}: image id {missing[0]} is not in the {split.name} split of {split.root} "
                         f"({len(missing)} ids missing); pass the --data-root the predictions were made on")
-    return split.xyz[[rows[i] for i in ids]]
+    return split.xyz[rows]
 
 
 def score(xyz, gt, mean_pose_m=None):

@@ -1,0 +1,245 @@
+"""Average several prediction files of the same split into a named ensemble, with the outputs of predict.py.
+
+    python ensemble.py A.npz B.npz ... [--weights w1 w2 ...] [--fit-weights [--val-preds VA.npz VB.npz ...]]
+                       [--name NAME] [--out PREFIX] [--format freihand|mp21] [--joint-order mano|ait|freihand]
+                       [--data-root DIR] [--viz K]
+
+Members are the PREFIX.npz files of predict.py (or of ensemble.py): the same split, the same image ids in the same
+order, or the run stops with one line naming the two files and the difference.
+
+Weights: --weights (non-negative, normalised to sum 1); --fit-weights: non-negative weights summing to 1 that
+minimise the validation PA-MPJPE of the blend, fitted on each member's validation predictions (by default the
+val_pred.npz of the run folder the member records; --val-preds names other files, e.g. predict.py --split val
+--tta 10 outputs) over the validation images all members share; otherwise equal weights. The fit is
+deterministic: Nelder-Mead on softmax-parametrised weights started from equal weights, keeping the best of that,
+equal weights and each single member, so the fitted blend never scores worse on validation than its best member.
+
+Blend: the weighted mean of the members' camera-space xyz. All members recover xyz through the same K and the
+same root-depth rule, so averaging xyz averages their root-relative poses and their root positions alike.
+
+Writes, as predict.py (one writer, one scorer): PREFIX.npz, the upload file, PREFIX.metrics.json when the split is
+labelled, PREFIX_viz/ with --viz; and PREFIX.ensemble.json: name, members (paths), weights, how they were chosen
+(given / fitted / equal) and, when fitted, the validation PA-MPJPE of each member and of the blend.
+Default PREFIX: submissions/<NAME>_<split>; default NAME: ensemble_<hash of the member paths>.
+"""
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import minimize
+
+import metrics
+from common import UserError, cli
+from data import resolve_data_root
+from data.readers import detect_layout, load_split
+from predict import (atomic_file, labels_for, load_predictions, output_prefix, report_scores, resolve_format,
+                     rows_of, save_pictures, write_outputs)
+
+
+# --- members ------------------------------------------------------------------------------------------------
+
+def check_same_images(records, paths):
+    """Every record covers the first one's split with the same ids in the same order; else one line naming the
+    two files and the difference."""
+    first, first_path = records[0], paths[0]
+    for record, path in zip(records[1:], paths[1:]):
+        pair = f"{first_path} and {path}"
+        if record["split"] != first["split"]:
+            raise UserError(f"{pair} predict different splits ({first['split']!r} vs {record['split']!r}); "
+                            f"ensemble predictions of one split")
+        if len(record["ids"]) != len(first["ids"]):
+            raise UserError(f"{pair} hold different numbers of predictions ({len(first['ids'])} vs "
+                            f"{len(record['ids'])}); predict the whole split with each model")
+        if not np.array_equal(record["ids"], first["ids"]):
+            row = int(np.flatnonzero(record["ids"] != first["ids"])[0])
+            raise UserError(f"{pair} differ in image ids from row {row} (id {first['ids'][row]} vs "
+                            f"{record['ids'][row]}); they were made on different data")
+
+
+def blend(xyz_stack, weights):
+    """Weighted mean (N, 21, 3) of member predictions (M, N, 21, 3) with weights (M,) summing to 1."""
+    return np.tensordot(np.asarray(weights, np.float64), xyz_stack, axes=1)
+
+
+def normalised(weights, count):
+    weights = np.asarray(weights, np.float64)
+    if len(weights) != count:
+        raise UserError(f"--weights: {len(weights)} weights for {count} members; give one per member")
+    if (weights < 0).any() or not np.isfinite(weights).all() or weights.sum() <= 0:
+        raise UserError(f"--weights {' '.join(f'{w:g}' for w in weights)}: weights must be non-negative and "
+                        f"not all zero")
+    return weights / weights.sum()
+
+
+# --- fitting weights on validation --------------------------------------------------------------------------
+
+def validation_file(record, path, explicit=None):
+    """The validation predictions of a member: ``explicit``, else the val_pred.npz of the run it records."""
+    if explicit is not None:
+        return Path(explicit)
+    run_dir = record.get("run_dir")
+    if not run_dir:
+        raise UserError(f"--fit-weights: {path} records no run folder; pass --val-preds (one file per member) "
+                        f"or --weights")
+    candidate = Path(run_dir) / "val_pred.npz"
+    if not candidate.is_file():
+        raise UserError(f"--fit-weights: {candidate} (the validation predictions of {path}) does not exist; pass "
+                        f"--val-preds or --weights")
+    return candidate
+
+
+def validation_set(records, paths, val_paths, data_root):
+    """(member predictions (M, V, 21, 3), ground truth (V, 21, 3), files) over the validation ids all members
+    share."""
+    files = [validation_file(r, p, v) for r, p, v in zip(records, paths, val_paths or [None] * len(records))]
+    members = [load_predictions(f) for f in files]
+    for member, file in zip(members, files):
+        if member["split"] != "val":
+            raise UserError(f"--fit-weights: {file} predicts split {member['split']!r}, not 'val'")
+    common = members[0]["ids"]
+    for member in members[1:]:
+        common = np.intersect1d(common, member["ids"])
+    if len(common) == 0:
+        raise UserError(f"--fit-weights: {', '.join(map(str, files))} share no validation image")
+    root = resolve_data_root(data_root or records[0].get("data_root") or None)
+    val = load_split(root, "val")
+    if not val.labelled:
+        raise UserError(f"--fit-weights: the val split of {root} has no labels")
+    stack = np.stack([member["xyz"][rows_of(member["ids"], common)[0]] for member in members])
+    return stack, labels_for(val, common, "validation predictions"), files
+
+
+def val_error(xyz_stack, gt, weights):
+    """Mean PA-MPJPE (mm) of the blend on validation."""
+    return float(metrics.pa_mpjpe(blend(xyz_stack, weights), gt).mean() * 1000.0)
+
+
+def softmax(logits):
+    e = np.exp(logits - logits.max())
+    return e / e.sum()
+
+
+def fit_weights(xyz_stack, gt):
+    """Non-negative weights (M,) summing to 1 with the lowest validation PA-MPJPE found: Nelder-Mead on softmax
+    logits from equal weights, compared with equal weights and each single member (deterministic)."""
+    count = len(xyz_stack)
+    result = minimize(lambda logits: val_error(xyz_stack, gt, softmax(logits)), np.zeros(count),
+                      method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-6, "maxiter": 200 * count})
+    candidates = [np.full(count, 1.0 / count), softmax(result.x), *np.eye(count)]
+    errors = [val_error(xyz_stack, gt, w) for w in candidates]
+    return candidates[int(np.argmin(errors))]
+
+
+# --- the command line ----------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("members", nargs="+", metavar="PRED.npz", help="prediction files of predict.py")
+    p.add_argument("--weights", nargs="+", type=float, help="one non-negative weight per member")
+    p.add_argument("--fit-weights", action="store_true", help="fit the weights on validation predictions")
+    p.add_argument("--val-preds", nargs="+", metavar="VAL.npz", help="validation predictions, one per member "
+                                                                     "(default: each member's run val_pred.npz)")
+    p.add_argument("--name", help="ensemble name (default: ensemble_<hash of the members>)")
+    p.add_argument("--out", help="output prefix (default: submissions/<name>_<split>)")
+    p.add_argument("--format", help="upload format: freihand | mp21 (default: the layout's)")
+    p.add_argument("--joint-order", help="mp21 joint order: mano (default) | ait | freihand")
+    p.add_argument("--data-root", help="dataset folder (default: the one the members record)")
+    p.add_argument("--viz", type=int, default=0, metavar="K", help="save K pictures to PREFIX_viz/")
+    return p.parse_args(argv)
+
+
+def check_options(args):
+    if len(args.members) < 2:
+        raise UserError("give at least two prediction files to ensemble")
+    if args.weights and args.fit_weights:
+        raise UserError("--weights and --fit-weights exclude each other: give weights or fit them")
+    if args.val_preds and not args.fit_weights:
+        raise UserError("--val-preds is only used with --fit-weights")
+    if args.val_preds and len(args.val_preds) != len(args.members):
+        raise UserError(f"--val-preds: {len(args.val_preds)} files for {len(args.members)} members; give one each")
+    if args.viz < 0:
+        raise UserError(f"--viz {args.viz}: must be at least 0")
+
+
+def target_split(records, data_root):
+    """The members' split, read from --data-root or else from the data root they record; None when that holds
+    no dataset any more (then nothing is scored or drawn)."""
+    if data_root is None:
+        data_root = records[0].get("data_root")
+        if not data_root or detect_layout(data_root) is None:
+            return None
+    return load_split(resolve_data_root(data_root), records[0]["split"])
+
+
+def choose_weights(args, records, paths):
+    """{'weights': [...], 'weights_source': given | fitted | equal, and 'validation' scores when fitted}."""
+    if args.weights:
+        return {"weights": normalised(args.weights, len(paths)).tolist(), "weights_source": "given"}
+    if not args.fit_weights:
+        return {"weights": [1.0 / len(paths)] * len(paths), "weights_source": "equal"}
+    stack, gt, files = validation_set(records, paths, args.val_preds, args.data_root)
+    weights = fit_weights(stack, gt)
+    validation = {"files": [str(f) for f in files], "n": len(gt),
+                  "members_pa_mpjpe_mm": [val_error(stack, gt, one) for one in np.eye(len(paths))],
+                  "blend_pa_mpjpe_mm": val_error(stack, gt, weights)}
+    print(f"weights fitted on {len(gt)} validation images: blend {validation['blend_pa_mpjpe_mm']:.2f} mm "
+          f"PA-MPJPE, members {', '.join(f'{e:.2f}' for e in validation['members_pa_mpjpe_mm'])} mm")
+    return {"weights": weights.tolist(), "weights_source": "fitted", "validation": validation}
+
+
+def default_name(paths):
+    digest = hashlib.sha1("\n".join(str(Path(p).resolve()) for p in paths).encode()).hexdigest()[:8]
+    return f"ensemble_{digest}"
+
+
+def blended_record(records, report, layout, split):
+    """The ensemble's prediction record: the blend, the members' ids and split, members and weights."""
+    weights = np.asarray(report["weights"])
+    record = {"xyz": blend(np.stack([r["xyz"] for r in records]), weights), "ids": records[0]["ids"],
+              "split": records[0]["split"], "layout": layout or "", "arch": "ensemble",
+              "data_root": str(split.root.resolve()) if split is not None else records[0].get("data_root", ""),
+              "members": report["members"], "weights": weights}
+    if all("mean_pose_m" in r for r in records):  # for the mean-pose baseline
+        record["mean_pose_m"] = np.mean([r["mean_pose_m"] for r in records], 0)
+    return record
+
+
+@cli
+def main(argv=None):
+    args = parse_args(argv)
+    check_options(args)
+    paths = [Path(p) for p in args.members]
+    records = [load_predictions(p) for p in paths]
+    check_same_images(records, paths)
+    split = target_split(records, args.data_root)
+    layout = records[0].get("layout") or (split.layout if split is not None else None)
+    if layout is None and args.format is None:
+        raise UserError(f"{paths[0]} records no dataset layout; pass --format or --data-root")
+    fmt, joint_order = resolve_format(args.format, args.joint_order, layout)
+    name = args.name or default_name(paths)
+    prefix = output_prefix(args.out, f"{name}_{records[0]['split']}")
+
+    report = {"name": name, "members": [str(p) for p in paths], "split": records[0]["split"],
+              **choose_weights(args, records, paths)}
+    print(f"{name}: {len(paths)} members, {report['weights_source']} weights "
+          f"{', '.join(f'{w:.3f}' for w in report['weights'])}")
+    record = blended_record(records, report, layout, split)
+    npz, upload = write_outputs(prefix, record, fmt, joint_order,
+                                expected_ids=split.image_ids if split is not None else None)
+    with atomic_file(Path(f"{prefix}.ensemble.json")) as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
+    joint_note = f", {joint_order} joint order" if fmt == "mp21" else ""
+    print(f"wrote {npz}, {prefix}.ensemble.json and the upload file {upload} ({fmt} format{joint_note})")
+    if split is not None and split.labelled:
+        info = {"split": split.name, "arch": "ensemble", "members": report["members"], "weights": report["weights"]}
+        print(f"wrote {report_scores(prefix, record['xyz'], split.xyz, record.get('mean_pose_m'), info)}")
+    if args.viz and split is None:
+        print("--viz: the members' dataset is not available; pass --data-root to draw pictures")
+    elif args.viz:
+        print(f"wrote {args.viz} pictures to {save_pictures(prefix, split, record['xyz'], args.viz)}/")
+
+
+if __name__ == "__main__":
+    main()
