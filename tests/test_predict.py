@@ -456,3 +456,14 @@ def test_root_depth_falls_back_where_the_bone_gives_none():
     xyz = predict.camera_joints(predictions, 0.03)
     assert np.isfinite(xyz).all()
     np.testing.assert_allclose(xyz[1], hand, atol=1e-9)
+
+
+def test_channels_last_path_gives_the_same_prediction():
+    """The CUDA memory layout, run on the CPU: same numbers as the default layout."""
+    torch.manual_seed(0)
+    model = models.create_model("ghost_lite").eval()
+    images, _ = marker_batch(count=2)
+    images = torch.nn.functional.interpolate(images.float(), size=IMG_SIZE).round().to(torch.uint8)
+    plain = predict.predict_batch(model, images, tta=2)
+    model = model.to(memory_format=torch.channels_last)
+    np.testing.assert_allclose(predict.predict_batch(model, images, tta=2, channels_last=True), plain, atol=1e-4)
