@@ -1,4 +1,8 @@
-"""The torch Dataset: images decoded and resized to the network input through the codec, labels moved with them."""
+"""The torch Dataset: images decoded and resized to the network input through the codec, labels moved with them.
+
+Two sources give the same samples: ``HandDataset`` decodes the JPEGs per sample; ``data.cache.CachedHandDataset``
+reads whole batches from the decoded uint8 cache. ``make_dataset(split, size, cache)`` picks one.
+"""
 import numpy as np
 import torch
 from PIL import Image
@@ -30,8 +34,31 @@ def decode_image(path, size, mode="RGB"):
     return np.asarray(image), geometry.crop_resize_affine((x0, y0, side), size)
 
 
+def decode_mask(path, size):
+    """A mask JPEG at the input size: (size, size) uint8 in {0, 1}."""
+    return (decode_image(path, size, mode="L")[0] >= 128).astype(np.uint8)
+
+
+def input_labels(split, rows, affines):
+    """Labels of ``rows`` (B,) of ``split`` for input images made by ``affines`` (B, 2, 3) original -> input,
+    computed batched through the codec. Returns tensors: K (B, 3, 3) float32 of the input image, bone_length (B,)
+    float32 (NaN when the split has no scale), id, ann_id (B,) int64, and when labelled xyz, uvd (B, 21, 3) float32."""
+    rows = np.asarray(rows, dtype=np.int64)
+    K = geometry.transform_K(affines, split.K[rows])                                  # (B, 3, 3) float64
+    bone = np.full(len(rows), np.nan) if split.scale is None else split.scale[rows]
+    labels = {"K": torch.from_numpy(K.astype(np.float32)),
+              "bone_length": torch.from_numpy(bone.astype(np.float32)),
+              "id": torch.from_numpy(split.image_ids[rows]),
+              "ann_id": torch.from_numpy(split.ann_ids[rows])}
+    if split.labelled:
+        xyz = split.xyz[rows]                                                          # (B, 21, 3) float64
+        labels["xyz"] = torch.from_numpy(xyz.astype(np.float32))
+        labels["uvd"] = torch.from_numpy(geometry.xyz_to_uvd(xyz, K).astype(np.float32))
+    return labels
+
+
 class HandDataset(torch.utils.data.Dataset):
-    """Samples of a ``data.readers.Split`` at the network input size.
+    """Samples of a ``data.readers.Split`` at the network input size, decoded from the JPEGs per sample.
 
     Each sample is a dict of tensors:
       image (3, S, S) uint8 RGB; mask (S, S) uint8 in {0, 1} (zeros when has_mask is False); has_mask ();
@@ -40,6 +67,7 @@ class HandDataset(torch.utils.data.Dataset):
       id, ann_id () int64; and when the split is labelled: xyz (21, 3) float32 metres, uvd (21, 3) float32
       model space of the input image.
     """
+    batched = False  # per-sample __getitem__; make_loader collates
 
     def __init__(self, split, img_size):
         self.split = split
@@ -52,20 +80,19 @@ class HandDataset(torch.utils.data.Dataset):
         split = self.split
         image, affine = decode_image(split.image_paths[i], self.size)
         mask_path = split.mask_paths[i] if split.mask_paths is not None else None
-        mask = np.zeros((self.size, self.size), np.uint8)
-        if mask_path is not None:
-            mask = (decode_image(mask_path, self.size, mode="L")[0] >= 128).astype(np.uint8)
-        K = geometry.transform_K(affine, split.K[i])
-        sample = {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
-            "mask": torch.from_numpy(mask),
-            "has_mask": torch.tensor(mask_path is not None),
-            "K": torch.from_numpy(K.astype(np.float32)),
-            "bone_length": torch.tensor(np.nan if split.scale is None else split.scale[i], dtype=torch.float32),
-            "id": torch.tensor(split.image_ids[i]),
-            "ann_id": torch.tensor(split.ann_ids[i]),
-        }
-        if split.labelled:
-            sample["xyz"] = torch.from_numpy(split.xyz[i].astype(np.float32))
-            sample["uvd"] = torch.from_numpy(geometry.xyz_to_uvd(split.xyz[i], K).astype(np.float32))
-        return sample
+        mask = np.zeros((self.size, self.size), np.uint8) if mask_path is None else decode_mask(mask_path, self.size)
+        labels = input_labels(split, [i], affine[None])
+        return {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+                "mask": torch.from_numpy(mask),
+                "has_mask": torch.tensor(mask_path is not None),
+                **{key: value[0] for key, value in labels.items()}}
+
+
+def make_dataset(split, img_size, cache=False, announce=print, cache_root=None):
+    """The Dataset of ``split`` at ``img_size``: from the decoded uint8 cache (built on first use, see
+    ``data.cache``) when ``cache``, else decoding the JPEGs per sample. Both give the samples documented in
+    ``HandDataset``; the cached one serves whole batches (``__getitems__``)."""
+    if not cache:
+        return HandDataset(split, img_size)
+    from data.cache import CachedHandDataset  # imports this module
+    return CachedHandDataset(split, img_size, announce=announce, cache_root=cache_root)

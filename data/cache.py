@@ -1,0 +1,375 @@
+"""Decoded-image cache: a split's JPEGs decoded once at the network input size into uint8 memory maps.
+
+    data/cache/<root name>-<split>-<S>px-<key>/
+        images.npy     (N, S, S, 3) uint8: data.dataset.decode_image's pixels, bit for bit
+        masks.npy      (M, S, S) uint8 in {0, 1}: one per image that has a mask (absent when none has)
+        meta.npz       affines (N, 2, 3) float64 original -> input; mask_rows (N,) int64 row of masks.npy or -1
+        manifest.json  written last: what the cache was built from, and each data file's bytes, mtime_ns and a
+                       fingerprint of sampled blocks
+        build.lock     serialises builds of this folder (DDP ranks, parallel runs)
+
+The folder name keys the resolved dataset root, split name, size and the split's image list (so a subset gets
+its own cache). The manifest's ``dataset`` digest covers every source image's and mask's size and mtime_ns,
+the image count and FORMAT_VERSION: a replaced or touched image rebuilds the cache. On open, each data file
+is checked against the manifest (size, mtime_ns, sampled-block fingerprint): a truncated, altered or replaced
+cache file rebuilds the cache, announced in one line saying why; it is never read. A build deletes the old
+manifest first, writes temp files, ``os.replace``s them into place and writes the manifest last, so a killed
+build leaves no manifest and is rebuilt on the next open.
+"""
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from common import CACHE_ROOT, PROJECT_ROOT, UserError
+from data.dataset import decode_image, decode_mask, input_labels
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: builds are not serialised; each writes its own temp files, the last one wins
+    fcntl = None
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DATA_FILES = ("images.npy", "masks.npy", "meta.npz")
+FINGERPRINT_BLOCKS = 32          # sampled blocks per data file, first and last included
+FINGERPRINT_BLOCK_BYTES = 1 << 16
+CHUNK = 64                       # images per build task
+
+
+def _shown(path):
+    path = Path(path).resolve()
+    return path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path
+
+
+def _cores():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# --- identity of a split: folder key and dataset digest ---------------------------------------------------
+
+def _has_mask(split):
+    """(N,) bool: which images of ``split`` have a mask file."""
+    if split.mask_paths is None:
+        return np.zeros(len(split), dtype=bool)
+    return np.array([p is not None for p in split.mask_paths], dtype=bool)
+
+
+def cache_folder(split, size, cache_root=CACHE_ROOT):
+    """The cache folder of ``split`` at ``size`` px: named by the root, split and size, keyed by the resolved
+    root, layout and the split's image list (image ids and which have masks)."""
+    root = Path(split.root).resolve()
+    h = hashlib.sha256(f"{root}\n{split.layout}\n{split.name}\n{int(size)}\n".encode())
+    h.update(np.ascontiguousarray(split.image_ids, dtype=np.int64).tobytes())
+    h.update(_has_mask(split).tobytes())
+    return Path(cache_root) / f"{root.name}-{split.name}-{int(size)}px-{h.hexdigest()[:16]}"
+
+
+def dataset_digest(split, size):
+    """sha256 over what the cache is built from: format version, resolved root, split, size, image count and
+    every image's and mask's (size, mtime_ns). Costs one stat per file."""
+    h = hashlib.sha256(f"{FORMAT_VERSION}\n{Path(split.root).resolve()}\n{split.name}\n{int(size)}\n"
+                       f"{len(split)}\n".encode())
+    for paths in (split.image_paths, [p for p in split.mask_paths or () if p is not None]):
+        stats = np.empty((len(paths), 2), dtype=np.int64)                      # (n, 2) bytes, mtime_ns
+        for i, path in enumerate(paths):
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                raise UserError(f"image {path} is missing; re-extract the dataset") from None
+            stats[i] = st.st_size, st.st_mtime_ns
+        h.update(stats.tobytes())
+    return h.hexdigest()
+
+
+# --- data files: records written at build completion and checked on open --------------------------------
+
+def sampled_fingerprint(path, n_bytes):
+    """sha256 of FINGERPRINT_BLOCKS blocks spread evenly over the file (the whole file when it is small)."""
+    h = hashlib.sha256(str(n_bytes).encode())
+    span = max(0, n_bytes - FINGERPRINT_BLOCK_BYTES)
+    offsets = sorted({span * k // (FINGERPRINT_BLOCKS - 1) for k in range(FINGERPRINT_BLOCKS)})
+    with open(path, "rb") as f:
+        for offset in offsets:
+            f.seek(offset)
+            h.update(f.read(FINGERPRINT_BLOCK_BYTES))
+    return h.hexdigest()
+
+
+def file_record(path):
+    st = os.stat(path)
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "fingerprint": sampled_fingerprint(path, st.st_size)}
+
+
+def stale_reason(folder, digest, count):
+    """Why the cache in ``folder`` must not be read (one phrase), or None when it is complete and unchanged."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return "not built"
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "its manifest is unreadable"
+    if manifest.get("format") != FORMAT_VERSION:
+        return f"it has format {manifest.get('format')}, this version writes {FORMAT_VERSION}"
+    if manifest.get("count") != count:
+        return f"the split now has {count} images, the cache {manifest.get('count')}"
+    if manifest.get("dataset") != digest:
+        return "an image or mask of the dataset changed (size or modification time) since the build"
+    for name, record in manifest["files"].items():
+        if not (folder / name).is_file():
+            return f"{name} is missing"
+        st = os.stat(folder / name)
+        if st.st_size != record["bytes"]:
+            return f"{name} is {st.st_size} bytes, {record['bytes']} when built (truncated or replaced)"
+        if st.st_mtime_ns != record["mtime_ns"]:
+            return f"{name} was modified after the build"
+        if sampled_fingerprint(folder / name, st.st_size) != record["fingerprint"]:
+            return f"{name}'s content differs from the build"
+    return None
+
+
+# --- building -------------------------------------------------------------------------------------------------
+
+@contextmanager
+def _build_lock(folder):
+    """Exclusive lock on ``folder``/build.lock (no-op where fcntl is missing)."""
+    with open(folder / "build.lock", "a") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _decode_chunk(task):
+    """Worker: decode images [start, start + len(image_paths)) and their masks, write them at their rows of the
+    temp files. Returns (start, affines (n, 2, 3))."""
+    start, image_paths, mask_paths, mask_start, size, files = task
+    pixels, affines = zip(*(decode_image(p, size) for p in image_paths))
+    _write_rows(files["images"], start, np.stack(pixels))                    # (n, S, S, 3)
+    if mask_paths:
+        _write_rows(files["masks"], mask_start, np.stack([decode_mask(p, size) for p in mask_paths]))
+    return start, np.stack(affines)
+
+
+def _write_rows(file, first_row, rows):
+    """Write ``rows`` (n, ...) uint8 at row ``first_row`` of the .npy ``file`` = (path, header bytes)."""
+    path, header = file
+    with open(path, "r+b") as f:
+        f.seek(header + first_row * rows[0].nbytes)
+        f.write(np.ascontiguousarray(rows).data)
+
+
+def _new_npy(path, shape):
+    """An all-zero uint8 .npy of ``shape`` (sparse until written); returns (path, header bytes)."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    header = array.offset
+    del array
+    return str(path), header
+
+
+def _tasks(split, size, has_mask, files):
+    """Chunks of CHUNK images: (first row, image paths, their mask paths, first mask row, size, files)."""
+    masks_before = np.concatenate([[0], np.cumsum(has_mask)])                # (N + 1,) masks in rows [0, i)
+    for start in range(0, len(split), CHUNK):
+        stop = min(start + CHUNK, len(split))
+        masks = [split.mask_paths[i] for i in range(start, stop) if has_mask[i]]
+        yield start, split.image_paths[start:stop], masks, int(masks_before[start]), size, files
+
+
+def _decode_all(split, size, has_mask, files, workers, desc):
+    """Decode every image into the temp files, in parallel; returns affines (N, 2, 3). A worker's UserError
+    (corrupt or missing JPEG) arrives as the same one-line UserError."""
+    affines = np.empty((len(split), 2, 3), dtype=np.float64)
+    tasks = list(_tasks(split, size, has_mask, files))
+    workers = max(1, min(workers or _cores(), len(tasks)))
+    with tqdm(total=len(split), desc=desc, unit="img", leave=False, dynamic_ncols=True, mininterval=1) as bar:
+        def record(result):
+            start, chunk = result
+            affines[start:start + len(chunk)] = chunk
+            bar.update(len(chunk))
+        if workers == 1:
+            for task in tasks:
+                record(_decode_chunk(task))
+            return affines
+        fork = "fork" if "fork" in multiprocessing.get_all_start_methods() else None  # no re-imports
+        with multiprocessing.get_context(fork).Pool(workers) as pool:
+            try:
+                for result in pool.imap_unordered(_decode_chunk, tasks):
+                    record(result)
+            except UserError as err:
+                raise UserError(str(err)) from None  # without the worker's traceback
+    return affines
+
+
+def build(folder, split, size, digest, workers=None):
+    """Decode ``split`` into ``folder`` (see the module docstring for the order of writes)."""
+    n, size, has_mask = len(split), int(size), _has_mask(split)
+    n_masks = int(has_mask.sum())
+    needed = n * size * size * 3 + n_masks * size * size
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise UserError(f"the decoded-image cache of {split.name} at {size} px needs {needed / 1e9:.1f} GB in "
+                        f"{_shown(folder)}, {free / 1e9:.1f} GB are free: free space, or train with "
+                        f"--set cache=false")
+    (folder / MANIFEST).unlink(missing_ok=True)             # from here on the folder never reads as complete
+    for stale in folder.glob("*.tmp-*"):                    # left by a killed build
+        stale.unlink()
+    tmp = {name: folder / f"{name}.tmp-{os.getpid()}" for name in (*DATA_FILES, MANIFEST)}
+    started = time.perf_counter()
+    try:
+        files = {"images": _new_npy(tmp["images.npy"], (n, size, size, 3))}
+        if n_masks:
+            files["masks"] = _new_npy(tmp["masks.npy"], (n_masks, size, size))
+        affines = _decode_all(split, size, has_mask, files, workers, desc=f"decoding {split.name}")
+        mask_rows = np.where(has_mask, np.cumsum(has_mask) - 1, -1).astype(np.int64)
+        with open(tmp["meta.npz"], "wb") as f:
+            np.savez(f, affines=affines, mask_rows=mask_rows)
+        names = [name for name in DATA_FILES if tmp[name].exists()]
+        for name in names:
+            _fsync(tmp[name])
+            os.replace(tmp[name], folder / name)
+        if not n_masks:
+            (folder / "masks.npy").unlink(missing_ok=True)
+        manifest = {"format": FORMAT_VERSION, "root": str(Path(split.root).resolve()), "layout": split.layout,
+                    "split": split.name, "size": size, "count": n, "masks": n_masks, "dataset": digest,
+                    "seconds": round(time.perf_counter() - started, 2),
+                    "files": {name: file_record(folder / name) for name in names}}
+        tmp[MANIFEST].write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp[MANIFEST], folder / MANIFEST)
+    finally:
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
+
+
+def _fsync(path):
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+# --- opening -------------------------------------------------------------------------------------------------
+
+class DecodedCache:
+    """A complete, checked cache: ``affines`` (N, 2, 3), ``mask_rows`` (N,) in memory; ``images`` (N, S, S, 3)
+    and ``masks`` (M, S, S) (None without masks) as read-only memory maps, opened lazily in each process."""
+
+    def __init__(self, folder, count, size):
+        self.folder, self.count, self.size = Path(folder), count, size
+        with np.load(self.folder / "meta.npz") as meta:
+            self.affines, self.mask_rows = meta["affines"], meta["mask_rows"]
+        self._maps = None
+
+    def _open(self):
+        images = np.load(self.folder / "images.npy", mmap_mode="r")
+        masks = np.load(self.folder / "masks.npy", mmap_mode="r") if (self.mask_rows >= 0).any() else None
+        if images.shape != (self.count, self.size, self.size, 3):
+            raise RuntimeError(f"{self.folder / 'images.npy'} holds {images.shape}, expected "
+                               f"{(self.count, self.size, self.size, 3)}")
+        self._maps = images, masks
+
+    @property
+    def images(self):
+        if self._maps is None:
+            self._open()
+        return self._maps[0]
+
+    @property
+    def masks(self):
+        if self._maps is None:
+            self._open()
+        return self._maps[1]
+
+    def __getstate__(self):  # to a loader worker: the folder and small arrays, never the mapped pixels
+        return {**self.__dict__, "_maps": None}
+
+
+def open_cache(split, size, cache_root=CACHE_ROOT, workers=None, announce=print):
+    """The checked cache of ``split`` at ``size`` px; built first when missing, incomplete or stale (one line
+    says which and why). ``workers``: build processes (default: all cores)."""
+    size = int(size)
+    folder = cache_folder(split, size, cache_root)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the decoded-image cache {folder} ({err.strerror}); make it writable "
+                        f"or train with --set cache=false") from None
+    digest = dataset_digest(split, size)
+    with _build_lock(folder):
+        reason = stale_reason(folder, digest, len(split))
+        if reason is not None:
+            n_masks = int(_has_mask(split).sum())
+            gb = (len(split) * 3 + n_masks) * size * size / 1e9
+            what = (f"decoding {len(split)} {split.name} images{f' and {n_masks} masks' if n_masks else ''} of "
+                    f"{_shown(split.root)} once into {_shown(folder)}/ ({size} px, {gb:.2f} GB)")
+            announce(what if reason == "not built" else f"cache {_shown(folder)}/ is stale ({reason}): rebuilding;"
+                                                        f" {what}")
+            try:
+                build(folder, split, size, digest, workers)
+            except OSError as err:
+                raise UserError(f"cannot write the decoded-image cache {folder} ({err}); free space or make it "
+                                f"writable, or train with --set cache=false") from None
+    return DecodedCache(folder, len(split), size)
+
+
+# --- the Dataset ---------------------------------------------------------------------------------------------
+
+def _empty(shape):
+    """An uninitialised uint8 tensor; inside a loader worker it is allocated in shared memory, so handing the
+    batch to the main process copies nothing (as torch's default_collate does)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+
+
+class CachedHandDataset(torch.utils.data.Dataset):
+    """HandDataset's samples, read from the decoded cache a batch at a time.
+
+    ``__getitems__(indices)`` returns the batch dict directly (make_loader passes it through): one sorted
+    fancy-index into the memory map per array, labels precomputed once for the split with the codec. The
+    batch's ``image`` (B, 3, S, S) uint8 is a channels_last view of the cached (B, S, S, 3) rows (no CPU
+    transpose); other keys, shapes and dtypes as HandDataset documents, batched.
+    """
+    batched = True
+
+    def __init__(self, split, img_size, cache_root=None, workers=None, announce=print):
+        self.split, self.size = split, int(img_size)
+        self.cache = open_cache(split, self.size, cache_root or CACHE_ROOT, workers, announce)
+        self.labels = {"has_mask": torch.from_numpy(self.cache.mask_rows >= 0),     # (N, ...) tensors
+                       **input_labels(split, np.arange(len(split)), self.cache.affines)}
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, i):
+        return {key: value[0] for key, value in self.__getitems__([i]).items()}
+
+    def __getitems__(self, indices):
+        rows = np.asarray(indices, dtype=np.int64)                     # (B,)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"indices out of range for {len(self)} samples")
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]                                          # ascending: one sequential pass
+        b, s = len(rows), self.size
+        image = _empty((b, s, s, 3))
+        image.numpy()[order] = self.cache.images[ordered]              # (B, S, S, 3) in the requested order
+        mask = _empty((b, s, s))
+        mask_rows = self.cache.mask_rows[ordered]
+        have = mask_rows >= 0
+        mask.numpy()[order[~have]] = 0                                 # numpy copies: no thread-pool wake-ups
+        if have.any():
+            mask.numpy()[order[have]] = self.cache.masks[mask_rows[have]]
+        picked = torch.from_numpy(rows)
+        return {"image": image.permute(0, 3, 1, 2), "mask": mask,
+                **{key: value[picked] for key, value in self.labels.items()}}

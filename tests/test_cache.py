@@ -1,0 +1,246 @@
+"""The decoded-image cache: the same samples as the JPEG path, rebuilt (never read) when the dataset or a cache
+file changed, nothing read after a killed build, one-line errors from build workers; the batched loader."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from common import PROJECT_ROOT, UserError
+from data import cache as cache_module
+from data.cache import MANIFEST, CachedHandDataset, cache_folder, open_cache
+from data.dataset import HandDataset, make_dataset
+from data.loader import make_loader
+from data.readers import load_split
+from tests.markers import write_marker_dataset
+
+SIZE = 64
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def markers(tmp_path_factory):
+    """Non-square images (letterboxed into the input), 2 versions: half the training images have a mask."""
+    return write_marker_dataset(tmp_path_factory.mktemp("fh"), n=12, versions=2, size=(240, 200), seed=7)
+
+
+@pytest.fixture
+def fresh(tmp_path):
+    """A private copy of a small dataset and an empty cache root: (root, cache_root, lines announced)."""
+    root = write_marker_dataset(tmp_path / "data", n=6, versions=2, seed=3)
+    return root, tmp_path / "cache", []
+
+
+def assert_same_samples(expected, actual):
+    assert list(expected) == list(actual)
+    for key in expected:
+        a, b = expected[key], actual[key]
+        assert a.dtype == b.dtype and a.shape == b.shape, key
+        assert torch.equal(a, b) or (key == "bone_length" and a.isnan().all() and b.isnan().all()), key
+
+
+def assert_matches_jpegs(split, dataset):
+    jpeg = HandDataset(split, dataset.size)
+    for i in range(len(split)):
+        assert_same_samples(jpeg[i], dataset[i])
+
+
+def open_dataset(root, cache_root, lines, split="train", workers=1):
+    return CachedHandDataset(load_split(root, split), SIZE, cache_root=cache_root, workers=workers,
+                             announce=lines.append)
+
+
+# --- same samples ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("split", ["train", "evaluation"])
+def test_cache_returns_exactly_the_jpeg_samples(markers, tmp_path, split):
+    """Pixels, masks, K, uvd, xyz, ids: bit for bit what decoding the JPEGs gives, sample by sample."""
+    data = load_split(markers, split)
+    dataset = make_dataset(data, SIZE, cache=True, cache_root=tmp_path, announce=lambda *_: None)
+    assert isinstance(dataset, CachedHandDataset) and isinstance(make_dataset(data, SIZE, cache=False), HandDataset)
+    assert_matches_jpegs(data, dataset)
+    if split == "train":
+        assert 0 < int(dataset.labels["has_mask"].sum()) < len(dataset)
+
+
+def test_loader_batches_equal_the_jpeg_loader_shuffled_and_sharded(markers, tmp_path):
+    """Same (seed, epoch) shuffle, same DDP shards, same batch contents; workers in shared memory too."""
+    data = load_split(markers, "train")
+    cached = CachedHandDataset(data, SIZE, cache_root=tmp_path, announce=lambda *_: None)
+    for rank in range(2):
+        loaders = [make_loader(d, 4, train=True, workers=w, seed=3, rank=rank, world_size=2)
+                   for d, w in ((HandDataset(data, SIZE), 0), (cached, 0), (cached, 1))]
+        for loader in loaders:
+            loader.sampler.set_epoch(5)
+        jpeg, *from_cache = [list(loader) for loader in loaders]
+        assert len(jpeg) == len(data) // 2 // 4
+        for batches in from_cache:
+            for a, b in zip(jpeg, batches, strict=True):
+                assert_same_samples(a, b)
+    batch = next(iter(make_loader(cached, 4, train=False, workers=0)))
+    assert batch["image"].shape == (4, 3, SIZE, SIZE) and batch["image"].is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_array_equal(batch["id"].numpy(), data.image_ids[:4])
+
+
+# --- rebuilt, never read ---------------------------------------------------------------------------------------
+
+def test_reopening_an_unchanged_cache_does_not_rebuild(fresh):
+    root, cache_root, lines = fresh
+    open_dataset(root, cache_root, lines)
+    open_dataset(root, cache_root, lines)
+    assert len(lines) == 1 and lines[0].startswith("decoding 10 train images and 5 masks")
+
+
+def _replace_image(path):
+    """Another picture at ``path``: a different size and content."""
+    Image.fromarray(np.full((180, 260, 3), (200, 40, 90), np.uint8)).save(path, quality=90)
+
+
+def _touch(path):
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
+
+
+@pytest.mark.parametrize("change", [_replace_image, _touch], ids=["replaced", "touched"])
+def test_changed_dataset_rebuilds(fresh, change):
+    root, cache_root, lines = fresh
+    open_dataset(root, cache_root, lines)
+    change(root / "training/rgb/00000007.jpg")
+    dataset = open_dataset(root, cache_root, lines)
+    assert len(lines) == 2 and "is stale (an image or mask of the dataset changed" in lines[1]
+    assert_matches_jpegs(load_split(root, "train"), dataset)
+
+
+def _cache_file(root, cache_root, name):
+    return cache_folder(load_split(root, "train"), SIZE, cache_root) / name
+
+
+def _alter(path, restore_mtime):
+    """Flip the first pixel's bytes in place (inside the first fingerprint block); optionally keep the mtime."""
+    st = os.stat(path)
+    header = np.load(path, mmap_mode="r").offset if path.suffix == ".npy" else 64
+    with open(path, "r+b") as f:
+        f.seek(header)
+        old = f.read(16)
+        f.seek(header)
+        f.write(bytes(255 - b for b in old))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns if restore_mtime else st.st_mtime_ns + 10 ** 9))
+
+
+def _truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 100)
+
+
+@pytest.mark.parametrize("name, damage, reason", [
+    ("images.npy", lambda p: _alter(p, restore_mtime=False), "images.npy was modified after the build"),
+    ("images.npy", lambda p: _alter(p, restore_mtime=True), "images.npy's content differs from the build"),
+    ("images.npy", _truncate, "(truncated or replaced)"),
+    ("masks.npy", _truncate, "(truncated or replaced)"),
+    ("meta.npz", lambda p: _alter(p, restore_mtime=False), "meta.npz was modified after the build"),
+    ("images.npy", os.unlink, "images.npy is missing"),
+], ids=["altered", "altered-same-mtime", "truncated", "masks-truncated", "meta-altered", "deleted"])
+def test_changed_cache_file_is_rebuilt_not_read(fresh, name, damage, reason):
+    root, cache_root, lines = fresh
+    open_dataset(root, cache_root, lines)
+    damage(_cache_file(root, cache_root, name))
+    dataset = open_dataset(root, cache_root, lines)
+    assert len(lines) == 2 and reason in lines[1] and "rebuilding" in lines[1], lines
+    assert_matches_jpegs(load_split(root, "train"), dataset)
+    assert cache_module.stale_reason(dataset.cache.folder, cache_module.dataset_digest(dataset.split, SIZE),
+                                     len(dataset)) is None
+
+
+def test_killed_build_leaves_nothing_read_as_complete(fresh):
+    """SIGKILL a build (a rebuild, so an older complete cache existed) half-way: no manifest, the next open
+    rebuilds and clears the killed build's temp files."""
+    root, cache_root, lines = fresh
+    open_dataset(root, cache_root, lines)
+    _touch(root / "training/rgb/00000002.jpg")
+    folder = _cache_file(root, cache_root, "")
+    script = f"""
+import sys, time
+sys.path.insert(0, {str(PROJECT_ROOT)!r})
+import data.cache as c
+from data.readers import load_split
+decode = c._decode_chunk
+def stall_after_first_chunk(task):
+    time.sleep(60 if task[0] else 0)
+    return decode(task)
+c._decode_chunk, c.CHUNK = stall_after_first_chunk, 4
+c.open_cache(load_split({str(root)!r}, "train"), {SIZE}, {str(cache_root)!r}, workers=2, announce=print)
+"""
+    process = subprocess.Popen([sys.executable, "-u", "-c", script], start_new_session=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert process.stdout.readline().startswith("cache ")  # announced the rebuild: it is under way
+        deadline = time.time() + 30
+        while not list(folder.glob("images.npy.tmp-*")) and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert list(folder.glob("*.tmp-*")) and not (folder / MANIFEST).exists()
+    dataset = open_dataset(root, cache_root, lines)
+    assert lines[-1].startswith("decoding 10 train images")
+    assert not list(folder.glob("*.tmp-*"))
+    assert_matches_jpegs(load_split(root, "train"), dataset)
+
+
+# --- errors ---------------------------------------------------------------------------------------------------
+
+def test_corrupt_jpeg_in_a_build_worker_is_one_clear_line(fresh):
+    root, cache_root, lines = fresh
+    path = root / "training/rgb/00000009.jpg"
+    path.write_bytes(path.read_bytes()[:300])
+    cache_module.CHUNK, chunk = 2, cache_module.CHUNK  # several tasks, so the bad image meets a worker
+    try:
+        with pytest.raises(UserError) as info:
+            open_dataset(root, cache_root, lines, workers=2)
+    finally:
+        cache_module.CHUNK = chunk
+    message = str(info.value)
+    assert "00000009.jpg" in message and "cannot decode" in message and "\n" not in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    folder = _cache_file(root, cache_root, "")
+    assert not (folder / MANIFEST).exists() and not list(folder.glob("*.tmp-*"))
+
+
+def test_cli_prints_a_build_error_as_one_line(fresh):
+    root, cache_root, _ = fresh
+    path = root / "training/rgb/00000004.jpg"
+    path.write_bytes(path.read_bytes()[:300])
+    code = ("import sys; from common import cli; from data.readers import load_split; from data.cache import "
+            f"open_cache\ncli(lambda: open_cache(load_split({str(root)!r}, 'train'), 64, {str(cache_root)!r}, "
+            "workers=2))()")
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "00000004.jpg" in error[0] and "Traceback" not in result.stderr
+
+
+def test_unwritable_cache_root_is_a_clear_error(fresh):
+    root, cache_root, lines = fresh
+    cache_root.write_text("a file where the cache folder should be")
+    with pytest.raises(UserError, match="cannot create the decoded-image cache"):
+        open_dataset(root, cache_root, lines)
+
+
+def test_out_of_range_indices_raise(markers, tmp_path):
+    dataset = CachedHandDataset(load_split(markers, "evaluation"), SIZE, cache_root=tmp_path, announce=print)
+    with pytest.raises(IndexError):
+        dataset.__getitems__([0, len(dataset)])
