@@ -58,7 +58,7 @@ from augment import FINGER_COLOURS, warp_images
 from checkpoints import build_model, load_checkpoint, newest_checkpoint
 from common import PROJECT_ROOT, RUNS_ROOT, SUBMISSIONS_ROOT, UserError, cli, resolve_device
 from data import resolve_data_root
-from data.dataset import HandDataset
+from data.dataset import make_dataset
 from data.joints import BONES, ORDERS, from_freihand
 from data.loader import make_loader, to_device
 from data.readers import detect_layout, load_split, submission_split
@@ -571,6 +571,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, help="images per forward before TTA (default: the checkpoint's)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--workers", type=int, default=-1, help="data-loading processes (-1: sized to the machine)")
+    p.add_argument("--no-cache", action="store_true", help="decode the JPEGs per batch instead of reading the "
+                                                           "decoded uint8 cache (data/cache/, built on first use)")
     p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA (default: AMP as the checkpoint trained)")
     p.add_argument("--viz", type=int, default=0, metavar="K", help="save K pictures to PREFIX_viz/")
     p.add_argument("--check", metavar="FILE", help="validate an upload (.zip, .json.gz) or .npz file and exit")
@@ -591,7 +593,8 @@ def predict_split(model, split, config, args, device):
     if cuda:
         torch.backends.cudnn.benchmark = True  # one input size throughout
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    loader = make_loader(HandDataset(split, config["img_size"]), args.batch_size or config["batch_size"],
+    dataset = make_dataset(split, config["img_size"], cache=config.get("cache", True) and not args.no_cache)
+    loader = make_loader(dataset, args.batch_size or config["batch_size"],
                          train=False, workers=args.workers, pin_memory=cuda)
     print(f"predicting {len(split)} images on {device} ({'AMP' if amp else 'fp32'}"
           f"{', channels_last' if channels_last else ''}), TTA over {args.tta} rotation{'s' * (args.tta > 1)}")
