@@ -32,7 +32,7 @@ import recipes
 from checkpoints import build_model, load_checkpoint, newest_checkpoint, save_checkpoint
 from common import RUNS_ROOT, SYNTHETIC_ROOT, UserError, cli, resolve_device
 from data import resolve_data_root
-from data.dataset import HandDataset
+from data.dataset import make_dataset
 from data.loader import make_loader, to_device
 from data.readers import load_split
 from models.losses import LOSS_TERMS, pose_loss
@@ -398,7 +398,8 @@ def build_context(args):
     if not train_split.labelled or not val_split.labelled:
         raise UserError(f"{data_root}: the train and val splits need *_xyz.json labels")
     size, cuda = config["img_size"], device.type == "cuda"
-    train_set, val_set = HandDataset(train_split, size), HandDataset(val_split, size)
+    train_set, val_set = (make_dataset(split, size, cache=config["cache"], announce=announce)
+                          for split in (train_split, val_split))
     if len(train_set) < config["batch_size"] * world_size:
         raise UserError(f"{len(train_set)} training images are fewer than one batch of {config['batch_size']} "
                         f"per process; lower --batch-size")
