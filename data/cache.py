@@ -14,7 +14,8 @@ the image count and FORMAT_VERSION: a replaced or touched image rebuilds the cac
 is checked against the manifest (size, mtime_ns, sampled-block fingerprint): a truncated, altered or replaced
 cache file rebuilds the cache, announced in one line saying why; it is never read. A build deletes the old
 manifest first, writes temp files, ``os.replace``s them into place and writes the manifest last, so a killed
-build leaves no manifest and is rebuilt on the next open.
+build leaves no manifest and is rebuilt on the next open. Building a cache deletes the caches of datasets that
+no longer exist.
 """
 import hashlib
 import json
@@ -43,6 +44,7 @@ DATA_FILES = ("images.npy", "masks.npy", "meta.npz")
 FINGERPRINT_BLOCKS = 32          # sampled blocks per data file, first and last included
 FINGERPRINT_BLOCK_BYTES = 1 << 16
 CHUNK = 64                       # images per build task
+WITHOUT = "or do without the cache (train.py --set cache=false, predict.py --no-cache)"
 
 
 def _shown(path):
@@ -221,8 +223,7 @@ def build(folder, split, size, digest, workers=None):
     free = shutil.disk_usage(folder).free
     if needed > free:
         raise UserError(f"the decoded-image cache of {split.name} at {size} px needs {needed / 1e9:.1f} GB in "
-                        f"{_shown(folder)}, {free / 1e9:.1f} GB are free: free space, or train with "
-                        f"--set cache=false")
+                        f"{_shown(folder)}, {free / 1e9:.1f} GB are free: free space {WITHOUT}")
     (folder / MANIFEST).unlink(missing_ok=True)             # from here on the folder never reads as complete
     for stale in folder.glob("*.tmp-*"):                    # left by a killed build
         stale.unlink()
@@ -256,6 +257,23 @@ def build(folder, split, size, digest, workers=None):
 def _fsync(path):
     with open(path, "rb") as f:
         os.fsync(f.fileno())
+
+
+def prune_orphans(cache_root, announce=print):
+    """Delete the caches under ``cache_root`` whose dataset root no longer exists (a moved dataset, a test's
+    temporary folder): they can never be read again."""
+    removed = 0
+    for manifest in Path(cache_root).glob(f"*/{MANIFEST}"):
+        try:
+            root = json.loads(manifest.read_text()).get("root")
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):  # being replaced, or unreadable: not ours to judge
+            continue
+        if root and not Path(root).exists():
+            shutil.rmtree(manifest.parent, ignore_errors=True)
+            removed += 1
+    if removed:
+        announce(f"removed {removed} decoded-image cache{'s' * (removed > 1)} of datasets that no longer exist "
+                 f"from {_shown(cache_root)}/")
 
 
 # --- opening -------------------------------------------------------------------------------------------------
@@ -303,11 +321,12 @@ def open_cache(split, size, cache_root=CACHE_ROOT, workers=None, announce=print)
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create the decoded-image cache {folder} ({err.strerror}); make it writable "
-                        f"or train with --set cache=false") from None
+                        f"{WITHOUT}") from None
     digest = dataset_digest(split, size)
     with _build_lock(folder):
         reason = stale_reason(folder, digest, len(split))
         if reason is not None:
+            prune_orphans(folder.parent, announce)
             n_masks = int(_has_mask(split).sum())
             gb = (len(split) * 3 + n_masks) * size * size / 1e9
             what = (f"decoding {len(split)} {split.name} images{f' and {n_masks} masks' if n_masks else ''} of "
@@ -318,7 +337,7 @@ def open_cache(split, size, cache_root=CACHE_ROOT, workers=None, announce=print)
                 build(folder, split, size, digest, workers)
             except OSError as err:
                 raise UserError(f"cannot write the decoded-image cache {folder} ({err}); free space or make it "
-                                f"writable, or train with --set cache=false") from None
+                                f"writable {WITHOUT}") from None
     return DecodedCache(folder, len(split), size)
 
 

@@ -1,6 +1,7 @@
 """The decoded-image cache: the same samples as the JPEG path, rebuilt (never read) when the dataset or a cache
 file changed, nothing read after a killed build, one-line errors from build workers; the batched loader."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -199,6 +200,16 @@ c.open_cache(load_split({str(root)!r}, "train"), {SIZE}, {str(cache_root)!r}, wo
     assert lines[-1].startswith("decoding 10 train images")
     assert not list(folder.glob("*.tmp-*"))
     assert_matches_jpegs(load_split(root, "train"), dataset)
+
+
+def test_caches_of_vanished_datasets_are_pruned_when_another_is_built(fresh, tmp_path):
+    root, cache_root, lines = fresh
+    gone = shutil.copytree(root, tmp_path / "gone")
+    orphan = open_dataset(gone, cache_root, lines).cache.folder
+    kept = open_dataset(root, cache_root, lines, split="evaluation").cache.folder
+    shutil.rmtree(gone)
+    open_dataset(root, cache_root, lines)
+    assert not orphan.exists() and kept.exists() and "removed 1 decoded-image cache of datasets" in lines[-2]
 
 
 # --- errors ---------------------------------------------------------------------------------------------------
