@@ -1,0 +1,287 @@
+"""Throughput of every stage of training and prediction, in images per second, on one device.
+
+    python bench.py --device cuda --amp --channels-last                       # all archs, 224 px loaders, batch 32
+    python bench.py --device cpu --archs effb0_1d,ghost_lite --img-size 128 --batch-size 8 --steps 3
+
+Stages (one figure each, written to bench.json with the machine and the settings):
+  loader_jpeg, loader_cache   make_loader batches at --img-size delivered to the device (to_device, pinned
+                              memory on CUDA), decoding the JPEGs per sample / reading the decoded cache;
+                              total images over total time, after --warmup batches
+  augment_default, augment_full
+                              augment.Augmenter on a device batch: the training default set and every
+                              augmentation, at the default chances (DEFAULTS p)
+  train_step/ARCH             forward + backward + optimizer step of the arch's recipe (model options, loss
+                              weights, optimizer) at its recipe input size (or --model-size), median step
+  predict_tta/ARCH            predict.predict_batch with --tta rotations in one forward, per input image
+Timings on CUDA synchronise before the clock is read. --amp (bf16 where supported), --channels-last and
+--compile act as in train.py. The data is the synthetic set unless --data-root is given.
+"""
+import argparse
+import copy
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+import augment
+import models
+import recipes
+from common import CACHE_ROOT, UserError, cli, resolve_device
+from data import resolve_data_root
+from data.dataset import make_dataset
+from data.loader import make_loader, to_device
+from data.readers import load_split
+from models.losses import pose_loss
+from predict import autocast, predict_batch
+from train import make_optimizer, make_target
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--archs", default="all", help="comma-separated registered archs, 'all' or 'none'")
+    p.add_argument("--img-size", type=int, default=224, help="loader and augmentation input size")
+    p.add_argument("--model-size", type=int, default=None, help="train/predict input size (default: each "
+                                                                 "arch's recipe size)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per augmentation / model stage")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps (and loader batches) before each stage")
+    p.add_argument("--loader-batches", type=int, default=200, help="timed batches per loader stage")
+    p.add_argument("--workers", type=int, default=-1, help="loader processes (-1: sized to the machine)")
+    p.add_argument("--tta", type=int, default=10, help="rotations of the predict stage")
+    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16 where supported)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of torch (default: torch's)")
+    p.add_argument("--data-root", default=None, help="dataset folder (default: the synthetic set)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--max-images", type=int, default=2000, help="images of the split to use (0: all)")
+    p.add_argument("--cache-root", default=str(CACHE_ROOT), help="where the decoded caches live")
+    p.add_argument("--out", default="bench.json")
+    args = p.parse_args(argv)
+    for key in ("img_size", "batch_size", "steps", "loader_batches", "tta"):
+        if getattr(args, key) < 1:
+            raise UserError(f"--{key.replace('_', '-')} {getattr(args, key)}: must be at least 1")
+    if args.warmup < 0:
+        raise UserError(f"--warmup {args.warmup}: must be at least 0")
+    return args
+
+
+def parse_archs(text):
+    if text == "none":
+        return []
+    names = models.list_models() if text == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    for name in names:
+        models.model_entry(name)  # an unknown name lists the valid ones
+    return names
+
+
+def machine(device):
+    """What the figures were measured on."""
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"device": str(device), "cpu": cpu, "cores": cores, "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "torch": torch.__version__, "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
+            "load_average_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+
+
+def synchronizer(device):
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
+def median_seconds(step, steps, warmup, sync):
+    """Median wall time of ``step()`` over ``steps`` calls after ``warmup``, the device synchronised around each."""
+    for _ in range(warmup):
+        step()
+    seconds = []
+    for _ in range(steps):
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        seconds.append(time.perf_counter() - start)
+    return float(np.median(seconds))
+
+
+# --- stages ------------------------------------------------------------------------------------------------
+
+def loader_rate(dataset, args, device):
+    """Images per second that make_loader delivers to ``device``: total over ``--loader-batches`` batches."""
+    if len(dataset) < args.batch_size:
+        raise UserError(f"the split has {len(dataset)} images, fewer than one batch of {args.batch_size}; "
+                        f"lower --batch-size")
+    loader = make_loader(dataset, args.batch_size, train=True, workers=args.workers, pin_memory=device.type == "cuda")
+
+    def batches():
+        epoch = 0
+        while True:
+            loader.sampler.set_epoch(epoch)
+            epoch += 1
+            yield from loader
+
+    stream, sync = batches(), synchronizer(device)
+    for _ in range(args.warmup):
+        to_device(next(stream), device)
+    sync()
+    start, images = time.perf_counter(), 0
+    for _ in range(args.loader_batches):
+        images += to_device(next(stream), device)["image"].shape[0]
+    sync()
+    return images / (time.perf_counter() - start)
+
+
+def device_batch(dataset, batch_size, device):
+    """The first ``batch_size`` samples (repeated when the split is smaller), batched on ``device``."""
+    rows = np.arange(batch_size) % len(dataset)
+    return to_device(dataset.__getitems__(rows), device)
+
+
+def augment_rate(names, batch, size, args, device):
+    augmenter = augment.Augmenter(names, augment.resolve_options(), size, device, seed=0)
+    seconds = median_seconds(lambda: augmenter(batch), args.steps, args.warmup, synchronizer(device))
+    return batch["image"].shape[0] / seconds
+
+
+def recipe_of(arch):
+    config = copy.deepcopy(recipes.DEFAULTS)
+    config.update(copy.deepcopy(recipes.RECIPES.get(arch, {})))
+    return config
+
+
+def build_model(arch, config, args, device):
+    model = models.create_model(arch, pretrained="none", **config["model"])
+    layout = torch.channels_last if args.channels_last else torch.preserve_format
+    return model.to(device, memory_format=layout)
+
+
+def train_step_rate(arch, config, batch, args, device):
+    """Images per second of one optimisation step of ``arch`` on a fixed augmented batch."""
+    model = build_model(arch, config, args, device).train()
+    optimizer = make_optimizer(model, config)
+    fp16 = device.type == "cuda" and args.amp and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+    net = torch.compile(model) if args.compile else model
+    target = make_target(batch, config["img_size"])
+
+    def step():
+        x = models.prepare_images(batch["image"])
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, args.amp):
+            uvd, aux = net(x, return_aux=True)
+        aux = {k: [t.float() for t in v] if isinstance(v, list) else v.float() for k, v in aux.items()}
+        loss, _ = pose_loss(uvd.float(), aux, target, config["loss"], 0.0)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    seconds = median_seconds(step, args.steps, args.warmup, synchronizer(device))
+    return batch["image"].shape[0] / seconds, model
+
+
+def predict_rate(model, images, args, device):
+    net = torch.compile(model.eval()) if args.compile else model.eval()
+    step = lambda: predict_batch(net, images, tta=args.tta, amp=args.amp, channels_last=args.channels_last)
+    return images.shape[0] / median_seconds(step, args.steps, args.warmup, synchronizer(device))
+
+
+# --- the run ------------------------------------------------------------------------------------------------
+
+def run(args):
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one input size per stage
+    archs = parse_archs(args.archs)
+    split = load_split(resolve_data_root(args.data_root), args.split)
+    if args.max_images and len(split) > args.max_images:
+        split = split.subset(np.arange(args.max_images))
+    datasets = {}
+
+    def dataset(size, cache=True):
+        if (size, cache) not in datasets:
+            datasets[size, cache] = make_dataset(split, size, cache=cache, cache_root=args.cache_root)
+        return datasets[size, cache]
+
+    rows = []
+
+    def record(stage, rate, size, batch_size, detail=""):
+        rows.append({"stage": stage, "images_per_s": round(rate, 1), "px": size, "batch": batch_size,
+                     "detail": detail})
+        print(f"  {stage:<28} {rate:>10.1f} images/s  ({size} px, batch {batch_size}{', ' if detail else ''}"
+              f"{detail})", flush=True)
+
+    info = machine(device)
+    print(f"bench on {info['gpu'] or info['cpu']} ({device}, {info['cores']} cores, torch {info['torch']}, "
+          f"{info['torch_threads']} threads), load average {info['load_average_start']}")
+    size, b = args.img_size, args.batch_size
+    for model_size in {size} | {args.model_size or recipe_of(arch)["img_size"] for arch in archs}:
+        dataset(model_size)  # decoded caches built (once) before any clock runs
+    record("loader_jpeg", loader_rate(dataset(size, cache=False), args, device), size, b, "JPEG decode per sample")
+    record("loader_cache", loader_rate(dataset(size), args, device), size, b, "decoded uint8 cache")
+    batch = device_batch(dataset(size), b, device)
+    record("augment_default", augment_rate(augment.TRAIN_DEFAULT_AUGS, batch, size, args, device), size, b,
+           ",".join(augment.TRAIN_DEFAULT_AUGS))
+    record("augment_full", augment_rate(augment.AUG_NAMES, batch, size, args, device), size, b, "all, default p")
+    for arch in archs:
+        config = recipe_of(arch)
+        config["img_size"] = model_size = args.model_size or config["img_size"]
+        data = device_batch(dataset(model_size), b, device)
+        augmented = augment.Augmenter(config["augs"], augment.resolve_options(config["aug"]), model_size, device,
+                                      seed=0)(data)
+        rate, model = train_step_rate(arch, config, augmented, args, device)
+        record(f"train_step/{arch}", rate, model_size, b, f"{config['optimizer']}, loss {','.join(config['loss'])}")
+        record(f"predict_tta/{arch}", predict_rate(model, data["image"], args, device), model_size, b,
+               f"tta {args.tta}, one forward")
+        del model
+    info["load_average_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return rows, info
+
+
+def loader_headroom(rows):
+    """arch -> how many times over the cached loader feeds that arch's training step."""
+    rates = {r["stage"]: r["images_per_s"] for r in rows}
+    return {stage.split("/", 1)[1]: round(rates["loader_cache"] / rate, 1)
+            for stage, rate in rates.items() if stage.startswith("train_step/")}
+
+
+def write_json(path, rows, info, args):
+    settings = {k: getattr(args, k) for k in ("device", "img_size", "model_size", "batch_size", "steps", "warmup",
+                                               "loader_batches", "workers", "tta", "amp", "channels_last",
+                                               "compile", "threads", "data_root", "split", "max_images")}
+    settings["cudnn_benchmark"] = torch.backends.cudnn.benchmark
+    result = {"machine": info, "settings": settings, "stages": {r["stage"]: r["images_per_s"] for r in rows},
+              "loader_headroom": loader_headroom(rows), "rows": rows}
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, path)
+
+
+@cli
+def main(argv=None):
+    args = parse_args(argv)
+    rows, info = run(args)
+    table = pd.DataFrame(rows)
+    print()
+    print(table.to_string(index=False))
+    for arch, times in loader_headroom(rows).items():
+        print(f"the cached loader feeds {arch}'s training step {times:g} times over")
+    write_json(args.out, rows, info, args)
+    print(f"wrote {args.out} (load average {info['load_average_start']} at the start, {info['load_average_end']} "
+          f"at the end)")
+
+
+if __name__ == "__main__":
+    main()

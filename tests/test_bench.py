@@ -1,0 +1,30 @@
+"""bench.py on the CPU with tiny settings: every stage runs and bench.json holds one figure per stage."""
+import json
+import math
+
+import torch
+
+import bench
+from tests.markers import write_marker_dataset
+
+
+def test_bench_cpu_tiny_writes_one_figure_per_stage(tmp_path, capsys):
+    root = write_marker_dataset(tmp_path / "data", n=12, seed=1)
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--device", "cpu", "--archs", "ghost_lite", "--img-size", "64", "--model-size", "64",
+                    "--batch-size", "4", "--steps", "1", "--warmup", "1", "--loader-batches", "2", "--tta", "2",
+                    "--workers", "0", "--threads", "1", "--data-root", str(root),
+                    "--cache-root", str(tmp_path / "cache"), "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads(out.read_text())
+    stages = ["loader_jpeg", "loader_cache", "augment_default", "augment_full", "train_step/ghost_lite",
+              "predict_tta/ghost_lite"]
+    assert list(result["stages"]) == stages and result["loader_headroom"]["ghost_lite"] > 0
+    assert all(math.isfinite(v) and v > 0 for v in result["stages"].values())
+    assert result["machine"]["cores"] >= 1 and result["machine"]["torch"] == torch.__version__
+    assert result["machine"]["gpu"] is None and result["settings"]["img_size"] == 64
+    printed = capsys.readouterr().out
+    assert all(stage in printed for stage in stages) and f"wrote {out}" in printed
