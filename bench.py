@@ -6,7 +6,8 @@
 Stages (one figure each, written to bench.json with the machine and the settings):
   loader_jpeg, loader_cache   make_loader batches at --img-size delivered to the device (to_device, pinned
                               memory on CUDA), decoding the JPEGs per sample / reading the decoded cache;
-                              total images over total time, after --warmup batches
+                              total images over total time (at least --loader-batches batches and
+                              --loader-seconds), after --warmup batches
   augment_default, augment_full
                               augment.Augmenter on a device batch: the training default set and every
                               augmentation, at the default chances (DEFAULTS p)
@@ -51,7 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=10, help="timed steps per augmentation / model stage")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps (and loader batches) before each stage")
-    p.add_argument("--loader-batches", type=int, default=200, help="timed batches per loader stage")
+    p.add_argument("--loader-batches", type=int, default=200, help="timed batches per loader stage (at least)")
+    p.add_argument("--loader-seconds", type=float, default=3.0, help="keep timing a loader until this long")
     p.add_argument("--workers", type=int, default=-1, help="loader processes (-1: sized to the machine)")
     p.add_argument("--tta", type=int, default=10, help="rotations of the predict stage")
     p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16 where supported)")
@@ -115,7 +117,8 @@ def median_seconds(step, steps, warmup, sync):
 # --- stages ------------------------------------------------------------------------------------------------
 
 def loader_rate(dataset, args, device):
-    """Images per second that make_loader delivers to ``device``: total over ``--loader-batches`` batches."""
+    """Images per second that make_loader delivers to ``device``: total images over total time, for at least
+    ``--loader-batches`` batches and ``--loader-seconds``."""
     if len(dataset) < args.batch_size:
         raise UserError(f"the split has {len(dataset)} images, fewer than one batch of {args.batch_size}; "
                         f"lower --batch-size")
@@ -132,9 +135,10 @@ def loader_rate(dataset, args, device):
     for _ in range(args.warmup):
         to_device(next(stream), device)
     sync()
-    start, images = time.perf_counter(), 0
-    for _ in range(args.loader_batches):
+    start, images, batches = time.perf_counter(), 0, 0
+    while batches < args.loader_batches or time.perf_counter() - start < args.loader_seconds:
         images += to_device(next(stream), device)["image"].shape[0]
+        batches += 1
     sync()
     return images / (time.perf_counter() - start)
 
@@ -258,8 +262,9 @@ def loader_headroom(rows):
 
 def write_json(path, rows, info, args):
     settings = {k: getattr(args, k) for k in ("device", "img_size", "model_size", "batch_size", "steps", "warmup",
-                                               "loader_batches", "workers", "tta", "amp", "channels_last",
-                                               "compile", "threads", "data_root", "split", "max_images")}
+                                               "loader_batches", "loader_seconds", "workers", "tta", "amp",
+                                               "channels_last", "compile", "threads", "data_root", "split",
+                                               "max_images")}
     settings["cudnn_benchmark"] = torch.backends.cudnn.benchmark
     result = {"machine": info, "settings": settings, "stages": {r["stage"]: r["images_per_s"] for r in rows},
               "loader_headroom": loader_headroom(rows), "rows": rows}
