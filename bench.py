@@ -56,7 +56,8 @@ def parse_args(argv=None):
     p.add_argument("--loader-seconds", type=float, default=3.0, help="keep timing a loader until this long")
     p.add_argument("--workers", type=int, default=-1, help="loader processes (-1: sized to the machine)")
     p.add_argument("--tta", type=int, default=10, help="rotations of the predict stage")
-    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16 where supported)")
+    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16 where supported); none on "
+                                                      "the CPU")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--threads", type=int, default=None, help="CPU threads of torch (default: torch's)")
