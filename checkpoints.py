@@ -6,6 +6,7 @@ options, ...), ``epoch`` (epochs completed), ``history`` (one dict per completed
 ``last.pt``, the optimizer, scheduler, scaler and RNG states that ``--resume`` restores.
 """
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -32,7 +33,7 @@ def load_checkpoint(path):
                         f"or pass --ckpt PATH")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError) as err:  # torch reports broken zip/pickle data this way
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:  # broken zip/pickle data
         raise UserError(f"checkpoint {path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0]}); "
                         f"it is broken or not a PyTorch file: use another checkpoint") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION or "config" not in state:
@@ -60,6 +61,6 @@ def newest_checkpoint(name="best.pt", runs_root=RUNS_ROOT):
     """The most recently written ``runs/*/name``; a UserError when there is none."""
     candidates = sorted(Path(runs_root).glob(f"*/{name}"), key=lambda p: p.stat().st_mtime)
     if not candidates:
-        raise UserError(f"no {runs_root.name}/*/{name} found; train a model first "
+        raise UserError(f"no {Path(runs_root).name}/*/{name} found; train a model first "
                         f"(`python train.py --arch effb4_1d`) or pass --ckpt PATH")
     return candidates[-1]

@@ -63,6 +63,13 @@ def f_score(pred, gt, threshold):
     return np.divide(2 * precision * recall, total, out=np.zeros_like(total), where=total > 0)
 
 
+def mean_pose_pa_mpjpe_mm(mean_pose, gt):
+    """The mean-pose baseline: PA-MPJPE (mm) of predicting ``mean_pose`` (21, 3) metres for every sample of
+    ground truth (N, 21, 3) metres."""
+    gt = np.asarray(gt, np.float64)
+    return float(pa_mpjpe(np.broadcast_to(np.asarray(mean_pose, np.float64), gt.shape), gt).mean() * 1000.0)
+
+
 def evaluate(pred, gt, allow_reflection=True):
     """All metrics for predictions and ground truth (N, 21, 3) in metres; errors reported in millimetres."""
     pred_mm, gt_mm = np.asarray(pred, np.float64) * 1000.0, np.asarray(gt, np.float64) * 1000.0

@@ -30,7 +30,8 @@ Policies
   u, v is mapped back by the inverse affine, then u, v, d are averaged and converted to camera xyz.
 * Root depth: from the known bone scale where the split has *_scale.json, else from the checkpoint's training
   mean bone length (stats['bone_length_m']); the run prints which. Where the bone gives no depth (its two joints
-  predicted on one camera ray: in practice only an untrained model), FALLBACK_ROOT_DEPTH_M, with a warning.
+  predicted on one camera ray: in practice only an untrained model), the training mean root depth
+  (stats['root_depth_m']), with a warning.
 * CUDA: AMP (bf16 where supported, else fp16) and channels_last, as the checkpoint's config says (both on by
   default); --no-amp predicts in fp32. The CPU always runs fp32.
 * Files are validated (count, unique ids, shape (N, 21, 3), finite) before anything is written, and each is
@@ -72,7 +73,6 @@ FREIHAND_EVAL_SIZE = 3960            # images in FreiHAND's evaluation set
 MESH_VERTICES = 778                  # MANO vertices per sample in pred.json
 DECIMALS_M, DECIMALS_MM = 7, 4       # written precision: 0.1 micrometre either way
 REQUIRED_RECORD_KEYS = ("xyz", "ids", "split")
-FALLBACK_ROOT_DEPTH_M = 0.6          # root depth where the bone gives none (see root_depths); FreiHAND-like
 
 
 # --- the inference core -------------------------------------------------------------------------------------
@@ -127,22 +127,22 @@ def predict_loader(model, loader, device, tta=1, amp=False, channels_last=False,
     return result
 
 
-def root_depths(predictions, default_bone_length):
+def root_depths(predictions, stats):
     """(root depth (N,) metres, fell_back (N,) bool). The depth that gives geometry.SCALE_BONE the bone length of
-    *_scale.json where known, else ``default_bone_length`` (the training set's mean). Where no positive depth
+    *_scale.json where known, else the training set's mean (stats['bone_length_m']). Where no positive depth
     does (the bone's two joints on one camera ray, as when an untrained model puts every joint at the centre),
-    FALLBACK_ROOT_DEPTH_M and fell_back True."""
+    the training set's mean root depth (stats['root_depth_m']) and fell_back True."""
     bone = predictions["bone_length"]
-    bone = np.where(np.isnan(bone), default_bone_length, bone)
+    bone = np.where(np.isnan(bone), stats["bone_length_m"], bone)
     with np.errstate(divide="ignore", invalid="ignore"):
         depth = geometry.root_depth_from_bone(predictions["uvd"], predictions["K"], bone)
     fell_back = ~(np.isfinite(depth) & (depth > 0))
-    return np.where(fell_back, FALLBACK_ROOT_DEPTH_M, depth), fell_back
+    return np.where(fell_back, stats["root_depth_m"], depth), fell_back
 
 
-def camera_joints(predictions, default_bone_length):
+def camera_joints(predictions, stats):
     """xyz (N, 21, 3) metres from predicted uvd, the root depth from ``root_depths``."""
-    depth, _ = root_depths(predictions, default_bone_length)
+    depth, _ = root_depths(predictions, stats)
     return geometry.uvd_to_xyz(predictions["uvd"], predictions["K"], depth)
 
 
@@ -157,7 +157,8 @@ def read_checkpoint(path):
         raise UserError(f"checkpoint {path} cannot be read (UnpicklingError: {err}); it is broken or not a "
                         f"PyTorch file: use another checkpoint") from None
     missing = [key for key in ("arch", "img_size", "model") if key not in state["config"]]
-    missing += [f"stats.{key}" for key in ("bone_length_m", "mean_pose_m") if key not in state.get("stats", {})]
+    missing += [f"stats.{key}" for key in ("bone_length_m", "mean_pose_m", "root_depth_m")
+                if key not in state.get("stats", {})]
     if missing:
         raise UserError(f"checkpoint {path} lacks {', '.join(missing)}; pass a best.pt written by train.py")
     return state
@@ -475,11 +476,10 @@ def labels_for(split, ids, what):
 def score(xyz, gt, mean_pose_m=None):
     """Metrics of predictions against ground truth (N, 21, 3) metres: both Procrustes variants and, given the
     training mean pose (21, 3), the mean-pose baseline's PA-MPJPE (mm)."""
-    from train import mean_pose_baseline  # imported here: train imports this module
     result = {variant: metrics.evaluate(xyz, gt, allow_reflection=variant == "reflections_allowed")
               for variant in VARIANTS}
     result["mean_pose_baseline_pa_mpjpe_mm"] = (None if mean_pose_m is None
-                                                else mean_pose_baseline({"mean_pose_m": mean_pose_m}, gt))
+                                                else metrics.mean_pose_pa_mpjpe_mm(mean_pose_m, gt))
     return result
 
 
@@ -619,11 +619,11 @@ def main(argv=None):
     print(f"data: the {split.name} split of {shown(root)} ({split.layout} layout); {root_depth_source(split, stats)}")
 
     predictions = predict_split(model, split, config, args, resolve_device(args.device))
-    xyz = camera_joints(predictions, stats["bone_length_m"])
-    fell_back = root_depths(predictions, stats["bone_length_m"])[1].sum()
-    if fell_back:
-        print(f"warning: {fell_back} of {len(xyz)} predictions put both joints of the scale bone on one camera ray "
-              f"(an untrained model?); their root depth is set to {FALLBACK_ROOT_DEPTH_M} m")
+    depth, fell_back = root_depths(predictions, stats)
+    xyz = geometry.uvd_to_xyz(predictions["uvd"], predictions["K"], depth)
+    if fell_back.any():
+        print(f"warning: {fell_back.sum()} of {len(xyz)} predictions put both joints of the scale bone on one camera "
+              f"ray (an untrained model?); their root depth is the training mean, {stats['root_depth_m']:.3f} m")
     record = {"xyz": xyz, "ids": predictions["ids"], "split": split.name, "layout": split.layout,
               "data_root": str(Path(root).resolve()), "arch": config["arch"], "ckpt": str(ckpt.resolve()),
               "run_dir": str(ckpt.resolve().parent), "tta": args.tta, "bone_length_m": stats["bone_length_m"],

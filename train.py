@@ -44,7 +44,7 @@ CPU_SYNTHETIC_BUDGET = {"img_size": 128, "epochs": 3, "batch_size": 16, "max_tra
                         "max_val_images": 100}
 CLI_KEYS = ("data_root", "epochs", "batch_size", "img_size", "lr", "pretrained", "device", "seed", "augs",
             "backgrounds", "workers")
-RESUMABLE_OVERRIDES = ("epochs", "device", "workers")
+RESUMABLE_OVERRIDES = ("device", "workers")
 
 
 # --- configuration ----------------------------------------------------------------------------------------
@@ -162,6 +162,8 @@ def init_distributed(device_name):
     """(rank, world_size, device). Under torchrun: nccl on GPUs, gloo on the CPU."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(device_name)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
     if world_size == 1:
         return 0, 1, device
     if device.type == "cuda":
@@ -334,7 +336,7 @@ def validate(ctx):
     """Plain (no TTA) prediction of the validation split: metrics dict and the predictions."""
     predictions = predict_loader(ctx["net"], ctx["val_loader"], ctx["device"], tta=1, amp=ctx["config"]["amp"],
                                  channels_last=ctx["channels_last"], desc="validate")
-    xyz = camera_joints(predictions, ctx["stats"]["bone_length_m"])
+    xyz = camera_joints(predictions, ctx["stats"])
     result = metrics.evaluate(xyz, predictions["xyz"])
     return result, xyz, predictions["ids"]
 
@@ -362,7 +364,8 @@ def training_stats(split):
     """Facts about the training labels that predictions need later (stored in every checkpoint)."""
     bone = split.scale if split.scale is not None else geometry.bone_length(split.xyz)
     rel = split.xyz - split.xyz[:, geometry.ROOT_JOINT:geometry.ROOT_JOINT + 1]
-    return {"bone_length_m": float(np.mean(bone)), "mean_pose_m": rel.mean(0).tolist()}
+    return {"bone_length_m": float(np.mean(bone)), "mean_pose_m": rel.mean(0).tolist(),
+            "root_depth_m": float(np.mean(split.xyz[:, geometry.ROOT_JOINT, 2]))}
 
 
 def build_context(args):
@@ -372,6 +375,11 @@ def build_context(args):
         folder = run_folder(args, None)
         resume_state = load_checkpoint(folder / "last.pt")
         config = resume_state["config"]
+        fixed = [k for k in CLI_KEYS if k not in RESUMABLE_OVERRIDES and getattr(args, k) is not None]
+        if fixed or args.set or args.recipe:
+            raise UserError(f"--resume continues {folder} with its saved config (its schedule included); only "
+                            f"--{', --'.join(RESUMABLE_OVERRIDES)} may change; start a new run to change "
+                            f"{', '.join('--' + k.replace('_', '-') for k in fixed) or 'the recipe'}")
         config.update({k: getattr(args, k) for k in RESUMABLE_OVERRIDES if getattr(args, k) is not None})
     else:
         config, given = resolve_config(args)
@@ -431,18 +439,13 @@ def build_context(args):
                                     pin_memory=cuda)
     ctx["augmenter"] = augment.Augmenter(augment.parse_augs(config["augs"]), augment.resolve_options(config["aug"]),
                                          size, device, backgrounds=config["backgrounds"] or None)
-    ctx["baseline"] = mean_pose_baseline(ctx["stats"], val_split.xyz)
+    ctx["baseline"] = metrics.mean_pose_pa_mpjpe_mm(ctx["stats"]["mean_pose_m"], val_split.xyz)
     announce(f"{config['recipe']}: {config['arch']} ({ctx['params'] / 1e6:.2f} M params), {len(train_set)} training "
              f"/ {len(val_set)} validation images from {data_root}, {size} px, batch {config['batch_size']}"
              f"{f' x {world_size} processes' if world_size > 1 else ''}, {device}, run folder {folder}; "
              f"mean-pose baseline {ctx['baseline']:.2f} mm PA-MPJPE on validation")
     return ctx
 
-
-def mean_pose_baseline(stats, xyz):
-    """PA-MPJPE (mm) of always predicting the training set's mean root-relative pose."""
-    mean_pose = np.broadcast_to(np.asarray(stats["mean_pose_m"]), xyz.shape)
-    return float(metrics.pa_mpjpe(mean_pose, xyz).mean() * 1000.0)
 
 
 def restore(ctx, model, state):

@@ -86,6 +86,12 @@ class EffNet1D(nn.Module):
         # evidently includes, but the forward never uses it: frozen, so it needs no gradient (and DDP none).
         for layer in (self.encoder._conv_head, self.encoder._bn1):
             layer.requires_grad_(False)
+        # The TensorFlow port keeps BN running statistics with momentum 0.01; with PyTorch's 0.1 they follow the
+        # weights within tens of steps instead of hundreds, so evaluation-mode predictions of a short or
+        # from-scratch run are not thrown off by stale statistics (fine-tuning is unaffected either way).
+        for layer in self.encoder.modules():
+            if isinstance(layer, nn.BatchNorm2d):
+                layer.momentum = 0.1
         self.decoder = HeatmapDecoder1D(self.encoder.out_channels[-1], channels, num_blocks)
 
     def forward(self, x, return_aux=False):

@@ -17,15 +17,6 @@ SIZE = 128
 MARGIN = 6  # px: a mark whose centre is this far inside the image lies fully inside it
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small batches: one thread avoids thread-pool stalls on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def markers(tmp_path_factory):
     return write_marker_dataset(tmp_path_factory.mktemp("aug_markers"), n=12, seed=11)

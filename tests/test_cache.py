@@ -23,14 +23,6 @@ from tests.markers import write_marker_dataset
 SIZE = 64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def markers(tmp_path_factory):
     """Non-square images (letterboxed into the input), 2 versions: half the training images have a mask."""

@@ -18,15 +18,7 @@ from common import PROJECT_ROOT
 from data import synthetic
 from data.readers import load_split
 from tests.markers import write_marker_dataset
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small CPU models run faster on one thread: on a shared runner, spinning OpenMP threads stall each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.scripts import run_main
 
 
 def noisy(xyz, sigma_m, seed):
@@ -41,14 +33,7 @@ def write_member(path, xyz, ids, split, **extra):
 
 
 def run_cli(argv, capsys):
-    """ensemble.main in this process: (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        ensemble.main([str(a) for a in argv])
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(ensemble.main, argv, capsys)
 
 
 def pa_mpjpe_mm(xyz, gt):

@@ -12,15 +12,6 @@ from models.losses import pose_loss
 ALL_MODELS = models.list_models()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small CPU models run faster on one thread: on a shared runner, spinning OpenMP threads stall each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def parameter_count(model):
     return sum(p.numel() for p in model.parameters())
 

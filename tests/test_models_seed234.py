@@ -14,15 +14,6 @@ ARCHS = ("ghost_lite", "hourglass_attn", "hg_mlp")
 HEATMAP_STAGES = {"ghost_lite": 1, "hourglass_attn": 2, "hg_mlp": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small CPU models run faster on one thread on a shared machine (spinning OpenMP threads stall each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def default_models():
     torch.manual_seed(0)

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import geometry
+import metrics
 import models
 import predict
 import recipes
@@ -23,18 +24,10 @@ from common import PROJECT_ROOT, UserError
 from data.joints import ORDERS, to_freihand
 from data.readers import load_split
 from tests.markers import centred_marker_image, find_marks, write_marker_dataset
+from tests.scripts import run_main
 
 IMG_SIZE = 64       # network input of the test checkpoints
 MARKER_SIZE = 160   # side of the in-memory marker images
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small CPU models run faster on one thread: on a shared runner, spinning OpenMP threads stall each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --- test doubles and helpers ----------------------------------------------------------------------------------
@@ -94,14 +87,7 @@ def write_checkpoint(path, arch, data_root, **config_overrides):
 
 
 def run_cli(argv, capsys):
-    """predict.main in this process: (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        predict.main([str(a) for a in argv])
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(predict.main, argv, capsys)
 
 
 def assert_one_line_error(code, err, *fragments):
@@ -336,8 +322,7 @@ def test_scores_offer_both_reflection_variants_and_the_mean_pose_baseline(tmp_pa
     scores = json.loads(path.read_text())
     assert scores["reflections_allowed"]["pa_mpjpe_mm"] < 1e-6
     assert scores["reflections_corrected"]["pa_mpjpe_mm"] > 1.0
-    assert scores["mean_pose_baseline_pa_mpjpe_mm"] == pytest.approx(
-        train.mean_pose_baseline({"mean_pose_m": mean_pose}, gt))
+    assert scores["mean_pose_baseline_pa_mpjpe_mm"] == pytest.approx(metrics.mean_pose_pa_mpjpe_mm(mean_pose, gt))
     assert scores["tta"] == 1 and scores["n"] == 6
     table = capsys.readouterr().out
     for label in ("PA-MPJPE mm", "AUC 0-50mm", "F@5mm", "F@15mm", "root-rel. MPJPE mm", "mean-pose baseline",
@@ -436,7 +421,7 @@ def test_bad_options_are_one_line_and_write_nothing(ghost_ckpt, markers, tmp_pat
 
 
 def test_non_finite_predictions_write_no_upload(ghost_ckpt, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(predict, "camera_joints", lambda predictions, bone: np.full((3, 21, 3), np.nan))
+    monkeypatch.setattr(predict.geometry, "uvd_to_xyz", lambda uvd, K, depth: np.full((3, 21, 3), np.nan))
     code, _, err = run_cli(["--ckpt", ghost_ckpt, "--out", tmp_path / "sub", "--workers", 0], capsys)
     assert_one_line_error(code, err, "NaN or inf", "nothing was written")
     assert list(tmp_path.iterdir()) == []
@@ -444,16 +429,17 @@ def test_non_finite_predictions_write_no_upload(ghost_ckpt, tmp_path, monkeypatc
 
 def test_root_depth_falls_back_where_the_bone_gives_none():
     """Every joint at the input's centre (an untrained effb0_1d): no depth gives the scale bone its length, so the
-    root depth is FALLBACK_ROOT_DEPTH_M and the xyz stay finite; a real hand keeps its recovered depth."""
+    root depth is the training mean and the xyz stay finite; a real hand keeps its recovered depth."""
     K = np.array([[[500.0, 0, 32], [0, 500, 32], [0, 0, 1]]] * 2)
     hand = random_hands(1, seed=4)[0]
     uvd = np.stack([np.tile([31.5, 31.5, 0.0], (21, 1)), geometry.xyz_to_uvd(hand, K[1])])
     predictions = {"uvd": uvd, "K": K, "bone_length": np.array([np.nan, geometry.bone_length(hand)])}
-    depth, fell_back = predict.root_depths(predictions, 0.03)
+    stats = {"bone_length_m": 0.03, "root_depth_m": 0.55}
+    depth, fell_back = predict.root_depths(predictions, stats)
     assert list(fell_back) == [True, False]
-    assert depth[0] == predict.FALLBACK_ROOT_DEPTH_M
+    assert depth[0] == 0.55
     assert depth[1] == pytest.approx(hand[geometry.ROOT_JOINT, 2])
-    xyz = predict.camera_joints(predictions, 0.03)
+    xyz = predict.camera_joints(predictions, stats)
     assert np.isfinite(xyz).all()
     np.testing.assert_allclose(xyz[1], hand, atol=1e-9)
 
