@@ -1,11 +1,12 @@
 """Average several prediction files of the same split into a named ensemble, with the outputs of predict.py.
 
-    python ensemble.py A.npz B.npz ... [--weights w1 w2 ...] [--fit-weights [--val-preds VA.npz VB.npz ...]]
+    python ensemble.py [A.npz B.npz ...] [--weights w1 w2 ...] [--fit-weights [--val-preds VA.npz VB.npz ...]]
                        [--name NAME] [--out PREFIX] [--format freihand|mp21] [--joint-order mano|ait|freihand]
                        [--data-root DIR] [--viz K]
 
 Members are the PREFIX.npz files of predict.py (or of ensemble.py): the same split, the same image ids in the same
-order, or the run stops with one line naming the two files and the difference.
+order, or the run stops with one line naming the two files and the difference. With none named, the members are
+the newest predict.py output of each run in submissions/, for the split of the newest of them.
 
 Weights: --weights (non-negative, normalised to sum 1); --fit-weights: non-negative weights summing to 1 that
 minimise the validation PA-MPJPE of the blend, fitted on each member's validation predictions (by default the
@@ -31,7 +32,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 import metrics
-from common import UserError, cli
+from common import SUBMISSIONS_ROOT, UserError, cli
 from data import resolve_data_root
 from data.readers import detect_layout, load_split
 from predict import (atomic_file, labels_for, load_predictions, output_prefix, report_scores, resolve_format,
@@ -134,9 +135,28 @@ def fit_weights(xyz_stack, gt):
 
 # --- the command line ----------------------------------------------------------------------------------------
 
+def default_members(folder=SUBMISSIONS_ROOT):
+    """The newest predict.py output (.npz) of each run in ``folder``, for the split of the newest such file."""
+    newest_first = sorted(folder.glob("*.npz"), key=lambda path: path.stat().st_mtime, reverse=True)
+    by_run, split = {}, None
+    for path in newest_first:
+        record = load_predictions(path)
+        if not record.get("run_dir"):  # an ensemble's own output
+            continue
+        split = split or record["split"]
+        if record["split"] == split:
+            by_run.setdefault(record["run_dir"], path)
+    if len(by_run) < 2:
+        raise UserError(f"{folder} holds predictions of {len(by_run)} run(s); an ensemble needs two: predict with "
+                        f"another run (`python predict.py --ckpt runs/NAME/best.pt`) or name the members: "
+                        f"python ensemble.py A.npz B.npz")
+    return sorted(by_run.values())
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("members", nargs="+", metavar="PRED.npz", help="prediction files of predict.py")
+    p.add_argument("members", nargs="*", metavar="PRED.npz",
+                   help="prediction files of predict.py (default: the newest of each run in submissions/)")
     p.add_argument("--weights", nargs="+", type=float, help="one non-negative weight per member")
     p.add_argument("--fit-weights", action="store_true", help="fit the weights on validation predictions")
     p.add_argument("--val-preds", nargs="+", metavar="VAL.npz", help="validation predictions, one per member "
@@ -209,6 +229,10 @@ def blended_record(records, report, layout, split):
 @cli
 def main(argv=None):
     args = parse_args(argv)
+    if not args.members:
+        args.members = default_members()
+        print(f"members: the newest prediction of each run in {SUBMISSIONS_ROOT.name}/: "
+              f"{', '.join(p.name for p in args.members)}")
     check_options(args)
     paths = [Path(p) for p in args.members]
     records = [load_predictions(p) for p in paths]

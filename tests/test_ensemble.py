@@ -14,7 +14,7 @@ import ensemble
 import metrics
 import predict
 import train
-from common import PROJECT_ROOT
+from common import PROJECT_ROOT, UserError
 from data import synthetic
 from data.readers import load_split
 from tests.markers import write_marker_dataset
@@ -155,6 +155,29 @@ def test_members_whose_data_is_gone_still_make_an_upload(evaluation_members, tmp
     assert code == 0, err
     assert (tmp_path / "ens.zip").is_file() and not (tmp_path / "ens.metrics.json").exists()
     assert predict.check_file(tmp_path / "ens.npz").startswith("OK: ")
+
+
+def test_without_members_the_newest_prediction_of_each_run_in_submissions_is_used(freihand, tmp_path):
+    split = load_split(freihand, "evaluation")
+    common = {"ids": split.image_ids, "layout": "freihand", "data_root": str(freihand)}
+
+    def member(name, run, split_name, age_s):
+        path = write_member(tmp_path / f"{name}.npz", noisy(split.xyz, 0.006, len(name)), split=split_name,
+                            run_dir=run, **common)
+        os.utime(path, (1e9 - age_s, 1e9 - age_s))
+        return path
+
+    newest_a = member("a_tta10", "runs/a", "evaluation", 0)
+    member("a_tta1", "runs/a", "evaluation", 10)           # older prediction of the same run
+    newest_b = member("b_tta10", "runs/b", "evaluation", 20)
+    member("c_val", "runs/c", "val", 30)                   # another split
+    member("ensemble_x", "", "evaluation", 5)              # an ensemble's output records no run
+    assert ensemble.default_members(tmp_path) == sorted([newest_a, newest_b])
+
+    for path in (newest_b, tmp_path / "a_tta1.npz"):
+        path.unlink()
+    with pytest.raises(UserError, match=r"predictions of 1 run\(s\); an ensemble needs two"):
+        ensemble.default_members(tmp_path)
 
 
 # --- errors -----------------------------------------------------------------------------------------------------
