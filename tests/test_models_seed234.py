@@ -33,14 +33,10 @@ def make_target(batch, size, generator):
 # --- the contract at the default input size ------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ARCHS)
-def test_output_and_aux_shapes_at_128px(default_models, name):
-    model = default_models[name]
-    x = torch.randn(2, 3, 128, 128)
+def test_heatmap_aux_shapes_at_128px(default_models, name):
+    """The uvd contract of every model is tests/test_models.py's; here the 2D heatmaps each stage exposes."""
     with torch.no_grad():
-        uvd = model(x)
-        uvd_aux, aux = model(x, return_aux=True)
-    assert uvd.shape == (2, 21, 3) and torch.isfinite(uvd).all()
-    torch.testing.assert_close(uvd, uvd_aux)
+        _, aux = default_models[name](torch.randn(2, 3, 128, 128), return_aux=True)
     heatmaps = aux["heatmaps2d"]
     assert isinstance(heatmaps, list) and len(heatmaps) == HEATMAP_STAGES[name]
     for maps in heatmaps:
