@@ -6,7 +6,7 @@
 
 Members are the PREFIX.npz files of predict.py (or of ensemble.py): the same split, the same image ids in the same
 order, or the run stops with one line naming the two files and the difference. With none named, the members are
-the newest predict.py output of each run in submissions/, for the split of the newest of them.
+the newest predict.py output of each run in submissions/, for the dataset and split of the newest of them.
 
 Weights: --weights (non-negative, normalised to sum 1); --fit-weights: non-negative weights summing to 1 that
 minimise the validation PA-MPJPE of the blend, fitted on each member's validation predictions (by default the
@@ -136,15 +136,16 @@ def fit_weights(xyz_stack, gt):
 # --- the command line ----------------------------------------------------------------------------------------
 
 def default_members(folder=SUBMISSIONS_ROOT):
-    """The newest predict.py output (.npz) of each run in ``folder``, for the split of the newest such file."""
+    """The newest predict.py output (.npz) of each run in ``folder``, for the dataset and split of the newest
+    such file."""
     newest_first = sorted(folder.glob("*.npz"), key=lambda path: path.stat().st_mtime, reverse=True)
-    by_run, split = {}, None
+    by_run, images = {}, None
     for path in newest_first:
         record = load_predictions(path)
         if not record.get("run_dir"):  # an ensemble's own output
             continue
-        split = split or record["split"]
-        if record["split"] == split:
+        images = images or (record.get("data_root"), record["split"])
+        if (record.get("data_root"), record["split"]) == images:
             by_run.setdefault(record["run_dir"], path)
     if len(by_run) < 2:
         raise UserError(f"{folder} holds predictions of {len(by_run)} run(s); an ensemble needs two: predict with "

@@ -161,9 +161,9 @@ def test_without_members_the_newest_prediction_of_each_run_in_submissions_is_use
     split = load_split(freihand, "evaluation")
     common = {"ids": split.image_ids, "layout": "freihand", "data_root": str(freihand)}
 
-    def member(name, run, split_name, age_s):
+    def member(name, run, split_name, age_s, **changes):
         path = write_member(tmp_path / f"{name}.npz", noisy(split.xyz, 0.006, len(name)), split=split_name,
-                            run_dir=run, **common)
+                            run_dir=run, **{**common, **changes})
         os.utime(path, (1e9 - age_s, 1e9 - age_s))
         return path
 
@@ -171,6 +171,7 @@ def test_without_members_the_newest_prediction_of_each_run_in_submissions_is_use
     member("a_tta1", "runs/a", "evaluation", 10)           # older prediction of the same run
     newest_b = member("b_tta10", "runs/b", "evaluation", 20)
     member("c_val", "runs/c", "val", 30)                   # another split
+    member("d_other", "runs/d", "evaluation", 40, data_root="/another/dataset")   # another dataset, same ids
     member("ensemble_x", "", "evaluation", 5)              # an ensemble's output records no run
     assert ensemble.default_members(tmp_path) == sorted([newest_a, newest_b])
 
