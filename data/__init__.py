@@ -5,7 +5,8 @@ from common import DEFAULT_DATA_ROOT, PROJECT_ROOT, SYNTHETIC_ROOT, UserError
 from data.readers import FREIHAND_HINT, detect_layout
 
 # The embedded default: generated into SYNTHETIC_ROOT on first use when no dataset is at DEFAULT_DATA_ROOT.
-SYNTHETIC_DEFAULT = {"n_train": 2000, "n_eval": 200, "seed": 0, "size": 224}
+# Each training hand in two image versions (FreiHAND v2 has four), so an epoch shows every hand twice.
+SYNTHETIC_DEFAULT = {"n_train": 2000, "n_eval": 200, "seed": 0, "size": 224, "versions": 2}
 
 
 def _shown(path):
@@ -30,6 +31,7 @@ def resolve_data_root(data_root=None, announce=print):
     from data.synthetic import generate
     d = SYNTHETIC_DEFAULT
     announce(f"no dataset in {_shown(DEFAULT_DATA_ROOT)}/: generating the synthetic set once in "
-             f"{_shown(SYNTHETIC_ROOT)}/ ({d['n_train']} training, {d['n_eval']} evaluation hands, {d['size']} px)")
-    generate(SYNTHETIC_ROOT, d["n_train"], d["n_eval"], seed=d["seed"], size=d["size"])
+             f"{_shown(SYNTHETIC_ROOT)}/ ({d['n_train']} training hands x {d['versions']} image versions, "
+             f"{d['n_eval']} evaluation hands, {d['size']} px)")
+    generate(SYNTHETIC_ROOT, d["n_train"], d["n_eval"], seed=d["seed"], size=d["size"], versions=d["versions"])
     return SYNTHETIC_ROOT

@@ -1,15 +1,17 @@
 """Procedural synthetic right hands written in the FreiHAND v2 layout: the project's embedded default dataset.
 
 Each sample is a kinematic right hand (21 joints, FreiHAND order) with anatomical joint limits and varied
-bone lengths, turned to a uniformly random orientation and placed at a random distance in front of a camera
-with its own K, so that every joint projects inside the image. It is rendered as z-buffered, Lambert-shaded
-tapered capsules (one per bone, plus a wrist stub) and a palm polygon over a random background of gradients,
-blotchy noise and clutter shapes; the z-buffer's coverage is the hand mask.
+bone lengths, seen as FreiHAND's capture rig sees hands: held up in front of the camera, palm or back towards
+it, tilted and turned in the image plane around fingers-up, centred in the crop at a random distance, with its
+own K. It is rendered as z-buffered, Lambert-shaded tapered capsules (one per bone, plus a wrist stub) and a
+palm polygon over a smooth background (a gradient with soft blotches, like a lit backdrop); the z-buffer's
+coverage is the hand mask. Clutter is what the background-swap augmentation adds, as for FreiHAND's
+green-screen images.
 
-Hand frame (before the global rotation), metres, wrist at the origin: x radial (towards the thumb), y distal
+Hand frame (before the view rotation), metres, wrist at the origin: x radial (towards the thumb), y distal
 (towards the fingers), z volar (out of the palm). Positive flexion turns a bone from +y towards +z.
 
-    python -m data.synthetic --out DIR --train N --eval M --seed S [--size 224] [--workers W]
+    python -m data.synthetic --out DIR --train N --eval M --seed S [--size 224] [--versions V] [--workers W]
 """
 import argparse
 import functools
@@ -62,7 +64,11 @@ PROPORTION_SD = 0.05              # per-finger and per-bone length jitter (relat
 FOCAL_PX = (400.0, 700.0)         # at 224 px; scaled with the image size
 PRINCIPAL_OFFSET_PX = 15.0        # principal point off the image centre by up to this much (at 224 px)
 JOINT_MARGIN = 0.06               # every joint projects at least this fraction of the size inside the border
-HAND_FILL = (0.55, 1.0)           # projected hand radius, as a fraction of the room left by the margin
+HAND_FILL = (0.75, 1.0)           # projected hand radius, as a fraction of the room left by the margin
+CENTRE_JITTER = 0.05              # the joints' box centre is off the image centre by this sd (fraction of the size)
+VIEW_TILT_SD_DEG = 35.0           # palm normal tilted off the camera axis: half-normal with this sd ...
+VIEW_TILT_MAX_DEG = 85.0          # ... capped here (never edge-on)
+VIEW_ROLL_SD_DEG = 45.0           # in-plane turn of the fingers away from pointing up in the image
 MIN_DEPTH_M = 0.2                 # no joint nearer the camera than this
 SKIN_TONES = np.array([[255, 224, 196], [241, 194, 164], [224, 172, 130], [198, 134, 96],
                        [160, 100, 66], [120, 74, 50], [84, 52, 36]], dtype=np.float32)
@@ -139,13 +145,16 @@ def sample_hand(rng):
     return joints, palm, radii
 
 
-def random_rotation(rng):
-    """A uniformly distributed rotation (3, 3), from a random unit quaternion."""
-    quaternion = rng.normal(size=4)
-    w, x, y, z = quaternion / np.linalg.norm(quaternion)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+def sample_view(rng):
+    """Rotation (3, 3) from the hand frame to the camera frame (x right, y down, z forward): palm or back
+    towards the camera (even odds), tilted about a random in-image axis, then turned in the image plane."""
+    palm_to_camera = rng.uniform() < 0.5
+    # fingers (y) up in the image (-y); volar (z) towards the camera (-z) or away (+z); x completes the frame
+    facing = _rotation(0, 180.0) if palm_to_camera else _rotation(2, 180.0)
+    tilt = min(abs(rng.normal(0.0, VIEW_TILT_SD_DEG)), VIEW_TILT_MAX_DEG)
+    tilt_axis = rng.uniform(0.0, 360.0)
+    tilted = _rotation(2, tilt_axis) @ _rotation(0, tilt) @ _rotation(2, -tilt_axis)
+    return _rotation(2, rng.normal(0.0, VIEW_ROLL_SD_DEG)) @ tilted @ facing
 
 
 def sample_camera(rng, size):
@@ -156,15 +165,18 @@ def sample_camera(rng, size):
 
 
 def place_hand(root_relative, K, size, rng):
-    """Translate root-relative camera points (P, 3) to a random depth and offset that keeps the first 21 (the
-    joints) inside the image margin. Returns the placed points (P, 3), rounded to micrometres."""
+    """Translate root-relative camera points (P, 3) to a random depth and an offset that centres the first 21
+    (the joints) in the image, give or take CENTRE_JITTER, inside the image margin. Returns the placed points
+    (P, 3), rounded to micrometres."""
     margin = JOINT_MARGIN * size
     room = (size - 1) / 2 - margin - PRINCIPAL_OFFSET_PX * size / 224
     radius_px = rng.uniform(*HAND_FILL) * room
     depth = K[0, 0] * np.linalg.norm(root_relative[:21], axis=1).max() / radius_px
     depth = max(depth, MIN_DEPTH_M - root_relative[:21, 2].min())
     uv = project(root_relative[:21] + [0.0, 0.0, depth], K)
-    shift_px = rng.uniform(margin - uv.min(0), size - 1 - margin - uv.max(0))   # (2,) where the room allows
+    lowest, highest = margin - uv.min(0), size - 1 - margin - uv.max(0)        # (2,) shifts the room allows
+    centred = (size - 1) / 2 - (uv.min(0) + uv.max(0)) / 2 + rng.normal(0.0, CENTRE_JITTER * size, 2)
+    shift_px = np.clip(centred, lowest, np.maximum(lowest, highest))
     for _ in range(50):   # perspective makes near joints move further than the root: shrink until all fit
         offset = np.array([*(shift_px * depth / K[0, 0]), depth])
         placed = np.round(root_relative + offset, 6)
@@ -256,62 +268,57 @@ def shade_hand(normals, volar, rng):
 
 
 def random_background(rng, size):
-    """(S, S, 3) float32: a two-colour gradient blended with blotchy noise, under random clutter shapes."""
-    cells = int(rng.integers(2, 24))   # both are drawn on a cells x cells grid, then resized smoothly
+    """(S, S, 3) float32: a two-colour gradient blended with soft blotches (a coarse random grid, resized)."""
+    cells = int(rng.integers(2, 8))
     angle = rng.uniform(0, 2 * np.pi)
     ramp = _pixel_grid(cells) @ np.array([np.cos(angle), np.sin(angle)], np.float32)
     ramp = (ramp - ramp.min()) / (ramp.max() - ramp.min())                    # (cells, cells) in [0, 1]
     low, high = rng.uniform(0, 255, (2, 3)).astype(np.float32)
     gradient = low + ramp[..., None] * (high - low)
     blotches = rng.uniform(0, 255, (cells, cells, 3)).astype(np.float32)
-    image = gradient + rng.uniform(0.0, 0.7) * (blotches - gradient)
+    image = gradient + rng.uniform(0.0, 0.3) * (blotches - gradient)
     canvas = Image.fromarray(image.astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
-    draw = ImageDraw.Draw(canvas)
-    for _ in range(rng.integers(0, 12)):
-        corners = rng.uniform(-0.2, 1.2, (2, 2)) * size
-        box = [*corners.min(0), *corners.max(0)]
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        shape = rng.integers(4)
-        if shape == 0:
-            draw.ellipse(box, fill=colour)
-        elif shape == 1:
-            draw.rectangle(box, fill=colour)
-        elif shape == 2:
-            draw.line(box, fill=colour, width=int(rng.integers(1, 8)))
-        else:
-            draw.polygon([tuple(p) for p in rng.uniform(0, size, (int(rng.integers(3, 7)), 2)).tolist()],
-                         fill=colour)
     return np.array(canvas, np.float32)   # writable
 
 
-def make_sample(rng, size):
-    """One sample: rgb (S, S, 3) uint8, mask (S, S) uint8 (255 = hand), K (3, 3), xyz (21, 3) metres."""
-    joints, palm, radii = sample_hand(rng)
-    rotation = random_rotation(rng)
-    K = sample_camera(rng, size)
-    points = np.concatenate([joints, palm]) - joints[ROOT_JOINT]
-    placed = place_hand(points @ rotation.T, K, size, rng)
-    xyz, palm = placed[:21], placed[21:]
-    zbuf, normals = render_hand(xyz, palm, radii, K, size)
+def paint(zbuf, normals, volar, rng):
+    """One picture of a rendered hand: a random background, skin tone and light, maybe noise and defocus.
+    zbuf (S, S), normals (S, S, 3) from render_hand; volar (3,) the palm normal -> rgb (S, S, 3) uint8."""
     hand = np.isfinite(zbuf)
-    image = random_background(rng, size)
-    image[hand] = shade_hand(normals[hand], rotation[:, 2], rng)
+    image = random_background(rng, zbuf.shape[0])
+    image[hand] = shade_hand(normals[hand], volar, rng)
     if rng.uniform() < 0.5:
         image += rng.standard_normal(image.shape, np.float32) * np.float32(rng.uniform(1.0, 6.0))   # sensor noise
     rgb = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
     if rng.uniform() < 0.3:
         rgb = rgb.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))   # slight defocus
-    return np.asarray(rgb), hand.astype(np.uint8) * 255, K, xyz
+    return np.asarray(rgb)
+
+
+def make_sample(rng, size, versions=1):
+    """One hand: rgbs (V, S, S, 3) uint8 (the same hand painted ``versions`` times, like FreiHAND's image
+    versions), mask (S, S) uint8 (255 = hand), K (3, 3), xyz (21, 3) metres."""
+    joints, palm, radii = sample_hand(rng)
+    rotation = sample_view(rng)
+    K = sample_camera(rng, size)
+    points = np.concatenate([joints, palm]) - joints[ROOT_JOINT]
+    placed = place_hand(points @ rotation.T, K, size, rng)
+    xyz, palm = placed[:21], placed[21:]
+    zbuf, normals = render_hand(xyz, palm, radii, K, size)
+    rgbs = np.stack([paint(zbuf, normals, rotation[:, 2], rng) for _ in range(versions)])
+    return rgbs, np.isfinite(zbuf).astype(np.uint8) * 255, K, xyz
 
 
 # --- Writing the layout ------------------------------------------------------------------------------------
 
 def _write_sample(task):
-    """Worker: render sample (split, index) into ``root`` and return its K and xyz as rounded lists."""
-    root, split, index, seed, size = task
+    """Worker: render hand (split, index) into ``root``, its version v as image v * count + index (FreiHAND's
+    numbering), and return its K and xyz as lists."""
+    root, split, index, count, versions, seed, size = task
     rng = np.random.default_rng(np.random.SeedSequence([seed, SPLIT_IDS[split], index]))
-    rgb, mask, K, xyz = make_sample(rng, size)
-    Image.fromarray(rgb).save(root / split / "rgb" / f"{index:08d}.jpg", quality=JPEG_QUALITY)
+    rgbs, mask, K, xyz = make_sample(rng, size, versions)
+    for version, rgb in enumerate(rgbs):
+        Image.fromarray(rgb).save(root / split / "rgb" / f"{version * count + index:08d}.jpg", quality=JPEG_QUALITY)
     if split == "training":
         Image.fromarray(mask).save(root / split / "mask" / f"{index:08d}.jpg", quality=JPEG_QUALITY)
     return K.tolist(), xyz.tolist()
@@ -321,10 +328,11 @@ def _write_json(path, value):
     path.write_text(json.dumps(value, separators=(",", ":")))
 
 
-def generate(out_dir, n_train, n_eval, seed=0, size=224, workers=None):
-    """Write n_train training and n_eval evaluation samples in the FreiHAND v2 layout into ``out_dir``.
+def generate(out_dir, n_train, n_eval, seed=0, size=224, workers=None, versions=1):
+    """Write n_train training hands (``versions`` images each) and n_eval evaluation hands (one image each) in
+    the FreiHAND v2 layout into ``out_dir``.
 
-    The result depends only on (seed, size), not on ``workers`` (default: all CPUs). The files are written to
+    The result depends only on (seed, size, versions), not on ``workers`` (default: all CPUs). The files are written to
     a hidden sibling folder that is renamed into place at the end, so an interrupted run leaves no out_dir.
     """
     if n_train < 0 or n_eval < 0:
@@ -333,14 +341,16 @@ def generate(out_dir, n_train, n_eval, seed=0, size=224, workers=None):
         raise UserError(f"--size {size} is too small: use at least 64 pixels")
     if seed < 0:
         raise UserError(f"--seed {seed}: use a seed >= 0")
+    if versions < 1:
+        raise UserError(f"--versions {versions}: use at least 1 image per training hand")
     if workers is not None and workers < 1:
         raise UserError(f"--workers {workers}: use at least 1")
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not an empty folder: choose another --out or delete it")
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
-    tasks = [(partial, split, i, seed, size)
-             for split, n in (("training", n_train), ("evaluation", n_eval)) for i in range(n)]
+    tasks = [(partial, split, i, n, v, seed, size)
+             for split, n, v in (("training", n_train, versions), ("evaluation", n_eval, 1)) for i in range(n)]
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = min(workers or available, max(1, len(tasks) // 8))
     try:
@@ -373,14 +383,17 @@ def main(argv=None):
     parser.add_argument("--train", type=int, required=True, help="number of training samples")
     parser.add_argument("--eval", type=int, required=True, help="number of evaluation samples")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--versions", type=int, default=1,
+                        help="images of each training hand, over other backgrounds and colours (FreiHAND has 4)")
     parser.add_argument("--size", type=int, default=224, help="image side in pixels")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    out = generate(args.out, args.train, args.eval, args.seed, args.size, args.workers)
+    out = generate(args.out, args.train, args.eval, args.seed, args.size, args.workers, args.versions)
     seconds = time.perf_counter() - start
-    count = args.train + args.eval
-    print(f"wrote {args.train} training + {args.eval} evaluation samples ({args.size} px) to {out} "
+    count = args.train * args.versions + args.eval
+    versions = f" x {args.versions} versions" if args.versions > 1 else ""
+    print(f"wrote {args.train} training{versions} + {args.eval} evaluation hands ({args.size} px) to {out} "
           f"in {seconds:.2f} s: {count / seconds:.1f} images/s")
 
 

@@ -149,6 +149,22 @@ def test_hands_are_seen_from_the_palm_and_from_the_back(labels):
     assert 0 < towards_camera.sum() < len(xyz)
 
 
+def test_hands_face_the_camera_fingers_up_and_centred(labels):
+    """FreiHAND-like views: the palm plane faces the camera (tilted, never edge-on), the fingers point up in the
+    image give or take a turn, and the hand sits near the image centre."""
+    K = np.concatenate([labels["training"][0], labels["evaluation"][0]])
+    xyz = np.concatenate([labels["training"][1], labels["evaluation"][1]])
+    volar = np.cross(xyz[:, 5] - xyz[:, 0], xyz[:, 17] - xyz[:, 0])
+    tilt_deg = np.degrees(np.arccos(np.abs(volar[:, 2]) / np.linalg.norm(volar, axis=-1)))
+    assert 10 < np.median(tilt_deg) < 45 and np.mean(tilt_deg < 60) > 0.7
+    uv = project(xyz, K)
+    up = uv[:, 9] - uv[:, 0]                         # wrist -> middle MCP in the image
+    assert np.mean(up[:, 1] < 0) > 0.75              # v grows downwards
+    assert np.mean(np.abs(up[:, 0]) > np.abs(up[:, 1])) > 0.05   # some hands turned sideways
+    box_centre = (uv.min(1) + uv.max(1)) / 2
+    assert np.all(np.abs(box_centre - (SIZE - 1) / 2) < 0.2 * SIZE)
+
+
 def test_same_seed_is_byte_identical_whatever_the_workers_and_another_seed_differs(generated, tmp_path):
     root = generated[0]
     again = synthetic.generate(tmp_path / "again", N_TRAIN, N_EVAL, seed=SEED, size=SIZE, workers=1)
@@ -161,6 +177,21 @@ def test_same_seed_is_byte_identical_whatever_the_workers_and_another_seed_diffe
         assert (other / name).read_bytes() != (root / name).read_bytes()
     first_xyz = json.loads((root / "training_xyz.json").read_text())[:4]
     assert json.loads((other / "training_xyz.json").read_text()) != first_xyz
+
+
+def test_versions_paint_the_same_hand_again_in_freihands_numbering(tmp_path):
+    out = synthetic.generate(tmp_path / "versions", 3, 1, seed=2, size=96, workers=1, versions=2)
+    assert len(list((out / "training/rgb").iterdir())) == 6 and len(list((out / "training/mask").iterdir())) == 3
+    assert len(json.loads((out / "training_xyz.json").read_text())) == 3
+    assert len(list((out / "evaluation/rgb").iterdir())) == 1
+    single = synthetic.generate(tmp_path / "single", 3, 0, seed=2, size=96, workers=1)
+    assert (single / "training_xyz.json").read_text() == (out / "training_xyz.json").read_text()
+    for index in range(3):
+        hand = _image(out, "training", "mask", index) >= 128
+        first, second = (_image(out, "training", "rgb", v * 3 + index).astype(float) for v in range(2))
+        assert np.abs(first - second)[~hand].mean() > 10   # another background ...
+        for rgb in (first, second):                        # ... behind the same hand
+            assert np.abs(rgb[hand].mean(0) - rgb[~hand].mean(0)).max() > 10 or hand.mean() < 0.01
 
 
 def test_small_images_and_an_existing_empty_folder(tmp_path):
@@ -187,6 +218,7 @@ def test_an_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("args", [["--train", "-1", "--eval", "2"], ["--train", "2", "--eval", "2", "--size", "32"],
+                                  ["--train", "2", "--eval", "2", "--versions", "0"],
                                   ["--train", "2", "--eval", "2", "NONEMPTY"]])
 def test_bad_arguments_give_one_line_and_status_2(tmp_path, capsys, args):
     out = tmp_path / "out"
