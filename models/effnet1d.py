@@ -75,7 +75,7 @@ class HeatmapDecoder1D(nn.Module):
 
 
 class EffNet1D(nn.Module):
-    def __init__(self, arch, encoder_name, pretrained="none", channels=128, num_blocks=4):
+    def __init__(self, arch, encoder_name, pretrained="none", channels=128, num_blocks=4, drop_connect=0.2):
         super().__init__()
 
         def build(imagenet):
@@ -92,6 +92,7 @@ class EffNet1D(nn.Module):
         for layer in self.encoder.modules():
             if isinstance(layer, nn.BatchNorm2d):
                 layer.momentum = 0.1
+        self.encoder._drop_connect_rate = float(drop_connect)  # stochastic depth, reached by the deepest block
         self.decoder = HeatmapDecoder1D(self.encoder.out_channels[-1], channels, num_blocks)
 
     def forward(self, x, return_aux=False):
@@ -105,11 +106,11 @@ class EffNet1D(nn.Module):
 
 @register_model("effb4_1d", seed="000",
                 summary="EfficientNet-B4 encoder + separable 1D-heatmap decoder, soft-argmax (19.5M in the paper)")
-def effb4_1d(pretrained="none", channels=128, num_blocks=4):
-    return EffNet1D("effb4_1d", "efficientnet-b4", pretrained, channels, num_blocks)
+def effb4_1d(pretrained="none", channels=128, num_blocks=4, drop_connect=0.2):
+    return EffNet1D("effb4_1d", "efficientnet-b4", pretrained, channels, num_blocks, drop_connect)
 
 
 @register_model("effb0_1d", seed="000",
                 summary="EfficientNet-B0 encoder + separable 1D-heatmap decoder, soft-argmax (5.4M in the paper)")
-def effb0_1d(pretrained="none", channels=128, num_blocks=4):
-    return EffNet1D("effb0_1d", "efficientnet-b0", pretrained, channels, num_blocks)
+def effb0_1d(pretrained="none", channels=128, num_blocks=4, drop_connect=0.2):
+    return EffNet1D("effb0_1d", "efficientnet-b0", pretrained, channels, num_blocks, drop_connect)

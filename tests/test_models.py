@@ -67,6 +67,19 @@ def test_effnet_parameter_counts_match_the_paper(name, low, high):
     assert low <= parameter_count(models.create_model(name)) <= high
 
 
+def test_effnet_drop_connect_option_switches_stochastic_depth():
+    """The implementation's 0.2 makes two training-mode forwards differ; 0 (the from-scratch recipe) does not."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    for drop_connect, differs in [(0.2, True), (0.0, False)]:
+        model = models.create_model("effb0_1d", channels=16, drop_connect=drop_connect).train()
+        for layer in model.modules():   # freeze the batch statistics' effect: same batch, same normalisation
+            if isinstance(layer, torch.nn.BatchNorm2d):
+                layer.momentum = 0.0
+        with torch.no_grad():
+            assert (not torch.equal(model(x), model(x))) == differs
+
+
 def test_effnet_heatmaps_span_the_input():
     """4 blocks double 4 -> 64 bins at 128 px; 3 blocks give 32; each heatmap is a distribution."""
     torch.manual_seed(0)
