@@ -1,4 +1,5 @@
 """Datasets: FreiHAND v2 and MP21 readers, the torch Dataset, joint orders and the synthetic default."""
+import shutil
 from pathlib import Path
 
 from common import DEFAULT_DATA_ROOT, PROJECT_ROOT, SYNTHETIC_ROOT, UserError
@@ -25,13 +26,18 @@ def resolve_data_root(data_root=None, announce=print):
         return root
     if detect_layout(DEFAULT_DATA_ROOT) is not None:
         return DEFAULT_DATA_ROOT
-    if detect_layout(SYNTHETIC_ROOT) is not None:
-        announce(f"no dataset in {_shown(DEFAULT_DATA_ROOT)}/: using the synthetic set in {_shown(SYNTHETIC_ROOT)}/")
-        return SYNTHETIC_ROOT
-    from data.synthetic import generate
+    from data import synthetic
     d = SYNTHETIC_DEFAULT
+    if detect_layout(SYNTHETIC_ROOT) is not None:
+        if synthetic.read_settings(SYNTHETIC_ROOT) == synthetic.settings(**d):
+            announce(f"no dataset in {_shown(DEFAULT_DATA_ROOT)}/: using the synthetic set in "
+                     f"{_shown(SYNTHETIC_ROOT)}/")
+            return SYNTHETIC_ROOT
+        announce(f"the synthetic set in {_shown(SYNTHETIC_ROOT)}/ was made by another version of the generator or "
+                 f"with other settings: deleting it to make the current one")
+        shutil.rmtree(SYNTHETIC_ROOT)
     announce(f"no dataset in {_shown(DEFAULT_DATA_ROOT)}/: generating the synthetic set once in "
              f"{_shown(SYNTHETIC_ROOT)}/ ({d['n_train']} training hands x {d['versions']} image versions, "
              f"{d['n_eval']} evaluation hands, {d['size']} px)")
-    generate(SYNTHETIC_ROOT, d["n_train"], d["n_eval"], seed=d["seed"], size=d["size"], versions=d["versions"])
+    synthetic.generate(SYNTHETIC_ROOT, **d)
     return SYNTHETIC_ROOT

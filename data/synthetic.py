@@ -74,6 +74,8 @@ SKIN_TONES = np.array([[255, 224, 196], [241, 194, 164], [224, 172, 130], [198, 
                        [160, 100, 66], [120, 74, 50], [84, 52, 36]], dtype=np.float32)
 PALM_TINT = np.array([255, 196, 186], dtype=np.float32)   # palms are lighter and pinker than backs
 JPEG_QUALITY = 92
+GENERATOR_VERSION = 2             # bumped whenever the same settings would draw other hands or pictures
+SETTINGS_FILE = "synthetic.json"  # what made a set: the version and generate()'s settings
 SPLIT_IDS = {"training": 0, "evaluation": 1}
 
 
@@ -328,6 +330,18 @@ def _write_json(path, value):
     path.write_text(json.dumps(value, separators=(",", ":")))
 
 
+def settings(n_train, n_eval, seed, size, versions):
+    """What a set made by this generator with these arguments records in SETTINGS_FILE."""
+    return {"generator": GENERATOR_VERSION, "n_train": n_train, "n_eval": n_eval, "seed": seed, "size": size,
+            "versions": versions}
+
+
+def read_settings(root):
+    """The SETTINGS_FILE of a generated set, or None (a set of an older generator, or not one of ours)."""
+    path = Path(root) / SETTINGS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def generate(out_dir, n_train, n_eval, seed=0, size=224, workers=None, versions=1):
     """Write n_train training hands (``versions`` images each) and n_eval evaluation hands (one image each) in
     the FreiHAND v2 layout into ``out_dir``.
@@ -368,6 +382,7 @@ def generate(out_dir, n_train, n_eval, seed=0, size=224, workers=None, versions=
             _write_json(partial / f"{split}_xyz.json", xyz)
             _write_json(partial / f"{split}_scale.json",
                         np.round(bone_length(np.array(xyz).reshape(-1, 21, 3), SCALE_BONE), 8).tolist())
+        _write_json(partial / SETTINGS_FILE, settings(n_train, n_eval, seed, size, versions))
         os.replace(partial, out)
     finally:
         if partial.exists():

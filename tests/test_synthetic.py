@@ -55,7 +55,8 @@ def test_cli_writes_the_freihand_v2_layout(generated):
     expected = {f"{split}_{name}.json" for split in ("training", "evaluation") for name in ("K", "xyz", "scale")}
     expected |= {f"training/{folder}/{i:08d}.jpg" for folder in ("rgb", "mask") for i in range(N_TRAIN)}
     expected |= {f"evaluation/rgb/{i:08d}.jpg" for i in range(N_EVAL)}
-    assert names == expected
+    assert names == expected | {synthetic.SETTINGS_FILE}
+    assert synthetic.read_settings(root) == synthetic.settings(N_TRAIN, N_EVAL, SEED, SIZE, versions=1)
     assert not list(root.parent.glob(".*partial*"))
     rgb, mask = Image.open(root / "training/rgb/00000000.jpg"), Image.open(root / "training/mask/00000000.jpg")
     assert (rgb.mode, rgb.size, mask.mode, mask.size) == ("RGB", (SIZE, SIZE), "L", (SIZE, SIZE))
@@ -192,6 +193,24 @@ def test_versions_paint_the_same_hand_again_in_freihands_numbering(tmp_path):
         assert np.abs(first - second)[~hand].mean() > 10   # another background ...
         for rgb in (first, second):                        # ... behind the same hand
             assert np.abs(rgb[hand].mean(0) - rgb[~hand].mean(0)).max() > 10 or hand.mean() < 0.01
+
+
+def test_the_default_set_is_made_once_and_again_when_an_older_generator_made_it(tmp_path, monkeypatch):
+    import data
+    root = tmp_path / "synthetic"
+    monkeypatch.setattr(data, "DEFAULT_DATA_ROOT", tmp_path / "freihand")
+    monkeypatch.setattr(data, "SYNTHETIC_ROOT", root)
+    monkeypatch.setattr(data, "SYNTHETIC_DEFAULT", {"n_train": 3, "n_eval": 1, "seed": 0, "size": 64, "versions": 1})
+    said = []
+    assert data.resolve_data_root(announce=said.append) == root and "generating" in said[-1]
+    first = (root / "training_xyz.json").stat().st_mtime_ns
+    assert data.resolve_data_root(announce=said.append) == root and "using" in said[-1]
+    assert (root / "training_xyz.json").stat().st_mtime_ns == first
+    (root / synthetic.SETTINGS_FILE).unlink()                     # as a set of the previous generator
+    (root / "stale.txt").write_text("from the old set")
+    assert data.resolve_data_root(announce=said.append) == root
+    assert "another version of the generator" in said[-2] and "generating" in said[-1]
+    assert not (root / "stale.txt").exists() and synthetic.read_settings(root)["generator"] == synthetic.GENERATOR_VERSION
 
 
 def test_small_images_and_an_existing_empty_folder(tmp_path):
