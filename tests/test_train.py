@@ -12,7 +12,8 @@ import torch
 
 import train
 from checkpoints import build_model, load_checkpoint
-from common import PROJECT_ROOT, UserError
+from common import PROJECT_ROOT
+from tests.scripts import run_main
 
 TINY = ["--arch", "ghost_lite", "--img-size", "64", "--batch-size", "4", "--pretrained", "none", "--workers", "0",
         "--device", "cpu", "--set", "cache=false"]
@@ -48,16 +49,16 @@ def log_epochs(folder):
     (["--arch", "effb0_1d", "--augs", "rotate,spin"], "spin"),
     (["--arch", "effb0_1d", "--set", "optimizer=lion"], "optimizer='lion': choose one of adam, adamw, sgd"),
 ])
-def test_bad_options_are_one_clear_line(args, message):
-    result = run_train(*args)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and message in result.stderr
+def test_bad_options_are_one_clear_line(args, message, capsys):
+    code, _, err = run_main(train.main, args, capsys)
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err
 
 
-def test_resume_without_checkpoint_is_one_clear_line(tmp_path):
-    result = run_train("--arch", "ghost_lite", "--resume", "--out", tmp_path / "run")
-    assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert "last.pt does not exist" in result.stderr
+def test_resume_without_checkpoint_is_one_clear_line(tmp_path, capsys):
+    code, _, err = run_main(train.main, ["--arch", "ghost_lite", "--resume", "--out", tmp_path / "run"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "last.pt does not exist" in err
 
 
 def test_config_resolution_layers_recipe_then_command_line():
@@ -70,11 +71,10 @@ def test_config_resolution_layers_recipe_then_command_line():
     assert {"lr", "loss", "aug", "milestones"} <= given
 
 
-def test_list_archs_prints_every_arch_with_params_size_seed():
-    result = subprocess.run([sys.executable, "train.py", "--list-archs"], cwd=PROJECT_ROOT, capture_output=True,
-                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+def test_list_archs_prints_every_arch_with_params_size_seed(capsys):
+    code, out, err = run_main(train.main, ["--list-archs"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
     import models
     for name in models.list_models():
         row = next(line for line in lines if line.startswith(name + " "))
@@ -129,11 +129,11 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(synthetic_ro
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
 
 
-def test_resume_keeps_the_saved_schedule(synthetic_root, tmp_path):
+def test_resume_keeps_the_saved_schedule(synthetic_root, tmp_path, capsys):
     folder = tmp_path / "run"
     assert run_train(*TINY, "--data-root", synthetic_root, "--epochs", "1", "--out", folder).returncode == 0
-    result = run_train("--resume", "--out", folder, "--epochs", "3")
-    assert result.returncode == 2 and "--epochs" in result.stderr and result.stderr.count("\n") == 1
+    code, _, err = run_main(train.main, ["--resume", "--out", folder, "--epochs", "3"], capsys)
+    assert code == 2 and "--epochs" in err and err.count("\n") == 1
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_path, monkeypatch):
