@@ -395,8 +395,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Write procedural synthetic right hands in the FreiHAND v2 "
                                                  "layout.")
     parser.add_argument("--out", required=True, help="folder to create (must not exist, or be empty)")
-    parser.add_argument("--train", type=int, required=True, help="number of training samples")
-    parser.add_argument("--eval", type=int, required=True, help="number of evaluation samples")
+    parser.add_argument("--train", type=int, required=True, help="number of training hands")
+    parser.add_argument("--eval", type=int, required=True, help="number of evaluation hands")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--versions", type=int, default=1,
                         help="images of each training hand, over other backgrounds and colours (FreiHAND has 4)")

@@ -210,7 +210,8 @@ def test_the_default_set_is_made_once_and_again_when_an_older_generator_made_it(
     (root / "stale.txt").write_text("from the old set")
     assert data.resolve_data_root(announce=said.append) == root
     assert "another version of the generator" in said[-2] and "generating" in said[-1]
-    assert not (root / "stale.txt").exists() and synthetic.read_settings(root)["generator"] == synthetic.GENERATOR_VERSION
+    assert not (root / "stale.txt").exists()
+    assert synthetic.read_settings(root)["generator"] == synthetic.GENERATOR_VERSION
 
 
 def test_small_images_and_an_existing_empty_folder(tmp_path):
