@@ -1,12 +1,13 @@
 """Average several prediction files of the same split into a named ensemble, with the outputs of predict.py.
 
     python ensemble.py [A.npz B.npz ...] [--weights w1 w2 ...] [--fit-weights [--val-preds VA.npz VB.npz ...]]
-                       [--name NAME] [--out PREFIX] [--format freihand|mp21] [--joint-order mano|ait|freihand]
+                       [--name NAME] [--out PREFIX] [--format freihand|mp21] [--joint-order ait|mano|freihand]
                        [--data-root DIR] [--viz K]
 
 Members are the PREFIX.npz files of predict.py (or of ensemble.py): the same split, the same image ids in the same
-order, or the run stops with one line naming the two files and the difference. With none named, the members are
-the newest predict.py output of each run in submissions/, for the dataset and split of the newest of them.
+order, joints in FreiHAND order (recognised from their bones, as predict.py --check does), or the run stops with one
+line naming the two files and the difference. With none named, the members are the newest predict.py output of each
+run in submissions/, for the dataset and split of the newest of them.
 
 Weights: --weights (non-negative, normalised to sum 1); --fit-weights: non-negative weights summing to 1 that
 minimise the validation PA-MPJPE of the blend, fitted on each member's validation predictions (by default the
@@ -18,9 +19,11 @@ equal weights and each single member, so the fitted blend never scores worse on 
 Blend: the weighted mean of the members' camera-space xyz. All members recover xyz through the same K and the
 same root-depth rule, so averaging xyz averages their root-relative poses and their root positions alike.
 
-Writes, as predict.py (one writer, one scorer): PREFIX.npz, the upload file, PREFIX.metrics.json when the split is
-labelled, PREFIX_viz/ with --viz; and PREFIX.ensemble.json: name, members (paths), weights, how they were chosen
-(given / fitted / equal) and, when fitted, the validation PA-MPJPE of each member and of the blend.
+Writes, as predict.py (one writer, one scorer, one check): PREFIX.npz, the upload file (PREFIX.zip, or
+PREFIX/test_preds.json.gz in the course template's ait joint order unless --joint-order says otherwise),
+PREFIX.metrics.json when the split is labelled, PREFIX_viz/ with --viz; and PREFIX.ensemble.json: name, members
+(paths), weights, how they were chosen (given / fitted / equal) and, when fitted, the validation PA-MPJPE of each
+member and of the blend.
 Default PREFIX: submissions/<NAME>_<split>; default NAME: ensemble_<hash of the member paths>.
 """
 import argparse
@@ -34,9 +37,10 @@ from scipy.optimize import minimize
 import metrics
 from common import SUBMISSIONS_ROOT, UserError, cli
 from data import resolve_data_root
+from data.joints import detect_order
 from data.readers import detect_layout, load_split
-from predict import (atomic_file, labels_for, load_predictions, output_prefix, report_scores, resolve_format,
-                     rows_of, save_pictures, write_outputs)
+from predict import (MP21_ORDER, atomic_file, check_joint_order, labels_for, load_predictions, output_prefix,
+                     report_scores, resolve_format, rows_of, save_pictures, write_outputs, written_line)
 
 
 # --- members ------------------------------------------------------------------------------------------------
@@ -57,6 +61,21 @@ def check_same_images(records, paths):
             row = int(np.flatnonzero(record["ids"] != first["ids"])[0])
             raise UserError(f"{pair} differ in image ids from row {row} (id {first['ids'][row]} vs "
                             f"{record['ids'][row]}); they were made on different data")
+
+
+def check_joint_orders(records, paths):
+    """Every member holds FreiHAND order, as predict.py writes it (recognised from the bones, ``detect_order``); else
+    one line naming the two files in different orders, or the one in another order."""
+    found = [(detect_order(record["xyz"])[0], path) for record, path in zip(records, paths)]
+    known = [(order, path) for order, path in found if order is not None]
+    for (first, first_path), (order, path) in zip(known, known[1:]):
+        if order != first:
+            raise UserError(f"{first_path} and {path} hold joints in different orders ({first} vs {order}, "
+                            f"recognised from their bones); members must be prediction files of predict.py, all in "
+                            f"FreiHAND order")
+    for record, path in zip(records, paths):
+        check_joint_order(record["xyz"], "freihand", str(path),
+                          "members must be prediction files of predict.py, which hold FreiHAND order")
 
 
 def blend(xyz_stack, weights):
@@ -96,6 +115,7 @@ def validation_set(records, paths, val_paths, data_root):
     share."""
     files = [validation_file(r, p, v) for r, p, v in zip(records, paths, val_paths or [None] * len(records))]
     members = [load_predictions(f) for f in files]
+    check_joint_orders(members, files)
     for member, file in zip(members, files):
         if member["split"] != "val":
             raise UserError(f"--fit-weights: {file} predicts split {member['split']!r}, not 'val'")
@@ -165,7 +185,8 @@ def parse_args(argv=None):
     p.add_argument("--name", help="ensemble name (default: ensemble_<hash of the members>)")
     p.add_argument("--out", help="output prefix (default: submissions/<name>_<split>)")
     p.add_argument("--format", help="upload format: freihand | mp21 (default: the layout's)")
-    p.add_argument("--joint-order", help="mp21 joint order: mano (default) | ait | freihand")
+    p.add_argument("--joint-order", help=f"mp21 joint order: {MP21_ORDER} (default, the course template's) | mano | "
+                                         f"freihand")
     p.add_argument("--data-root", help="dataset folder (default: the one the members record)")
     p.add_argument("--viz", type=int, default=0, metavar="K", help="save K pictures to PREFIX_viz/")
     return p.parse_args(argv)
@@ -238,6 +259,7 @@ def main(argv=None):
     paths = [Path(p) for p in args.members]
     records = [load_predictions(p) for p in paths]
     check_same_images(records, paths)
+    check_joint_orders(records, paths)
     split = target_split(records, args.data_root)
     layout = records[0].get("layout") or (split.layout if split is not None else None)
     if layout is None and args.format is None:
@@ -251,12 +273,11 @@ def main(argv=None):
     print(f"{name}: {len(paths)} members, {report['weights_source']} weights "
           f"{', '.join(f'{w:.3f}' for w in report['weights'])}")
     record = blended_record(records, report, layout, split)
-    npz, upload = write_outputs(prefix, record, fmt, joint_order,
-                                expected_ids=split.image_ids if split is not None else None)
+    npz, upload, notes = write_outputs(prefix, record, fmt, joint_order,
+                                       expected_ids=split.image_ids if split is not None else None)
     with atomic_file(Path(f"{prefix}.ensemble.json")) as tmp:
         tmp.write_text(json.dumps(report, indent=2))
-    joint_note = f", {joint_order} joint order" if fmt == "mp21" else ""
-    print(f"wrote {npz}, {prefix}.ensemble.json and the upload file {upload} ({fmt} format{joint_note})")
+    print(written_line(f"wrote {npz}, {prefix}.ensemble.json and the upload file {upload}", fmt, joint_order, notes))
     if split is not None and split.labelled:
         info = {"split": split.name, "arch": "ensemble", "members": report["members"], "weights": report["weights"]}
         print(f"wrote {report_scores(prefix, record['xyz'], split.xyz, record.get('mean_pose_m'), info)}")

@@ -1,9 +1,9 @@
 """Predict with rotation test-time augmentation, write submission files, score locally, draw pictures.
 
     python predict.py [--ckpt PATH] [--data-root DIR] [--split NAME] [--tta N] [--format freihand|mp21]
-                      [--joint-order mano|ait|freihand] [--out PREFIX] [--batch-size B] [--device auto|cpu|cuda]
+                      [--joint-order ait|mano|freihand] [--out PREFIX] [--batch-size B] [--device auto|cpu|cuda]
                       [--viz K] [--workers W] [--no-amp]
-    python predict.py --check FILE [--data-root DIR] [--split NAME]
+    python predict.py --check FILE [--joint-order ait|mano|freihand] [--data-root DIR] [--split NAME]
 
 Defaults: the newest runs/*/best.pt; --data-root, else the data root the checkpoint was trained on when it still
 holds a dataset, else data.resolve_data_root(); the layout's submission split (FreiHAND 'evaluation', MP21
@@ -14,10 +14,11 @@ Files (PREFIX = --out):
   PREFIX.npz           raw predictions for ensemble.py: xyz (N, 21, 3) metres in FreiHAND order, ids (N,) image
                        ids, split; and layout, data_root, arch, ckpt, run_dir, tta, bone_length_m, mean_pose_m
   PREFIX.zip           --format freihand, the Codalab upload: pred.json = [xyz_list, verts_list], N entries each,
-                       metres, the split's order
-  PREFIX.json.gz       --format mp21, the course upload (the course names it test_preds.json.gz; the name inside
-                       the upload form does not matter): a JSON list N x 21 x 3 in millimetres, the split's order,
-                       in --joint-order (default mano, the course template's order)
+                       metres, the split's order (Codalab reads pred.json from any zip name)
+  PREFIX/test_preds.json.gz
+                       --format mp21, the course upload, named as the course template writes it, one folder per
+                       PREFIX: a gzipped JSON list N x 21 x 3 in millimetres, the split's order, joints in
+                       --joint-order (default ait: the course template's order, which the course scores slot by slot)
   PREFIX.metrics.json  when the split has labels: both Procrustes variants and the mean-pose baseline
   PREFIX_viz/NNNN.png  --viz K: K images (NNNN the image id) with the 2D skeleton beside a 3D view
 
@@ -36,6 +37,11 @@ Policies
   default); --no-amp predicts in fp32. The CPU always runs fp32.
 * Files are validated (count, unique ids, shape (N, 21, 3), finite) before anything is written, and each is
   written to a temp file that replaces the target only when complete: an error never leaves a partial file.
+* Joint order: --check recognises it from the geometry alone (data.joints.detect_order: the bones of a hand read in
+  each known order) and rejects a file whose order is not the one its format expects (.npz and .zip: freihand;
+  mp21: --joint-order, default ait). Every writer runs the same check on what it wrote before the temp file replaces
+  the target, so no writer leaves a file its check would reject. Wrist depths outside 0.05-5 m (an untrained model
+  can put a hand hundreds of metres away) are reported as implausible, not as a unit mistake.
 """
 import argparse
 import contextlib
@@ -60,13 +66,15 @@ from checkpoints import build_model, load_checkpoint, newest_checkpoint
 from common import PROJECT_ROOT, RUNS_ROOT, SUBMISSIONS_ROOT, UserError, cli, resolve_device
 from data import resolve_data_root
 from data.dataset import make_dataset
-from data.joints import BONES, ORDERS, from_freihand
+from data.joints import BONES, ORDERS, detect_order, from_freihand
 from data.loader import make_loader, to_device
 from data.readers import detect_layout, load_split, submission_split
 from models import prepare_images
 
 FORMATS = ("freihand", "mp21")
-UPLOAD_SUFFIX = {"freihand": ".zip", "mp21": ".json.gz"}
+MP21_ORDER = "ait"                   # the course template's joint order (its JointInfo): the course scores in it
+MP21_UPLOAD = "test_preds.json.gz"   # the name the course template writes its upload under
+DEFAULT_ORDER = {"npz": "freihand", "freihand": "freihand", "mp21": MP21_ORDER}   # per kind of file
 OUTPUT_SUFFIXES = (".zip", ".json.gz", ".npz")
 ZIP_MEMBER = "pred.json"             # the file name FreiHAND's Codalab scorer reads from the zip
 FREIHAND_EVAL_SIZE = 3960            # images in FreiHAND's evaluation set
@@ -204,7 +212,7 @@ def resolve_format(fmt, joint_order, layout):
             raise UserError(f"--joint-order {joint_order}: the freihand format is always in FreiHAND order; "
                             f"leave out --joint-order or use --format mp21")
         return fmt, "freihand"
-    return fmt, joint_order or "mano"
+    return fmt, joint_order or MP21_ORDER
 
 
 def output_prefix(out, default_name):
@@ -271,9 +279,12 @@ def atomic_file(path):
 
 
 def save_record(path, record):
-    """A prediction record (dict of arrays, strings and numbers) as .npz, atomically."""
-    with atomic_file(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **{key: np.asarray(value) for key, value in record.items()})
+    """A prediction record (dict of arrays, strings and numbers) as .npz, atomically, its joints checked as --check
+    checks them (``check_joints``) before it replaces ``path``. Returns the check's notes."""
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **{key: np.asarray(value) for key, value in record.items()})
+        return check_joints(np.asarray(record["xyz"], np.float64), "npz", "freihand", str(path), NOT_FREIHAND)
 
 
 def load_predictions(path):
@@ -297,6 +308,78 @@ def load_predictions(path):
     return record
 
 
+# --- what a file's joints look like: unit, joint order, depths ----------------------------------------------
+
+UNITS = {"npz": "metres", "freihand": "metres", "mp21": "millimetres"}    # the unit of each kind of file
+READER = {"npz": "a prediction file", "freihand": "FreiHAND", "mp21": "the course"}
+TO_METRES = {"metres": 1.0, "millimetres": 0.001}
+PLAUSIBLE_DEPTH_M = (0.05, 5.0)      # the wrist of a hand in front of a camera
+PLAUSIBLE_SPREAD_M = (0.015, 0.2)    # a hand's RMS distance of its joints from their centroid
+NOT_FREIHAND = "the predictions are not in FreiHAND order; nothing was written"
+
+
+def joint_spread(xyz):
+    """(N,) RMS distance of each hand's joints (N, 21, 3) from their centroid, in their unit."""
+    centred = xyz - xyz.mean(1, keepdims=True)
+    return np.sqrt((centred ** 2).sum(-1).mean(-1))
+
+
+def looks_like_hands(xyz_m):
+    """Whether the median wrist depth and joint spread of (N, 21, 3) metres fit hands in front of a camera. The
+    wrist is slot 0 in every joint order."""
+    depth, spread = np.median(xyz_m[:, 0, 2]), np.median(joint_spread(xyz_m))
+    return bool(PLAUSIBLE_DEPTH_M[0] <= depth <= PLAUSIBLE_DEPTH_M[1]
+                and PLAUSIBLE_SPREAD_M[0] <= spread <= PLAUSIBLE_SPREAD_M[1])
+
+
+def check_unit(xyz, kind, what):
+    """A UserError when joints (N, 21, 3) meant to be in the unit of ``kind`` look like hands only in the other unit
+    (depth and size both a factor 1000 off). Far-away or shapeless hands are left to ``depth_warning``."""
+    unit = UNITS[kind]
+    other = "millimetres" if unit == "metres" else "metres"
+    if looks_like_hands(xyz * TO_METRES[unit]) or not looks_like_hands(xyz * TO_METRES[other]):
+        return
+    raise UserError(f"{what}: the hands look like {other} (median wrist depth {np.median(xyz[:, 0, 2]):.4g}, median "
+                    f"joint spread {np.median(joint_spread(xyz)):.4g}); {READER[kind]} wants {unit}")
+
+
+def depth_warning(xyz_m):
+    """A line on wrist depths of (N, 21, 3) metres outside PLAUSIBLE_DEPTH_M, else None."""
+    depth, (low, high) = xyz_m[:, 0, 2], PLAUSIBLE_DEPTH_M
+    outside = (depth < low) | (depth > high)
+    if not outside.any():
+        return None
+    extremes = []
+    if depth.min() < low:
+        extremes.append(f"down to {depth.min():.3g} m")
+    if depth.max() > high:
+        extremes.append(f"up to {depth.max():.3g} m")
+    return (f"warning: wrist depths {' and '.join(extremes)} ({outside.sum()} of {len(depth)} outside {low:g}-{high:g} "
+            f"m): implausible for a hand in front of a camera (an untrained model?); aligned scores ignore depth")
+
+
+def check_joint_order(xyz, expected, what, hint):
+    """The joint order ``detect_order`` finds in hands (N, 21, 3), as a phrase for an OK line; a UserError naming
+    both orders when it finds another than ``expected``. ``hint``: the fix ({found} and {expected} are filled in)."""
+    found, misfits = detect_order(xyz)
+    if found is None:
+        return "joint order not recognisable from the bones (no order fits a hand clearly)"
+    if found != expected:
+        raise UserError(f"{what}: the joints are in {found} order, not {expected} (their bones fit a hand with misfit "
+                        f"{misfits[found]:.2f} read as {found}, {misfits[expected]:.2f} as {expected}); "
+                        + hint.format(found=found, expected=expected))
+    return f"joints in {found} order (recognised from the bones)"
+
+
+def check_joints(xyz, kind, order, what, hint):
+    """What --check and every writer check in a file's joints (N, 21, 3) of ``kind`` ('npz', 'freihand', 'mp21'),
+    in its unit: the unit and the joint ``order`` (else a UserError, ``hint`` the fix of a wrong order). Returns the
+    notes for the OK line: the order found and a depth warning, if any."""
+    check_unit(xyz, kind, what)
+    notes = [check_joint_order(xyz, order, what, hint), depth_warning(xyz * TO_METRES[UNITS[kind]])]
+    return [note for note in notes if note]
+
+
 # --- upload files ---------------------------------------------------------------------------------------------
 
 def json_array(values, decimals):
@@ -318,7 +401,9 @@ def freihand_json_chunks(xyz):
 
 
 def write_freihand_zip(path, xyz, joint_order="freihand"):
-    """The Codalab upload: a zip holding pred.json, streamed (no 100 MB string in memory), reproducible bytes."""
+    """The Codalab upload: a zip holding pred.json, streamed (no 100 MB string in memory), reproducible bytes. The
+    joints are checked as --check checks them (on the written numbers, not parsed back: that would take seconds)
+    before the zip replaces ``path``. Returns the check's notes."""
     assert joint_order == "freihand", "FreiHAND's scorer reads FreiHAND order"
     info = zipfile.ZipInfo(ZIP_MEMBER, date_time=(1980, 1, 1, 0, 0, 0))
     info.compress_type = zipfile.ZIP_DEFLATED
@@ -326,30 +411,51 @@ def write_freihand_zip(path, xyz, joint_order="freihand"):
         with zipfile.ZipFile(tmp, "w") as archive, archive.open(info, "w") as member:
             for chunk in freihand_json_chunks(xyz):
                 member.write(chunk.encode())
+        return check_joints(np.round(xyz, DECIMALS_M), "freihand", "freihand", str(path), NOT_FREIHAND)
 
 
-def write_mp21_json_gz(path, xyz, joint_order="mano"):
-    """The course upload: gzipped JSON list N x 21 x 3 in millimetres, joints in ``joint_order``."""
+def write_mp21_json_gz(path, xyz, joint_order=MP21_ORDER):
+    """The course upload: gzipped JSON list N x 21 x 3 in millimetres, joints in ``joint_order``; read back and checked
+    as --check checks it before it replaces ``path``. Returns the check's notes."""
     text = json_array(from_freihand(xyz * 1000.0, joint_order), DECIMALS_MM)
     with atomic_file(path) as tmp:
         with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as packed:
             packed.write(text.encode())
+        return check_joints(read_mp21_json_gz(tmp), "mp21", joint_order, str(path), NOT_FREIHAND)
 
 
 WRITERS = {"freihand": write_freihand_zip, "mp21": write_mp21_json_gz}
 
 
 def upload_path(prefix, fmt):
-    return Path(f"{prefix}{UPLOAD_SUFFIX[fmt]}")
+    """freihand: PREFIX.zip; mp21: PREFIX/test_preds.json.gz, the course's name in a folder of its own."""
+    return Path(f"{prefix}.zip") if fmt == "freihand" else Path(prefix) / MP21_UPLOAD
 
 
-def write_outputs(prefix, record, fmt, joint_order, expected_ids=None):
-    """Validate, then write PREFIX.npz and the upload file (each atomically). Returns their paths."""
+def make_folder(folder):
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"{folder} is a file where the upload's folder should be: move it away or choose another "
+                        f"--out") from None
+
+
+def write_outputs(prefix, record, fmt, joint_order=None, expected_ids=None):
+    """Validate, then write PREFIX.npz and the upload file (each atomically and checked; ``joint_order`` default:
+    the format's, DEFAULT_ORDER). Returns their paths and the upload check's notes (the joint order found, a
+    depth warning)."""
     validate_predictions(record["xyz"], record["ids"], f"predictions for {prefix}", expected_ids)
     npz, upload = Path(f"{prefix}.npz"), upload_path(prefix, fmt)
     save_record(npz, record)
-    WRITERS[fmt](upload, record["xyz"], joint_order)
-    return npz, upload
+    make_folder(upload.parent)
+    notes = WRITERS[fmt](upload, record["xyz"], joint_order or DEFAULT_ORDER[fmt])
+    return npz, upload, notes
+
+
+def written_line(start, fmt, joint_order, notes):
+    """What the scripts print after writing: the files, the format, the joint order and the check's notes."""
+    joint_note = f", {joint_order} joint order" if fmt == "mp21" else ""
+    return "\n".join([f"{start} ({fmt} format{joint_note}; {notes[0]})", *notes[1:]])
 
 
 # --- reading upload files back (--check) ---------------------------------------------------------------------
@@ -413,31 +519,52 @@ def expected_split(data_root, split_name, record=None):
     return None
 
 
-def check_file(path, data_root=None, split_name=None):
-    """Validate an upload (.zip, .json.gz) or prediction (.npz) file; a UserError says what is wrong, else returns
-    the OK line."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} does not exist")
+# How to fix a file whose joints are in another order than its kind expects.
+ORDER_HINTS = {"npz": "prediction files hold FreiHAND order: write it again with predict.py",
+               "freihand": "FreiHAND scores FreiHAND order: write it again with predict.py --format freihand",
+               "mp21": f"write it again with predict.py --format mp21 --joint-order {{expected}} (the course "
+                       f"scores the template's {MP21_ORDER} order)"}
+
+
+def file_kind(path):
+    """'npz', 'mp21' or 'freihand' from a file's name (or, for a zip under another name, its content)."""
     if path.name.endswith(".npz"):
-        record = load_predictions(path)
-        split = expected_split(data_root, split_name, record)
-        if split is not None:
-            validate_predictions(record["xyz"], record["ids"], str(path), expected_ids=split.image_ids)
-        where = f", matching the {split.name} split of {split.root}" if split is not None else ""
-        return f"OK: {path}: {len(record['xyz'])} predictions of split {record['split']!r} (21 x 3, metres){where}"
+        return "npz"
     if path.name.endswith(".json.gz"):
-        xyz, kind, unit, verts = read_mp21_json_gz(path), "mp21", "millimetres", None
-        if np.median(xyz[..., 2]) < 10.0:
-            raise UserError(f"{path}: depths look like metres (median z {np.median(xyz[..., 2]):.3f}); the course "
-                            f"wants millimetres")
-    elif path.name.endswith(".zip") or zipfile.is_zipfile(path):
-        (xyz, verts), kind, unit = read_freihand_zip(path), "freihand", "metres"
-        if np.median(xyz[..., 2]) > 100.0:
-            raise UserError(f"{path}: depths look like millimetres (median z {np.median(xyz[..., 2]):.1f}); "
-                            f"FreiHAND wants metres")
-    else:
-        raise UserError(f"{path}: not a .zip, .json.gz or .npz file; pass an upload or prediction file")
+        return "mp21"
+    if path.name.endswith(".zip") or zipfile.is_zipfile(path):
+        return "freihand"
+    raise UserError(f"{path}: not a .zip, .json.gz or .npz file; pass an upload or prediction file")
+
+
+def expected_order(kind, joint_order, path):
+    """The joint order a file of ``kind`` must hold: --joint-order for an mp21 upload (default ait), else FreiHAND."""
+    if joint_order is not None and joint_order not in ORDERS:
+        raise UserError(f"--joint-order {joint_order!r}: choose one of {', '.join(ORDERS)}")
+    if kind != "mp21" and joint_order not in (None, "freihand"):
+        raise UserError(f"--joint-order {joint_order}: {path} is a {kind} file, always in FreiHAND order; leave out "
+                        f"--joint-order")
+    return joint_order or DEFAULT_ORDER[kind]
+
+
+def check_npz(path, data_root, split_name):
+    """(the OK line's start, xyz) of a prediction file, its ids checked against the split when one is known."""
+    record = load_predictions(path)
+    split = expected_split(data_root, split_name, record)
+    if split is not None:
+        validate_predictions(record["xyz"], record["ids"], str(path), expected_ids=split.image_ids)
+    where = f", matching the {split.name} split of {split.root}" if split is not None else ""
+    line = f"OK: {path}: {len(record['xyz'])} predictions of split {record['split']!r} (21 x 3, metres){where}"
+    return line, record["xyz"]
+
+
+def read_upload(path, kind):
+    """(xyz (N, 21, 3) in the file's unit and joint order, verts (N, 778, 3) or None) of an upload."""
+    return (read_mp21_json_gz(path), None) if kind == "mp21" else read_freihand_zip(path)
+
+
+def upload_line(path, kind, xyz, verts, data_root, split_name):
+    """The OK line's start for an upload, its count checked against the split (FreiHAND's: 3960 by default)."""
     split = expected_split(data_root, split_name)
     expected, source = ((len(split), f"the {split.name} split of {split.root}") if split is not None
                         else (FREIHAND_EVAL_SIZE, "the FreiHAND evaluation set") if kind == "freihand"
@@ -446,7 +573,29 @@ def check_file(path, data_root=None, split_name=None):
         raise UserError(f"{path}: {len(xyz)} samples, expected {expected} for {source}")
     mesh = f" + {MESH_VERTICES} placeholder vertices" if verts is not None else ""
     where = f", as {source} has" if expected is not None else " (pass --data-root to check the count)"
-    return f"OK: {path}: {kind} upload, {len(xyz)} samples of 21 x 3 joints{mesh}, {unit}{where}"
+    return f"OK: {path}: {kind} upload, {len(xyz)} samples of 21 x 3 joints{mesh}, {UNITS[kind]}{where}"
+
+
+def check_file(path, data_root=None, split_name=None, joint_order=None):
+    """Validate an upload (.zip, .json.gz) or prediction (.npz) file: structure, count, unit and joint order (an mp21
+    upload in ``joint_order``, default ait; the others in FreiHAND order). A UserError says what is wrong, else
+    returns the OK line, naming the joint order found, and a warning line for implausible depths. A folder holding
+    test_preds.json.gz (an mp21 PREFIX/) stands for that file."""
+    path = Path(path)
+    if path.is_dir() and (path / MP21_UPLOAD).is_file():
+        path = path / MP21_UPLOAD
+    if not path.is_file():
+        raise UserError(f"{path} does not exist")
+    kind = file_kind(path)
+    order = expected_order(kind, joint_order, path)
+    if kind == "npz":
+        line, xyz = check_npz(path, data_root, split_name)
+        notes = check_joints(xyz, kind, order, str(path), ORDER_HINTS[kind])
+    else:
+        xyz, verts = read_upload(path, kind)
+        notes = check_joints(xyz, kind, order, str(path), ORDER_HINTS[kind])
+        line = upload_line(path, kind, xyz, verts, data_root, split_name)
+    return "\n".join([f"{line}; {notes[0]}", *notes[1:]])
 
 
 # --- local scoring ------------------------------------------------------------------------------------------
@@ -566,7 +715,8 @@ def parse_args(argv=None):
     p.add_argument("--split", help="split to predict (default: evaluation on FreiHAND, test on MP21)")
     p.add_argument("--tta", type=int, default=1, help="rotations averaged per image (1 = plain prediction)")
     p.add_argument("--format", help="upload format: freihand | mp21 (default: the layout's)")
-    p.add_argument("--joint-order", help="mp21 joint order: mano (default) | ait | freihand")
+    p.add_argument("--joint-order", help=f"mp21 joint order: {MP21_ORDER} (default, the course template's) | mano | "
+                                         f"freihand; with --check, the order the file must hold")
     p.add_argument("--out", help="output prefix (default: submissions/<run>_<split>_tta<N>)")
     p.add_argument("--batch-size", type=int, help="images per forward before TTA (default: the checkpoint's)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -605,7 +755,7 @@ def predict_split(model, split, config, args, device):
 def main(argv=None):
     args = parse_args(argv)
     if args.check:
-        print(check_file(args.check, args.data_root, args.split))
+        print(check_file(args.check, args.data_root, args.split, args.joint_order))
         return
     check_numbers(args)
     ckpt = Path(args.ckpt) if args.ckpt else newest_checkpoint("best.pt", RUNS_ROOT)
@@ -628,9 +778,8 @@ def main(argv=None):
               "data_root": str(Path(root).resolve()), "arch": config["arch"], "ckpt": str(ckpt.resolve()),
               "run_dir": str(ckpt.resolve().parent), "tta": args.tta, "bone_length_m": stats["bone_length_m"],
               "mean_pose_m": np.asarray(stats["mean_pose_m"])}
-    npz, upload = write_outputs(prefix, record, fmt, joint_order, expected_ids=split.image_ids)
-    joint_note = f", {joint_order} joint order" if fmt == "mp21" else ""
-    print(f"wrote {npz} and the upload file {upload} ({fmt} format{joint_note})")
+    npz, upload, notes = write_outputs(prefix, record, fmt, joint_order, expected_ids=split.image_ids)
+    print(written_line(f"wrote {npz} and the upload file {upload}", fmt, joint_order, notes))
     if split.labelled:
         info = {"split": split.name, "arch": config["arch"], "ckpt": str(ckpt), "tta": args.tta}
         print(f"wrote {report_scores(prefix, xyz, split.xyz, stats['mean_pose_m'], info)}")

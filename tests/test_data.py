@@ -7,7 +7,7 @@ import pytest
 
 import geometry
 from common import PROJECT_ROOT, UserError
-from data import joints, resolve_data_root
+from data import joints, resolve_data_root, synthetic
 from data.dataset import HandDataset
 from data.readers import VAL_SPLIT_FILE, detect_layout, load_split
 from tests.markers import label_errors, write_marker_dataset
@@ -96,6 +96,60 @@ def test_joint_orders_round_trip_and_known_positions():
     ait = joints.from_freihand(xyz, "ait")
     np.testing.assert_array_equal(ait[:, 1:6], xyz[:, [1, 5, 9, 13, 17]])  # the five MCPs, thumb to pinky
     np.testing.assert_array_equal(ait[:, 16:], xyz[:, [4, 8, 12, 16, 20]])  # the five tips
+
+
+def test_ait_is_exactly_the_course_templates_order():
+    """Root, the MCPs, PIPs, DIPs and tips, each thumb to pinky (JointInfo: root 0, thumb_mcp 1, index_mcp 2, ...,
+    pinky_tip 20), the FreiHAND index of each slot written out."""
+    mcp, pip, dip, tip = [1, 5, 9, 13, 17], [2, 6, 10, 14, 18], [3, 7, 11, 15, 19], [4, 8, 12, 16, 20]
+    assert joints.ORDERS["ait"].tolist() == [0, *mcp, *pip, *dip, *tip]
+    assert joints.ORDERS["mano"].tolist() == [0, 5, 6, 7, 8, 9, 10, 11, 12, 17, 18, 19, 20, 13, 14, 15, 16, 1, 2, 3, 4]
+
+
+# --- recognising a joint order from the bones ------------------------------------------------------------
+
+def synthetic_hands(count, seed=0):
+    """(count, 21, 3) metres, FreiHAND order: random right hands of the synthetic generator, turned to random views
+    0.6 m in front of the camera."""
+    rng = np.random.default_rng(seed)
+    return np.stack([synthetic.sample_hand(rng)[0] @ synthetic.sample_view(rng).T + [0.0, 0.0, 0.6]
+                     for _ in range(count)])
+
+
+def test_reference_bones_are_the_synthetic_generators_mean_hand():
+    mean = joints.bone_lengths(synthetic_hands(400)).mean(0) * 1000.0
+    np.testing.assert_allclose(mean, joints.REFERENCE_BONES_MM, rtol=0.04)
+
+
+@pytest.mark.parametrize("order", list(joints.ORDERS))
+def test_detect_order_recognises_every_order_of_hands_even_single_ones(order):
+    hands = synthetic_hands(30, seed=1)
+    found, misfits = joints.detect_order(joints.from_freihand(hands, order))
+    assert found == order and misfits[order] < 0.1
+    assert all(joints.detect_order(joints.from_freihand(hand[None], order))[0] == order for hand in hands[:5])
+
+
+@pytest.mark.parametrize("order", list(joints.ORDERS))
+def test_detect_order_recognises_a_weak_models_noisy_mean_hands(order):
+    """One mean hand shape in each hand's view, shrunk fingers and all, plus 10 mm of noise per coordinate; and the
+    same hands with their proportions off by up to 15 % (a dataset whose hands differ from the reference)."""
+    rng = np.random.default_rng(2)
+    shapes = np.stack([synthetic.sample_hand(rng)[0] for _ in range(200)])
+    views = np.stack([synthetic.sample_view(rng) for _ in range(200)])
+    mean_hands = np.einsum("nij,kj->nki", views, shapes.mean(0)) + [0.0, 0.0, 0.6]
+    noisy = mean_hands + rng.normal(0.0, 0.010, mean_hands.shape)
+    assert joints.detect_order(joints.from_freihand(noisy, order))[0] == order
+    stretched = shapes * rng.uniform(0.85, 1.15, (1, 21, 1))
+    assert joints.detect_order(joints.from_freihand(stretched @ views[0].T, order))[0] == order
+
+
+def test_detect_order_claims_no_order_for_points_that_form_no_hand():
+    rng = np.random.default_rng(3)
+    for count in (1, 3, 20, 200):
+        assert joints.detect_order(rng.normal(0.0, 0.03, (count, 21, 3)))[0] is None
+        assert joints.detect_order(rng.normal(0.0, 0.03, (21, 3)) + rng.normal(0.0, 0.003, (count, 21, 3)))[0] is None
+    found, misfits = joints.detect_order(np.zeros((4, 21, 3)))              # an untrained model: one point
+    assert found is None and set(misfits.values()) == {np.inf}
 
 
 # --- bad input: one clear line naming the file and the fix ---------------------------------------------

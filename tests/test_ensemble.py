@@ -16,6 +16,7 @@ import predict
 import train
 from common import PROJECT_ROOT, UserError
 from data import synthetic
+from data.joints import ORDERS
 from data.readers import load_split
 from tests.markers import write_marker_dataset
 from tests.scripts import run_main
@@ -107,7 +108,7 @@ def test_given_weights_are_normalised_and_recorded(evaluation_members, tmp_path,
     np.testing.assert_allclose(predict.load_predictions(tmp_path / "ens.npz")["xyz"], expected)
     report = json.loads((tmp_path / "ens.ensemble.json").read_text())
     assert report["weights"] == [0.75, 0.25] and report["weights_source"] == "given"
-    assert (tmp_path / "ens.json.gz").is_file() and not (tmp_path / "ens.zip").exists()
+    assert (tmp_path / "ens" / "test_preds.json.gz").is_file() and not (tmp_path / "ens.zip").exists()
 
 
 def test_fitted_weights_favour_the_better_member(mp21, tmp_path, capsys):
@@ -129,7 +130,7 @@ def test_fitted_weights_favour_the_better_member(mp21, tmp_path, capsys):
     validation = report["validation"]
     assert validation["n"] == 24 and validation["blend_pa_mpjpe_mm"] < min(validation["members_pa_mpjpe_mm"])
     assert validation["files"] == [str(tmp_path / "runs" / n / "val_pred.npz") for n in ("good", "poor")]
-    with gzip.open(tmp_path / "ens.json.gz", "rt") as f:
+    with gzip.open(tmp_path / "ens" / "test_preds.json.gz", "rt") as f:
         assert np.array(json.load(f)).shape == (24, 21, 3)                  # mp21 layout -> mp21 upload
     assert not (tmp_path / "ens.metrics.json").exists()                      # the test split has no labels
 
@@ -235,6 +236,54 @@ def test_unreadable_members_are_one_line(evaluation_members, tmp_path, capsys):
         assert_one_line_error(code, err, str(path), fragment)
     code, _, err = run_cli([a, "--out", tmp_path / "ens"], capsys)
     assert_one_line_error(code, err, "at least two")
+    assert not list(tmp_path.glob("ens*"))
+
+
+# --- joint orders -------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hand_members(hand_set, tmp_path_factory):
+    """Two members predicting real hand shapes (the tiny synthetic set) with 4 mm noise each, FreiHAND order."""
+    split = load_split(hand_set, "evaluation")
+    folder = tmp_path_factory.mktemp("hand_members")
+    common = {"ids": split.image_ids, "split": "evaluation", "layout": "freihand", "data_root": str(hand_set)}
+    return [write_member(folder / f"{name}.npz", noisy(split.xyz, 0.004, seed), **common)
+            for seed, name in enumerate(("a", "b"))], split
+
+
+def test_ensemble_of_hands_writes_an_ait_upload_that_passes_the_check(hand_members, tmp_path, capsys):
+    (a, b), split = hand_members
+    code, out, err = run_cli([a, b, "--out", tmp_path / "ens", "--format", "mp21"], capsys)
+    assert code == 0, err
+    assert "mp21 format, ait joint order; joints in ait order (recognised from the bones)" in out
+    upload = tmp_path / "ens" / "test_preds.json.gz"
+    assert "joints in ait order" in predict.check_file(upload, data_root=split.root)
+    blend = (predict.load_predictions(a)["xyz"] + predict.load_predictions(b)["xyz"]) / 2
+    with gzip.open(upload, "rt") as f:
+        np.testing.assert_allclose(np.array(json.load(f)), blend[:, ORDERS["ait"]] * 1000.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("order", ["ait", "mano"])
+def test_members_in_different_joint_orders_are_one_line_naming_both(hand_members, tmp_path, capsys, order):
+    (a, _), split = hand_members
+    record = predict.load_predictions(a)
+    other = tmp_path / f"{order}.npz"
+    np.savez(other, **{**record, "xyz": record["xyz"][:, ORDERS[order]]})   # not a writer of ours: it would refuse
+    code, _, err = run_cli([a, other, "--out", tmp_path / "ens"], capsys)
+    assert_one_line_error(code, err, str(a), str(other), f"different orders (freihand vs {order}")
+    assert not list(tmp_path.glob("ens*"))
+
+
+def test_a_member_in_another_order_is_refused_when_the_other_shows_none(hand_members, tmp_path, capsys):
+    """The other member's joints form no hand (noise): the one in mano order is still refused, naming both orders."""
+    (a, _), split = hand_members
+    record = predict.load_predictions(a)
+    shapeless = write_member(tmp_path / "noise.npz", noisy(np.full_like(record["xyz"], 0.6), 0.03, 1),
+                             record["ids"], "evaluation", layout="freihand")
+    mano = tmp_path / "mano.npz"
+    np.savez(mano, **{**record, "xyz": record["xyz"][:, ORDERS["mano"]]})
+    code, _, err = run_cli([shapeless, mano, "--out", tmp_path / "ens"], capsys)
+    assert_one_line_error(code, err, str(mano), "the joints are in mano order, not freihand")
     assert not list(tmp_path.glob("ens*"))
 
 

@@ -126,6 +126,43 @@ def record_of(xyz, ids=None, split="evaluation"):
             "layout": "freihand"}
 
 
+# The course template's AIT order, written out here from its definition: slot k holds FreiHAND joint COURSE_AIT[k]:
+# the root (wrist 0), the five MCPs (thumb 1, index 5, middle 9, ring 13, pinky 17), the five PIPs (2, 6, 10, 14, 18),
+# the five DIPs (3, 7, 11, 15, 19) and the five tips (4, 8, 12, 16, 20), each thumb to pinky.
+COURSE_AIT = [0, 1, 5, 9, 13, 17, 2, 6, 10, 14, 18, 3, 7, 11, 15, 19, 4, 8, 12, 16, 20]
+
+
+def procrustes(source, target, scale=True):
+    """``source`` (21, 3) aligned onto ``target`` (21, 3) by translation, rotation (reflections corrected) and,
+    optionally, scale: least squares, by the SVD of the cross-covariance. Written here, independent of metrics.py."""
+    s0, t0 = source - source.mean(0), target - target.mean(0)
+    u, sigma, vt = np.linalg.svd(s0.T @ t0)
+    d = np.array([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])               # no reflection
+    factor = (sigma * d).sum() / (s0 ** 2).sum() if scale else 1.0
+    return factor * s0 @ ((u * d) @ vt) + target.mean(0)
+
+
+def course_pa_mpjpe_mm(pred, gt):
+    """The course metric: each prediction aligned onto its ground truth with scale, reflections corrected, then the
+    mean joint distance, slot against slot; both (N, 21, 3) millimetres. The mean over samples, mm."""
+    return float(np.mean([np.linalg.norm(procrustes(p, g) - g, axis=1).mean() for p, g in zip(pred, gt)]))
+
+
+def read_upload(path):
+    with gzip.open(path, "rt") as f:
+        return np.array(json.load(f))
+
+
+def imperfect_predictions(labels, sigma_m=0.008, seed=0):
+    """What a weak model predicts: one mean hand shape (the labels' Procrustes mean) turned and moved onto each
+    label, plus independent noise of ``sigma_m`` per coordinate. (N, 21, 3) metres, FreiHAND order."""
+    mean = labels[0]
+    for _ in range(3):
+        mean = np.mean([procrustes(hand, mean, scale=False) for hand in labels], 0)
+    placed = np.stack([procrustes(mean, hand, scale=False) for hand in labels])
+    return placed + np.random.default_rng(seed).normal(0.0, sigma_m, labels.shape)
+
+
 # --- TTA: the inverse transforms -------------------------------------------------------------------------------
 
 def test_tta_of_an_equivariant_model_is_the_plain_prediction_exactly_at_right_angles():
@@ -186,7 +223,7 @@ def test_predict_loader_keeps_tta_equal_to_plain_over_batches():
 
 def test_freihand_zip_holds_xyz_and_placeholder_verts(tmp_path):
     xyz = random_hands(5)
-    npz, upload = predict.write_outputs(tmp_path / "sub", record_of(xyz), "freihand", "freihand")
+    npz, upload, _ = predict.write_outputs(tmp_path / "sub", record_of(xyz), "freihand", "freihand")
     assert upload == tmp_path / "sub.zip" and npz == tmp_path / "sub.npz"
     with zipfile.ZipFile(upload) as archive:
         assert archive.namelist() == ["pred.json"]
@@ -204,8 +241,8 @@ def test_freihand_zip_holds_xyz_and_placeholder_verts(tmp_path):
 @pytest.mark.parametrize("order", list(ORDERS))
 def test_mp21_file_is_millimetres_in_the_joint_order_and_converts_back(tmp_path, order):
     xyz = random_hands(4, seed=1)
-    _, upload = predict.write_outputs(tmp_path / "sub", record_of(xyz, split="test"), "mp21", order)
-    assert upload.name == "sub.json.gz"
+    _, upload, _ = predict.write_outputs(tmp_path / "sub", record_of(xyz, split="test"), "mp21", order)
+    assert upload == tmp_path / "sub" / "test_preds.json.gz"                # the course template's name
     with gzip.open(upload, "rt") as f:
         written = np.array(json.load(f))
     assert written.shape == (4, 21, 3)
@@ -297,8 +334,8 @@ def test_check_accepts_complete_files_and_counts_against_the_data(tmp_path, mark
     assert "3 predictions" in predict.check_file(tmp_path / "sub.npz")        # its recorded data root and split
     with pytest.raises(UserError, match="expected 1 for the val split"):
         predict.check_file(tmp_path / "sub.zip", data_root=markers, split_name="val")
-    predict.write_outputs(tmp_path / "mp", record_of(xyz, split="test"), "mp21", "mano")
-    assert "mp21 upload, 3 samples" in predict.check_file(tmp_path / "mp.json.gz")
+    predict.write_outputs(tmp_path / "mp", record_of(xyz, split="test"), "mp21")
+    assert "mp21 upload, 3 samples" in predict.check_file(tmp_path / "mp" / "test_preds.json.gz")
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(UserError, match="not a .zip, .json.gz or .npz"):
         predict.check_file(tmp_path / "notes.txt")
@@ -310,6 +347,109 @@ def test_check_of_a_broken_zip_is_one_line_from_the_command_line(tmp_path):
     done = subprocess.run([sys.executable, "predict.py", "--check", str(path)], cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=120)
     assert_one_line_error(done.returncode, done.stderr, "pred.zip", "not a readable zip file")
+
+
+# --- joint orders: the MP21 upload as the course scores it ------------------------------------------------------
+
+def test_the_course_metric_of_these_tests_is_invariant_to_similarity_and_corrects_reflections():
+    hand = random_hands(1, seed=8)[0] * 1000.0
+    turn = np.linalg.qr(np.random.default_rng(8).normal(size=(3, 3)))[0]
+    turn *= np.sign(np.linalg.det(turn))                                     # a rotation
+    assert course_pa_mpjpe_mm([2.5 * hand @ turn + [10.0, -4.0, 300.0]], [hand]) < 1e-9
+    assert course_pa_mpjpe_mm([hand * [-1.0, 1.0, 1.0]], [hand]) > 5.0        # a mirror image is no match
+
+
+def test_labels_written_as_mp21_with_the_defaults_score_zero_on_the_course_metric(hand_set, tmp_path, capsys):
+    """The course's template turns the labels into AIT order (x 1000) and scores slot against slot: the labels
+    written by the default writer score 0.000 mm, --check names the order it recognised."""
+    split = load_split(hand_set, "evaluation")
+    _, upload, notes = predict.write_outputs(tmp_path / "labels", record_of(split.xyz, split.image_ids), "mp21")
+    assert upload == tmp_path / "labels" / "test_preds.json.gz"
+    assert f"{course_pa_mpjpe_mm(read_upload(upload), split.xyz[:, COURSE_AIT] * 1000.0):.3f}" == "0.000"
+    assert notes == ["joints in ait order (recognised from the bones)"]
+    code, out, err = run_cli(["--check", upload], capsys)
+    assert code == 0, err
+    assert out.startswith(f"OK: {upload}: mp21 upload, 12 samples") and "joints in ait order" in out
+
+
+@pytest.mark.parametrize("order", ["mano", "freihand"])
+def test_labels_written_in_another_order_score_badly_and_check_names_that_order(hand_set, tmp_path, capsys, order):
+    split = load_split(hand_set, "evaluation")
+    _, upload, _ = predict.write_outputs(tmp_path / order, record_of(split.xyz, split.image_ids), "mp21", order)
+    assert course_pa_mpjpe_mm(read_upload(upload), split.xyz[:, COURSE_AIT] * 1000.0) > 20.0
+    code, _, err = run_cli(["--check", upload], capsys)
+    assert_one_line_error(code, err, str(upload), f"the joints are in {order} order, not ait", "--joint-order ait")
+
+
+@pytest.mark.parametrize("kind", ["labels", "imperfect"])
+@pytest.mark.parametrize("written", list(ORDERS))
+def test_check_accepts_the_expected_order_and_rejects_the_other_two(hand_set, tmp_path, kind, written):
+    """Each order written (labels, or a weak model's noisy mean hands) and checked against each order."""
+    split = load_split(hand_set, "evaluation")
+    xyz = split.xyz if kind == "labels" else imperfect_predictions(split.xyz)
+    _, upload, notes = predict.write_outputs(tmp_path / "sub", record_of(xyz, split.image_ids), "mp21", written)
+    assert notes[0].startswith(f"joints in {written} order")
+    for expected in ORDERS:
+        if expected == written:
+            assert f"joints in {written} order" in predict.check_file(upload, joint_order=expected)
+        else:
+            with pytest.raises(UserError, match=f"the joints are in {written} order, not {expected} "):
+                predict.check_file(upload, joint_order=expected)
+
+
+@pytest.mark.parametrize("fmt", predict.FORMATS)
+def test_writers_refuse_predictions_that_are_not_in_freihand_order(hand_set, tmp_path, fmt):
+    """Predictions already in AIT order (a model trained on the course's AIT labels, taken as FreiHAND order): no
+    writer writes a file that --check would reject."""
+    split = load_split(hand_set, "evaluation")
+    in_ait = split.xyz[:, COURSE_AIT]
+    with pytest.raises(UserError, match="in ait order, not freihand .*nothing was written"):
+        predict.write_outputs(tmp_path / "sub", record_of(in_ait, split.image_ids), fmt)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_npz_and_zip_checks_name_the_freihand_order_and_refuse_others(hand_set, tmp_path):
+    split = load_split(hand_set, "evaluation")
+    predict.write_outputs(tmp_path / "sub", record_of(split.xyz, split.image_ids), "freihand")
+    assert "joints in freihand order" in predict.check_file(tmp_path / "sub.npz")
+    assert "joints in freihand order" in predict.check_file(tmp_path / "sub.zip", data_root=hand_set)
+    with pytest.raises(UserError, match="is a freihand file, always in FreiHAND order"):
+        predict.check_file(tmp_path / "sub.zip", data_root=hand_set, joint_order="ait")
+    np.savez(tmp_path / "mano.npz", xyz=split.xyz[:, ORDERS["mano"]], ids=split.image_ids, split="evaluation")
+    with pytest.raises(UserError, match="in mano order, not freihand"):
+        predict.check_file(tmp_path / "mano.npz")
+
+
+def test_check_reports_far_away_hands_as_implausible_depths_not_as_another_unit(hand_set, tmp_path):
+    """An untrained model can put a hand hundreds of metres away: that is said as it is, in the writer's notes
+    and by --check, for both formats; the files pass."""
+    split = load_split(hand_set, "evaluation")
+    far = split.xyz.copy()
+    far[..., 2] += 312.0 - split.xyz[:, :1, 2]                                # every wrist 312 m away
+    _, zip_path, zip_notes = predict.write_outputs(tmp_path / "far", record_of(far, split.image_ids), "freihand")
+    _, gz_path, gz_notes = predict.write_outputs(tmp_path / "far", record_of(far, split.image_ids), "mp21")
+    for text in ("\n".join(zip_notes), "\n".join(gz_notes), predict.check_file(zip_path, data_root=hand_set),
+                 predict.check_file(gz_path)):
+        assert "wrist depths up to 312 m (12 of 12 outside 0.05-5 m): implausible for a hand in front of a camera" \
+            in text
+        assert "look like" not in text
+
+
+def test_check_of_the_upload_folder_checks_the_file_in_it_and_a_file_in_its_place_is_one_line(tmp_path):
+    predict.write_outputs(tmp_path / "sub", record_of(random_hands(3), split="test"), "mp21")
+    assert predict.check_file(tmp_path / "sub").startswith(f"OK: {tmp_path / 'sub' / 'test_preds.json.gz'}: mp21")
+    (tmp_path / "taken").write_text("a file where the upload's folder goes")
+    with pytest.raises(UserError, match="taken is a file where the upload's folder should be"):
+        predict.write_outputs(tmp_path / "taken", record_of(random_hands(3), split="test"), "mp21")
+
+
+def test_check_still_catches_an_mp21_file_in_metres(hand_set, tmp_path):
+    split = load_split(hand_set, "evaluation")
+    path = tmp_path / "test_preds.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump(split.xyz[:, COURSE_AIT].tolist(), f)
+    with pytest.raises(UserError, match="the hands look like metres .*the course wants millimetres"):
+        predict.check_file(path)
 
 
 # --- scores -----------------------------------------------------------------------------------------------------
@@ -370,19 +510,20 @@ def test_defaults_newest_checkpoint_its_data_root_and_the_submission_split(marke
     assert "newer" in out and str(markers) in out
 
 
-def test_mp21_layout_defaults_to_its_test_split_and_mano_json_gz(tmp_path, capsys):
-    """MP21: the test split, unlabelled (no metrics file), no *_scale.json (the training mean bone length)."""
+def test_mp21_layout_defaults_to_its_test_split_and_ait_test_preds_json_gz(tmp_path, capsys):
+    """MP21: the test split, unlabelled (no metrics file), no *_scale.json (the training mean bone length); the
+    upload is PREFIX/test_preds.json.gz in the course template's AIT order."""
     root = write_marker_dataset(tmp_path / "mp21", n=4, n_eval=2, layout="mp21", seed=3)
     ckpt = write_checkpoint(tmp_path / "run" / "best.pt", "ghost_lite", root)
     code, out, err = run_cli(["--ckpt", ckpt, "--out", tmp_path / "sub", "--workers", 0], capsys)
     assert code == 0, err
     record = predict.load_predictions(tmp_path / "sub.npz")
     assert record["split"] == "test" and record["layout"] == "mp21"
-    with gzip.open(tmp_path / "sub.json.gz", "rt") as f:
+    with gzip.open(tmp_path / "sub" / "test_preds.json.gz", "rt") as f:
         written = np.array(json.load(f))
-    np.testing.assert_allclose(to_freihand(written / 1000.0, "mano"), record["xyz"], atol=1e-6)
+    np.testing.assert_allclose(written, record["xyz"][:, COURSE_AIT] * 1000.0, atol=1e-3)   # slot k: joint AIT[k]
     assert not (tmp_path / "sub.metrics.json").exists()
-    assert "training mean bone length" in out and "mano joint order" in out
+    assert "training mean bone length" in out and "ait joint order" in out
 
 
 def test_checkpoint_of_another_arch_is_one_line(ghost_ckpt, tmp_path, capsys):
