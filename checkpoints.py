@@ -57,6 +57,13 @@ def build_model(state, expect_arch=None):
     return model.eval()
 
 
+def average_state_dicts(states):
+    """The element-wise mean of state dicts with the same keys (floating tensors averaged; integer buffers
+    such as BN's batch counters taken from the first)."""
+    return {key: torch.stack([s[key].float() for s in states]).mean(0).to(value.dtype)
+            if value.is_floating_point() else value.clone() for key, value in states[0].items()}
+
+
 def newest_checkpoint(name="best.pt", runs_root=RUNS_ROOT):
     """The most recently written ``runs/*/name``; a UserError when there is none."""
     candidates = sorted(Path(runs_root).glob(f"*/{name}"), key=lambda p: p.stat().st_mtime)

@@ -243,8 +243,8 @@ def blended_record(records, report, layout, split):
               "split": records[0]["split"], "layout": layout or "", "arch": "ensemble",
               "data_root": str(split.root.resolve()) if split is not None else records[0].get("data_root", ""),
               "members": report["members"], "weights": weights}
-    if all("mean_pose_m" in r for r in records):  # for the mean-pose baseline
-        record["mean_pose_m"] = np.mean([r["mean_pose_m"] for r in records], 0)
+    if all("constant_shape_m" in r for r in records):  # the members' yardstick hands, one shape
+        record["constant_shape_m"] = metrics.generalized_procrustes_mean([r["constant_shape_m"] for r in records])
     return record
 
 
@@ -280,7 +280,7 @@ def main(argv=None):
     print(written_line(f"wrote {npz}, {prefix}.ensemble.json and the upload file {upload}", fmt, joint_order, notes))
     if split is not None and split.labelled:
         info = {"split": split.name, "arch": "ensemble", "members": report["members"], "weights": report["weights"]}
-        print(f"wrote {report_scores(prefix, record['xyz'], split.xyz, record.get('mean_pose_m'), info)}")
+        print(f"wrote {report_scores(prefix, record['xyz'], split.xyz, record.get('constant_shape_m'), info)}")
     if args.viz and split is None:
         print("--viz: the members' dataset is not available; pass --data-root to draw pictures")
     elif args.viz:

@@ -63,11 +63,40 @@ def f_score(pred, gt, threshold):
     return np.divide(2 * precision * recall, total, out=np.zeros_like(total), where=total > 0)
 
 
-def mean_pose_pa_mpjpe_mm(mean_pose, gt):
-    """The mean-pose baseline: PA-MPJPE (mm) of predicting ``mean_pose`` (21, 3) metres for every sample of
-    ground truth (N, 21, 3) metres."""
+def generalized_procrustes_mean(poses, rounds=5):
+    """The one hand shape (21, 3) that PA-MPJPE favours: the generalised-Procrustes mean of ``poses``
+    (N, 21, 3). Start from the first pose; each round aligns every pose to the current mean (centre, scale,
+    rotation; no reflection) and averages them, rescaled to the poses' mean Frobenius norm."""
+    poses = np.asarray(poses, np.float64)
+    centred = poses - poses.mean(1, keepdims=True)
+    size = np.linalg.norm(centred, axis=(1, 2)).mean()
+    mean = centred[0] / np.linalg.norm(centred[0]) * size
+    for _ in range(rounds):
+        aligned = procrustes_align(centred, np.broadcast_to(mean, centred.shape), allow_reflection=False)
+        mean = aligned.mean(0)
+        mean = (mean - mean.mean(0)) / np.linalg.norm(mean - mean.mean(0)) * size
+    return mean
+
+
+def constant_pa_mpjpe_mm(shape, gt, allow_reflection=True):
+    """PA-MPJPE (mm) of predicting one ``shape`` (21, 3) metres for every sample of ``gt`` (N, 21, 3) metres."""
     gt = np.asarray(gt, np.float64)
-    return float(pa_mpjpe(np.broadcast_to(np.asarray(mean_pose, np.float64), gt.shape), gt).mean() * 1000.0)
+    prediction = np.broadcast_to(np.asarray(shape, np.float64), gt.shape)
+    return float(pa_mpjpe(prediction, gt, allow_reflection).mean() * 1000.0)
+
+
+def constant_shape_baseline(train_xyz, eval_xyz, allow_reflection=True):
+    """The yardstick for "it learns": PA-MPJPE (mm) on ``eval_xyz`` of the best constant hand, the
+    generalised-Procrustes mean of the training poses ``train_xyz`` (both (N, 21, 3) metres)."""
+    return constant_pa_mpjpe_mm(generalized_procrustes_mean(train_xyz), eval_xyz, allow_reflection)
+
+
+def unaligned_mean_baseline(train_xyz, eval_xyz):
+    """A weaker yardstick, kept for comparison only: PA-MPJPE (mm) of the plain average of the root-relative
+    training poses, without any alignment."""
+    train_xyz = np.asarray(train_xyz, np.float64)
+    relative = train_xyz - train_xyz[:, ROOT_JOINT:ROOT_JOINT + 1]
+    return constant_pa_mpjpe_mm(relative.mean(0), eval_xyz)
 
 
 def evaluate(pred, gt, allow_reflection=True):

@@ -12,14 +12,15 @@ img_size, arch and model options always come from the checkpoint's config.
 
 Files (PREFIX = --out):
   PREFIX.npz           raw predictions for ensemble.py: xyz (N, 21, 3) metres in FreiHAND order, ids (N,) image
-                       ids, split; and layout, data_root, arch, ckpt, run_dir, tta, bone_length_m, mean_pose_m
+                       ids, split; and layout, data_root, arch, ckpt, run_dir, tta, bone_length_m, constant_shape_m
   PREFIX.zip           --format freihand, the Codalab upload: pred.json = [xyz_list, verts_list], N entries each,
                        metres, the split's order (Codalab reads pred.json from any zip name)
   PREFIX/test_preds.json.gz
                        --format mp21, the course upload, named as the course template writes it, one folder per
                        PREFIX: a gzipped JSON list N x 21 x 3 in millimetres, the split's order, joints in
                        --joint-order (default ait: the course template's order, which the course scores slot by slot)
-  PREFIX.metrics.json  when the split has labels: both Procrustes variants and the mean-pose baseline
+  PREFIX.metrics.json  when the split has labels: both Procrustes variants, each also as a fraction of the
+                       constant-shape baseline (the best single hand, see metrics.constant_shape_baseline)
   PREFIX_viz/NNNN.png  --viz K: K images (NNNN the image id) with the 2D skeleton beside a 3D view
 
 Policies
@@ -165,7 +166,7 @@ def read_checkpoint(path):
         raise UserError(f"checkpoint {path} cannot be read (UnpicklingError: {err}); it is broken or not a "
                         f"PyTorch file: use another checkpoint") from None
     missing = [key for key in ("arch", "img_size", "model") if key not in state["config"]]
-    missing += [f"stats.{key}" for key in ("bone_length_m", "mean_pose_m", "root_depth_m")
+    missing += [f"stats.{key}" for key in ("bone_length_m", "constant_shape_m", "root_depth_m")
                 if key not in state.get("stats", {})]
     if missing:
         raise UserError(f"checkpoint {path} lacks {', '.join(missing)}; pass a best.pt written by train.py")
@@ -601,7 +602,7 @@ def check_file(path, data_root=None, split_name=None, joint_order=None):
 # --- local scoring ------------------------------------------------------------------------------------------
 
 METRIC_COLUMNS = {"pa_mpjpe_mm": "PA-MPJPE mm", "auc_0_50mm": "AUC 0-50mm", "f@5mm": "F@5mm",
-                  "f@15mm": "F@15mm", "mpjpe_mm": "root-rel. MPJPE mm"}
+                  "f@15mm": "F@15mm", "mpjpe_mm": "root-rel. MPJPE mm", "of_constant_shape": "of constant shape"}
 VARIANTS = {"reflections_allowed": "reflections allowed (FreiHAND)",
             "reflections_corrected": "reflections corrected (MP21)"}
 
@@ -622,30 +623,37 @@ def labels_for(split, ids, what):
     return split.xyz[rows]
 
 
-def score(xyz, gt, mean_pose_m=None):
-    """Metrics of predictions against ground truth (N, 21, 3) metres: both Procrustes variants and, given the
-    training mean pose (21, 3), the mean-pose baseline's PA-MPJPE (mm)."""
-    result = {variant: metrics.evaluate(xyz, gt, allow_reflection=variant == "reflections_allowed")
-              for variant in VARIANTS}
-    result["mean_pose_baseline_pa_mpjpe_mm"] = (None if mean_pose_m is None
-                                                else metrics.mean_pose_pa_mpjpe_mm(mean_pose_m, gt))
+def score(xyz, gt, constant_shape_m=None):
+    """Metrics of predictions against ground truth (N, 21, 3) metres for both Procrustes variants; given the
+    training set's constant shape (21, 3) metres, each variant also holds the constant-shape baseline's
+    PA-MPJPE (mm) under that variant and the prediction's fraction of it."""
+    result = {}
+    for variant in VARIANTS:
+        reflections = variant == "reflections_allowed"
+        result[variant] = metrics.evaluate(xyz, gt, allow_reflection=reflections)
+        if constant_shape_m is not None:
+            baseline = metrics.constant_pa_mpjpe_mm(constant_shape_m, gt, allow_reflection=reflections)
+            result[variant]["constant_shape_pa_mpjpe_mm"] = baseline
+            result[variant]["of_constant_shape"] = result[variant]["pa_mpjpe_mm"] / baseline
     return result
 
 
 def score_table(scores):
-    """The metrics as a text table, one row per variant and one for the mean-pose baseline."""
+    """The metrics as a text table, one row per variant (with its fraction of the constant-shape baseline) and
+    one for that baseline."""
     import pandas as pd
-    rows = {label: {column: scores[variant][key] for key, column in METRIC_COLUMNS.items()}
+    rows = {label: {column: scores[variant].get(key) for key, column in METRIC_COLUMNS.items()}
             for variant, label in VARIANTS.items()}
-    if scores["mean_pose_baseline_pa_mpjpe_mm"] is not None:
-        rows["mean-pose baseline"] = {"PA-MPJPE mm": scores["mean_pose_baseline_pa_mpjpe_mm"]}
+    if "constant_shape_pa_mpjpe_mm" in scores["reflections_allowed"]:
+        rows["constant-shape baseline"] = {
+            "PA-MPJPE mm": scores["reflections_allowed"]["constant_shape_pa_mpjpe_mm"], "of constant shape": 1.0}
     frame = pd.DataFrame.from_dict(rows, orient="index", columns=list(METRIC_COLUMNS.values()))
     return frame.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-")
 
 
-def report_scores(prefix, xyz, gt, mean_pose_m=None, info=None):
+def report_scores(prefix, xyz, gt, constant_shape_m=None, info=None):
     """Print the score table and write PREFIX.metrics.json (``info``: what made the predictions). Returns it."""
-    scores = {**(info or {}), "n": int(len(gt)), **score(xyz, gt, mean_pose_m)}
+    scores = {**(info or {}), "n": int(len(gt)), **score(xyz, gt, constant_shape_m)}
     print(f"scores on {scores['n']} labelled images:\n{score_table(scores)}")
     path = Path(f"{prefix}.metrics.json")
     with atomic_file(path) as tmp:
@@ -777,12 +785,12 @@ def main(argv=None):
     record = {"xyz": xyz, "ids": predictions["ids"], "split": split.name, "layout": split.layout,
               "data_root": str(Path(root).resolve()), "arch": config["arch"], "ckpt": str(ckpt.resolve()),
               "run_dir": str(ckpt.resolve().parent), "tta": args.tta, "bone_length_m": stats["bone_length_m"],
-              "mean_pose_m": np.asarray(stats["mean_pose_m"])}
+              "constant_shape_m": np.asarray(stats["constant_shape_m"])}
     npz, upload, notes = write_outputs(prefix, record, fmt, joint_order, expected_ids=split.image_ids)
     print(written_line(f"wrote {npz} and the upload file {upload}", fmt, joint_order, notes))
     if split.labelled:
         info = {"split": split.name, "arch": config["arch"], "ckpt": str(ckpt), "tta": args.tta}
-        print(f"wrote {report_scores(prefix, xyz, split.xyz, stats['mean_pose_m'], info)}")
+        print(f"wrote {report_scores(prefix, xyz, split.xyz, stats['constant_shape_m'], info)}")
     if args.viz:
         print(f"wrote {args.viz} pictures to {save_pictures(prefix, split, xyz, args.viz)}/")
 

@@ -9,8 +9,8 @@
 A run folder holds config.json (resolved), log.csv, curves.png, last.pt, best.pt, val_pred.npz, summary.json.
 """
 import argparse
+import contextlib
 import copy
-import csv
 import json
 import math
 import os
@@ -28,8 +28,10 @@ import augment
 import geometry
 import metrics
 import models
+import optimization
 import recipes
-from checkpoints import build_model, load_checkpoint, newest_checkpoint, save_checkpoint
+import runlog
+from checkpoints import average_state_dicts, load_checkpoint, newest_checkpoint, save_checkpoint
 from common import RUNS_ROOT, SYNTHETIC_ROOT, UserError, cli, resolve_device
 from data import resolve_data_root
 from data.dataset import make_dataset
@@ -42,8 +44,10 @@ from predict import autocast, camera_joints, predict_loader
 # ends in minutes; giving any of them on the command line hands the whole budget back to the recipe.
 CPU_SYNTHETIC_BUDGET = {"img_size": 128, "epochs": 3, "batch_size": 16, "max_train_images": 480,
                         "max_val_images": 100}
+SHORT_RUN_NOTE = ("; this was the short check that everything runs, too short to learn the fingers: "
+                  "`python train.py --recipe synthetic_cpu` learns them on a CPU in 30 minutes")
 CLI_KEYS = ("data_root", "epochs", "batch_size", "img_size", "lr", "pretrained", "device", "seed", "augs",
-            "backgrounds", "workers")
+            "backgrounds", "workers", "folds", "fold")
 RESUMABLE_OVERRIDES = ("device", "workers")
 
 
@@ -54,6 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--arch", help="a registered architecture (see --list-archs)")
     p.add_argument("--recipe", help="recipe name in recipes.py (default: the one named like --arch)")
     p.add_argument("--list-archs", action="store_true", help="print the architectures and exit")
+    p.add_argument("--list-runs", action="store_true", help="print a table of the runs in runs/ and exit")
     p.add_argument("--data-root", help="dataset folder (default: data/freihand, else the synthetic set)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="per process")
@@ -66,6 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--augs", help=f"comma-separated: {', '.join(augment.AUG_NAMES)}; or none")
     p.add_argument("--backgrounds", help="folder of background images for the background swap")
     p.add_argument("--workers", type=int, help="data-loading processes (-1: sized to the machine)")
+    p.add_argument("--folds", type=int, help="K-fold cross-validation by hand: K folds (default 0: the saved 5 %% "
+                                            "hold-out)")
+    p.add_argument("--fold", type=int, help="which fold (0..K-1) is validated; its val_pred.npz is out-of-fold")
     p.add_argument("--out", help="run folder (default: runs/ARCH_YYYYmmdd-HHMMSS)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (default: the newest run "
                                                          "of --arch) from its last.pt")
@@ -146,14 +154,23 @@ def validate_config(config):
         raise UserError(f"unknown loss key(s) {', '.join(unknown)}; known: {', '.join(sorted(LOSS_TERMS))}")
     augment.parse_augs(config["augs"])
     augment.resolve_options(config["aug"])
-    for key, allowed in (("optimizer", ("adam", "adamw", "sgd")), ("schedule", ("multistep", "cosine", "constant"))):
+    for key, allowed in (("optimizer", optimization.OPTIMIZERS), ("schedule", optimization.SCHEDULES)):
         if config[key] not in allowed:
             raise UserError(f"{key}={config[key]!r}: choose one of {', '.join(allowed)}")
-    for key in ("epochs", "batch_size", "img_size"):
+    if config["augs_final"]:
+        augment.parse_augs(config["augs_final"])
+    for key in ("epochs", "batch_size", "img_size", "accumulate"):
         if config[key] < 1:
             raise UserError(f"{key}={config[key]}: must be at least 1")
-    if config["lr"] <= 0:
-        raise UserError(f"lr={config['lr']}: must be positive")
+    if not (config["lr"] > 0 and math.isfinite(config["lr"])):
+        raise UserError(f"lr={config['lr']}: must be a positive number")
+    for key, low, high in (("ema_decay", 0.0, 0.99999), ("min_lr_ratio", 0.0, 1.0), ("warmup_start", 0.0, 1.0),
+                           ("onecycle_pct", 0.01, 0.99), ("warmup_epochs", 0.0, config["epochs"]),
+                           ("final_epochs", 0, config["epochs"])):
+        if not low <= config[key] <= high:
+            raise UserError(f"{key}={config[key]}: must lie in [{low}, {high}]")
+    if config["schedule"] == "onecycle" and config["warmup_epochs"]:
+        raise UserError("schedule=onecycle warms up by itself: set warmup_epochs=0 or use schedule=cosine")
 
 
 # --- distributed ------------------------------------------------------------------------------------------
@@ -198,7 +215,8 @@ def run_folder(args, config):
         return newest_checkpoint("last.pt", RUNS_ROOT).parent if not args.arch else _newest_run_of(args.arch)
     if args.out:
         return Path(args.out)
-    return RUNS_ROOT / f"{config['recipe']}_{datetime.now():%Y%m%d-%H%M%S}"
+    fold = f"_fold{config['fold']}of{config['folds']}" if config["folds"] else ""
+    return RUNS_ROOT / f"{config['recipe']}{fold}_{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def _newest_run_of(arch):
@@ -211,60 +229,11 @@ def _newest_run_of(arch):
     return runs[-1].parent
 
 
-def write_log(folder, history):
-    """log.csv from the history rows, rewritten whole (so a resumed run never repeats or drops an epoch)."""
-    tmp = folder / ".log.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        fields = list(dict.fromkeys(k for row in history for k in row))
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, folder / "log.csv")
-
-
-def plot_curves(folder, history):
-    """curves.png: training loss and validation PA-MPJPE per epoch."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    epochs = [row["epoch"] for row in history]
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [row["train_loss"] for row in history], marker="o")
-    ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log", title="training loss")
-    ax_val.plot(epochs, [row["val_pa_mpjpe_mm"] for row in history], marker="o", color="tab:red")
-    ax_val.set(xlabel="epoch", ylabel="PA-MPJPE (mm)", title="validation PA-MPJPE")
-    for ax in (ax_loss, ax_val):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(folder / "curves.png", dpi=90)
-    plt.close(fig)
-
-
-# --- optimisation ------------------------------------------------------------------------------------------
-
-def make_optimizer(model, config):
-    params = [p for p in model.parameters() if p.requires_grad]
-    if config["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=config["lr"], momentum=config["momentum"],
-                               weight_decay=config["weight_decay"])
-    kind = torch.optim.AdamW if config["optimizer"] == "adamw" else torch.optim.Adam
-    return kind(params, lr=config["lr"], weight_decay=config["weight_decay"])
-
-
-def make_scheduler(optimizer, config):
-    """Stepped once per epoch."""
-    epochs = config["epochs"]
-    if config["schedule"] == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    if config["schedule"] == "multistep":
-        milestones = sorted({max(1, round(f * epochs)) for f in config["milestones"]})
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config["gamma"])
-    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-
+# --- reproducibility ---------------------------------------------------------------------------------------
 
 def seed_everything(seed):
-    """Every RNG stream re-seeded; called with (seed, epoch) at each epoch start, so a resumed run draws the
-    same shuffles, augmentations and dropout as one that never stopped."""
+    """Every RNG stream re-seeded; main() calls it with ``seed * 1000 + epoch`` at each epoch start, so a
+    resumed run draws the same shuffles, augmentations and dropout as one that never stopped."""
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
@@ -279,45 +248,68 @@ def make_target(batch, size):
 
 
 def train_one_epoch(ctx, epoch):
-    """Returns (mean loss, mean loss parts, training images per second)."""
+    """Returns (mean loss, mean loss parts, training images per second). Each optimiser step sums the gradients
+    of ``accumulate`` batches, then steps the lr schedule and the EMA."""
     model, config, loader, device = ctx["model"], ctx["config"], ctx["train_loader"], ctx["device"]
     model.train()
     loader.sampler.set_epoch(epoch)  # the shuffle of this epoch; augmentation parameters come from `generator`
     generator = torch.Generator(device=device).manual_seed(config["seed"] * 100003 + epoch)
-    size, progress_start = config["img_size"], (epoch - 1) / config["epochs"]
+    augmenter = ctx["augmenter_final"] if epoch > config["epochs"] - config["final_epochs"] else ctx["augmenter"]
+    accumulate, steps_per_epoch = config["accumulate"], ctx["steps_per_epoch"]
     totals, count, images, window = {}, 0, 0, []
     bar = tqdm(loader, desc=f"epoch {epoch}/{config['epochs']}", leave=False, dynamic_ncols=True, mininterval=1,
-               disable=ctx["rank"] != 0)
+               disable=ctx["rank"] != 0, total=steps_per_epoch * accumulate)
     start = time.perf_counter()
-    for step, batch in enumerate(bar):
-        batch = ctx["augmenter"](to_device(batch, device), generator=generator)
-        x = models.prepare_images(batch["image"])
-        if ctx["channels_last"]:
-            x = x.contiguous(memory_format=torch.channels_last)
-        progress = progress_start + step / (len(loader) * config["epochs"])
-        with autocast(device, config["amp"]):
-            uvd, aux = model(x, return_aux=True)
-        loss, parts = pose_loss(uvd.float(), _float_aux(aux), make_target(batch, size), config["loss"], progress)
-        ctx["optimizer"].zero_grad(set_to_none=True)
-        ctx["scaler"].scale(loss).backward()
-        if config["grad_clip"] > 0:
-            ctx["scaler"].unscale_(ctx["optimizer"])
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
-        ctx["scaler"].step(ctx["optimizer"])
-        ctx["scaler"].update()
+    for micro, batch in enumerate(bar):
+        if micro == steps_per_epoch * accumulate:
+            break  # the remainder that would not fill an optimiser step
+        step = (epoch - 1) * steps_per_epoch + micro // accumulate  # optimiser steps before this one
+        batch = augmenter(to_device(batch, device), generator=generator)
+        loss, parts = forward_loss(ctx, batch, step / (steps_per_epoch * config["epochs"]))
+        last_micro = (micro + 1) % accumulate == 0
+        with model.no_sync() if ctx["world_size"] > 1 and not last_micro else contextlib.nullcontext():
+            ctx["scaler"].scale(loss / accumulate).backward()
+        if last_micro:
+            optimizer_step(ctx, step + 1)
+            ctx["tb"].step(step + 1, {"total": loss.detach(), **parts}, ctx["optimizer"].param_groups[0]["lr"])
         window.append(loss.detach())
         for k, v in {"total": loss.detach(), **parts}.items():
             totals[k] = totals.get(k, 0.0) + v.detach()
         count += 1
-        images += x.shape[0] * ctx["world_size"]
-        if len(window) == 10 or step == len(loader) - 1:
-            check_finite(torch.stack(window), epoch, step, ctx)
+        images += batch["image"].shape[0] * ctx["world_size"]
+        if len(window) == 10 or micro == steps_per_epoch * accumulate - 1:
+            check_finite(torch.stack(window), epoch, micro, ctx)
             bar.set_postfix(loss=f"{torch.stack(window).mean().item():.4f}",
                             img_s=f"{images / (time.perf_counter() - start):.0f}")
             window = []
     seconds = time.perf_counter() - start
     parts = {k: float(v) / count for k, v in totals.items()}
     return parts.pop("total"), parts, images / seconds
+
+
+def forward_loss(ctx, batch, progress):
+    """The loss of one augmented batch: (scalar, unweighted parts)."""
+    config = ctx["config"]
+    x = models.prepare_images(batch["image"])
+    if ctx["channels_last"]:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(ctx["device"], config["amp"]):
+        uvd, aux = ctx["model"](x, return_aux=True)
+    return pose_loss(uvd.float(), _float_aux(aux), make_target(batch, config["img_size"]), config["loss"], progress)
+
+
+def optimizer_step(ctx, steps_done):
+    """Clip (optionally), step the optimiser, then the lr schedule and the EMA (``steps_done`` counts this one)."""
+    optimizer, scaler, config = ctx["optimizer"], ctx["scaler"], ctx["config"]
+    if config["grad_clip"] > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(ctx["net"].parameters(), config["grad_clip"])
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    ctx["scheduler"].step()
+    if ctx["ema"] is not None:
+        ctx["ema"].update(ctx["net"], step=steps_done)
 
 
 def _float_aux(aux):
@@ -333,24 +325,37 @@ def check_finite(losses, epoch, step, ctx):
 
 
 def validate(ctx):
-    """Plain (no TTA) prediction of the validation split: metrics dict and the predictions."""
-    predictions = predict_loader(ctx["net"], ctx["val_loader"], ctx["device"], tta=1, amp=ctx["config"]["amp"],
+    """Plain (no TTA) prediction of the validation split by the evaluated weights (the EMA when kept): metrics
+    dict and the predictions."""
+    predictions = predict_loader(eval_net(ctx), ctx["val_loader"], ctx["device"], tta=1, amp=ctx["config"]["amp"],
                                  channels_last=ctx["channels_last"], desc="validate")
     xyz = camera_joints(predictions, ctx["stats"])
     result = metrics.evaluate(xyz, predictions["xyz"])
-    return result, xyz, predictions["ids"]
+    return result, xyz, predictions["ids"], predictions["uvd"][:runlog.TB_IMAGES, :, :2]
+
+
+def skeleton_panel(ctx, uv_pred):
+    """The first validation images with their predicted and true skeletons, for TensorBoard."""
+    samples = [ctx["val_set"][i] for i in range(len(uv_pred))]
+    images = np.stack([s["image"].permute(1, 2, 0).numpy() for s in samples])
+    return runlog.skeleton_panel(images, uv_pred, np.stack([s["uvd"][:, :2].numpy() for s in samples]))
 
 
 # --- set-up and the loop --------------------------------------------------------------------------------------
 
 def apply_cpu_budget(config, given, announce):
-    """The laptop default: synthetic data on the CPU, none of the budget's keys given -> CPU_SYNTHETIC_BUDGET."""
-    if given & set(CPU_SYNTHETIC_BUDGET):
+    """The laptop default: synthetic data on the CPU, a recipe made for GPUs (``short_on_cpu``), none of the
+    budget's keys given -> CPU_SYNTHETIC_BUDGET."""
+    if given & set(CPU_SYNTHETIC_BUDGET) or not config["short_on_cpu"]:
         return
     config.update(CPU_SYNTHETIC_BUDGET)
     announce(f"synthetic data on the CPU: a short run ({config['img_size']} px, {config['epochs']} epochs of "
              f"{config['max_train_images']} images) that ends in minutes; give --epochs, --img-size or "
              f"--batch-size to run the recipe instead")
+
+
+def is_short_run(config):
+    return all(config[key] == value for key, value in CPU_SYNTHETIC_BUDGET.items())
 
 
 def limit(split, max_images, seed):
@@ -360,11 +365,20 @@ def limit(split, max_images, seed):
     return split.subset(np.sort(np.random.default_rng(seed).choice(len(split), max_images, replace=False)))
 
 
+def eval_net(ctx):
+    """The weights that are validated, saved in best.pt and predicted with: the EMA when kept, else the model."""
+    return ctx["ema"].module if ctx["ema"] is not None else ctx["net"]
+
+
 def training_stats(split):
-    """Facts about the training labels that predictions need later (stored in every checkpoint)."""
+    """Facts about the training labels that predictions need later (stored in every checkpoint): the mean bone
+    length, the plain mean of the root-relative poses, the constant shape (the yardstick's hand) and the mean
+    root depth."""
     bone = split.scale if split.scale is not None else geometry.bone_length(split.xyz)
     rel = split.xyz - split.xyz[:, geometry.ROOT_JOINT:geometry.ROOT_JOINT + 1]
+    hands = split.xyz[np.unique(split.ann_ids, return_index=True)[1]]  # one pose per hand, not per image version
     return {"bone_length_m": float(np.mean(bone)), "mean_pose_m": rel.mean(0).tolist(),
+            "constant_shape_m": metrics.generalized_procrustes_mean(hands).tolist(),
             "root_depth_m": float(np.mean(split.xyz[:, geometry.ROOT_JOINT, 2]))}
 
 
@@ -401,8 +415,9 @@ def build_context(args):
         folder = run_folder(args, config)
     seed_everything(config["seed"])
 
-    train_split = limit(load_split(data_root, "train"), config["max_train_images"], config["seed"])
-    val_split = limit(load_split(data_root, "val"), config["max_val_images"], config["seed"])
+    train_split, val_split = (limit(load_split(data_root, name, config["folds"], config["fold"]), config[key],
+                                    config["seed"])
+                              for name, key in (("train", "max_train_images"), ("val", "max_val_images")))
     if not train_split.labelled or not val_split.labelled:
         raise UserError(f"{data_root}: the train and val splits need *_xyz.json labels")
     size, cuda = config["img_size"], device.type == "cuda"
@@ -416,12 +431,20 @@ def build_context(args):
                                 **config["model"])
     channels_last = cuda and config["channels_last"]
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config)
+    optimizer = optimization.make_optimizer(model, config)
     amp_fp16 = cuda and config["amp"] and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=amp_fp16)
+    train_loader = make_loader(train_set, config["batch_size"], train=True, workers=config["workers"],
+                               seed=config["seed"], rank=rank, world_size=world_size, pin_memory=cuda)
+    steps_per_epoch = len(train_loader) // config["accumulate"]
+    if steps_per_epoch < 1:
+        raise UserError(f"an epoch of {len(train_loader)} batches is less than one optimiser step of "
+                        f"accumulate={config['accumulate']} batches; lower --set accumulate")
     ctx = {"config": config, "folder": folder, "rank": rank, "world_size": world_size, "device": device,
-           "channels_last": channels_last, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler,
+           "channels_last": channels_last, "optimizer": optimizer, "scaler": scaler,
+           "scheduler": optimization.make_scheduler(optimizer, config, steps_per_epoch),
+           "steps_per_epoch": steps_per_epoch, "train_loader": train_loader,
+           "ema": optimization.make_ema(model, config),
            "history": [], "best": math.inf, "start_epoch": 1, "stats": training_stats(train_split),
            "params": sum(p.numel() for p in model.parameters())}
     if resume_state is not None:
@@ -433,23 +456,27 @@ def build_context(args):
     if config["compile"]:
         model = torch.compile(model)
     ctx["model"] = model  # the training model, wrapped for DDP / compile
-    ctx["train_loader"] = make_loader(train_set, config["batch_size"], train=True, workers=config["workers"],
-                                      seed=config["seed"], rank=rank, world_size=world_size, pin_memory=cuda)
+    ctx["val_set"] = val_set
     ctx["val_loader"] = make_loader(val_set, config["batch_size"], train=False, workers=config["workers"],
                                     pin_memory=cuda)
-    ctx["augmenter"] = augment.Augmenter(augment.parse_augs(config["augs"]), augment.resolve_options(config["aug"]),
-                                         size, device, backgrounds=config["backgrounds"] or None)
-    ctx["baseline"] = metrics.mean_pose_pa_mpjpe_mm(ctx["stats"]["mean_pose_m"], val_split.xyz)
+    ctx["augmenter"], ctx["augmenter_final"] = (
+        augment.Augmenter(augment.parse_augs(augs), augment.resolve_options(config["aug"]), size, device,
+                          backgrounds=config["backgrounds"] or None)
+        for augs in (config["augs"], config["augs_final"] or config["augs"]))
+    ctx["baseline"] = metrics.constant_pa_mpjpe_mm(ctx["stats"]["constant_shape_m"], val_split.xyz)
     announce(f"{config['recipe']}: {config['arch']} ({ctx['params'] / 1e6:.2f} M params), {len(train_set)} training "
              f"/ {len(val_set)} validation images from {data_root}, {size} px, batch {config['batch_size']}"
              f"{f' x {world_size} processes' if world_size > 1 else ''}, {device}, run folder {folder}; "
-             f"mean-pose baseline {ctx['baseline']:.2f} mm PA-MPJPE on validation")
+             f"the constant-shape baseline (the best single hand) scores {ctx['baseline']:.2f} mm PA-MPJPE on "
+             f"validation")
     return ctx
 
 
 
 def restore(ctx, model, state):
     model.load_state_dict(state["model"])
+    if ctx["ema"] is not None:
+        ctx["ema"].module.load_state_dict(state["ema"])
     ctx["optimizer"].load_state_dict(state["optimizer"])
     ctx["scheduler"].load_state_dict(state["scheduler"])
     ctx["scaler"].load_state_dict(state["scaler"])
@@ -460,18 +487,60 @@ def restore(ctx, model, state):
 def save_epoch(ctx, epoch, result, val_xyz, val_ids):
     """best.pt (when validation improved) and val_pred.npz, then last.pt, then log.csv and curves.png."""
     folder, config = ctx["folder"], ctx["config"]
-    state = {"model": ctx["net"].state_dict(), "config": config, "epoch": epoch, "history": ctx["history"],
+    state = {"model": eval_net(ctx).state_dict(), "config": config, "epoch": epoch, "history": ctx["history"],
              "stats": ctx["stats"], "best_val_pa_mpjpe_mm": ctx["best"]}
     if result["pa_mpjpe_mm"] <= ctx["best"]:
         ctx["best"] = state["best_val_pa_mpjpe_mm"] = result["pa_mpjpe_mm"]
-        save_checkpoint(state, folder / "best.pt")
-        tmp = folder / ".val_pred.tmp.npz"
-        np.savez(tmp, xyz=val_xyz, ids=val_ids, split="val")
-        os.replace(tmp, folder / "val_pred.npz")
-    save_checkpoint({**state, "optimizer": ctx["optimizer"].state_dict(), "scheduler": ctx["scheduler"].state_dict(),
+        save_best(folder, state, val_xyz, val_ids)
+    keep_top_k(ctx, epoch, result["pa_mpjpe_mm"], state["model"])
+    save_checkpoint({**state, "model": ctx["net"].state_dict(),
+                     "ema": ctx["ema"].module.state_dict() if ctx["ema"] is not None else None,
+                     "optimizer": ctx["optimizer"].state_dict(), "scheduler": ctx["scheduler"].state_dict(),
                      "scaler": ctx["scaler"].state_dict()}, folder / "last.pt")
-    write_log(folder, ctx["history"])
-    plot_curves(folder, ctx["history"])
+    runlog.write_log(folder, ctx["history"])
+    runlog.plot_curves(folder, ctx["history"], ctx["baseline"])
+
+
+def save_best(folder, state, val_xyz, val_ids):
+    save_checkpoint(state, folder / "best.pt")
+    tmp = folder / ".val_pred.tmp.npz"
+    np.savez(tmp, xyz=val_xyz, ids=val_ids, split="val")
+    os.replace(tmp, folder / "val_pred.npz")
+
+
+def keep_top_k(ctx, epoch, val_mm, weights):
+    """topk.pt: the evaluated weights of the ``average_top_k`` best epochs so far, as (val mm, epoch, weights)."""
+    k = ctx["config"]["average_top_k"]
+    if k < 2:
+        return
+    path = ctx["folder"] / "topk.pt"
+    kept = torch.load(path, weights_only=False)["entries"] if path.is_file() else []
+    kept = sorted(kept + [(val_mm, epoch, copy.deepcopy(weights))], key=lambda e: e[0])[:k]
+    if any(e[1] == epoch for e in kept):
+        save_checkpoint({"entries": kept, "config": ctx["config"]}, path)
+
+
+def average_top_k(ctx):
+    """Average the kept best epochs' weights; when that validates better than best.pt, it becomes best.pt.
+    Returns the summary's record of it, or None when averaging is off."""
+    path = ctx["folder"] / "topk.pt"
+    if ctx["config"]["average_top_k"] < 2 or not path.is_file():
+        return None
+    entries = torch.load(path, weights_only=False)["entries"]
+    net = eval_net(ctx)
+    kept_weights = copy.deepcopy(net.state_dict())
+    net.load_state_dict(average_state_dicts([e[2] for e in entries]))
+    result, val_xyz, val_ids, _ = validate(ctx)
+    better = result["pa_mpjpe_mm"] < ctx["best"]
+    if better:
+        ctx["best"] = result["pa_mpjpe_mm"]
+        state = load_checkpoint(ctx["folder"] / "best.pt")
+        save_best(ctx["folder"], {**state, "model": net.state_dict(), "best_val_pa_mpjpe_mm": ctx["best"],
+                                  "averaged_epochs": [e[1] for e in entries]}, val_xyz, val_ids)
+    net.load_state_dict(kept_weights)
+    print(f"average of the {len(entries)} best epochs {sorted(e[1] for e in entries)}: validation "
+          f"{result['pa_mpjpe_mm']:.2f} mm{' (now best.pt)' if better else ' (best.pt kept)'}")
+    return {"epochs": sorted(e[1] for e in entries), "val_pa_mpjpe_mm": result["pa_mpjpe_mm"], "used": better}
 
 
 @cli
@@ -480,29 +549,37 @@ def main(argv=None):
     if args.list_archs:
         print_archs()
         return
+    if args.list_runs:
+        table = runlog.list_runs(RUNS_ROOT)
+        print(table.to_string(index=False) if len(table) else f"no runs with a finished epoch in {RUNS_ROOT}")
+        return
     ctx = build_context(args)
     config, folder, rank = ctx["config"], ctx["folder"], ctx["rank"]
     if rank == 0:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.json").write_text(json.dumps(config, indent=2))
+    ctx["tb"] = runlog.TensorBoardLog(folder, enabled=rank == 0)
     speeds = [row["train_images_per_s"] for row in ctx["history"]]
     for epoch in range(ctx["start_epoch"], config["epochs"] + 1):
         seed_everything(config["seed"] * 1000 + epoch)
         started = time.perf_counter()
         loss, parts, speed = train_one_epoch(ctx, epoch)
         lr = ctx["optimizer"].param_groups[0]["lr"]
-        ctx["scheduler"].step()
         speeds.append(speed)
         if rank == 0:
-            result, val_xyz, val_ids = validate(ctx)
+            result, val_xyz, val_ids, uv_pred = validate(ctx)
             ctx["history"].append({"epoch": epoch, "lr": lr, "train_loss": loss,
                                    **{f"loss_{k}": v for k, v in parts.items() if k != "total"},
-                                   "val_pa_mpjpe_mm": result["pa_mpjpe_mm"], "val_auc": result["auc_0_50mm"],
+                                   "val_pa_mpjpe_mm": result["pa_mpjpe_mm"],
+                                   "val_of_constant": result["pa_mpjpe_mm"] / ctx["baseline"],
+                                   "val_constant_shape_mm": ctx["baseline"], "val_auc": result["auc_0_50mm"],
                                    "val_mpjpe_mm": result["mpjpe_mm"], "train_images_per_s": speed,
                                    "epoch_seconds": time.perf_counter() - started})
             save_epoch(ctx, epoch, result, val_xyz, val_ids)
+            ctx["tb"].epoch(epoch, ctx["history"][-1], skeleton_panel(ctx, uv_pred))
             tqdm.write(f"epoch {epoch}/{config['epochs']}  loss {loss:.4f}  val PA-MPJPE "
-                       f"{result['pa_mpjpe_mm']:.2f} mm  AUC {result['auc_0_50mm']:.3f}  {speed:.0f} img/s")
+                       f"{result['pa_mpjpe_mm']:.2f} mm = {result['pa_mpjpe_mm'] / ctx['baseline']:.0%} of the "
+                       f"constant shape  AUC {result['auc_0_50mm']:.3f}  {speed:.0f} img/s")
         barrier(ctx["world_size"])
     finish(ctx, speeds)
 
@@ -511,18 +588,27 @@ def finish(ctx, speeds):
     summary_extra = {}
     if ctx["world_size"] > 1:
         summary_extra["ranks_hold_same_weights"] = ranks_hold_same_weights(ctx["net"])
+        if ctx["ema"] is not None:
+            summary_extra["ranks_hold_same_ema"] = ranks_hold_same_weights(ctx["ema"].module)
     if ctx["rank"] == 0:
+        ctx["tb"].close()
         history, config = ctx["history"], ctx["config"]
+        summary_extra["top_k_average"] = average_top_k(ctx)
         best = min(history, key=lambda row: row["val_pa_mpjpe_mm"])
+        if summary_extra["top_k_average"] and summary_extra["top_k_average"]["used"]:
+            best = {"epoch": "average", "val_pa_mpjpe_mm": summary_extra["top_k_average"]["val_pa_mpjpe_mm"]}
         summary = {"arch": config["arch"], "recipe": config["recipe"], "params": ctx["params"],
                    "epochs": len(history), "best_epoch": best["epoch"],
                    "best_val_pa_mpjpe_mm": best["val_pa_mpjpe_mm"],
-                   "val_mean_pose_pa_mpjpe_mm": ctx["baseline"],
+                   "val_constant_shape_pa_mpjpe_mm": ctx["baseline"],
+                   "best_val_fraction_of_constant_shape": best["val_pa_mpjpe_mm"] / ctx["baseline"],
                    "train_images_per_s": float(np.mean(speeds)) if speeds else None,
                    "img_size": config["img_size"], "world_size": ctx["world_size"], **summary_extra}
         (ctx["folder"] / "summary.json").write_text(json.dumps(summary, indent=2))
         print(f"done: best validation PA-MPJPE {summary['best_val_pa_mpjpe_mm']:.2f} mm at epoch "
-              f"{summary['best_epoch']}; {ctx['folder'] / 'best.pt'}")
+              f"{summary['best_epoch']} = {summary['best_val_fraction_of_constant_shape']:.0%} of the constant-shape "
+              f"baseline ({ctx['baseline']:.2f} mm); {ctx['folder'] / 'best.pt'}"
+              f"{SHORT_RUN_NOTE if is_short_run(config) else ''}")
     if ctx["world_size"] > 1:
         dist.destroy_process_group()
 

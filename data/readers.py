@@ -79,8 +79,11 @@ def submission_split(layout):
     return {"freihand": "evaluation", "mp21": "test"}[layout]
 
 
-def load_split(root, name):
-    """Read split ``name`` of the dataset at ``root``; a missing or inconsistent file is a UserError."""
+def load_split(root, name, folds=0, fold=0):
+    """Read split ``name`` of the dataset at ``root``; a missing or inconsistent file is a UserError.
+
+    FreiHAND 'train' / 'val' are the saved 5 % hold-out, or with ``folds`` K > 0 the complement / fold ``fold``
+    of a K-fold split by hand (``fold_val_ids``)."""
     root = Path(root)
     layout = detect_layout(root)
     if layout is None:
@@ -91,12 +94,16 @@ def load_split(root, name):
         raise UserError(f"unknown split {name!r} for the {layout} layout at {root}; "
                         f"choose one of {', '.join(split_names(layout))}")
     if layout == "mp21":
+        if folds:
+            raise UserError(f"{root}: the MP21 layout has its own val/ split; --folds needs the FreiHAND layout")
         return _read_folder(root, name, layout, image_dir=root / name, prefix=name)
     if name == "evaluation":
         return _read_folder(root, name, layout, image_dir=root / "evaluation" / "rgb", prefix="evaluation")
     training = _read_folder(root, name, layout, image_dir=root / "training" / "rgb", prefix="training",
                             mask_dir=root / "training" / "mask")
-    in_val = np.isin(training.ann_ids, load_or_make_val_split(root, training.num_annotations))
+    held_out = (fold_val_ids(training.ann_ids, folds, fold) if folds
+                else load_or_make_val_split(root, training.num_annotations))
+    in_val = np.isin(training.ann_ids, held_out)
     return training.subset(np.flatnonzero(in_val if name == "val" else ~in_val))
 
 
@@ -161,6 +168,19 @@ def _read_json_array(path, item_shape, optional=False, expect_len=None, K_file=N
     if not np.isfinite(values).all():
         raise UserError(f"{path} holds non-finite values; re-download it")
     return values
+
+
+def fold_val_ids(ann_ids, folds, fold):
+    """Annotation ids (sorted) of fold ``fold`` of scikit-learn's GroupKFold over the images, grouped by hand
+    (annotation id), so all image versions of a hand fall in one fold. Shuffled with VAL_SEED; the same
+    annotations and K always give the same folds."""
+    from sklearn.model_selection import GroupKFold
+    if not 2 <= folds <= len(np.unique(ann_ids)) or not 0 <= fold < folds:
+        raise UserError(f"--folds {folds} --fold {fold}: need 2 <= folds <= the number of hands and "
+                        f"0 <= fold < folds")
+    splitter = GroupKFold(n_splits=folds, shuffle=True, random_state=VAL_SEED)
+    _, val_rows = list(splitter.split(ann_ids, groups=ann_ids))[fold]
+    return np.unique(ann_ids[val_rows])
 
 
 def load_or_make_val_split(root, n_annotations, fraction=VAL_FRACTION, seed=VAL_SEED):

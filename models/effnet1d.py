@@ -54,37 +54,61 @@ def soft_argmax_1d(logits, size):
     return uvd, probs
 
 
-class HeatmapDecoder1D(nn.Module):
-    """Deepest encoder features (B, in_channels, h, h) -> per-axis heatmap logits (B, J, 3, h * 2^N)."""
+Z_READOUTS = ("columns", "pooled")
 
-    def __init__(self, in_channels, channels=128, num_blocks=4, num_joints=NUM_JOINTS):
+
+class HeatmapDecoder1D(nn.Module):
+    """Deepest encoder features (B, in_channels, h, h) -> per-axis heatmap logits (B, J, 3, h * 2^N).
+
+    ``z_readout`` 'columns' (the paper): the z block averaged over rows, so depth bin i is read from image
+    column i by a translation-equivariant stack, which must learn depth from border effects alone.
+    'pooled' (I2L-MeshNet's z read-out): the z block averaged over both axes, then a linear map to
+    ``depth_bins`` logits per joint, resampled to L bins, so every depth bin has weights of its own.
+    """
+
+    def __init__(self, in_channels, channels=128, num_blocks=4, num_joints=NUM_JOINTS, z_readout="columns",
+                 depth_bins=64):
         super().__init__()
+        if z_readout not in Z_READOUTS:
+            raise ValueError(f"z_readout={z_readout!r}: choose one of {', '.join(Z_READOUTS)}")
+        self.z_readout, self.num_joints, self.depth_bins = z_readout, num_joints, depth_bins
         self.xy_branch = upsampler(in_channels, channels, num_blocks)
         self.z_branch = upsampler(in_channels, channels, num_blocks)
         self.to_x = nn.Conv1d(channels, num_joints, 1)
         self.to_y = nn.Conv1d(channels, num_joints, 1)
-        self.to_z = nn.Conv1d(channels, num_joints, 1)
+        self.to_z = (nn.Conv1d(channels, num_joints, 1) if z_readout == "columns"
+                     else nn.Linear(channels, num_joints * depth_bins))
 
     def forward(self, features):
         xy = self.xy_branch(features)  # (B, C, L, L)
         z = self.z_branch(features)    # (B, C, L, L)
         x_logits = self.to_x(xy.mean(2))  # mean over rows -> (B, C, L) along u -> (B, J, L)
         y_logits = self.to_y(xy.mean(3))  # mean over columns, along v
-        z_logits = self.to_z(z.mean(2))
+        if self.z_readout == "columns":
+            z_logits = self.to_z(z.mean(2))
+        else:
+            z_logits = self.to_z(z.mean((2, 3))).view(-1, self.num_joints, self.depth_bins)  # (B, J, depth_bins)
+            z_logits = nn.functional.interpolate(z_logits, size=x_logits.shape[-1], mode="linear")  # (B, J, L)
         return torch.stack([x_logits, y_logits, z_logits], 2)  # (B, J, 3, L)
 
 
 class EffNet1D(nn.Module):
-    def __init__(self, arch, encoder_name, pretrained="none", channels=128, num_blocks=4, drop_connect=0.2):
+    def __init__(self, arch, encoder_name, pretrained="none", channels=128, num_blocks=4, drop_connect=0.2,
+                 z_readout="columns", depth_bins=64, encoder_depth=5):
         super().__init__()
+        if encoder_depth not in (4, 5):
+            raise ValueError(f"encoder_depth={encoder_depth}: 5 (stride 32, the paper) or 4 (stride 16)")
 
         def build(imagenet):
-            return smp.encoders.get_encoder(encoder_name, weights="imagenet" if imagenet else None)
+            return smp.encoders.get_encoder(encoder_name, weights="imagenet" if imagenet else None,
+                                            depth=encoder_depth)
 
         self.encoder = build_backbone(arch, pretrained, build, prefix="encoder")
         # smp keeps EfficientNet's 1x1 head conv + BN (0.81 M for b4), which the paper's parameter count
-        # evidently includes, but the forward never uses it: frozen, so it needs no gradient (and DDP none).
-        for layer in (self.encoder._conv_head, self.encoder._bn1):
+        # evidently includes, but the forward never uses it (nor, at encoder_depth 4, the blocks after the
+        # stride-16 output): frozen, so they need no gradient (and DDP none).
+        last_used_block = self.encoder._out_indexes[encoder_depth - 2]
+        for layer in (self.encoder._conv_head, self.encoder._bn1, *self.encoder._blocks[last_used_block + 1:]):
             layer.requires_grad_(False)
         # The TensorFlow port keeps BN running statistics with momentum 0.01; with PyTorch's 0.1 they follow the
         # weights within tens of steps instead of hundreds, so evaluation-mode predictions of a short or
@@ -93,24 +117,30 @@ class EffNet1D(nn.Module):
             if isinstance(layer, nn.BatchNorm2d):
                 layer.momentum = 0.1
         self.encoder._drop_connect_rate = float(drop_connect)  # stochastic depth, reached by the deepest block
-        self.decoder = HeatmapDecoder1D(self.encoder.out_channels[-1], channels, num_blocks)
+        self.decoder = HeatmapDecoder1D(self.encoder.out_channels[-1], channels, num_blocks, z_readout=z_readout,
+                                        depth_bins=depth_bins)
 
     def forward(self, x, return_aux=False):
         height, width = x.shape[-2:]
         if height != width:
             raise ValueError(f"the 1D-heatmap decoder needs square inputs, got {height}x{width}")
-        features = self.encoder(x)[-1]  # (B, 448, S/32, S/32) for b4
-        uvd, probs = soft_argmax_1d(self.decoder(features), width)
-        return (uvd, {"heatmaps1d": probs}) if return_aux else uvd
+        features = self.encoder(x)[-1]  # (B, 448, S/32, S/32) for b4 at encoder_depth 5
+        logits = self.decoder(features)  # (B, J, 3, L)
+        uvd, probs = soft_argmax_1d(logits, width)
+        return (uvd, {"heatmaps1d": probs, "logits1d": logits}) if return_aux else uvd
 
 
 @register_model("effb4_1d", seed="000",
                 summary="EfficientNet-B4 encoder + separable 1D-heatmap decoder, soft-argmax (19.5M in the paper)")
-def effb4_1d(pretrained="none", channels=128, num_blocks=4, drop_connect=0.2):
-    return EffNet1D("effb4_1d", "efficientnet-b4", pretrained, channels, num_blocks, drop_connect)
+def effb4_1d(pretrained="none", channels=128, num_blocks=4, drop_connect=0.2, z_readout="columns", depth_bins=64,
+             encoder_depth=5):
+    return EffNet1D("effb4_1d", "efficientnet-b4", pretrained, channels, num_blocks, drop_connect, z_readout, depth_bins,
+                    encoder_depth)
 
 
 @register_model("effb0_1d", seed="000",
                 summary="EfficientNet-B0 encoder + separable 1D-heatmap decoder, soft-argmax (5.4M in the paper)")
-def effb0_1d(pretrained="none", channels=128, num_blocks=4, drop_connect=0.2):
-    return EffNet1D("effb0_1d", "efficientnet-b0", pretrained, channels, num_blocks, drop_connect)
+def effb0_1d(pretrained="none", channels=128, num_blocks=4, drop_connect=0.2, z_readout="columns", depth_bins=64,
+             encoder_depth=5):
+    return EffNet1D("effb0_1d", "efficientnet-b0", pretrained, channels, num_blocks, drop_connect, z_readout, depth_bins,
+                    encoder_depth)

@@ -15,7 +15,9 @@ Terms
 * on heatmaps: ``heatmap2d`` (seeds 003, 004): mean squared error to Gaussians (peak 1, ``heatmap_sigma`` map
   pixels) at the target uv, visible joints, summed over the maps in ``aux['heatmaps2d']`` (intermediate
   supervision); ``js1d`` (seed 000's regulariser): Jensen-Shannon divergence (nats) of each 1D heatmap in
-  ``aux['heatmaps1d']`` from a discretised Gaussian of variance ``js_variance`` bins at the target bin.
+  ``aux['heatmaps1d']`` from a discretised Gaussian of variance ``js_variance`` bins at the target bin;
+  ``simcc_kl`` (SimCC / RTMPose's KLDiscretLoss): KL(target || softmax(logits / ``kl_tau``)) of the 1D logits
+  ``aux['logits1d']``, the target a discretised Gaussian of sd ``kl_sigma`` bins at the target coordinate.
 * seed 004's family on root-relative camera-space joints, ``geometry.uvd_to_xyz`` with the target's K and root
   depth, in units of DEPTH_RANGE_M (0.15 m), so a hand spans about 1 and the terms are of order 1;
   per sample sums over joints / bones, averaged over the batch:
@@ -38,6 +40,8 @@ from geometry import DEPTH_RANGE_M, ROOT_JOINT, depth_bin_centres, heatmap_bin_c
 OPTIONS = {
     "heatmap_sigma": 2.0,    # heatmap2d: Gaussian sigma in heatmap pixels
     "js_variance": 2.0,      # js1d: target variance in bins
+    "kl_sigma": 2.0,         # simcc_kl: target Gaussian sigma in bins
+    "kl_tau": 1.0,           # simcc_kl: temperature of the predicted softmax (RTMPose: 0.1)
     "asm_components": 10,    # asm: principal components kept (at most batch size - 1)
     "asm_decay": "linear",   # asm: 'linear' or 'cosine' decay of its weight over training
 }
@@ -115,13 +119,27 @@ def jensen_shannon(p, q):
 
 def js1d(probs, uvd, mask, size, variance):
     """Mean JS divergence of the 1D heatmaps ``probs`` (B, J, 3, L) from Gaussians at the target uvd (B, J, 3)."""
-    num_bins = probs.shape[-1]
-    pixels = heatmap_bin_centres(num_bins, size, device=probs.device)
-    depths = depth_bin_centres(num_bins, device=probs.device)
-    targets = torch.stack([gaussian_1d(uvd[..., 0], pixels, variance),
-                           gaussian_1d(uvd[..., 1], pixels, variance),
-                           gaussian_1d(uvd[..., 2], depths, variance)], 2)  # (B, J, 3, L)
+    targets = gaussian_1d_targets(uvd, probs.shape[-1], size, variance)
     return masked_mean(jensen_shannon(probs, targets), mask)
+
+
+def gaussian_1d_targets(uvd, num_bins, size, variance):
+    """Per-axis Gaussian labels (B, J, 3, L) at uvd (B, J, 3): u, v over the bins spanning a size-pixel input,
+    d over the depth bins spanning [-1, 1]; ``variance`` in bins."""
+    pixels = heatmap_bin_centres(num_bins, size, device=uvd.device)
+    depths = depth_bin_centres(num_bins, device=uvd.device)
+    return torch.stack([gaussian_1d(uvd[..., 0], pixels, variance),
+                        gaussian_1d(uvd[..., 1], pixels, variance),
+                        gaussian_1d(uvd[..., 2], depths, variance)], 2)
+
+
+def simcc_kl(logits, uvd, mask, size, sigma, tau):
+    """Mean KL divergence (nats) from Gaussian labels at the target uvd (B, J, 3) to softmax(logits / tau) of
+    the 1D logits (B, J, 3, L)."""
+    targets = gaussian_1d_targets(uvd, logits.shape[-1], size, sigma ** 2)
+    log_probs = torch.log_softmax(logits / tau, -1)
+    kl = (torch.special.xlogy(targets, targets) - targets * log_probs).sum(-1)  # (B, J, 3)
+    return masked_mean(kl, mask)
 
 
 # --- seed 004's family on root-relative camera-space joints (units of DEPTH_RANGE_M) -----------------------
@@ -220,13 +238,15 @@ TERMS = {
                                      b.mask[..., 0], b.size, b.options["heatmap_sigma"]),
     "js1d": lambda b: js1d(b.aux_output("heatmaps1d", "js1d"), b.target["uvd"], b.mask, b.size,
                            b.options["js_variance"]),
+    "simcc_kl": lambda b: simcc_kl(b.aux_output("logits1d", "simcc_kl"), b.target["uvd"], b.mask, b.size,
+                                   b.options["kl_sigma"], b.options["kl_tau"]),
     "pose_l2": lambda b: pose_l2(b.pred_xyz, b.true_xyz),
     "bone_length": lambda b: bone_length(b.pred_xyz, b.true_xyz),
     "bone_direction": lambda b: bone_direction(b.pred_xyz, b.true_xyz),
     "bone_cosine": lambda b: bone_cosine(b.pred_xyz, b.true_xyz),
     "asm": lambda b: asm(b.pred_xyz, b.true_xyz, b.options["asm_components"]),
 }
-AUX_TERMS = {"heatmap2d", "js1d"}
+AUX_TERMS = {"heatmap2d", "js1d", "simcc_kl"}
 LOSS_TERMS = frozenset(TERMS) | frozenset(OPTIONS)  # every key a weights dict may hold: term names and options
 
 

@@ -59,7 +59,7 @@ def evaluation_members(freihand, tmp_path_factory):
     split = load_split(freihand, "evaluation")
     folder = tmp_path_factory.mktemp("members")
     common = {"ids": split.image_ids, "split": "evaluation", "layout": "freihand", "data_root": str(freihand),
-              "mean_pose_m": np.zeros((21, 3))}
+              "constant_shape_m": metrics.generalized_procrustes_mean(split.xyz)}
     return [write_member(folder / f"{name}.npz", noisy(split.xyz, 0.006, seed), **common)
             for seed, name in enumerate(("a", "b"))], split
 
@@ -96,7 +96,7 @@ def test_cli_ensemble_scores_no_worse_than_its_members_and_writes_predicts_files
     assert report["name"] == "pair" and report["weights_source"] == "equal"
     assert report["members"] == [str(a), str(b)]
     assert predict.read_freihand_zip(tmp_path / "ens.zip")[0].shape == (20, 21, 3)
-    assert "mean-pose baseline" in out
+    assert "constant-shape baseline" in out
 
 
 def test_given_weights_are_normalised_and_recorded(evaluation_members, tmp_path, capsys):

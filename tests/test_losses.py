@@ -133,6 +133,26 @@ def test_js1d_is_zero_on_its_own_targets_and_ignores_invisible_joints():
     assert parts["js1d"].item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_simcc_kl_is_zero_on_its_own_labels_at_any_temperature_and_positive_elsewhere():
+    """KL(labels || softmax(logits / tau)): logits equal to tau * log(labels) reproduce the labels exactly."""
+    pred, target = uvd_pair()
+    target["size"] = 32
+    labels = losses.gaussian_1d_targets(target["uvd"], 16, 32, variance=1.5 ** 2)  # (B, J, 3, 16)
+    for tau in (1.0, 0.1):
+        options = {"simcc_kl": 1.0, "kl_sigma": 1.5, "kl_tau": tau}
+        _, parts = pose_loss(pred, {"logits1d": tau * labels.log()}, target, options)
+        assert parts["simcc_kl"].item() == pytest.approx(0.0, abs=1e-5)
+    shifted = labels.roll(3, dims=-1)
+    _, parts = pose_loss(pred, {"logits1d": shifted.log()}, target, {"simcc_kl": 1.0, "kl_sigma": 1.5})
+    assert parts["simcc_kl"].item() > 1.0
+
+
+def test_simcc_kl_needs_the_logits():
+    pred, target = uvd_pair()
+    with pytest.raises(UserError, match="simcc_kl"):
+        pose_loss(pred, {}, target, {"simcc_kl": 1.0})
+
+
 # --- seed 004's 3D family ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("factor, expected", [

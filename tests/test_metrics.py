@@ -79,3 +79,32 @@ def test_root_relative_mpjpe_by_hand():
     pred = gt.copy()
     pred[0, 0] = [0.003, 0.004, 0]  # one joint 5 mm off, root untouched
     assert metrics.root_relative_mpjpe(pred * 1000, gt * 1000)[0] == pytest.approx(5.0 / 21)
+
+
+# --- the yardstick: the best constant hand -----------------------------------------------------------------
+
+def similar_copies(shape, n, seed):
+    """``n`` copies of ``shape`` (21, 3), each rotated, scaled and moved at random."""
+    rng = np.random.default_rng(seed)
+    rotations = Rotation.random(n, random_state=seed).as_matrix()          # (n, 3, 3)
+    scales = rng.uniform(0.5, 2.0, (n, 1, 1))
+    return scales * shape @ np.swapaxes(rotations, 1, 2) + rng.normal(size=(n, 1, 3))
+
+
+def test_procrustes_mean_of_similar_copies_is_the_shape():
+    shape = np.random.default_rng(0).normal(scale=0.05, size=(21, 3))
+    mean = metrics.generalized_procrustes_mean(similar_copies(shape, 30, seed=1))
+    assert metrics.constant_pa_mpjpe_mm(mean, shape[None]) < 1e-4
+
+
+def test_constant_shape_beats_the_unaligned_mean_and_every_training_pose():
+    """Hands (a shared shape, each deformed) seen from random views: the plain average of the root-relative
+    poses blurs the views together; the Procrustes mean does not, and scores at least as well as any single
+    training pose used as the constant answer."""
+    rng = np.random.default_rng(2)
+    base = rng.normal(scale=0.05, size=(21, 3))
+    train = similar_copies(base, 200, seed=3) + rng.normal(scale=0.004, size=(200, 21, 3))
+    evaluation = similar_copies(base, 50, seed=4) + rng.normal(scale=0.004, size=(50, 21, 3))
+    constant = metrics.constant_shape_baseline(train, evaluation)
+    assert constant < 0.5 * metrics.unaligned_mean_baseline(train, evaluation)
+    assert constant <= min(metrics.constant_pa_mpjpe_mm(pose, evaluation) for pose in train[:20])

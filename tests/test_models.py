@@ -93,6 +93,28 @@ def test_effnet_heatmaps_span_the_input():
         assert torch.allclose(probs.sum(-1), torch.ones(2, 21, 3))
 
 
+def test_effnet_stride16_encoder_and_pooled_depth_readout():
+    """encoder_depth 4 decodes the stride-16 features (3 blocks: 4 -> 32 bins at 64 px) and freezes the blocks
+    it never runs; the pooled z read-out gives every depth bin its own weights, so a depth logit can change
+    without any change in the image columns (a pure bias shift of one bin)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    model = models.create_model("effb0_1d", encoder_depth=4, num_blocks=3, channels=16, z_readout="pooled",
+                                depth_bins=8)
+    uvd, aux = model(x, return_aux=True)
+    assert uvd.shape == (2, 21, 3) and aux["logits1d"].shape == (2, 21, 3, 32)
+    uvd.sum().backward()
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(model.get_parameter(name).grad is not None for name in trainable)
+    assert any(not p.requires_grad for p in model.encoder._blocks.parameters())
+    with torch.no_grad():
+        model.decoder.to_z.bias[3] += 5.0  # joint 0, depth bin 3 of 8
+        _, shifted = model(x, return_aux=True)
+    changed = (shifted["logits1d"] - aux["logits1d"]).abs()[0, 0, 2] > 1e-4  # joint 0's depth logits (32,)
+    assert changed.any() and not changed.all()
+    assert torch.equal(shifted["logits1d"][:, :, :2], aux["logits1d"][:, :, :2])
+
+
 def test_soft_argmax_puts_a_peak_on_its_pixel():
     """32 bins over a 128 px input: bin i covers pixels 4i .. 4i+3, centre 4i + 1.5; depth bin k of 32 sits at
     (k + 0.5) / 16 - 1."""

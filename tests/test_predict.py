@@ -454,19 +454,24 @@ def test_check_still_catches_an_mp21_file_in_metres(hand_set, tmp_path):
 
 # --- scores -----------------------------------------------------------------------------------------------------
 
-def test_scores_offer_both_reflection_variants_and_the_mean_pose_baseline(tmp_path, capsys):
+def test_scores_offer_both_reflection_variants_and_the_constant_shape_baseline(tmp_path, capsys):
     gt = random_hands(6, seed=2)
     mirrored = gt * np.array([-1.0, 1.0, 1.0])
-    mean_pose = (gt - gt[:, geometry.ROOT_JOINT:geometry.ROOT_JOINT + 1]).mean(0)
-    path = predict.report_scores(tmp_path / "sub", mirrored, gt, mean_pose, {"tta": 1})
+    shape = metrics.generalized_procrustes_mean(random_hands(20, seed=3))
+    path = predict.report_scores(tmp_path / "sub", mirrored, gt, shape, {"tta": 1})
     scores = json.loads(path.read_text())
-    assert scores["reflections_allowed"]["pa_mpjpe_mm"] < 1e-6
-    assert scores["reflections_corrected"]["pa_mpjpe_mm"] > 1.0
-    assert scores["mean_pose_baseline_pa_mpjpe_mm"] == pytest.approx(metrics.mean_pose_pa_mpjpe_mm(mean_pose, gt))
+    allowed, corrected = scores["reflections_allowed"], scores["reflections_corrected"]
+    assert allowed["pa_mpjpe_mm"] < 1e-6
+    assert corrected["pa_mpjpe_mm"] > 1.0
+    assert allowed["constant_shape_pa_mpjpe_mm"] == pytest.approx(metrics.constant_pa_mpjpe_mm(shape, gt))
+    assert corrected["constant_shape_pa_mpjpe_mm"] == pytest.approx(
+        metrics.constant_pa_mpjpe_mm(shape, gt, allow_reflection=False))
+    assert corrected["of_constant_shape"] == pytest.approx(
+        corrected["pa_mpjpe_mm"] / corrected["constant_shape_pa_mpjpe_mm"])
     assert scores["tta"] == 1 and scores["n"] == 6
     table = capsys.readouterr().out
-    for label in ("PA-MPJPE mm", "AUC 0-50mm", "F@5mm", "F@15mm", "root-rel. MPJPE mm", "mean-pose baseline",
-                  "reflections corrected (MP21)"):
+    for label in ("PA-MPJPE mm", "AUC 0-50mm", "F@5mm", "F@15mm", "root-rel. MPJPE mm", "of constant shape",
+                  "constant-shape baseline", "reflections corrected (MP21)"):
         assert label in table
 
 

@@ -17,6 +17,10 @@ from tests.scripts import run_main
 
 TINY = ["--arch", "ghost_lite", "--img-size", "64", "--batch-size", "4", "--pretrained", "none", "--workers", "0",
         "--device", "cpu", "--set", "cache=false"]
+# every training feature whose state must survive a resume and stay equal across DDP ranks
+FEATURES = ["--set", "ema_decay=0.9", "--set", "accumulate=2", "--set", "schedule=cosine", "--set", "warmup_epochs=1",
+            "--set", "min_lr_ratio=0.1", "--set", "optimizer=adamw", "--set", "weight_decay=0.01",
+            "--set", "average_top_k=2", "--set", "final_epochs=1", "--set", "augs_final=none"]
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +106,11 @@ def test_a_short_run_writes_the_run_folder(synthetic_root, tmp_path):
 
 
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(synthetic_root, tmp_path):
-    """Killed mid-epoch and resumed: every epoch in log.csv once, and the same weights as a run never killed."""
+    """Killed mid-epoch and resumed, with EMA, gradient accumulation, warm-up + cosine per step, top-k averaging
+    and the final-epochs augmentation switch on: every epoch in log.csv once, and the same weights, EMA and
+    schedule as a run never killed."""
     folder, straight = tmp_path / "killed", tmp_path / "straight"
-    args = [*TINY, "--data-root", synthetic_root, "--epochs", "4"]
+    args = [*TINY, *FEATURES, "--data-root", synthetic_root, "--epochs", "4"]
     process = subprocess.Popen([sys.executable, "train.py", *map(str, args), "--out", str(folder)],
                                cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -124,9 +130,14 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(synthetic_ro
     assert load_checkpoint(folder / "last.pt")["epoch"] == 4
 
     assert run_train(*args, "--out", straight).returncode == 0
-    a, b = load_checkpoint(straight / "last.pt")["model"], load_checkpoint(folder / "last.pt")["model"]
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(folder / "last.pt")
+    for weights in ("model", "ema"):
+        for key in a[weights]:
+            torch.testing.assert_close(a[weights][key], b[weights][key], rtol=0, atol=1e-6, msg=f"{weights} {key}")
+    assert a["scheduler"] == b["scheduler"]
+    assert [row["lr"] for row in a["history"]] == [row["lr"] for row in b["history"]]
+    summaries = [json.loads((f / "summary.json").read_text()) for f in (straight, folder)]
+    assert summaries[0]["top_k_average"] == summaries[1]["top_k_average"] is not None
 
 
 def test_resume_keeps_the_saved_schedule(synthetic_root, tmp_path, capsys):
@@ -157,10 +168,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_p
 def test_ddp_two_processes_on_cpu_keep_the_same_weights(synthetic_root, tmp_path):
     folder = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-               "train.py", *TINY, "--data-root", str(synthetic_root), "--epochs", "1", "--out", str(folder)]
+               "train.py", *TINY, *FEATURES, "--data-root", str(synthetic_root), "--epochs", "2", "--out", str(folder)]
     result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["ranks_hold_same_weights"] is True
-    assert log_epochs(folder) == [1]
+    assert summary["ranks_hold_same_ema"] is True
+    assert log_epochs(folder) == [1, 2]

@@ -1,0 +1,69 @@
+"""Optimiser, learning-rate schedule and weight EMA of a training run, all built from the run's config.
+
+Schedules are stepped once per optimiser step (``steps_per_epoch`` of them an epoch), so warm-up and the
+cosine decay are smooth whatever the epoch count; their whole state is the step counter, so ``--resume``
+continues them exactly.
+
+* ``multistep`` (seed 000 as written): x ``gamma`` at each milestone (fractions of the epochs, rounded to an
+  epoch boundary);
+* ``cosine``: from the peak lr down to ``lr * min_lr_ratio`` at the last step;
+* ``onecycle``: torch's OneCycleLR (cosine rise over ``onecycle_pct`` of the steps, then cosine fall to
+  ``lr / 1e4``); it has its own warm-up, so ``warmup_epochs`` must be 0 with it;
+* ``constant``.
+A linear warm-up from ``lr * warmup_start`` to the schedule's value spans the first ``warmup_epochs`` epochs
+(a float; 0 = none).
+"""
+import math
+
+import torch
+from timm.optim import param_groups_weight_decay
+from timm.utils import ModelEmaV3
+
+SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+def make_optimizer(model, config):
+    """Adam, AdamW or SGD over the trainable parameters; weight decay spares norms and biases (timm's groups
+    put every 1-D parameter in a group without decay)."""
+    groups = param_groups_weight_decay(model, config["weight_decay"])
+    if config["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, lr=config["lr"], momentum=config["momentum"])
+    kind = torch.optim.AdamW if config["optimizer"] == "adamw" else torch.optim.Adam
+    return kind(groups, lr=config["lr"])
+
+
+def schedule_factor(step, total_steps, steps_per_epoch, config):
+    """The lr multiplier (of ``config['lr']``) after ``step`` optimiser steps, warm-up included."""
+    if config["schedule"] == "cosine":
+        floor = config["min_lr_ratio"]
+        factor = floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(step / max(total_steps, 1), 1.0)))
+    elif config["schedule"] == "multistep":
+        epoch = step // steps_per_epoch  # epochs completed
+        milestones = {max(1, round(f * config["epochs"])) for f in config["milestones"]}
+        factor = config["gamma"] ** sum(epoch >= m for m in milestones)
+    else:
+        factor = 1.0
+    warmup_steps = round(config["warmup_epochs"] * steps_per_epoch)
+    if step < warmup_steps:
+        start = config["warmup_start"]
+        factor *= start + (1.0 - start) * step / warmup_steps
+    return factor
+
+
+def make_scheduler(optimizer, config, steps_per_epoch):
+    """A scheduler to step after every optimiser step."""
+    total_steps = steps_per_epoch * config["epochs"]
+    if config["schedule"] == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config["lr"], total_steps=total_steps,
+                                                   pct_start=config["onecycle_pct"], final_div_factor=1e4 / 25)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: schedule_factor(step, total_steps, steps_per_epoch, config))
+
+
+def make_ema(model, config):
+    """timm's ModelEmaV3 of ``model`` (decay ramped up from 0 over the first steps, as timm's warm-up does), or
+    None when ``ema_decay`` is 0. It keeps its own copy, updated after every optimiser step."""
+    if not config["ema_decay"]:
+        return None
+    return ModelEmaV3(model, decay=config["ema_decay"], use_warmup=True, warmup_power=0.75)
