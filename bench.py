@@ -39,7 +39,8 @@ from data.loader import make_loader, to_device
 from data.readers import load_split
 from models.losses import pose_loss
 from predict import autocast, predict_batch
-from train import make_optimizer, make_target
+from optimization import make_optimizer
+from train import make_target
 
 
 def parse_args(argv=None):

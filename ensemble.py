@@ -11,8 +11,10 @@ run in submissions/, for the dataset and split of the newest of them.
 
 Weights: --weights (non-negative, normalised to sum 1); --fit-weights: non-negative weights summing to 1 that
 minimise the validation PA-MPJPE of the blend, fitted on each member's validation predictions (by default the
-val_pred.npz of the run folder the member records; --val-preds names other files, e.g. predict.py --split val
---tta 10 outputs) over the validation images all members share; otherwise equal weights. The fit is
+val_pred.npz of the run folder the member records, or for a run of a K-fold set (train.py --folds K --fold I)
+the val_pred.npz of all K runs of that set: its out-of-fold predictions of every training hand; --val-preds names
+other files, e.g. predict.py --split val --tta 10 outputs) over the validation images all members share;
+otherwise equal weights. The fit is
 deterministic: Nelder-Mead on softmax-parametrised weights started from equal weights, keeping the best of that,
 equal weights and each single member, so the fitted blend never scores worse on validation than its best member.
 
@@ -38,7 +40,7 @@ import metrics
 from common import SUBMISSIONS_ROOT, UserError, cli
 from data import resolve_data_root
 from data.joints import detect_order
-from data.readers import detect_layout, load_split
+from data.readers import detect_layout, load_all_training, load_split
 from predict import (MP21_ORDER, atomic_file, check_joint_order, labels_for, load_predictions, output_prefix,
                      report_scores, resolve_format, rows_of, save_pictures, write_outputs, written_line)
 
@@ -95,41 +97,78 @@ def normalised(weights, count):
 
 # --- fitting weights on validation --------------------------------------------------------------------------
 
-def validation_file(record, path, explicit=None):
-    """The validation predictions of a member: ``explicit``, else the val_pred.npz of the run it records."""
+def validation_files(record, path, explicit=None):
+    """The validation predictions of a member: ``explicit``, else the val_pred.npz of the run it records, or,
+    for a run of a K-fold set, the val_pred.npz of all K runs of that set (its out-of-fold predictions)."""
     if explicit is not None:
-        return Path(explicit)
+        return [Path(explicit)]
     run_dir = record.get("run_dir")
     if not run_dir:
         raise UserError(f"--fit-weights: {path} records no run folder; pass --val-preds (one file per member) "
                         f"or --weights")
-    candidate = Path(run_dir) / "val_pred.npz"
-    if not candidate.is_file():
-        raise UserError(f"--fit-weights: {candidate} (the validation predictions of {path}) does not exist; pass "
-                        f"--val-preds or --weights")
-    return candidate
+    files = [Path(run) / "val_pred.npz" for run in fold_set(Path(run_dir))]
+    for candidate in files:
+        if not candidate.is_file():
+            raise UserError(f"--fit-weights: {candidate} (validation predictions for {path}) does not exist; "
+                            f"pass --val-preds or --weights")
+    return files
+
+
+def fold_set(run_dir):
+    """The run folders of the K-fold set ``run_dir`` belongs to (runs beside it with the same config but the
+    fold), in fold order; just ``run_dir`` for a hold-out run (or a folder without a config.json). An incomplete
+    set is a UserError."""
+    def config_of(folder):
+        return json.loads((folder / "config.json").read_text())
+
+    if not (run_dir / "config.json").is_file() or not config_of(run_dir).get("folds"):
+        return [run_dir]
+    config = config_of(run_dir)
+    same = lambda other: {**other, "fold": 0} == {**config, "fold": 0}
+    by_fold = {}
+    for folder in sorted(run_dir.parent.glob("*/config.json")):
+        other = config_of(folder.parent)
+        if same(other):
+            by_fold.setdefault(other["fold"], folder.parent)
+    missing = [fold for fold in range(config["folds"]) if fold not in by_fold]
+    if missing:
+        raise UserError(f"--fit-weights: the {config['folds']}-fold set of {run_dir} lacks fold(s) "
+                        f"{', '.join(map(str, missing))}; train them (python train.py --recipe {config['recipe']} "
+                        f"--folds {config['folds']} --fold {missing[0]} ...) or pass --val-preds")
+    return [by_fold[fold] for fold in range(config["folds"])]
+
+
+def concatenated_predictions(files):
+    """One prediction record from several validation files of one member (its fold set)."""
+    parts = [load_predictions(f) for f in files]
+    for part, file in zip(parts, files):
+        if part["split"] != "val":
+            raise UserError(f"--fit-weights: {file} predicts split {part['split']!r}, not 'val'")
+    ids = np.concatenate([p["ids"] for p in parts])
+    if len(np.unique(ids)) != len(ids):
+        raise UserError(f"--fit-weights: {', '.join(map(str, files))} predict some image twice; a fold set's "
+                        f"validation images are disjoint")
+    return {**parts[0], "xyz": np.concatenate([p["xyz"] for p in parts]), "ids": ids}
 
 
 def validation_set(records, paths, val_paths, data_root):
     """(member predictions (M, V, 21, 3), ground truth (V, 21, 3), files) over the validation ids all members
-    share."""
-    files = [validation_file(r, p, v) for r, p, v in zip(records, paths, val_paths or [None] * len(records))]
-    members = [load_predictions(f) for f in files]
+    share. A member trained in K folds contributes the out-of-fold predictions of its whole fold set."""
+    file_sets = [validation_files(r, p, v) for r, p, v in zip(records, paths, val_paths or [None] * len(records))]
+    members = [concatenated_predictions(files) for files in file_sets]
+    files = [files[0] if len(files) == 1 else files[0].parent.parent for files in file_sets]
     check_joint_orders(members, files)
-    for member, file in zip(members, files):
-        if member["split"] != "val":
-            raise UserError(f"--fit-weights: {file} predicts split {member['split']!r}, not 'val'")
     common = members[0]["ids"]
     for member in members[1:]:
         common = np.intersect1d(common, member["ids"])
     if len(common) == 0:
         raise UserError(f"--fit-weights: {', '.join(map(str, files))} share no validation image")
     root = resolve_data_root(data_root or records[0].get("data_root") or None)
-    val = load_split(root, "val")
-    if not val.labelled:
+    labelled = load_all_training(root) if detect_layout(root) == "freihand" else load_split(root, "val")
+    if not labelled.labelled:
         raise UserError(f"--fit-weights: the val split of {root} has no labels")
     stack = np.stack([member["xyz"][rows_of(member["ids"], common)[0]] for member in members])
-    return stack, labels_for(val, common, "validation predictions"), files
+    return stack, labels_for(labelled, common, "validation predictions"), files
 
 
 def val_error(xyz_stack, gt, weights):

@@ -170,6 +170,16 @@ def _read_json_array(path, item_shape, optional=False, expect_len=None, K_file=N
     return values
 
 
+def load_all_training(root):
+    """Every image of a FreiHAND layout's training/ folder (hold-out and folds alike): the ground truth of
+    out-of-fold predictions."""
+    root = Path(root)
+    if detect_layout(root) != "freihand":
+        raise UserError(f"{root}: out-of-fold predictions need the FreiHAND layout (training/ split by hand)")
+    return _read_folder(root, "train", "freihand", image_dir=root / "training" / "rgb", prefix="training",
+                        mask_dir=root / "training" / "mask")
+
+
 def fold_val_ids(ann_ids, folds, fold):
     """Annotation ids (sorted) of fold ``fold`` of scikit-learn's GroupKFold over the images, grouped by hand
     (annotation id), so all image versions of a hand fall in one fold. Shuffled with VAL_SEED; the same

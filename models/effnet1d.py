@@ -64,23 +64,31 @@ class HeatmapDecoder1D(nn.Module):
     column i by a translation-equivariant stack, which must learn depth from border effects alone.
     'pooled' (I2L-MeshNet's z read-out): the z block averaged over both axes, then a linear map to
     ``depth_bins`` logits per joint, resampled to L bins, so every depth bin has weights of its own.
+    ``skip_channels`` (UNet-style skips, off in the paper): after each xy block, a 1x1 projection of the encoder
+    feature map of the same resolution is added (channels of those maps, deepest first).
     """
 
     def __init__(self, in_channels, channels=128, num_blocks=4, num_joints=NUM_JOINTS, z_readout="columns",
-                 depth_bins=64):
+                 depth_bins=64, skip_channels=()):
         super().__init__()
         if z_readout not in Z_READOUTS:
             raise ValueError(f"z_readout={z_readout!r}: choose one of {', '.join(Z_READOUTS)}")
         self.z_readout, self.num_joints, self.depth_bins = z_readout, num_joints, depth_bins
         self.xy_branch = upsampler(in_channels, channels, num_blocks)
+        self.skips = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in skip_channels[:num_blocks])
         self.z_branch = upsampler(in_channels, channels, num_blocks)
         self.to_x = nn.Conv1d(channels, num_joints, 1)
         self.to_y = nn.Conv1d(channels, num_joints, 1)
         self.to_z = (nn.Conv1d(channels, num_joints, 1) if z_readout == "columns"
                      else nn.Linear(channels, num_joints * depth_bins))
 
-    def forward(self, features):
-        xy = self.xy_branch(features)  # (B, C, L, L)
+    def forward(self, features, skip_features=()):
+        """features: (B, in_channels, h, h); skip_features: the encoder maps at 2h, 4h, ... (deepest first)."""
+        xy = features
+        for i, block in enumerate(self.xy_branch):
+            xy = block(xy)  # (B, C, h * 2^(i+1), ...)
+            if i < len(self.skips):
+                xy = xy + self.skips[i](skip_features[i])
         z = self.z_branch(features)    # (B, C, L, L)
         x_logits = self.to_x(xy.mean(2))  # mean over rows -> (B, C, L) along u -> (B, J, L)
         y_logits = self.to_y(xy.mean(3))  # mean over columns, along v
@@ -94,7 +102,7 @@ class HeatmapDecoder1D(nn.Module):
 
 class EffNet1D(nn.Module):
     def __init__(self, arch, encoder_name, pretrained="none", channels=128, num_blocks=4, drop_connect=0.2,
-                 z_readout="columns", depth_bins=64, encoder_depth=5):
+                 z_readout="columns", depth_bins=64, encoder_depth=5, skips=False):
         super().__init__()
         if encoder_depth not in (4, 5):
             raise ValueError(f"encoder_depth={encoder_depth}: 5 (stride 32, the paper) or 4 (stride 16)")
@@ -117,30 +125,29 @@ class EffNet1D(nn.Module):
             if isinstance(layer, nn.BatchNorm2d):
                 layer.momentum = 0.1
         self.encoder._drop_connect_rate = float(drop_connect)  # stochastic depth, reached by the deepest block
+        skip_channels = self.encoder.out_channels[-2:0:-1] if skips else ()  # stride 16 (or 8) ... 2
         self.decoder = HeatmapDecoder1D(self.encoder.out_channels[-1], channels, num_blocks, z_readout=z_readout,
-                                        depth_bins=depth_bins)
+                                        depth_bins=depth_bins, skip_channels=skip_channels)
 
     def forward(self, x, return_aux=False):
         height, width = x.shape[-2:]
         if height != width:
             raise ValueError(f"the 1D-heatmap decoder needs square inputs, got {height}x{width}")
-        features = self.encoder(x)[-1]  # (B, 448, S/32, S/32) for b4 at encoder_depth 5
-        logits = self.decoder(features)  # (B, J, 3, L)
+        features = self.encoder(x)  # [x, stride 2, 4, ...]; the last (B, 448, S/32, S/32) for b4 at depth 5
+        logits = self.decoder(features[-1], features[-2:0:-1])  # (B, J, 3, L)
         uvd, probs = soft_argmax_1d(logits, width)
         return (uvd, {"heatmaps1d": probs, "logits1d": logits}) if return_aux else uvd
 
 
 @register_model("effb4_1d", seed="000",
                 summary="EfficientNet-B4 encoder + separable 1D-heatmap decoder, soft-argmax (19.5M in the paper)")
-def effb4_1d(pretrained="none", channels=128, num_blocks=4, drop_connect=0.2, z_readout="columns", depth_bins=64,
-             encoder_depth=5):
-    return EffNet1D("effb4_1d", "efficientnet-b4", pretrained, channels, num_blocks, drop_connect, z_readout, depth_bins,
-                    encoder_depth)
+def effb4_1d(pretrained="none", **options):
+    """options: channels, num_blocks, drop_connect, z_readout, depth_bins, encoder_depth, skips (EffNet1D)."""
+    return EffNet1D("effb4_1d", "efficientnet-b4", pretrained, **options)
 
 
 @register_model("effb0_1d", seed="000",
                 summary="EfficientNet-B0 encoder + separable 1D-heatmap decoder, soft-argmax (5.4M in the paper)")
-def effb0_1d(pretrained="none", channels=128, num_blocks=4, drop_connect=0.2, z_readout="columns", depth_bins=64,
-             encoder_depth=5):
-    return EffNet1D("effb0_1d", "efficientnet-b0", pretrained, channels, num_blocks, drop_connect, z_readout, depth_bins,
-                    encoder_depth)
+def effb0_1d(pretrained="none", **options):
+    """options: channels, num_blocks, drop_connect, z_readout, depth_bins, encoder_depth, skips (EffNet1D)."""
+    return EffNet1D("effb0_1d", "efficientnet-b0", pretrained, **options)

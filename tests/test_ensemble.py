@@ -135,6 +135,49 @@ def test_fitted_weights_favour_the_better_member(mp21, tmp_path, capsys):
     assert not (tmp_path / "ens.metrics.json").exists()                      # the test split has no labels
 
 
+def write_fold_set(root, runs, seed, sigma, folds=3, skip=()):
+    """K run folders (config.json + out-of-fold val_pred.npz with ``sigma`` metres of noise) of one recipe and
+    seed; returns the first."""
+    for fold in range(folds):
+        if fold in skip:
+            continue
+        run = runs / f"family{seed}_fold{fold}"
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"recipe": "r", "seed": seed, "folds": folds, "fold": fold}))
+        val = load_split(root, "val", folds, fold)
+        write_member(run / "val_pred.npz", noisy(val.xyz, sigma, seed * 10 + fold), val.image_ids, "val")
+    return runs / f"family{seed}_fold{min(set(range(folds)) - set(skip))}"
+
+
+def test_fitted_weights_on_complete_fold_sets_use_every_out_of_fold_prediction(tmp_path, capsys):
+    """Two 3-fold families in one runs folder (told apart by their configs): each member's validation set is
+    its family's out-of-fold predictions, i.e. every training image once."""
+    root = write_marker_dataset(tmp_path / "data", n=12, n_eval=6, seed=5)
+    evaluation = load_split(root, "evaluation")
+    members = []
+    for seed, sigma in ((1, 0.002), (2, 0.008)):
+        run = write_fold_set(root, tmp_path / "runs", seed, sigma)
+        members.append(write_member(tmp_path / f"m{seed}.npz", noisy(evaluation.xyz, sigma, seed),
+                                    evaluation.image_ids, "evaluation", layout="freihand", data_root=str(root),
+                                    run_dir=str(run)))
+    code, out, err = run_cli([*members, "--fit-weights", "--out", tmp_path / "ens"], capsys)
+    assert code == 0, err
+    validation = json.loads((tmp_path / "ens.ensemble.json").read_text())["validation"]
+    assert validation["n"] == 12
+    assert json.loads((tmp_path / "ens.ensemble.json").read_text())["weights"][0] > 0.8
+
+
+def test_an_incomplete_fold_set_is_one_line_naming_the_missing_fold(tmp_path, capsys):
+    root = write_marker_dataset(tmp_path / "data", n=12, n_eval=6, seed=5)
+    evaluation = load_split(root, "evaluation")
+    members = [write_member(tmp_path / f"m{seed}.npz", evaluation.xyz, evaluation.image_ids, "evaluation",
+                            layout="freihand", data_root=str(root),
+                            run_dir=str(write_fold_set(root, tmp_path / "runs", seed, 0.002, skip=skip)))
+               for seed, skip in ((1, ()), (2, (1,)))]
+    code, _, err = run_cli([*members, "--fit-weights", "--out", tmp_path / "ens"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "lacks fold(s) 1" in err and "--folds 3 --fold 1" in err
+
+
 def test_fitting_is_deterministic_and_never_worse_than_the_best_member():
     gt = np.random.default_rng(3).normal(0, 0.03, (40, 21, 3)) + [0, 0, 0.6]
     stack = np.stack([noisy(gt, 0.004, 4), noisy(gt, 0.02, 5), noisy(gt, 0.03, 6)])

@@ -115,80 +115,19 @@ def test_effnet_stride16_encoder_and_pooled_depth_readout():
     assert torch.equal(shifted["logits1d"][:, :, :2], aux["logits1d"][:, :, :2])
 
 
-def test_soft_argmax_puts_a_peak_on_its_pixel():
-    """32 bins over a 128 px input: bin i covers pixels 4i .. 4i+3, centre 4i + 1.5; depth bin k of 32 sits at
-    (k + 0.5) / 16 - 1."""
-    logits = torch.full((1, 21, 3, 32), -1e4)
-    logits[0, :, 0, 10] = 0.0  # u: pixels 40..43 -> 41.5
-    logits[0, :, 1, 0] = 0.0   # v: pixels 0..3 -> 1.5
-    logits[0, :, 2, 24] = 0.0  # d: 24.5 / 16 - 1 = 0.53125
-    uvd, probs = soft_argmax_1d(logits, 128)
-    assert torch.allclose(uvd[0], torch.tensor([41.5, 1.5, 0.53125]).expand(21, 3))
-    assert probs[0, 0, 0, 10] == 1.0
-
-
-# --- seed 001: ResNet regression ---------------------------------------------------------------------------
-
-@pytest.mark.parametrize("name, head", [("resnet34", "backbone.fc"), ("res50x2_res34", "pipeline.stage3.fc")])
-def test_resnet_outputs_are_normalised_uvd(name, head):
-    """A zero output is the input's centre at root depth: u = v = 128 / 2 - 0.5 = 63.5, d = 0."""
-    model = models.create_model(name).eval()
-    fc = model.get_submodule(head)
-    torch.nn.init.zeros_(fc.weight)
-    torch.nn.init.zeros_(fc.bias)
+def test_effnet_skips_feed_the_xy_heatmaps_from_each_encoder_stride():
+    """One 1x1 projection per xy block, from the encoder maps of strides 8, 4 and 2 (B0: 40, 24, 32 channels);
+    silencing the stride-2 skip changes the u, v logits and leaves the depth logits alone."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 64, 64)
+    model = models.create_model("effb0_1d", encoder_depth=4, num_blocks=3, channels=16, skips=True,
+                                z_readout="pooled").eval()
+    assert [skip.in_channels for skip in model.decoder.skips] == [40, 24, 32]
     with torch.no_grad():
-        uvd = model(torch.randn(2, 3, 128, 128))
-    assert torch.allclose(uvd, torch.tensor([63.5, 63.5, 0.0]).expand(2, 21, 3))
-
-
-# --- --pretrained --------------------------------------------------------------------------------------------
-
-def test_imagenet_without_network_is_a_user_error(monkeypatch, tmp_path):
-    """No network (offline mode, empty cache): one line naming the arch and the offline choices."""
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
-    for name in ["effb0_1d", "resnet34"]:
-        with pytest.raises(UserError, match=f"^{name}: .*--pretrained none.*--pretrained PATH") as err:
-            models.create_model(name, pretrained="imagenet")
-        assert "\n" not in str(err.value)
-
-
-def test_missing_weights_file_is_a_user_error(tmp_path):
-    path = tmp_path / "nowhere.pt"
-    with pytest.raises(UserError, match="nowhere.pt"):
-        models.create_model("effb0_1d", pretrained=str(path))
-
-
-def test_unreadable_weights_file_is_a_user_error(tmp_path):
-    path = tmp_path / "garbage.pt"
-    path.write_bytes(b"not a weights file")
-    with pytest.raises(UserError, match="garbage.pt"):
-        models.create_model("resnet34", pretrained=str(path))
-
-
-def test_encoder_weights_round_trip(tmp_path):
-    """A bare encoder state dict, and a checkpoint of the whole model, load into the encoder exactly."""
-    torch.manual_seed(0)
-    source = models.create_model("effb0_1d", channels=16)
-    torch.save(source.encoder.state_dict(), tmp_path / "encoder.pt")
-    torch.save({"model": source.state_dict(), "config": {"arch": "effb0_1d"}}, tmp_path / "best.pt")
-    for file in ["encoder.pt", "best.pt"]:
-        loaded = models.create_model("effb0_1d", pretrained=str(tmp_path / file), channels=16)
-        for key, value in source.encoder.state_dict().items():
-            assert torch.equal(loaded.encoder.state_dict()[key], value), (file, key)
-
-
-def test_imagenet_classifier_file_loads_into_the_resnet_backbone(tmp_path):
-    """An ImageNet-shaped timm file (1000 classes): everything but the classifier loads; fc keeps its init."""
-    torch.manual_seed(0)
-    imagenet = timm.create_model("resnet34", num_classes=1000)
-    torch.save(imagenet.state_dict(), tmp_path / "resnet34_imagenet.pt")
-    model = models.create_model("resnet34", pretrained=str(tmp_path / "resnet34_imagenet.pt"))
-    assert torch.equal(model.backbone.conv1.weight, imagenet.conv1.weight)
-    assert model.backbone.fc.weight.shape == (63, 512)
-
-
-def test_weights_of_another_backbone_are_a_user_error(tmp_path):
-    torch.save(models.create_model("effb0_1d").encoder.state_dict(), tmp_path / "b0.pt")
-    with pytest.raises(UserError, match="b0.pt.*does not fit the effb4_1d backbone"):
-        models.create_model("effb4_1d", pretrained=str(tmp_path / "b0.pt"))
+        before = model(x, return_aux=True)[1]["logits1d"]
+        handle = model.decoder.skips[2].register_forward_hook(lambda module, args, out: out * 0.0)
+        after = model(x, return_aux=True)[1]["logits1d"]
+        handle.remove()
+    assert not torch.allclose(before[:, :, :2], after[:, :, :2])
+    assert torch.equal(before[:, :, 2], after[:, :, 2])
+    assert len(models.create_model("effb0_1d", channels=16).decoder.skips) == 0  # the paper's decoder

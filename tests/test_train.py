@@ -7,12 +7,15 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
+import runlog
 import train
 from checkpoints import build_model, load_checkpoint
 from common import PROJECT_ROOT
+from data.readers import load_split
 from tests.scripts import run_main
 
 TINY = ["--arch", "ghost_lite", "--img-size", "64", "--batch-size", "4", "--pretrained", "none", "--workers", "0",
@@ -89,15 +92,27 @@ def test_list_archs_prints_every_arch_with_params_size_seed(capsys):
 # --- real runs ----------------------------------------------------------------------------------------------
 
 def test_a_short_run_writes_the_run_folder(synthetic_root, tmp_path):
+    """A run on fold 1 of 4: the run folder, the constant-shape yardstick in every record, TensorBoard events,
+    out-of-fold validation predictions of exactly that fold, and a row in the runs table."""
     folder = tmp_path / "run"
-    result = run_train(*TINY, "--data-root", synthetic_root, "--epochs", "2", "--out", folder)
+    result = run_train(*TINY, "--data-root", synthetic_root, "--epochs", "2", "--folds", "4", "--fold", "1",
+                       "--out", folder)
     assert result.returncode == 0, result.stderr
     for name in ("config.json", "log.csv", "curves.png", "last.pt", "best.pt", "val_pred.npz", "summary.json"):
         assert (folder / name).is_file(), name
+    assert list(folder.glob("events.out.tfevents.*"))
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["arch"] == "ghost_lite" and summary["epochs"] == 2 and summary["train_images_per_s"] > 0
     assert summary["best_val_pa_mpjpe_mm"] > 0 and summary["params"] < 1_000_000
+    assert summary["best_val_fraction_of_constant_shape"] == pytest.approx(
+        summary["best_val_pa_mpjpe_mm"] / summary["val_constant_shape_pa_mpjpe_mm"])
+    assert "of the constant-shape baseline" in result.stdout.splitlines()[-1]
     assert log_epochs(folder) == [1, 2]
+    fold_ids = load_split(synthetic_root, "val", 4, 1).image_ids
+    assert sorted(np.load(folder / "val_pred.npz")["ids"]) == sorted(fold_ids) and len(fold_ids) == 10
+    table = runlog.list_runs(tmp_path)
+    assert list(table["run"]) == ["run"] and table["of_constant"][0] == pytest.approx(
+        summary["best_val_fraction_of_constant_shape"], abs=1e-3)
     config = json.loads((folder / "config.json").read_text())
     assert config["img_size"] == 64 and config["data_root"] == str(synthetic_root)
     state = load_checkpoint(folder / "best.pt")
