@@ -2,8 +2,10 @@
 
 A checkpoint is a dict: ``model`` (state dict), ``config`` (the run's resolved config: arch, img_size, model
 options, ...), ``epoch`` (epochs completed), ``history`` (one dict per completed epoch, the rows of log.csv),
-``stats`` (facts about the training data the predictions need, e.g. the mean bone length), and, in
-``last.pt``, the optimizer, scheduler, scaler and RNG states that ``--resume`` restores.
+``stats`` (facts about the training data the predictions need, e.g. the mean bone length and the constant
+shape), and, in ``last.pt``, the optimizer, scheduler, scaler and EMA states that ``--resume`` restores (RNG
+streams are re-seeded from the seed and the epoch instead). ``model`` is the evaluated weights (the EMA when the
+run keeps one) in ``best.pt`` and the raw trained weights in ``last.pt``.
 """
 import os
 import pickle

@@ -114,28 +114,35 @@ def validation_files(record, path, explicit=None):
     return files
 
 
-def fold_set(run_dir):
-    """The run folders of the K-fold set ``run_dir`` belongs to (runs beside it with the same config but the
-    fold), in fold order; just ``run_dir`` for a hold-out run (or a folder without a config.json). An incomplete
-    set is a UserError."""
-    def config_of(folder):
-        return json.loads((folder / "config.json").read_text())
+RUN_ONLY_KEYS = ("fold", "device", "workers")  # config keys that differ between the runs of one fold set
 
-    if not (run_dir / "config.json").is_file() or not config_of(run_dir).get("folds"):
+
+def fold_set(run_dir):
+    """The run folders of the K-fold set ``run_dir`` belongs to (runs beside it whose configs differ only in
+    RUN_ONLY_KEYS), in fold order, ``run_dir`` itself for its own fold; just ``run_dir`` for a hold-out run (or a
+    folder without a config.json). An incomplete set, or a fold trained twice, is a UserError."""
+    def family(folder):
+        config = json.loads((folder / "config.json").read_text())
+        return config, {k: v for k, v in config.items() if k not in RUN_ONLY_KEYS}
+
+    if not (run_dir / "config.json").is_file() or not family(run_dir)[0].get("folds"):
         return [run_dir]
-    config = config_of(run_dir)
-    same = lambda other: {**other, "fold": 0} == {**config, "fold": 0}
-    by_fold = {}
+    config, key = family(run_dir)
+    by_fold = {config["fold"]: [run_dir]}
     for folder in sorted(run_dir.parent.glob("*/config.json")):
-        other = config_of(folder.parent)
-        if same(other):
-            by_fold.setdefault(other["fold"], folder.parent)
+        other, other_key = family(folder.parent)
+        if other_key == key and other["fold"] != config["fold"]:
+            by_fold.setdefault(other["fold"], []).append(folder.parent)
     missing = [fold for fold in range(config["folds"]) if fold not in by_fold]
     if missing:
         raise UserError(f"--fit-weights: the {config['folds']}-fold set of {run_dir} lacks fold(s) "
                         f"{', '.join(map(str, missing))}; train them (python train.py --recipe {config['recipe']} "
                         f"--folds {config['folds']} --fold {missing[0]} ...) or pass --val-preds")
-    return [by_fold[fold] for fold in range(config["folds"])]
+    twice = [runs for runs in by_fold.values() if len(runs) > 1]
+    if twice:
+        raise UserError(f"--fit-weights: fold set of {run_dir}: {' and '.join(map(str, twice[0]))} train the same "
+                        f"fold; move one out of {run_dir.parent} or pass --val-preds")
+    return [by_fold[fold][0] for fold in range(config["folds"])]
 
 
 def concatenated_predictions(files):
@@ -156,7 +163,7 @@ def validation_set(records, paths, val_paths, data_root):
     share. A member trained in K folds contributes the out-of-fold predictions of its whole fold set."""
     file_sets = [validation_files(r, p, v) for r, p, v in zip(records, paths, val_paths or [None] * len(records))]
     members = [concatenated_predictions(files) for files in file_sets]
-    files = [files[0] if len(files) == 1 else files[0].parent.parent for files in file_sets]
+    files = [files[0] for files in file_sets]  # the first of a fold set names it in messages
     check_joint_orders(members, files)
     common = members[0]["ids"]
     for member in members[1:]:
@@ -168,7 +175,7 @@ def validation_set(records, paths, val_paths, data_root):
     if not labelled.labelled:
         raise UserError(f"--fit-weights: the val split of {root} has no labels")
     stack = np.stack([member["xyz"][rows_of(member["ids"], common)[0]] for member in members])
-    return stack, labels_for(labelled, common, "validation predictions"), files
+    return stack, labels_for(labelled, common, "validation predictions"), [f for fs in file_sets for f in fs]
 
 
 def val_error(xyz_stack, gt, weights):

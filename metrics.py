@@ -64,8 +64,9 @@ def f_score(pred, gt, threshold):
 
 
 def generalized_procrustes_mean(poses, rounds=5):
-    """The one hand shape (21, 3) that PA-MPJPE favours: the generalised-Procrustes mean of ``poses``
-    (N, 21, 3). Start from the first pose; each round aligns every pose to the current mean (centre, scale,
+    """The constant hand shape (21, 3) that fits ``poses`` (N, 21, 3) best in the least-squares sense under
+    similarity alignment: their generalised-Procrustes mean (PA-MPJPE averages unsquared distances, so it is a
+    strong constant answer rather than a proven optimum). Start from the first pose; each round aligns every pose to the current mean (centre, scale,
     rotation; no reflection) and averages them, rescaled to the poses' mean Frobenius norm."""
     poses = np.asarray(poses, np.float64)
     centred = poses - poses.mean(1, keepdims=True)
@@ -86,7 +87,7 @@ def constant_pa_mpjpe_mm(shape, gt, allow_reflection=True):
 
 
 def constant_shape_baseline(train_xyz, eval_xyz, allow_reflection=True):
-    """The yardstick for "it learns": PA-MPJPE (mm) on ``eval_xyz`` of the best constant hand, the
+    """The yardstick for "it learns": PA-MPJPE (mm) on ``eval_xyz`` of the constant-shape answer, the
     generalised-Procrustes mean of the training poses ``train_xyz`` (both (N, 21, 3) metres)."""
     return constant_pa_mpjpe_mm(generalized_procrustes_mean(train_xyz), eval_xyz, allow_reflection)
 

@@ -24,13 +24,16 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 def make_optimizer(model, config):
-    """Adam, AdamW or SGD over the trainable parameters; weight decay spares norms and biases (timm's groups
-    put every 1-D parameter in a group without decay)."""
-    groups = param_groups_weight_decay(model, config["weight_decay"])
+    """Adam, AdamW or SGD over the trainable parameters. AdamW's weight decay spares norms and biases (timm's
+    groups put every 1-D parameter in a group without decay); Adam and SGD decay every parameter, as the seeds
+    that name them wrote."""
+    if config["optimizer"] == "adamw":
+        return torch.optim.AdamW(param_groups_weight_decay(model, config["weight_decay"]), lr=config["lr"])
+    params = [p for p in model.parameters() if p.requires_grad]
     if config["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, lr=config["lr"], momentum=config["momentum"])
-    kind = torch.optim.AdamW if config["optimizer"] == "adamw" else torch.optim.Adam
-    return kind(groups, lr=config["lr"])
+        return torch.optim.SGD(params, lr=config["lr"], momentum=config["momentum"],
+                               weight_decay=config["weight_decay"])
+    return torch.optim.Adam(params, lr=config["lr"], weight_decay=config["weight_decay"])
 
 
 def schedule_factor(step, total_steps, steps_per_epoch, config):
@@ -56,14 +59,16 @@ def make_scheduler(optimizer, config, steps_per_epoch):
     total_steps = steps_per_epoch * config["epochs"]
     if config["schedule"] == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config["lr"], total_steps=total_steps,
-                                                   pct_start=config["onecycle_pct"], final_div_factor=1e4 / 25)
+                                                   pct_start=config["onecycle_pct"], final_div_factor=1e4 / 25,
+                                                   cycle_momentum=False)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: schedule_factor(step, total_steps, steps_per_epoch, config))
 
 
 def make_ema(model, config):
-    """timm's ModelEmaV3 of ``model`` (decay ramped up from 0 over the first steps, as timm's warm-up does), or
-    None when ``ema_decay`` is 0. It keeps its own copy, updated after every optimiser step."""
+    """timm's ModelEmaV3 of ``model``, or None when ``ema_decay`` is 0. It keeps its own copy, updated after every
+    optimiser step with decay min(ema_decay, 1 - (1 + step) ** -0.75): 0.9 after 20 steps, 0.99 after 460,
+    0.999 after 10,000 (timm's warm-up), so a short run averages over a short window."""
     if not config["ema_decay"]:
         return None
     return ModelEmaV3(model, decay=config["ema_decay"], use_warmup=True, warmup_power=0.75)

@@ -20,7 +20,7 @@ Files (PREFIX = --out):
                        PREFIX: a gzipped JSON list N x 21 x 3 in millimetres, the split's order, joints in
                        --joint-order (default ait: the course template's order, which the course scores slot by slot)
   PREFIX.metrics.json  when the split has labels: both Procrustes variants, each also as a fraction of the
-                       constant-shape baseline (the best single hand, see metrics.constant_shape_baseline)
+                       constant-shape baseline (one hand for all, see metrics.constant_shape_baseline)
   PREFIX_viz/NNNN.png  --viz K: K images (NNNN the image id) with the 2D skeleton beside a 3D view
 
 Policies
@@ -166,7 +166,7 @@ def read_checkpoint(path):
         raise UserError(f"checkpoint {path} cannot be read (UnpicklingError: {err}); it is broken or not a "
                         f"PyTorch file: use another checkpoint") from None
     missing = [key for key in ("arch", "img_size", "model") if key not in state["config"]]
-    missing += [f"stats.{key}" for key in ("bone_length_m", "constant_shape_m", "root_depth_m")
+    missing += [f"stats.{key}" for key in ("bone_length_m", "root_depth_m")
                 if key not in state.get("stats", {})]
     if missing:
         raise UserError(f"checkpoint {path} lacks {', '.join(missing)}; pass a best.pt written by train.py")
@@ -785,12 +785,12 @@ def main(argv=None):
     record = {"xyz": xyz, "ids": predictions["ids"], "split": split.name, "layout": split.layout,
               "data_root": str(Path(root).resolve()), "arch": config["arch"], "ckpt": str(ckpt.resolve()),
               "run_dir": str(ckpt.resolve().parent), "tta": args.tta, "bone_length_m": stats["bone_length_m"],
-              "constant_shape_m": np.asarray(stats["constant_shape_m"])}
+              **({"constant_shape_m": np.asarray(stats["constant_shape_m"])} if "constant_shape_m" in stats else {})}
     npz, upload, notes = write_outputs(prefix, record, fmt, joint_order, expected_ids=split.image_ids)
     print(written_line(f"wrote {npz} and the upload file {upload}", fmt, joint_order, notes))
     if split.labelled:
         info = {"split": split.name, "arch": config["arch"], "ckpt": str(ckpt), "tta": args.tta}
-        print(f"wrote {report_scores(prefix, xyz, split.xyz, stats['constant_shape_m'], info)}")
+        print(f"wrote {report_scores(prefix, xyz, split.xyz, stats.get('constant_shape_m'), info)}")
     if args.viz:
         print(f"wrote {args.viz} pictures to {save_pictures(prefix, split, xyz, args.viz)}/")
 

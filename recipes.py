@@ -74,15 +74,16 @@ RECIPES = {
                          "model": {"num_blocks": 4, "channels": 128, "drop_connect": 0.0},
                          "pretrained": "none", "batch_size": 8, "lr": 1e-3, "loss": {"coord_mse": 1.0, "js1d": 1.0},
                          "augs": "none"},
-    # ours, the CPU recipe: what learns the fingers from random weights on the synthetic set within 30 minutes of
-    # a 2-core CPU (README, "Learning on a CPU"). Seed 000's arch at 64 px, reading the stride-16 features
-    # (a 4x4 map, not 2x2) and depth through I2L-MeshNet's pooled read-out; AdamW + warm-up + cosine per step,
-    # EMA of the weights, MSE + the SimCC KL term, rotations for TTA, the 3 best epochs averaged.
-    "synthetic_cpu": {**_SEED000, "arch": "effb0_1d", "img_size": 64, "batch_size": 32, "epochs": 28,
+    # ours, the CPU recipe: what learns the fingers fastest from random weights on the synthetic set on a 2-core
+    # CPU (README, "Learning on a CPU"): seed 000's arch at 64 px reading the stride-16 features (a 4x4 map, not
+    # 2x2) with UNet-style skips into the xy branch and I2L-MeshNet's pooled depth read-out; batch 16, AdamW,
+    # warm-up + cosine per step, EMA of the weights, MSE + the SimCC KL term, rotations (for TTA), the 3 best
+    # epochs averaged; 25 epochs fill about 27 minutes.
+    "synthetic_cpu": {**_SEED000, "arch": "effb0_1d", "img_size": 64, "batch_size": 16, "epochs": 25,
                       "optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "schedule": "cosine",
                       "min_lr_ratio": 0.02, "warmup_epochs": 1.0, "ema_decay": 0.999, "average_top_k": 3,
                       "model": {"num_blocks": 3, "channels": 128, "drop_connect": 0.0, "z_readout": "pooled",
-                                "encoder_depth": 4},
+                                "encoder_depth": 4, "skips": True},
                       "loss": {"coord_mse": 1.0, "simcc_kl": 0.1}, "augs": "rotate", "pretrained": "none",
                       "short_on_cpu": False},
     # ours, for a GPU: seed 000 plus what strong pose recipes add (RTMPose, timm): AdamW without decay on norms

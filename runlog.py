@@ -70,11 +70,12 @@ def skeleton_panel(images, uv_pred, uv_true):
 class TensorBoardLog:
     """TensorBoard events in the run folder (rank 0 only; a no-op object elsewhere)."""
 
-    def __init__(self, folder, enabled=True):
+    def __init__(self, folder, enabled=True, purge_step=None):
+        """``purge_step``: a resumed run's first step; events from it on, left by the killed run, are dropped."""
         self.writer = None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(log_dir=str(folder))
+            self.writer = SummaryWriter(log_dir=str(folder), purge_step=purge_step or None)
 
     def step(self, step, parts, lr):
         """Loss terms (name -> float) and the lr after optimiser step ``step``."""
@@ -101,7 +102,7 @@ class TensorBoardLog:
 
 
 def list_runs(runs_root):
-    """A pandas table, one row per run folder with a summary.json or a log.csv (newest first): name, arch,
+    """A pandas table, one row per run folder with a config.json and a log.csv (newest first): name, arch,
     recipe, epochs, best validation mm, its fraction of the constant shape, images/s, date."""
     import pandas as pd
     rows = []

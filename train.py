@@ -37,7 +37,7 @@ from data import resolve_data_root
 from data.dataset import make_dataset
 from data.loader import make_loader, to_device
 from data.readers import load_split
-from models.losses import LOSS_TERMS, pose_loss
+from models.losses import LOSS_TERMS, pose_loss, split_weights
 from predict import autocast, camera_joints, predict_loader
 
 # The laptop default: the synthetic set on the CPU with none of these keys given gets this short run, which
@@ -152,6 +152,7 @@ def validate_config(config):
     unknown = sorted(set(config["loss"]) - LOSS_TERMS)
     if unknown:
         raise UserError(f"unknown loss key(s) {', '.join(unknown)}; known: {', '.join(sorted(LOSS_TERMS))}")
+    split_weights(config["loss"])  # weights and options of the loss terms
     augment.parse_augs(config["augs"])
     augment.resolve_options(config["aug"])
     for key, allowed in (("optimizer", optimization.OPTIMIZERS), ("schedule", optimization.SCHEDULES)):
@@ -169,8 +170,22 @@ def validate_config(config):
                            ("final_epochs", 0, config["epochs"])):
         if not low <= config[key] <= high:
             raise UserError(f"{key}={config[key]}: must lie in [{low}, {high}]")
+    if config["fold"] and not config["folds"]:
+        raise UserError(f"--fold {config['fold']} needs --folds K (the number of folds)")
+    if config["augs_final"] and not config["final_epochs"]:
+        raise UserError("augs_final is set but final_epochs=0: give --set final_epochs=N, or drop augs_final")
+    check_model_options(config)
     if config["schedule"] == "onecycle" and config["warmup_epochs"]:
         raise UserError("schedule=onecycle warms up by itself: set warmup_epochs=0 or use schedule=cosine")
+
+
+def check_model_options(config):
+    """Build the model on the meta device (no memory, no weights) so that a bad model option is one line now."""
+    try:
+        with torch.device("meta"):
+            models.create_model(config["arch"], pretrained="none", **config["model"])
+    except (TypeError, ValueError) as err:
+        raise UserError(f"model options {config['model']} for {config['arch']}: {err}") from None
 
 
 # --- distributed ------------------------------------------------------------------------------------------
@@ -265,13 +280,15 @@ def train_one_epoch(ctx, epoch):
             break  # the remainder that would not fill an optimiser step
         step = (epoch - 1) * steps_per_epoch + micro // accumulate  # optimiser steps before this one
         batch = augmenter(to_device(batch, device), generator=generator)
-        loss, parts = forward_loss(ctx, batch, step / (steps_per_epoch * config["epochs"]))
         last_micro = (micro + 1) % accumulate == 0
+        # DDP decides in the forward whether the backward all-reduces: both under no_sync but on the last batch
         with model.no_sync() if ctx["world_size"] > 1 and not last_micro else contextlib.nullcontext():
+            loss, parts = forward_loss(ctx, batch, step / (steps_per_epoch * config["epochs"]))
             ctx["scaler"].scale(loss / accumulate).backward()
         if last_micro:
+            lr_used = ctx["optimizer"].param_groups[0]["lr"]
             optimizer_step(ctx, step + 1)
-            ctx["tb"].step(step + 1, {"total": loss.detach(), **parts}, ctx["optimizer"].param_groups[0]["lr"])
+            ctx["tb"].step(step + 1, {"total": loss.detach(), **parts}, lr_used)
         window.append(loss.detach())
         for k, v in {"total": loss.detach(), **parts}.items():
             totals[k] = totals.get(k, 0.0) + v.detach()
@@ -389,6 +406,10 @@ def build_context(args):
         folder = run_folder(args, None)
         resume_state = load_checkpoint(folder / "last.pt")
         config = resume_state["config"]
+        missing = sorted(set(recipes.DEFAULTS) - set(config))
+        if missing:
+            raise UserError(f"{folder / 'last.pt'} was written by an older train.py (its config lacks "
+                            f"{', '.join(missing)}); start a new run")
         fixed = [k for k in CLI_KEYS if k not in RESUMABLE_OVERRIDES and getattr(args, k) is not None]
         if fixed or args.set or args.recipe:
             raise UserError(f"--resume continues {folder} with its saved config (its schedule included); only "
@@ -467,7 +488,7 @@ def build_context(args):
     announce(f"{config['recipe']}: {config['arch']} ({ctx['params'] / 1e6:.2f} M params), {len(train_set)} training "
              f"/ {len(val_set)} validation images from {data_root}, {size} px, batch {config['batch_size']}"
              f"{f' x {world_size} processes' if world_size > 1 else ''}, {device}, run folder {folder}; "
-             f"the constant-shape baseline (the best single hand) scores {ctx['baseline']:.2f} mm PA-MPJPE on "
+             f"the constant-shape baseline (one hand for all) scores {ctx['baseline']:.2f} mm PA-MPJPE on "
              f"validation")
     return ctx
 
@@ -514,8 +535,10 @@ def keep_top_k(ctx, epoch, val_mm, weights):
     if k < 2:
         return
     path = ctx["folder"] / "topk.pt"
-    kept = torch.load(path, weights_only=False)["entries"] if path.is_file() else []
-    kept = sorted(kept + [(val_mm, epoch, copy.deepcopy(weights))], key=lambda e: e[0])[:k]
+    kept = torch.load(path, map_location="cpu", weights_only=False)["entries"] if path.is_file() else []
+    kept = [e for e in kept if e[1] < epoch]  # a resumed run repeats the epoch it was killed in
+    weights = {key: value.detach().cpu().clone() for key, value in weights.items()}
+    kept = sorted(kept + [(val_mm, epoch, weights)], key=lambda e: e[0])[:k]
     if any(e[1] == epoch for e in kept):
         save_checkpoint({"entries": kept, "config": ctx["config"]}, path)
 
@@ -526,7 +549,7 @@ def average_top_k(ctx):
     path = ctx["folder"] / "topk.pt"
     if ctx["config"]["average_top_k"] < 2 or not path.is_file():
         return None
-    entries = torch.load(path, weights_only=False)["entries"]
+    entries = torch.load(path, map_location="cpu", weights_only=False)["entries"]
     net = eval_net(ctx)
     kept_weights = copy.deepcopy(net.state_dict())
     net.load_state_dict(average_state_dicts([e[2] for e in entries]))
@@ -558,13 +581,14 @@ def main(argv=None):
     if rank == 0:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.json").write_text(json.dumps(config, indent=2))
-    ctx["tb"] = runlog.TensorBoardLog(folder, enabled=rank == 0)
+    ctx["tb"] = runlog.TensorBoardLog(folder, enabled=rank == 0,
+                                      purge_step=(ctx["start_epoch"] - 1) * ctx["steps_per_epoch"])
     speeds = [row["train_images_per_s"] for row in ctx["history"]]
     for epoch in range(ctx["start_epoch"], config["epochs"] + 1):
         seed_everything(config["seed"] * 1000 + epoch)
         started = time.perf_counter()
+        lr = ctx["optimizer"].param_groups[0]["lr"]  # at the epoch's first step
         loss, parts, speed = train_one_epoch(ctx, epoch)
-        lr = ctx["optimizer"].param_groups[0]["lr"]
         speeds.append(speed)
         if rank == 0:
             result, val_xyz, val_ids, uv_pred = validate(ctx)

@@ -1,14 +1,14 @@
 """Seed 000: EfficientNet encoder + 1D-heatmap decoder (Schneider et al., after I2L-MeshNet's lixel heatmaps).
 
 The encoder is segmentation-models-pytorch's ``efficientnet-b4`` / ``-b0`` (the lukemelas implementation the
-paper used); only its deepest feature map is decoded (448 channels at stride 32 for b4, 320 for b0). The
-decoder has two branches, xy and z, each N transposed-convolution blocks doubling the resolution (the first
+paper used); only its deepest feature map is decoded (448 channels at stride 32 for b4, 320 for b0; with
+``encoder_depth`` 4 the stride-16 map, and the encoder stops there). The decoder has two branches, xy and z, each N transposed-convolution blocks doubling the resolution (the first
 dense, the others depthwise-separable), C channels, BN + ReLU: 7 -> 112 at 224 px, 4 -> 64 at 128 px. The xy
 map is averaged over rows (x profile) and over columns (y profile), the z map over rows; Conv1d(k=1) turns
 each profile into 21 heatmaps of length L, and a soft-argmax over each gives u, v in input pixels and d in
 [-1, 1].
 
-Inputs are square, a multiple of 32 pixels on a side (then the heatmaps span the input exactly).
+Inputs are square, a multiple of the encoder's stride on a side (then the heatmaps span the input exactly).
 """
 import segmentation_models_pytorch as smp
 import torch
@@ -114,9 +114,9 @@ class EffNet1D(nn.Module):
         self.encoder = build_backbone(arch, pretrained, build, prefix="encoder")
         # smp keeps EfficientNet's 1x1 head conv + BN (0.81 M for b4), which the paper's parameter count
         # evidently includes, but the forward never uses it (nor, at encoder_depth 4, the blocks after the
-        # stride-16 output): frozen, so they need no gradient (and DDP none).
-        last_used_block = self.encoder._out_indexes[encoder_depth - 2]
-        for layer in (self.encoder._conv_head, self.encoder._bn1, *self.encoder._blocks[last_used_block + 1:]):
+        # stride-16 output, which ``encode`` does not run): frozen, so they need no gradient (and DDP none).
+        self.last_block = self.encoder._out_indexes[encoder_depth - 2]
+        for layer in (self.encoder._conv_head, self.encoder._bn1, *self.encoder._blocks[self.last_block + 1:]):
             layer.requires_grad_(False)
         # The TensorFlow port keeps BN running statistics with momentum 0.01; with PyTorch's 0.1 they follow the
         # weights within tens of steps instead of hundreds, so evaluation-mode predictions of a short or
@@ -124,16 +124,27 @@ class EffNet1D(nn.Module):
         for layer in self.encoder.modules():
             if isinstance(layer, nn.BatchNorm2d):
                 layer.momentum = 0.1
-        self.encoder._drop_connect_rate = float(drop_connect)  # stochastic depth, reached by the deepest block
+        self.encoder._drop_connect_rate = float(drop_connect)  # stochastic depth: block i of n drops at rate * i / n
         skip_channels = self.encoder.out_channels[-2:0:-1] if skips else ()  # stride 16 (or 8) ... 2
         self.decoder = HeatmapDecoder1D(self.encoder.out_channels[-1], channels, num_blocks, z_readout=z_readout,
                                         depth_bins=depth_bins, skip_channels=skip_channels)
+
+    def encode(self, x):
+        """smp's encoder forward, stopping after the last block whose output is used: [x, stride 2, 4, ...]."""
+        encoder, image = self.encoder, x
+        x = encoder._swish(encoder._bn0(encoder._conv_stem(x)))
+        features = [image, x]
+        for i, block in enumerate(encoder._blocks[:self.last_block + 1]):
+            x = block(x, encoder._drop_connect_rate * i / len(encoder._blocks))
+            if i in encoder._out_indexes:
+                features.append(x)
+        return features
 
     def forward(self, x, return_aux=False):
         height, width = x.shape[-2:]
         if height != width:
             raise ValueError(f"the 1D-heatmap decoder needs square inputs, got {height}x{width}")
-        features = self.encoder(x)  # [x, stride 2, 4, ...]; the last (B, 448, S/32, S/32) for b4 at depth 5
+        features = self.encode(x)  # [x, stride 2, 4, ...]; the last (B, 448, S/32, S/32) for b4 at depth 5
         logits = self.decoder(features[-1], features[-2:0:-1])  # (B, J, 3, L)
         uvd, probs = soft_argmax_1d(logits, width)
         return (uvd, {"heatmaps1d": probs, "logits1d": logits}) if return_aux else uvd

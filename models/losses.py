@@ -257,6 +257,9 @@ def split_weights(weights):
         raise UserError(f"unknown loss keys {sorted(unknown)}; terms: {', '.join(TERMS)}; "
                         f"options: {', '.join(OPTIONS)}")
     options = {**OPTIONS, **{k: v for k, v in weights.items() if k in OPTIONS}}
+    for key in ("heatmap_sigma", "js_variance", "kl_sigma", "kl_tau"):
+        if not (isinstance(options[key], (int, float)) and options[key] > 0):
+            raise UserError(f"loss option {key}={options[key]!r}: must be a positive number")
     if options["asm_decay"] not in ASM_DECAYS:
         raise UserError(f"loss option asm_decay={options['asm_decay']!r}; choose {' or '.join(ASM_DECAYS)}")
     terms = {k: float(v) for k, v in weights.items() if k in TERMS and v}

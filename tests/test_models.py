@@ -107,7 +107,9 @@ def test_effnet_stride16_encoder_and_pooled_depth_readout():
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(model.get_parameter(name).grad is not None for name in trainable)
     assert any(not p.requires_grad for p in model.encoder._blocks.parameters())
+    model.eval()  # no stochastic depth, fixed BN statistics
     with torch.no_grad():
+        _, aux = model(x, return_aux=True)
         model.decoder.to_z.bias[3] += 5.0  # joint 0, depth bin 3 of 8
         _, shifted = model(x, return_aux=True)
     changed = (shifted["logits1d"] - aux["logits1d"]).abs()[0, 0, 2] > 1e-4  # joint 0's depth logits (32,)

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+import recipes
 import runlog
 import train
-from checkpoints import build_model, load_checkpoint
+from checkpoints import build_model, load_checkpoint, save_checkpoint
 from common import PROJECT_ROOT
 from data.readers import load_split
 from tests.scripts import run_main
@@ -55,6 +56,13 @@ def log_epochs(folder):
     (["--arch", "effb0_1d", "--set", "loss.no_such_term=1"], "unknown loss key(s) no_such_term"),
     (["--arch", "effb0_1d", "--augs", "rotate,spin"], "spin"),
     (["--arch", "effb0_1d", "--set", "optimizer=lion"], "optimizer='lion': choose one of adam, adamw, sgd"),
+    (["--arch", "effb0_1d", "--set", "model.z_readout=rows"], "z_readout='rows': choose one of columns, pooled"),
+    (["--arch", "effb0_1d", "--set", "model.bogus=1"], "unexpected keyword argument 'bogus'"),
+    (["--arch", "effb0_1d", "--set", "loss.kl_tau=0"], "kl_tau=0: must be a positive number"),
+    (["--arch", "effb0_1d", "--fold", "1"], "--fold 1 needs --folds K"),
+    (["--arch", "effb0_1d", "--set", "augs_final=none"], "final_epochs=0"),
+    (["--arch", "effb0_1d", "--set", "ema_decay=1.5"], "ema_decay=1.5: must lie in"),
+    (["--arch", "effb0_1d", "--set", "schedule=onecycle", "--set", "warmup_epochs=1"], "onecycle warms up by itself"),
 ])
 def test_bad_options_are_one_clear_line(args, message, capsys):
     code, _, err = run_main(train.main, args, capsys)
@@ -153,6 +161,15 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(synthetic_ro
     assert [row["lr"] for row in a["history"]] == [row["lr"] for row in b["history"]]
     summaries = [json.loads((f / "summary.json").read_text()) for f in (straight, folder)]
     assert summaries[0]["top_k_average"] == summaries[1]["top_k_average"] is not None
+
+
+def test_resume_of_a_run_from_an_older_train_py_is_one_line(tmp_path, capsys):
+    folder = tmp_path / "old"
+    folder.mkdir()
+    config = {k: v for k, v in recipes.DEFAULTS.items() if k not in ("ema_decay", "accumulate")}
+    save_checkpoint({"config": config, "model": {}, "epoch": 1}, folder / "last.pt")
+    code, _, err = run_main(train.main, ["--resume", "--out", folder], capsys)
+    assert code == 2 and err.count("\n") == 1 and "older train.py" in err and "accumulate, ema_decay" in err
 
 
 def test_resume_keeps_the_saved_schedule(synthetic_root, tmp_path, capsys):
