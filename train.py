@@ -44,8 +44,9 @@ from predict import autocast, camera_joints, predict_loader
 # ends in minutes; giving any of them on the command line hands the whole budget back to the recipe.
 CPU_SYNTHETIC_BUDGET = {"img_size": 128, "epochs": 3, "batch_size": 16, "max_train_images": 480,
                         "max_val_images": 100}
-SHORT_RUN_NOTE = ("; this was the short check that everything runs, too short to learn the fingers: "
-                  "`python train.py --recipe synthetic_cpu` learns them on a CPU in 30 minutes")
+SHORT_RUN_NOTE = ("; this was the short check that everything runs, too short to learn the fingers; the recipe "
+                  "made for a CPU, `python train.py --recipe synthetic_cpu`, reached 97 % of the constant shape in "
+                  "24 minutes on 2 cores (README, Measured figures)")
 CLI_KEYS = ("data_root", "epochs", "batch_size", "img_size", "lr", "pretrained", "device", "seed", "augs",
             "backgrounds", "workers", "folds", "fold")
 RESUMABLE_OVERRIDES = ("device", "workers")
