@@ -390,12 +390,10 @@ def eval_net(ctx):
 
 def training_stats(split):
     """Facts about the training labels that predictions need later (stored in every checkpoint): the mean bone
-    length, the plain mean of the root-relative poses, the constant shape (the yardstick's hand) and the mean
-    root depth."""
+    length, the constant shape (the yardstick's hand) and the mean root depth."""
     bone = split.scale if split.scale is not None else geometry.bone_length(split.xyz)
-    rel = split.xyz - split.xyz[:, geometry.ROOT_JOINT:geometry.ROOT_JOINT + 1]
     hands = split.xyz[np.unique(split.ann_ids, return_index=True)[1]]  # one pose per hand, not per image version
-    return {"bone_length_m": float(np.mean(bone)), "mean_pose_m": rel.mean(0).tolist(),
+    return {"bone_length_m": float(np.mean(bone)),
             "constant_shape_m": metrics.generalized_procrustes_mean(hands).tolist(),
             "root_depth_m": float(np.mean(split.xyz[:, geometry.ROOT_JOINT, 2]))}
 
