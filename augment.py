@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageOps
 
 import geometry
-from common import UserError, cli, resolve_device
+from common import UserError, atomic_write, check_writable, cli, ensure_writable_folder, resolve_device
 from data import resolve_data_root
 from data.dataset import HandDataset
 from data.joints import BONES
@@ -555,10 +555,10 @@ def run_preview(args):
     out = augmenter(batch)
     images = (out["image"] * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     uv, visible = out["uvd"][..., :2].cpu().numpy(), out["visible"].cpu().numpy()
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(out_dir / "preview.npz", images=images, uv=uv.astype(np.float32), idx=idx.astype(np.int64),
-             mask=out["mask"].cpu().numpy(), visible=visible, flipped=out["flipped"].cpu().numpy())
+    out_dir = ensure_writable_folder(args.out, "--out")
+    with atomic_write(out_dir / "preview.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, images=images, uv=uv.astype(np.float32), idx=idx.astype(np.int64),
+                 mask=out["mask"].cpu().numpy(), visible=visible, flipped=out["flipped"].cpu().numpy())
     draw_grid(images, uv, visible, out_dir / "preview.png")
     print(f"wrote {out_dir / 'preview.png'} and preview.npz: {len(idx)} {split.name} samples of {root}, "
           f"augs: {', '.join(names) or 'none'} (each applied with p=1)")
@@ -625,6 +625,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.preview and args.out is None:
         parser.error("--preview needs --out DIR")
+    for key in ("img_size", "batch_size", "iters"):
+        if getattr(args, key) < 1:
+            raise UserError(f"--{key.replace('_', '-')} {getattr(args, key)}: must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads {args.threads}: must be at least 1 (or leave it out for torch's default)")
+    if args.preview:
+        check_writable(args.out, "--out")
     run_preview(args) if args.preview else run_bench(args)
 
 

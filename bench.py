@@ -20,6 +20,7 @@ Timings on CUDA synchronise before the clock is read. --amp (bf16 where supporte
 import argparse
 import copy
 import json
+import math
 import os
 import platform
 import time
@@ -32,15 +33,14 @@ import torch
 import augment
 import models
 import recipes
-from common import CACHE_ROOT, UserError, cli, resolve_device
+from common import CACHE_ROOT, UserError, atomic_write, check_writable, cli, resolve_device
 from data import resolve_data_root
 from data.dataset import make_dataset
 from data.loader import make_loader, to_device
 from data.readers import load_split
-from models.losses import pose_loss
-from predict import autocast, predict_batch
+from models.losses import loss_target, pose_loss
+from inference import autocast, predict_batch
 from optimization import make_optimizer
-from train import make_target
 
 
 def parse_args(argv=None):
@@ -71,8 +71,18 @@ def parse_args(argv=None):
     for key in ("img_size", "batch_size", "steps", "loader_batches", "tta"):
         if getattr(args, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} {getattr(args, key)}: must be at least 1")
-    if args.warmup < 0:
-        raise UserError(f"--warmup {args.warmup}: must be at least 0")
+    for key in ("warmup", "max_images"):
+        if getattr(args, key) < 0:
+            raise UserError(f"--{key.replace('_', '-')} {getattr(args, key)}: must be at least 0")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads {args.threads}: must be at least 1 (or leave it out for torch's default)")
+    if args.model_size is not None and args.model_size < 1:
+        raise UserError(f"--model-size {args.model_size}: must be at least 1")
+    if not (args.loader_seconds >= 0 and math.isfinite(args.loader_seconds)):
+        raise UserError(f"--loader-seconds {args.loader_seconds}: must be a number >= 0")
+    check_writable(Path(args.out).parent, "the folder of --out")  # before the measurements, not after
+    if Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a folder; give a file name such as bench.json")
     return args
 
 
@@ -176,7 +186,7 @@ def train_step_rate(arch, config, batch, args, device):
     fp16 = device.type == "cuda" and args.amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=fp16)
     net = torch.compile(model) if args.compile else model
-    target = make_target(batch, config["img_size"])
+    target = loss_target(batch, config["img_size"])
 
     def step():
         x = models.prepare_images(batch["image"])
@@ -270,10 +280,8 @@ def write_json(path, rows, info, args):
     settings["cudnn_benchmark"] = torch.backends.cudnn.benchmark
     result = {"machine": info, "settings": settings, "stages": {r["stage"]: r["images_per_s"] for r in rows},
               "loader_headroom": loader_headroom(rows), "rows": rows}
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        Path(tmp).write_text(json.dumps(result, indent=2))
 
 
 @cli

@@ -7,24 +7,21 @@ shape), and, in ``last.pt``, the optimizer, scheduler, scaler and EMA states tha
 streams are re-seeded from the seed and the epoch instead). ``model`` is the evaluated weights (the EMA when the
 run keeps one) in ``best.pt`` and the raw trained weights in ``last.pt``.
 """
-import os
 import pickle
 from pathlib import Path
 
 import torch
 
 import models
-from common import RUNS_ROOT, UserError
+from common import RUNS_ROOT, UserError, atomic_write
 
 FORMAT_VERSION = 1
 
 
 def save_checkpoint(state, path):
     """Write ``state`` to ``path`` atomically: a reader sees the old file or the new one, never a partial one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
 
 
 def load_checkpoint(path):
@@ -66,10 +63,10 @@ def average_state_dicts(states):
             if value.is_floating_point() else value.clone() for key, value in states[0].items()}
 
 
-def newest_checkpoint(name="best.pt", runs_root=RUNS_ROOT):
-    """The most recently written ``runs/*/name``; a UserError when there is none."""
+def newest_checkpoint(name="best.pt", runs_root=RUNS_ROOT, hint="or pass --ckpt PATH"):
+    """The most recently written ``runs/*/name``; a UserError ending in ``hint`` when there is none."""
     candidates = sorted(Path(runs_root).glob(f"*/{name}"), key=lambda p: p.stat().st_mtime)
     if not candidates:
         raise UserError(f"no {Path(runs_root).name}/*/{name} found; train a model first "
-                        f"(`python train.py --arch effb4_1d`) or pass --ckpt PATH")
+                        f"(`python train.py --arch effb4_1d`) {hint}")
     return candidates[-1]

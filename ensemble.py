@@ -37,12 +37,13 @@ import numpy as np
 from scipy.optimize import minimize
 
 import metrics
-from common import SUBMISSIONS_ROOT, UserError, cli
+from common import SUBMISSIONS_ROOT, UserError, atomic_write, cli
 from data import resolve_data_root
 from data.joints import detect_order
 from data.readers import detect_layout, load_all_training, load_split
-from predict import (MP21_ORDER, atomic_file, check_joint_order, labels_for, load_predictions, output_prefix,
-                     report_scores, resolve_format, rows_of, save_pictures, write_outputs, written_line)
+from pictures import save_pictures
+from submission import (MP21_ORDER, check_joint_order, labels_for, load_predictions, output_prefix, report_scores,
+                        resolve_format, rows_of, write_outputs, written_line)
 
 
 # --- members ------------------------------------------------------------------------------------------------
@@ -321,7 +322,7 @@ def main(argv=None):
     record = blended_record(records, report, layout, split)
     npz, upload, notes = write_outputs(prefix, record, fmt, joint_order,
                                        expected_ids=split.image_ids if split is not None else None)
-    with atomic_file(Path(f"{prefix}.ensemble.json")) as tmp:
+    with atomic_write(Path(f"{prefix}.ensemble.json")) as tmp:
         tmp.write_text(json.dumps(report, indent=2))
     print(written_line(f"wrote {npz}, {prefix}.ensemble.json and the upload file {upload}", fmt, joint_order, notes))
     if split is not None and split.labelled:

@@ -65,6 +65,17 @@ def make_scheduler(optimizer, config, steps_per_epoch):
         optimizer, lambda step: schedule_factor(step, total_steps, steps_per_epoch, config))
 
 
+def rescale_lr(optimizer, scheduler, factor):
+    """Multiply the lr of every parameter group and the schedule's reference lrs by ``factor`` (a resumed run
+    given a new --lr), so the schedule continues from where it was at the new scale."""
+    for group in optimizer.param_groups:
+        for key in ("lr", "initial_lr", "max_lr", "min_lr"):
+            if key in group:
+                group[key] *= factor
+    scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 def make_ema(model, config):
     """timm's ModelEmaV3 of ``model``, or None when ``ema_decay`` is 0. It keeps its own copy, updated after every
     optimiser step with decay min(ema_decay, 1 - (1 + step) ** -0.75): 0.9 after 20 steps, 0.99 after 460,

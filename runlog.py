@@ -8,13 +8,13 @@ optimiser step; validation metrics, images/s and a few validation images with th
 """
 import csv
 import json
-import os
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from common import atomic_write
 from data.joints import BONES
 
 TB_IMAGES = 4          # validation images drawn in TensorBoard each epoch
@@ -23,13 +23,11 @@ TB_STEP_EVERY = 10     # optimiser steps between scalar points of the training c
 
 def write_log(folder, history):
     """log.csv from the history rows (dicts), rewritten whole."""
-    tmp = Path(folder) / ".log.csv.tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(Path(folder) / "log.csv") as tmp, open(tmp, "w", newline="") as f:
         fields = list(dict.fromkeys(k for row in history for k in row))
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, Path(folder) / "log.csv")
 
 
 def plot_curves(folder, history, baseline_mm):

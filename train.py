@@ -10,11 +10,13 @@ A run folder holds config.json (resolved), log.csv, curves.png, last.pt, best.pt
 """
 import argparse
 import contextlib
+import fcntl
 import copy
 import json
 import math
 import os
 import random
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.rendezvous import rendezvous
 from tqdm import tqdm
 
 import augment
@@ -32,13 +35,14 @@ import optimization
 import recipes
 import runlog
 from checkpoints import average_state_dicts, load_checkpoint, newest_checkpoint, save_checkpoint
-from common import RUNS_ROOT, SYNTHETIC_ROOT, UserError, cli, resolve_device
+from common import (RUNS_ROOT, SYNTHETIC_ROOT, Interrupted, UserError, atomic_write, check_writable, cli,
+                    ensure_writable_folder, remove_stale_temps, resolve_device)
 from data import resolve_data_root
 from data.dataset import make_dataset
 from data.loader import make_loader, to_device
 from data.readers import load_split
-from models.losses import LOSS_TERMS, pose_loss, split_weights
-from predict import autocast, camera_joints, predict_loader
+from models.losses import loss_target, pose_loss, split_weights
+from inference import autocast, camera_joints, predict_loader
 
 # The laptop default: the synthetic set on the CPU with none of these keys given gets this short run, which
 # ends in minutes; giving any of them on the command line hands the whole budget back to the recipe.
@@ -49,7 +53,9 @@ SHORT_RUN_NOTE = ("; this was the short check that everything runs, too short to
                   "24 minutes on 2 cores (README, Measured figures)")
 CLI_KEYS = ("data_root", "epochs", "batch_size", "img_size", "lr", "pretrained", "device", "seed", "augs",
             "backgrounds", "workers", "folds", "fold")
-RESUMABLE_OVERRIDES = ("device", "workers")
+RESUMABLE_OVERRIDES = ("device", "workers", "lr")   # what --resume may change: where it runs, and the lr
+RESUMABLE_SET_KEYS = ("grad_clip",)                  # (scaled with its schedule) and clipping, after a NaN loss
+LOCK_FILE = ".lock"
 
 
 # --- configuration ----------------------------------------------------------------------------------------
@@ -148,11 +154,37 @@ def resolve_config(args):
     return config, given
 
 
+def resume_config(args, folder):
+    """(last.pt's state, its config with the overrides --resume allows) for continuing the run in ``folder``."""
+    if not (folder / "last.pt").is_file():
+        raise UserError(f"{folder} holds no last.pt to resume (no epoch of it finished); start it again without "
+                        f"--resume: python train.py --out {folder} --arch ARCH ...")
+    state = load_checkpoint(folder / "last.pt")
+    config = copy.deepcopy(state["config"])
+    missing = sorted(set(recipes.DEFAULTS) - set(config))
+    if missing:
+        raise UserError(f"{folder / 'last.pt'} was written by an older train.py (its config lacks "
+                        f"{', '.join(missing)}); start a new run")
+    if args.arch and args.arch != config["arch"]:
+        raise UserError(f"{folder} is a run of {config['arch']}, not --arch {args.arch}; resume it without --arch, "
+                        f"or start a new {args.arch} run with another --out")
+    fixed = [k for k in CLI_KEYS if k not in RESUMABLE_OVERRIDES and getattr(args, k) is not None]
+    sets = dict(item.partition("=")[::2] for item in args.set or [])
+    bad_sets = [key for key in sets if key.strip() not in RESUMABLE_SET_KEYS]
+    if fixed or bad_sets or args.recipe:
+        changed = [f"--{k.replace('_', '-')}" for k in fixed] + [f"--set {k}" for k in bad_sets]
+        raise UserError(f"--resume continues {folder} with its saved config (its schedule included); only "
+                        f"--{', --'.join(RESUMABLE_OVERRIDES)} and --set {', '.join(RESUMABLE_SET_KEYS)} may "
+                        f"change; start a new run to change {', '.join(changed) or 'the recipe'}")
+    config.update({k: getattr(args, k) for k in RESUMABLE_OVERRIDES if getattr(args, k) is not None})
+    for key, text in sets.items():
+        set_key(config, key.strip(), parse_value(text.strip()))
+    validate_config(config)
+    return state, config
+
+
 def validate_config(config):
     models.model_entry(config["arch"])
-    unknown = sorted(set(config["loss"]) - LOSS_TERMS)
-    if unknown:
-        raise UserError(f"unknown loss key(s) {', '.join(unknown)}; known: {', '.join(sorted(LOSS_TERMS))}")
     split_weights(config["loss"])  # weights and options of the loss terms
     augment.parse_augs(config["augs"])
     augment.resolve_options(config["aug"])
@@ -168,9 +200,17 @@ def validate_config(config):
         raise UserError(f"lr={config['lr']}: must be a positive number")
     for key, low, high in (("ema_decay", 0.0, 0.99999), ("min_lr_ratio", 0.0, 1.0), ("warmup_start", 0.0, 1.0),
                            ("onecycle_pct", 0.01, 0.99), ("warmup_epochs", 0.0, config["epochs"]),
-                           ("final_epochs", 0, config["epochs"])):
-        if not low <= config[key] <= high:
+                           ("final_epochs", 0, config["epochs"]), ("weight_decay", 0.0, math.inf),
+                           ("grad_clip", 0.0, math.inf), ("momentum", 0.0, 0.999), ("gamma", 1e-6, 1.0),
+                           ("workers", -1, 256), ("seed", 0, 2 ** 31), ("max_train_images", 0, math.inf),
+                           ("max_val_images", 0, math.inf), ("folds", 0, 1000), ("average_top_k", 0, 1000)):
+        if not (math.isfinite(config[key]) and low <= config[key] <= high):
             raise UserError(f"{key}={config[key]}: must lie in [{low}, {high}]")
+    if not all(isinstance(m, (int, float)) and 0 < m <= 1 for m in config["milestones"]):
+        raise UserError(f"milestones={config['milestones']}: fractions of the epochs, each in (0, 1]")
+    if config["folds"] == 1 or (config["folds"] and not 0 <= config["fold"] < config["folds"]):
+        raise UserError(f"--folds {config['folds']} --fold {config['fold']}: K is at least 2 and the fold lies in "
+                        f"0..K-1")
     if config["fold"] and not config["folds"]:
         raise UserError(f"--fold {config['fold']} needs --folds K (the number of folds)")
     if config["augs_final"] and not config["final_epochs"]:
@@ -203,8 +243,13 @@ def init_distributed(device_name):
         local_rank = int(os.environ["LOCAL_RANK"])
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), world_size, device
+    # torchrun's agent keeps one store across the restarts of a group (--max-restarts); the keys of each attempt
+    # get their own prefix, or a restarted group would read the dead attempt's addresses and never connect
+    store, rank, world_size = next(rendezvous("env://"))
+    store = dist.PrefixStore(f"attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank,
+                            world_size=world_size)
+    return rank, world_size, device
 
 
 def barrier(world_size):
@@ -225,24 +270,76 @@ def ranks_hold_same_weights(model):
 # --- the run folder -----------------------------------------------------------------------------------------
 
 def run_folder(args, config):
-    if args.resume:
-        if args.out:
-            return Path(args.out)
-        return newest_checkpoint("last.pt", RUNS_ROOT).parent if not args.arch else _newest_run_of(args.arch)
     if args.out:
         return Path(args.out)
+    if args.resume:
+        if not args.arch:
+            return newest_checkpoint("last.pt", RUNS_ROOT, hint="or pass --out RUN_FOLDER").parent
+        return _newest_run_of(args.arch)
     fold = f"_fold{config['fold']}of{config['folds']}" if config["folds"] else ""
-    return RUNS_ROOT / f"{config['recipe']}{fold}_{datetime.now():%Y%m%d-%H%M%S}"
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")  # torchrun --rdzv-id: the same after a restart
+    stamp = run_id if run_id != "none" else f"{datetime.now():%Y%m%d-%H%M%S}"
+    return RUNS_ROOT / f"{config['recipe']}{fold}_{stamp}"
+
+
+def _saved_arch(last_pt):
+    config_file = last_pt.parent / "config.json"
+    try:
+        return json.loads(config_file.read_text())["arch"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{config_file} cannot be read ({type(err).__name__}: {err}); resume that run by its "
+                        f"folder: python train.py --out {last_pt.parent} --resume") from None
 
 
 def _newest_run_of(arch):
-    runs = sorted((p for p in RUNS_ROOT.glob("*/last.pt")
-                   if json.loads((p.parent / "config.json").read_text())["arch"] == arch),
-                  key=lambda p: p.stat().st_mtime)
+    runs = sorted((p for p in RUNS_ROOT.glob("*/last.pt") if _saved_arch(p) == arch), key=lambda p: p.stat().st_mtime)
     if not runs:
         raise UserError(f"no run of {arch} with a last.pt in {RUNS_ROOT.name}/ to resume; start one without "
                         f"--resume or pass --out RUN_FOLDER")
     return runs[-1].parent
+
+
+def elastic_restart():
+    """True in a worker group that torchrun restarted (--max-restarts): the run continues from its last.pt."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
+def check_new_run_folder(folder):
+    """Before any work: ``folder`` must not hold a run that can be resumed, and must be creatable."""
+    if (folder / "last.pt").exists():
+        raise UserError(f"{folder} already holds a run (last.pt); continue it with `python train.py --out {folder} "
+                        f"--resume`, or choose another --out")
+    check_writable(folder, "run folder")
+
+
+def claim_run_folder(folder):
+    """Create ``folder`` and lock it for this process (the lock ends with the process, however it ends); a
+    folder another process trains in is a UserError. Temp files a killed run left behind are removed."""
+    ensure_writable_folder(folder, "run folder")
+    lock = open(folder / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise UserError(f"{folder} is in use by another training process (pid {holder}); wait for it to end or "
+                        f"choose another --out") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    remove_stale_temps(folder)
+    return lock
+
+
+def resume_hint(folder):
+    """What last.pt holds and the command that continues the run."""
+    last = folder / "last.pt"
+    if not last.is_file():
+        return "no epoch had finished, so nothing was kept; run the same command again to start over"
+    epoch = torch.load(last, map_location="cpu", weights_only=False).get("epoch", "?")
+    return f"{last} holds epoch {epoch}; continue with: python train.py --out {folder} --resume"
 
 
 # --- reproducibility ---------------------------------------------------------------------------------------
@@ -256,12 +353,6 @@ def seed_everything(seed):
 
 
 # --- one epoch ------------------------------------------------------------------------------------------------
-
-def make_target(batch, size):
-    """The loss's view of an augmented batch."""
-    return {"uvd": batch["uvd"], "visible": batch["visible"], "K": batch["K"],
-            "root_depth": batch["xyz"][:, geometry.ROOT_JOINT, 2], "size": size}
-
 
 def train_one_epoch(ctx, epoch):
     """Returns (mean loss, mean loss parts, training images per second). Each optimiser step sums the gradients
@@ -313,7 +404,7 @@ def forward_loss(ctx, batch, progress):
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast(ctx["device"], config["amp"]):
         uvd, aux = ctx["model"](x, return_aux=True)
-    return pose_loss(uvd.float(), _float_aux(aux), make_target(batch, config["img_size"]), config["loss"], progress)
+    return pose_loss(uvd.float(), _float_aux(aux), loss_target(batch, config["img_size"]), config["loss"], progress)
 
 
 def optimizer_step(ctx, steps_done):
@@ -336,10 +427,15 @@ def _float_aux(aux):
 
 def check_finite(losses, epoch, step, ctx):
     if not torch.isfinite(losses).all():
-        kept = (f"{ctx['folder'] / 'last.pt'} keeps epoch {epoch - 1}" if epoch > 1
-                else "no checkpoint was written yet")
+        folder, lr = ctx["folder"], ctx["config"]["lr"]
+        if (folder / "last.pt").is_file():
+            advice = (f"{folder / 'last.pt'} keeps epoch {epoch - 1}; continue it with a lower lr and clipping: "
+                      f"python train.py --out {folder} --resume --lr {lr / 3:.3g} --set grad_clip=1.0")
+        else:
+            advice = (f"no epoch had finished, so nothing was kept; run the same command again with --lr "
+                      f"{lr / 3:.3g} --set grad_clip=1.0 added")
         raise UserError(f"the loss became {losses[~torch.isfinite(losses)][0].item()} at epoch {epoch}, step "
-                        f"{step}: training stopped; {kept}; lower --lr or --set grad_clip=1.0, then --resume")
+                        f"{step}: training stopped; {advice}")
 
 
 def validate(ctx):
@@ -401,20 +497,15 @@ def training_stats(split):
 def build_context(args):
     """Everything a run needs: config, data, model, optimizer, folder; resumes state when asked."""
     resume_state = None
+    if not args.resume and args.out and elastic_restart() and (Path(args.out) / "last.pt").is_file():
+        # torchrun restarted the group with the same command line: continue the run from its last.pt
+        args.resume, args.arch, args.recipe, args.set = True, None, None, []
+        for key in CLI_KEYS:
+            if key not in RESUMABLE_OVERRIDES:
+                setattr(args, key, None)
     if args.resume:
         folder = run_folder(args, None)
-        resume_state = load_checkpoint(folder / "last.pt")
-        config = resume_state["config"]
-        missing = sorted(set(recipes.DEFAULTS) - set(config))
-        if missing:
-            raise UserError(f"{folder / 'last.pt'} was written by an older train.py (its config lacks "
-                            f"{', '.join(missing)}); start a new run")
-        fixed = [k for k in CLI_KEYS if k not in RESUMABLE_OVERRIDES and getattr(args, k) is not None]
-        if fixed or args.set or args.recipe:
-            raise UserError(f"--resume continues {folder} with its saved config (its schedule included); only "
-                            f"--{', --'.join(RESUMABLE_OVERRIDES)} may change; start a new run to change "
-                            f"{', '.join('--' + k.replace('_', '-') for k in fixed) or 'the recipe'}")
-        config.update({k: getattr(args, k) for k in RESUMABLE_OVERRIDES if getattr(args, k) is not None})
+        resume_state, config = resume_config(args, folder)
     else:
         config, given = resolve_config(args)
         folder = None
@@ -433,6 +524,8 @@ def build_context(args):
             config["pretrained"] = "none" if synthetic else "imagenet"
         config["data_root"] = str(data_root)
         folder = run_folder(args, config)
+        if rank == 0:
+            check_new_run_folder(folder)
     seed_everything(config["seed"])
 
     train_split, val_split = (limit(load_split(data_root, name, config["folds"], config["fold"]), config[key],
@@ -449,7 +542,7 @@ def build_context(args):
 
     model = models.create_model(config["arch"], pretrained="none" if resume_state else config["pretrained"],
                                 **config["model"])
-    channels_last = cuda and config["channels_last"]
+    channels_last = config["channels_last"]
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     optimizer = optimization.make_optimizer(model, config)
     amp_fp16 = cuda and config["amp"] and not torch.cuda.is_bf16_supported()
@@ -499,6 +592,9 @@ def restore(ctx, model, state):
         ctx["ema"].module.load_state_dict(state["ema"])
     ctx["optimizer"].load_state_dict(state["optimizer"])
     ctx["scheduler"].load_state_dict(state["scheduler"])
+    saved_lr = state["config"]["lr"]
+    if ctx["config"]["lr"] != saved_lr:  # --resume --lr: the schedule goes on, scaled to the new peak
+        optimization.rescale_lr(ctx["optimizer"], ctx["scheduler"], ctx["config"]["lr"] / saved_lr)
     ctx["scaler"].load_state_dict(state["scaler"])
     ctx["history"], ctx["best"] = state["history"], state["best_val_pa_mpjpe_mm"]
     ctx["start_epoch"] = state["epoch"] + 1
@@ -523,9 +619,8 @@ def save_epoch(ctx, epoch, result, val_xyz, val_ids):
 
 def save_best(folder, state, val_xyz, val_ids):
     save_checkpoint(state, folder / "best.pt")
-    tmp = folder / ".val_pred.tmp.npz"
-    np.savez(tmp, xyz=val_xyz, ids=val_ids, split="val")
-    os.replace(tmp, folder / "val_pred.npz")
+    with atomic_write(folder / "val_pred.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, xyz=val_xyz, ids=val_ids, split="val")
 
 
 def keep_top_k(ctx, epoch, val_mm, weights):
@@ -576,10 +671,26 @@ def main(argv=None):
         print(table.to_string(index=False) if len(table) else f"no runs with a finished epoch in {RUNS_ROOT}")
         return
     ctx = build_context(args)
+    folder = ctx["folder"]
+    new_folder = not folder.exists()
+    lock = claim_run_folder(folder) if ctx["rank"] == 0 else None  # held until the process ends
+    try:
+        train(ctx)
+    except BaseException as err:
+        if ctx["rank"] == 0 and new_folder and not (folder / "last.pt").exists():
+            lock.close()
+            shutil.rmtree(folder, ignore_errors=True)  # nothing worth keeping: leave no half-made run behind
+        if isinstance(err, KeyboardInterrupt):
+            raise Interrupted(f"training stopped; {resume_hint(folder)}") from None
+        raise
+
+
+def train(ctx):
+    """config.json, then every epoch: train, validate, save; then the summary."""
     config, folder, rank = ctx["config"], ctx["folder"], ctx["rank"]
     if rank == 0:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.json").write_text(json.dumps(config, indent=2))
+        with atomic_write(folder / "config.json") as tmp:
+            tmp.write_text(json.dumps(config, indent=2))
     ctx["tb"] = runlog.TensorBoardLog(folder, enabled=rank == 0,
                                       purge_step=(ctx["start_epoch"] - 1) * ctx["steps_per_epoch"])
     speeds = [row["train_images_per_s"] for row in ctx["history"]]
@@ -627,7 +738,8 @@ def finish(ctx, speeds):
                    "best_val_fraction_of_constant_shape": best["val_pa_mpjpe_mm"] / ctx["baseline"],
                    "train_images_per_s": float(np.mean(speeds)) if speeds else None,
                    "img_size": config["img_size"], "world_size": ctx["world_size"], **summary_extra}
-        (ctx["folder"] / "summary.json").write_text(json.dumps(summary, indent=2))
+        with atomic_write(ctx["folder"] / "summary.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=2))
         print(f"done: best validation PA-MPJPE {summary['best_val_pa_mpjpe_mm']:.2f} mm at epoch "
               f"{summary['best_epoch']} = {summary['best_val_fraction_of_constant_shape']:.0%} of the constant-shape "
               f"baseline ({ctx['baseline']:.2f} mm); {ctx['folder'] / 'best.pt'}"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import UserError
+from common import UserError, atomic_write
 
 VAL_SPLIT_FILE = "val_split.json"
 VAL_FRACTION = 0.05
@@ -107,8 +107,20 @@ def load_split(root, name, folds=0, fold=0):
     return training.subset(np.flatnonzero(in_val if name == "val" else ~in_val))
 
 
+def check_cameras(K, path):
+    """Every K (N, 3, 3) must be a pinhole camera matrix: positive focal lengths, last row (0, 0, 1). A singular
+    or malformed one would put its sample's labels at nonsense pixels (or fail the inverse later)."""
+    bad = ~((K[:, 0, 0] > 0) & (K[:, 1, 1] > 0) & np.all(np.abs(K[:, 2] - (0.0, 0.0, 1.0)) < 1e-6, axis=-1)
+            & (np.abs(np.linalg.det(K)) > 1e-9))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise UserError(f"{path}: entry {i} is not a camera matrix ({K[i].tolist()}; {int(bad.sum())} such in all): "
+                        f"it needs positive focal lengths and a last row 0 0 1; fix or re-download the file")
+
+
 def _read_folder(root, name, layout, image_dir, prefix, mask_dir=None):
     K = _read_json_array(root / f"{prefix}_K.json", (3, 3))
+    check_cameras(K, root / f"{prefix}_K.json")
     n_ann = len(K)
     xyz = _read_json_array(root / f"{prefix}_xyz.json", (21, 3), optional=True, expect_len=n_ann, K_file=prefix)
     scale = _read_json_array(root / f"{prefix}_scale.json", (), optional=True, expect_len=n_ann, K_file=prefix)
@@ -197,19 +209,26 @@ def load_or_make_val_split(root, n_annotations, fraction=VAL_FRACTION, seed=VAL_
     """Annotation ids held out for validation: made once, saved in ``root``, reused by every script."""
     path = Path(root) / VAL_SPLIT_FILE
     if path.is_file():
-        with open(path) as f:
-            saved = json.load(f)
-        if saved.get("num_annotations") != n_annotations:
-            raise UserError(f"{path} was made for {saved.get('num_annotations')} annotations, the dataset has "
-                            f"{n_annotations}; delete {path} to make a new split")
-        return np.asarray(saved["val_ann_ids"], dtype=np.int64)
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+            count, val = saved["num_annotations"], np.asarray(saved["val_ann_ids"], dtype=np.int64)
+        except (ValueError, KeyError, TypeError) as err:
+            raise UserError(f"{path} is damaged ({type(err).__name__}: {err}); delete it to make a new split "
+                            f"(the same seed makes the same split)") from None
+        if count != n_annotations:
+            raise UserError(f"{path} was made for {count} annotations, the dataset has {n_annotations}; delete "
+                            f"{path} to make a new split")
+        if val.ndim != 1 or len(val) == 0 or val.min() < 0 or val.max() >= n_annotations:
+            raise UserError(f"{path} lists annotation ids outside 0..{n_annotations - 1}; delete it to make a new "
+                            f"split")
+        return val
     n_val = max(1, round(n_annotations * fraction))
     val = np.sort(np.random.default_rng(seed).choice(n_annotations, n_val, replace=False))
     record = {"num_annotations": n_annotations, "fraction": fraction, "seed": seed, "val_ann_ids": val.tolist()}
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            tmp.write_text(json.dumps(record))
     except OSError as err:
         raise UserError(f"cannot save the validation split to {path} ({err.strerror}); "
                         f"make the data folder writable") from None

@@ -23,7 +23,7 @@ from timm.models.resnet import BasicBlock
 from torch import nn
 
 from common import UserError
-from geometry import NUM_JOINTS, denormalize_uvd, heatmap_bin_centres
+from geometry import NUM_JOINTS, ROOT_JOINT, denormalize_uvd, heatmap_bin_centres
 from models.pretrained import load_local_weights
 from models.registry import register_model
 
@@ -105,12 +105,17 @@ class Hourglass(nn.Module):
 
 
 class Stem(nn.Module):
-    """RGB (B, 3, S, S) -> shallow features (B, C, S/2, S/2): a 7x7 stride-2 conv and two residual blocks."""
+    """RGB (B, 3, S, S) -> shallow features (B, C, S/stride, S/stride): a 7x7 stride-2 conv (then a 3x3 stride-2
+    max-pool when ``stride`` is 4, as in ResNet's stem) and two residual blocks."""
 
-    def __init__(self, channels, se):
+    def __init__(self, channels, se, stride=2):
         super().__init__()
+        if stride not in (2, 4):
+            raise ValueError(f"stem_stride={stride}: 2 (the seeds) or 4")
+        pool = [nn.MaxPool2d(3, stride=2, padding=1)] if stride == 4 else []
         self.layers = nn.Sequential(
             conv_bn_relu(3, channels // 2, kernel_size=7, stride=2),
+            *pool,
             residual_block(channels // 2, channels, se=se),
             residual_block(channels, channels, se=se),
         )
@@ -148,6 +153,73 @@ class StackedHourglass(nn.Module):
 
 # --- seed 003: hourglass + spatial attention on shallow features ---------------------------------------
 
+def canonical_frame(uv, root=ROOT_JOINT, wrist=0):
+    """2D joints (B, J, 2) -> (canonical (B, J, 2), scale (B, 1, 1), turn (B, 2)): the pose freed of its place,
+    size and in-plane turn (root at the origin, unit RMS distance from it, the wrist straight below the root),
+    which change neither its depths nor its shape. ``from_canonical`` undoes it."""
+    rel = uv - uv[:, root:root + 1]
+    scale = rel.pow(2).sum(-1).mean(-1).sqrt().clamp(min=1e-6)[:, None, None]
+    rel = rel / scale
+    up = -rel[:, wrist]                                             # (B, 2) wrist -> root
+    turn = up / up.norm(dim=-1, keepdim=True).clamp(min=1e-6)       # (a, b) is turned onto (0, -1)
+    return rotate_2d(rel, -turn[:, 1], -turn[:, 0]), scale, turn
+
+
+def rotate_2d(points, cos, sin):
+    """Points (B, J, 2) turned by the angle with these cosines and sines (B,)."""
+    x, y = points[..., 0], points[..., 1]
+    c, s = cos[:, None], sin[:, None]
+    return torch.stack([c * x - s * y, s * x + c * y], -1)
+
+
+def from_canonical(canonical, uv, scale, turn, root=ROOT_JOINT):
+    """Canonical 2D (B, J, 2) back to input pixels, in the frame ``canonical_frame`` took ``uv`` out of."""
+    return uv[:, root:root + 1] + scale * rotate_2d(canonical, -turn[:, 1], turn[:, 0])
+
+
+class LiftingHead(nn.Module):
+    """Depth from the whole hand (Martinez et al. 2017's lifting network, given image evidence): an MLP over the
+    canonical 2D pose (``canonical_frame`` of the read-out, detached), which carries the foreshortening of every
+    bone, and each joint's heatmap-pooled features reduced to ``feature_dim`` values, which carry the shading
+    that tells towards from away, returns the depth d of every joint; with ``refine_uv`` also a correction of
+    the canonical 2D pose (a read-out that misplaces a hidden fingertip pulled towards a hand that fits the rest:
+    measured slower to learn, README). (B, J, 2) + (B, J, C) -> uv (B, J, 2), d (B, J, 1). During training the
+    MLP sees its 2D input with Gaussian noise of ``noise`` (canonical units: the RMS distance of the joints from
+    the root is 1), so that it learns to expect the read-out's errors."""
+
+    def __init__(self, channels, refine_uv=False, num_joints=NUM_JOINTS, feature_dim=16, hidden=1024, noise=0.05):
+        super().__init__()
+        self.noise, self.refine_uv = noise, refine_uv
+        self.reduce = nn.Linear(channels, feature_dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(num_joints * (2 + feature_dim), hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_joints * 3))
+
+    def forward(self, uv, pooled):
+        uv = uv.detach()
+        pose, scale, turn = canonical_frame(uv)                                     # (B, J, 2)
+        if self.training and self.noise:
+            pose = pose + self.noise * torch.randn_like(pose)
+        x = torch.cat([pose, self.reduce(pooled)], -1).flatten(1)                   # (B, J * (2 + feature_dim))
+        out = self.mlp(x).view(len(x), -1, 3)                                       # (B, J, 3)
+        if not self.refine_uv:
+            return uv, out[..., 2:]
+        return from_canonical(pose + out[..., :2], uv, scale, turn), out[..., 2:]
+
+
+class AttentionDepth(nn.Module):
+    """The seed's depth: a small network shared by all joints over [the joint's pooled vector, the mean of all
+    joints' vectors]; uv (B, J, 2) passes through, (B, J, C) -> d (B, J, 1)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2 * channels, channels), nn.ReLU(inplace=True), nn.Linear(channels, 1))
+
+    def forward(self, uv, pooled):
+        context = pooled.mean(1, keepdim=True).expand_as(pooled)       # (B, J, C)
+        return uv, self.net(torch.cat([pooled, context], -1))
+
+
 class HourglassAttention(nn.Module):
     """Seed 003 on RGB: SE residual blocks, 2 stacked hourglasses for 2D heatmaps, depth from heatmap-weighted
     shallow features.
@@ -157,39 +229,51 @@ class HourglassAttention(nn.Module):
     u, v = soft-argmax of M_j. With sharpness 15 the flat background (H ~ 0) weighs nothing against the peak
     and a Gaussian of sigma 2 bins keeps about 0.5 bin of width, so M_j is a sharp, nearly unbiased,
     differentiable argmax whatever the height of the peak. The same M_j is the spatial attention on the
-    shallow features: per joint, F_reg = M_j * F_raw summed over space is a C-vector; a small network shared
-    by all joints turns [that vector, the mean of all joints' vectors] into d. The hand-wide mean gives every
-    joint the reference it needs for a root-relative depth.
+    shallow features: per joint, F_reg = M_j * F_raw summed over space is a C-vector. ``depth_head``
+    'attention' (the seed): a small network shared by all joints turns [that vector, the mean of all joints'
+    vectors] into d (the hand-wide mean gives every joint the reference it needs for a root-relative depth);
+    'lifting' (ours): ``LiftingHead``. ``stem_stride`` 4 (ours) runs the hourglasses at a quarter of the
+    input, four times cheaper than the seed's half. ``readout`` 'softmax' (ours): M_j = the plain spatial softmax
+    of H_j (integral regression), instead of the peak-normalised sharpening.
     """
 
     MIN_PEAK = 0.1  # below this a map holds no peak worth sharpening
 
     def __init__(self, channels=128, num_stacks=2, hourglass_depth=4, readout_sharpness=15.0,
-                 depth_source="shallow", num_joints=NUM_JOINTS):
+                 depth_source="shallow", stem_stride=2, depth_head="attention", readout="peak",
+                 refine_uv=False, num_joints=NUM_JOINTS):
         super().__init__()
+        if readout not in ("peak", "softmax"):
+            raise ValueError(f"readout={readout!r}: choose 'peak' or 'softmax'")
+        self.readout = readout
         if depth_source not in ("shallow", "final"):
             raise UserError(f"hourglass_attn: depth_source={depth_source!r}; choose 'shallow' or 'final'")
+        if depth_head not in ("attention", "lifting"):
+            raise ValueError(f"depth_head={depth_head!r}: choose 'attention' or 'lifting'")
         self.depth_source = depth_source
         self.readout_sharpness = readout_sharpness
-        self.stem = Stem(channels, se=True)
+        self.stem = Stem(channels, se=True, stride=stem_stride)
         self.stacks = StackedHourglass(channels, num_stacks, hourglass_depth, se=True, num_joints=num_joints)
-        self.depth_head = nn.Sequential(
-            nn.Linear(2 * channels, channels), nn.ReLU(inplace=True), nn.Linear(channels, 1))
+        self.depth_head = (LiftingHead(channels, refine_uv) if depth_head == "lifting"
+                           else AttentionDepth(channels))
+        if refine_uv and depth_head != "lifting":
+            raise ValueError("refine_uv=True: only depth_head='lifting' refines the 2D read-out")
 
     def normalise(self, heatmaps):
         """Heatmaps (B, J, h, w) -> M (B, J, h, w), each map summing to 1: softmax of sharpness * H_j / peak_j."""
+        if self.readout == "softmax":
+            return spatial_softmax(heatmaps)
         peak = heatmaps.amax((-2, -1), keepdim=True).clamp(min=self.MIN_PEAK)
         return spatial_softmax(self.readout_sharpness * heatmaps / peak)
 
     def forward(self, x, return_aux=False):
-        shallow = self.stem(x)                                         # (B, C, S/2, S/2)
-        feats, heatmaps = self.stacks(shallow)                         # heatmaps: list of (B, J, S/2, S/2)
+        shallow = self.stem(x)                                         # (B, C, S/s, S/s)
+        feats, heatmaps = self.stacks(shallow)                         # heatmaps: list of (B, J, S/s, S/s)
         attention = self.normalise(heatmaps[-1])                       # M_j, (B, J, h, w)
         uv = soft_argmax_2d(attention, x.shape[-2:])                   # (B, J, 2)
         source = shallow if self.depth_source == "shallow" else feats
         pooled = torch.einsum("bjhw,bchw->bjc", attention, source)     # sum over space of M_j * F, (B, J, C)
-        context = pooled.mean(1, keepdim=True).expand_as(pooled)       # (B, J, C)
-        d = self.depth_head(torch.cat([pooled, context], -1))          # (B, J, 1)
+        uv, d = self.depth_head(uv, pooled)                            # (B, J, 2), (B, J, 1)
         uvd = torch.cat([uv, d], -1)
         return (uvd, {"heatmaps2d": heatmaps}) if return_aux else uvd
 
@@ -198,8 +282,10 @@ class HourglassAttention(nn.Module):
                 summary="SE-ResNet 2-stack hourglass (128 ch, 64x64): 2D heatmaps + depth from heatmap-weighted "
                         "shallow features")
 def build_hourglass_attn(pretrained="none", channels=128, num_stacks=2, hourglass_depth=4, readout_sharpness=15.0,
-                         depth_source="shallow"):
-    model = HourglassAttention(channels, num_stacks, hourglass_depth, readout_sharpness, depth_source)
+                         depth_source="shallow", stem_stride=2, depth_head="attention", readout="peak",
+                         refine_uv=False):
+    model = HourglassAttention(channels, num_stacks, hourglass_depth, readout_sharpness, depth_source, stem_stride,
+                               depth_head, readout, refine_uv)
     return load_weights(model, pretrained, "hourglass_attn")
 
 

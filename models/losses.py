@@ -250,6 +250,11 @@ AUX_TERMS = {"heatmap2d", "js1d", "simcc_kl"}
 LOSS_TERMS = frozenset(TERMS) | frozenset(OPTIONS)  # every key a weights dict may hold: term names and options
 
 
+def is_number(value):
+    """A finite int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def split_weights(weights):
     """``weights`` -> (term weights, options with defaults); an unknown key or bad option is a UserError."""
     unknown = set(weights) - LOSS_TERMS
@@ -258,8 +263,14 @@ def split_weights(weights):
                         f"options: {', '.join(OPTIONS)}")
     options = {**OPTIONS, **{k: v for k, v in weights.items() if k in OPTIONS}}
     for key in ("heatmap_sigma", "js_variance", "kl_sigma", "kl_tau"):
-        if not (isinstance(options[key], (int, float)) and options[key] > 0):
+        if not (is_number(options[key]) and options[key] > 0):
             raise UserError(f"loss option {key}={options[key]!r}: must be a positive number")
+    if not (isinstance(options["asm_components"], int) and options["asm_components"] >= 1):
+        raise UserError(f"loss option asm_components={options['asm_components']!r}: must be an integer >= 1")
+    for key in TERMS:
+        if key in weights and not (is_number(weights[key]) and weights[key] >= 0):
+            raise UserError(f"loss weight {key}={weights[key]!r}: must be a finite number >= 0 (0 turns the term "
+                            f"off)")
     if options["asm_decay"] not in ASM_DECAYS:
         raise UserError(f"loss option asm_decay={options['asm_decay']!r}; choose {' or '.join(ASM_DECAYS)}")
     terms = {k: float(v) for k, v in weights.items() if k in TERMS and v}
@@ -278,6 +289,12 @@ def term_weight(name, weight, options, progress):
     if name == "asm":
         return weight * ASM_DECAYS[options["asm_decay"]](min(max(progress, 0.0), 1.0))
     return weight
+
+
+def loss_target(batch, size):
+    """The loss's view of an augmented batch (``augment.Augmenter``'s output) at input size ``size``."""
+    return {"uvd": batch["uvd"], "visible": batch["visible"], "K": batch["K"],
+            "root_depth": batch["xyz"][:, ROOT_JOINT, 2], "size": size}
 
 
 def pose_loss(uvd, aux, target, weights, progress=0.0):

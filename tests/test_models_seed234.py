@@ -7,7 +7,7 @@ from common import UserError
 from models import create_model
 from models.flops import count_gflops, count_params
 from models.ghost import SeparableSelfAttention
-from models.hourglass import soft_argmax_2d, spatial_softmax
+from models.hourglass import canonical_frame, from_canonical, soft_argmax_2d, spatial_softmax
 from models.losses import gaussian_heatmaps, pose_loss
 
 ARCHS = ("ghost_lite", "hourglass_attn", "hg_mlp")
@@ -122,6 +122,56 @@ def test_hourglass_attn_readout_finds_gaussian_targets(default_models, peak):
     assert (found - uv).abs().max() < 0.2  # input pixels; a map bin is 2 pixels
 
 
+# --- hourglass_attn's options for a CPU: quarter-resolution stem, lifting head -----------------------------
+
+CPU_OPTIONS = {"channels": 32, "num_stacks": 1, "hourglass_depth": 3, "stem_stride": 4, "depth_head": "lifting"}
+
+
+def test_quarter_resolution_stem_gives_quarter_maps_and_the_uvd_contract():
+    model = create_model("hourglass_attn", **CPU_OPTIONS).eval()
+    with torch.no_grad():
+        uvd, aux = model(torch.randn(2, 3, 64, 64), return_aux=True)
+    assert uvd.shape == (2, 21, 3) and torch.isfinite(uvd).all()
+    assert [maps.shape for maps in aux["heatmaps2d"]] == [(2, 21, 16, 16)]
+
+
+def test_canonical_frame_is_free_of_place_size_and_turn_and_round_trips():
+    """The same pose moved, scaled and turned in the image has one canonical form (so the lifting network sees
+    only the shape), and from_canonical puts it back where it was."""
+    torch.manual_seed(0)
+    uv = torch.rand(1, 21, 2) * 40
+    angle = torch.tensor(0.7)
+    turn = torch.stack([torch.stack([angle.cos(), -angle.sin()]), torch.stack([angle.sin(), angle.cos()])])
+    moved = (uv @ turn.T) * 1.7 + torch.tensor([5.0, -3.0])
+    (a, _, _), (b, scale, t) = canonical_frame(uv), canonical_frame(moved)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert a[0, 9].abs().max() < 1e-6 and a[0, 0, 0].abs() < 1e-5 and a[0, 0, 1] > 0  # root at 0, wrist below
+    torch.testing.assert_close(from_canonical(b, moved, scale, t), moved, atol=1e-4, rtol=0)
+
+
+def test_lifting_head_options_are_checked():
+    with pytest.raises(ValueError, match="depth_head='mlp'"):
+        create_model("hourglass_attn", depth_head="mlp")
+    with pytest.raises(ValueError, match="stem_stride=3"):
+        create_model("hourglass_attn", stem_stride=3)
+    with pytest.raises(ValueError, match="refine_uv=True"):
+        create_model("hourglass_attn", refine_uv=True)
+
+
+def test_lifting_head_without_refinement_keeps_the_2d_read_out():
+    """refine_uv off: u, v are the heatmaps' soft-argmax exactly; on: the lifting network moves them."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    plain = create_model("hourglass_attn", **CPU_OPTIONS).eval()
+    refined = create_model("hourglass_attn", **CPU_OPTIONS, refine_uv=True).eval()
+    refined.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():
+        (uvd, aux), (uvd_refined, _) = plain(x, return_aux=True), refined(x, return_aux=True)
+        read_out = soft_argmax_2d(plain.normalise(aux["heatmaps2d"][-1]), (64, 64))
+    torch.testing.assert_close(uvd[..., :2], read_out)
+    assert (uvd_refined[..., :2] - read_out).abs().max() > 1e-4
+
+
 # --- learning -------------------------------------------------------------------------------------------
 
 # The seeds' losses; hourglass_attn also with the seed's optimiser (SGD, momentum 0.9, lr 0.1). The two
@@ -129,17 +179,20 @@ def test_hourglass_attn_readout_finds_gaussian_targets(default_models, peak):
 OVERFIT = {
     "ghost_lite": ({}, {"uv_l1": 1.0, "depth_l1": 1.0}, "adam", 3e-3),
     "hourglass_attn": ({"channels": 32}, {"heatmap2d": 1.0, "depth_l1": 1.0}, "sgd", 0.1),
+    "hourglass_attn_lifting": (CPU_OPTIONS, {"heatmap2d": 30.0, "uv_l1": 1.0, "depth_l1": 1.0}, "adam", 3e-3),
+    "hourglass_attn_lifting_refined": ({**CPU_OPTIONS, "refine_uv": True}, {"heatmap2d": 30.0, "uv_l1": 1.0,
+                                                                              "depth_l1": 1.0}, "adam", 3e-3),
     "hg_mlp": ({"channels": 32, "dropout": 0.0},
                {"heatmap2d": 0.1, "pose_l2": 1.0, "bone_cosine": 10.0}, "adam", 1e-3),  # M-cos-2
 }
 
 
-@pytest.mark.parametrize("name", ARCHS)
+@pytest.mark.parametrize("name", list(OVERFIT))
 def test_overfits_a_small_batch(name):
     options, weights, optimiser, lr = OVERFIT[name]
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(1)
-    model = create_model(name, **options)
+    model = create_model(name.split("_lifting")[0], **options)
     x = torch.randn(2, 3, 64, 64, generator=generator)
     target = make_target(2, 64, generator)
     if optimiser == "sgd":

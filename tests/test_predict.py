@@ -14,10 +14,12 @@ import torch
 from PIL import Image
 
 import geometry
+import inference
 import metrics
 import models
 import predict
 import recipes
+import submission
 import train
 from checkpoints import load_checkpoint, save_checkpoint
 from common import PROJECT_ROOT, UserError
@@ -170,8 +172,8 @@ def test_tta_of_an_equivariant_model_is_the_plain_prediction_exactly_at_right_an
     mapped-back predictions equal the plain one to float precision."""
     images, _ = marker_batch()
     model = CentroidNet()
-    plain = predict.predict_batch(model, images, tta=1)
-    tta4 = predict.predict_batch(model, images, tta=4)
+    plain = inference.predict_batch(model, images, tta=1)
+    tta4 = inference.predict_batch(model, images, tta=4)
     assert torch.allclose(tta4, plain, atol=2e-3), (tta4 - plain).abs().max()
 
 
@@ -179,8 +181,8 @@ def test_tta_over_10_rotations_returns_the_plain_prediction():
     """36 degree steps interpolate the pixels; the blobs are smooth, so the result stays within 0.05 px."""
     images, _ = marker_batch()
     model = CentroidNet()
-    plain = predict.predict_batch(model, images, tta=1)
-    tta10 = predict.predict_batch(model, images, tta=10)
+    plain = inference.predict_batch(model, images, tta=1)
+    tta10 = inference.predict_batch(model, images, tta=10)
     assert (tta10[..., :2] - plain[..., :2]).abs().max() < 0.05
     assert (tta10[..., 2] - plain[..., 2]).abs().max() < 1e-3 * plain[..., 2].abs().max()
 
@@ -190,7 +192,7 @@ def test_tta_predictions_sit_on_the_markers(tta):
     """The intensity centroid (joint 0) of the mapped-back TTA prediction is the mean of the marks' positions,
     as labelled and as found in the image: the averaged prediction lies in the unrotated image's pixels."""
     images, uv = marker_batch()
-    centroid = predict.predict_batch(CentroidNet(), images, tta=tta)[:, 0, :2].numpy()
+    centroid = inference.predict_batch(CentroidNet(), images, tta=tta)[:, 0, :2].numpy()
     found = np.stack([find_marks(image.permute(1, 2, 0).numpy()).mean(0) for image in images])
     assert np.abs(centroid - uv.mean(1)).max() < 0.1
     assert np.abs(centroid - found).max() < 0.1
@@ -200,9 +202,46 @@ def test_tta_of_a_constant_model_averages_to_the_input_centre():
     """Inverse rotations evenly spread over the circle average any fixed point to the centre of rotation."""
     images, _ = marker_batch(count=2)
     for tta in (2, 3, 10):
-        uvd = predict.predict_batch(ConstantNet(), images, tta=tta)
+        uvd = inference.predict_batch(ConstantNet(), images, tta=tta)
         assert torch.allclose(uvd[..., :2], torch.full_like(uvd[..., :2], (MARKER_SIZE - 1) / 2), atol=1e-3)
         assert torch.allclose(uvd[..., 2], torch.full_like(uvd[..., 2], 0.3))
+
+
+def test_tta_over_a_limited_range_sits_on_the_markers_and_spreads_its_angles_over_that_range():
+    """A model trained on rotations up to 30 degrees is tested on rotations within that range: ten angles from
+    -30 to 30, and the mapped-back prediction still lies on the marks of the unrotated image."""
+    np.testing.assert_allclose(inference.tta_angles(10, 30.0).numpy(), np.linspace(-30.0, 30.0, 10), atol=1e-5)
+    np.testing.assert_allclose(inference.tta_angles(4).numpy(), [0.0, 90.0, 180.0, 270.0])
+    assert inference.tta_angles(1, 30.0).tolist() == [0.0]
+    images, uv = marker_batch()
+    centroid = inference.predict_batch(CentroidNet(), images, tta=10, max_deg=30.0)[:, 0, :2].numpy()
+    assert np.abs(centroid - uv.mean(1)).max() < 0.1
+
+
+def test_training_rotation_is_read_from_the_runs_config():
+    assert inference.training_rotation({"augs": "rotate", "aug": {"rotate": {"max_deg": 30.0}}}) == 30.0
+    assert inference.training_rotation({"augs": "rotate,color", "aug": {}}) == 180.0
+    assert inference.training_rotation({"augs": "none", "augs_final": "rotate",
+                                      "aug": {"rotate": {"max_deg": 45.0}}}) == 45.0
+    assert inference.training_rotation({"augs": "color"}) == 180.0     # never rotated: the seed's full circle
+
+
+def test_tta_with_many_rotations_runs_in_chunks_and_matches_one_forward(monkeypatch):
+    """Any --tta runs at bounded memory: the rotations go through the model a few at a time, and the average is
+    the one a single forward gives."""
+    images, _ = marker_batch(count=2)
+    whole = inference.predict_batch(CentroidNet(), images, tta=7)
+    seen = []
+
+    class Recording(CentroidNet):
+        def forward(self, x):
+            seen.append(x.shape[0])
+            return super().forward(x)
+
+    monkeypatch.setattr(inference, "TTA_IMAGES_PER_FORWARD", 4)
+    chunked = inference.predict_batch(Recording(), images, tta=7)
+    assert max(seen) <= 4 and sum(seen) == 2 * 7
+    torch.testing.assert_close(chunked, whole, atol=1e-4, rtol=0)  # float32 sums in another order
 
 
 def test_predict_loader_keeps_tta_equal_to_plain_over_batches():
@@ -212,9 +251,9 @@ def test_predict_loader_keeps_tta_equal_to_plain_over_batches():
     K = torch.tensor([[300.0, 0, 80], [0, 300, 78], [0, 0, 1]]).expand(2, 3, 3)
     batches = [{"image": images[i:i + 2], "K": K, "id": torch.tensor([i, i + 1]) + 10,
                 "bone_length": torch.tensor([0.03, float("nan")])} for i in (0, 2)]
-    plain, tta4 = (predict.predict_loader(CentroidNet(), batches, torch.device("cpu"), tta=tta) for tta in (1, 4))
+    plain, tta4 = (inference.predict_loader(CentroidNet(), batches, torch.device("cpu"), tta=tta) for tta in (1, 4))
     np.testing.assert_allclose(tta4["uvd"], plain["uvd"], atol=2e-3)
-    np.testing.assert_allclose(plain["uvd"][:2], predict.predict_batch(CentroidNet(), images[:2]).numpy(), atol=1e-6)
+    np.testing.assert_allclose(plain["uvd"][:2], inference.predict_batch(CentroidNet(), images[:2]).numpy(), atol=1e-6)
     np.testing.assert_array_equal(tta4["ids"], [10, 11, 12, 13])
     assert tta4["K"].shape == (4, 3, 3) and np.isnan(tta4["bone_length"][[1, 3]]).all() and tta4["xyz"] is None
 
@@ -223,7 +262,7 @@ def test_predict_loader_keeps_tta_equal_to_plain_over_batches():
 
 def test_freihand_zip_holds_xyz_and_placeholder_verts(tmp_path):
     xyz = random_hands(5)
-    npz, upload, _ = predict.write_outputs(tmp_path / "sub", record_of(xyz), "freihand", "freihand")
+    npz, upload, _ = submission.write_outputs(tmp_path / "sub", record_of(xyz), "freihand", "freihand")
     assert upload == tmp_path / "sub.zip" and npz == tmp_path / "sub.npz"
     with zipfile.ZipFile(upload) as archive:
         assert archive.namelist() == ["pred.json"]
@@ -233,7 +272,7 @@ def test_freihand_zip_holds_xyz_and_placeholder_verts(tmp_path):
     verts = np.array(verts_list)
     assert verts.shape == (5, 778, 3)
     np.testing.assert_allclose(verts, np.broadcast_to(xyz.mean(1, keepdims=True), verts.shape), atol=1e-7)
-    record = predict.load_predictions(npz)
+    record = submission.load_predictions(npz)
     np.testing.assert_array_equal(record["xyz"], xyz)
     assert record["split"] == "evaluation" and list(record["ids"]) == [0, 1, 2, 3, 4]
 
@@ -241,7 +280,7 @@ def test_freihand_zip_holds_xyz_and_placeholder_verts(tmp_path):
 @pytest.mark.parametrize("order", list(ORDERS))
 def test_mp21_file_is_millimetres_in_the_joint_order_and_converts_back(tmp_path, order):
     xyz = random_hands(4, seed=1)
-    _, upload, _ = predict.write_outputs(tmp_path / "sub", record_of(xyz, split="test"), "mp21", order)
+    _, upload, _ = submission.write_outputs(tmp_path / "sub", record_of(xyz, split="test"), "mp21", order)
     assert upload == tmp_path / "sub" / "test_preds.json.gz"                # the course template's name
     with gzip.open(upload, "rt") as f:
         written = np.array(json.load(f))
@@ -249,7 +288,7 @@ def test_mp21_file_is_millimetres_in_the_joint_order_and_converts_back(tmp_path,
     np.testing.assert_allclose(to_freihand(written / 1000.0, order), xyz, atol=1e-7)
     index_mcp = {"freihand": 5, "mano": 1, "ait": 2}[order]                 # FreiHAND joint 5 in each order
     np.testing.assert_allclose(written[:, index_mcp] / 1000.0, xyz[:, 5], atol=1e-7)
-    np.testing.assert_allclose(predict.read_mp21_json_gz(upload), written)
+    np.testing.assert_allclose(submission.read_mp21_json_gz(upload), written)
 
 
 @pytest.mark.parametrize("case, message", [
@@ -267,7 +306,7 @@ def test_writers_refuse_bad_predictions_and_write_nothing(tmp_path, case, messag
     if case == "ids":
         ids[2] = 7
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        predict.write_outputs(tmp_path / "sub", record_of(xyz, ids), "freihand", "freihand", expected_ids=expected)
+        submission.write_outputs(tmp_path / "sub", record_of(xyz, ids), "freihand", "freihand", expected_ids=expected)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -280,9 +319,9 @@ def test_an_error_while_writing_leaves_no_partial_upload(tmp_path, monkeypatch):
         yield "[[ half a file"
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(predict, "freihand_json_chunks", failing_chunks)
+    monkeypatch.setattr(submission, "freihand_json_chunks", failing_chunks)
     with pytest.raises(OSError):
-        predict.write_outputs(tmp_path / "sub", record_of(random_hands(3)), "freihand", "freihand")
+        submission.write_outputs(tmp_path / "sub", record_of(random_hands(3)), "freihand", "freihand")
     assert (tmp_path / "sub.zip").read_bytes() == b"an earlier, complete upload"
     assert leftovers(tmp_path) == []
 
@@ -324,21 +363,21 @@ def test_check_says_what_is_wrong_with_a_freihand_zip(tmp_path, case, message):
         write_zip(path, [xyz, verts])
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
                        .replace("]", r"\]")):
-        predict.check_file(path)
+        submission.check_file(path)
 
 
 def test_check_accepts_complete_files_and_counts_against_the_data(tmp_path, markers):
     xyz = random_hands(3)
-    predict.write_outputs(tmp_path / "sub", {**record_of(xyz), "data_root": str(markers)}, "freihand", "freihand")
-    assert predict.check_file(tmp_path / "sub.zip", data_root=markers).startswith("OK: ")
-    assert "3 predictions" in predict.check_file(tmp_path / "sub.npz")        # its recorded data root and split
+    submission.write_outputs(tmp_path / "sub", {**record_of(xyz), "data_root": str(markers)}, "freihand", "freihand")
+    assert submission.check_file(tmp_path / "sub.zip", data_root=markers).startswith("OK: ")
+    assert "3 predictions" in submission.check_file(tmp_path / "sub.npz")        # its recorded data root and split
     with pytest.raises(UserError, match="expected 1 for the val split"):
-        predict.check_file(tmp_path / "sub.zip", data_root=markers, split_name="val")
-    predict.write_outputs(tmp_path / "mp", record_of(xyz, split="test"), "mp21")
-    assert "mp21 upload, 3 samples" in predict.check_file(tmp_path / "mp" / "test_preds.json.gz")
+        submission.check_file(tmp_path / "sub.zip", data_root=markers, split_name="val")
+    submission.write_outputs(tmp_path / "mp", record_of(xyz, split="test"), "mp21")
+    assert "mp21 upload, 3 samples" in submission.check_file(tmp_path / "mp" / "test_preds.json.gz")
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(UserError, match="not a .zip, .json.gz or .npz"):
-        predict.check_file(tmp_path / "notes.txt")
+        submission.check_file(tmp_path / "notes.txt")
 
 
 def test_check_of_a_broken_zip_is_one_line_from_the_command_line(tmp_path):
@@ -363,7 +402,7 @@ def test_labels_written_as_mp21_with_the_defaults_score_zero_on_the_course_metri
     """The course's template turns the labels into AIT order (x 1000) and scores slot against slot: the labels
     written by the default writer score 0.000 mm, --check names the order it recognised."""
     split = load_split(hand_set, "evaluation")
-    _, upload, notes = predict.write_outputs(tmp_path / "labels", record_of(split.xyz, split.image_ids), "mp21")
+    _, upload, notes = submission.write_outputs(tmp_path / "labels", record_of(split.xyz, split.image_ids), "mp21")
     assert upload == tmp_path / "labels" / "test_preds.json.gz"
     assert f"{course_pa_mpjpe_mm(read_upload(upload), split.xyz[:, COURSE_AIT] * 1000.0):.3f}" == "0.000"
     assert notes == ["joints in ait order (recognised from the bones)"]
@@ -375,7 +414,7 @@ def test_labels_written_as_mp21_with_the_defaults_score_zero_on_the_course_metri
 @pytest.mark.parametrize("order", ["mano", "freihand"])
 def test_labels_written_in_another_order_score_badly_and_check_names_that_order(hand_set, tmp_path, capsys, order):
     split = load_split(hand_set, "evaluation")
-    _, upload, _ = predict.write_outputs(tmp_path / order, record_of(split.xyz, split.image_ids), "mp21", order)
+    _, upload, _ = submission.write_outputs(tmp_path / order, record_of(split.xyz, split.image_ids), "mp21", order)
     assert course_pa_mpjpe_mm(read_upload(upload), split.xyz[:, COURSE_AIT] * 1000.0) > 20.0
     code, _, err = run_cli(["--check", upload], capsys)
     assert_one_line_error(code, err, str(upload), f"the joints are in {order} order, not ait", "--joint-order ait")
@@ -387,37 +426,37 @@ def test_check_accepts_the_expected_order_and_rejects_the_other_two(hand_set, tm
     """Each order written (labels, or a weak model's noisy mean hands) and checked against each order."""
     split = load_split(hand_set, "evaluation")
     xyz = split.xyz if kind == "labels" else imperfect_predictions(split.xyz)
-    _, upload, notes = predict.write_outputs(tmp_path / "sub", record_of(xyz, split.image_ids), "mp21", written)
+    _, upload, notes = submission.write_outputs(tmp_path / "sub", record_of(xyz, split.image_ids), "mp21", written)
     assert notes[0].startswith(f"joints in {written} order")
     for expected in ORDERS:
         if expected == written:
-            assert f"joints in {written} order" in predict.check_file(upload, joint_order=expected)
+            assert f"joints in {written} order" in submission.check_file(upload, joint_order=expected)
         else:
             with pytest.raises(UserError, match=f"the joints are in {written} order, not {expected} "):
-                predict.check_file(upload, joint_order=expected)
+                submission.check_file(upload, joint_order=expected)
 
 
-@pytest.mark.parametrize("fmt", predict.FORMATS)
+@pytest.mark.parametrize("fmt", submission.FORMATS)
 def test_writers_refuse_predictions_that_are_not_in_freihand_order(hand_set, tmp_path, fmt):
     """Predictions already in AIT order (a model trained on the course's AIT labels, taken as FreiHAND order): no
     writer writes a file that --check would reject."""
     split = load_split(hand_set, "evaluation")
     in_ait = split.xyz[:, COURSE_AIT]
     with pytest.raises(UserError, match="in ait order, not freihand .*nothing was written"):
-        predict.write_outputs(tmp_path / "sub", record_of(in_ait, split.image_ids), fmt)
+        submission.write_outputs(tmp_path / "sub", record_of(in_ait, split.image_ids), fmt)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_npz_and_zip_checks_name_the_freihand_order_and_refuse_others(hand_set, tmp_path):
     split = load_split(hand_set, "evaluation")
-    predict.write_outputs(tmp_path / "sub", record_of(split.xyz, split.image_ids), "freihand")
-    assert "joints in freihand order" in predict.check_file(tmp_path / "sub.npz")
-    assert "joints in freihand order" in predict.check_file(tmp_path / "sub.zip", data_root=hand_set)
+    submission.write_outputs(tmp_path / "sub", record_of(split.xyz, split.image_ids), "freihand")
+    assert "joints in freihand order" in submission.check_file(tmp_path / "sub.npz")
+    assert "joints in freihand order" in submission.check_file(tmp_path / "sub.zip", data_root=hand_set)
     with pytest.raises(UserError, match="is a freihand file, always in FreiHAND order"):
-        predict.check_file(tmp_path / "sub.zip", data_root=hand_set, joint_order="ait")
+        submission.check_file(tmp_path / "sub.zip", data_root=hand_set, joint_order="ait")
     np.savez(tmp_path / "mano.npz", xyz=split.xyz[:, ORDERS["mano"]], ids=split.image_ids, split="evaluation")
     with pytest.raises(UserError, match="in mano order, not freihand"):
-        predict.check_file(tmp_path / "mano.npz")
+        submission.check_file(tmp_path / "mano.npz")
 
 
 def test_check_reports_far_away_hands_as_implausible_depths_not_as_another_unit(hand_set, tmp_path):
@@ -426,21 +465,21 @@ def test_check_reports_far_away_hands_as_implausible_depths_not_as_another_unit(
     split = load_split(hand_set, "evaluation")
     far = split.xyz.copy()
     far[..., 2] += 312.0 - split.xyz[:, :1, 2]                                # every wrist 312 m away
-    _, zip_path, zip_notes = predict.write_outputs(tmp_path / "far", record_of(far, split.image_ids), "freihand")
-    _, gz_path, gz_notes = predict.write_outputs(tmp_path / "far", record_of(far, split.image_ids), "mp21")
-    for text in ("\n".join(zip_notes), "\n".join(gz_notes), predict.check_file(zip_path, data_root=hand_set),
-                 predict.check_file(gz_path)):
+    _, zip_path, zip_notes = submission.write_outputs(tmp_path / "far", record_of(far, split.image_ids), "freihand")
+    _, gz_path, gz_notes = submission.write_outputs(tmp_path / "far", record_of(far, split.image_ids), "mp21")
+    for text in ("\n".join(zip_notes), "\n".join(gz_notes), submission.check_file(zip_path, data_root=hand_set),
+                 submission.check_file(gz_path)):
         assert "wrist depths up to 312 m (12 of 12 outside 0.05-5 m): implausible for a hand in front of a camera" \
             in text
         assert "look like" not in text
 
 
 def test_check_of_the_upload_folder_checks_the_file_in_it_and_a_file_in_its_place_is_one_line(tmp_path):
-    predict.write_outputs(tmp_path / "sub", record_of(random_hands(3), split="test"), "mp21")
-    assert predict.check_file(tmp_path / "sub").startswith(f"OK: {tmp_path / 'sub' / 'test_preds.json.gz'}: mp21")
+    submission.write_outputs(tmp_path / "sub", record_of(random_hands(3), split="test"), "mp21")
+    assert submission.check_file(tmp_path / "sub").startswith(f"OK: {tmp_path / 'sub' / 'test_preds.json.gz'}: mp21")
     (tmp_path / "taken").write_text("a file where the upload's folder goes")
     with pytest.raises(UserError, match="taken is a file where the upload's folder should be"):
-        predict.write_outputs(tmp_path / "taken", record_of(random_hands(3), split="test"), "mp21")
+        submission.write_outputs(tmp_path / "taken", record_of(random_hands(3), split="test"), "mp21")
 
 
 def test_check_still_catches_an_mp21_file_in_metres(hand_set, tmp_path):
@@ -449,7 +488,7 @@ def test_check_still_catches_an_mp21_file_in_metres(hand_set, tmp_path):
     with gzip.open(path, "wt") as f:
         json.dump(split.xyz[:, COURSE_AIT].tolist(), f)
     with pytest.raises(UserError, match="the hands look like metres .*the course wants millimetres"):
-        predict.check_file(path)
+        submission.check_file(path)
 
 
 # --- scores -----------------------------------------------------------------------------------------------------
@@ -458,7 +497,7 @@ def test_scores_offer_both_reflection_variants_and_the_constant_shape_baseline(t
     gt = random_hands(6, seed=2)
     mirrored = gt * np.array([-1.0, 1.0, 1.0])
     shape = metrics.generalized_procrustes_mean(random_hands(20, seed=3))
-    path = predict.report_scores(tmp_path / "sub", mirrored, gt, shape, {"tta": 1})
+    path = submission.report_scores(tmp_path / "sub", mirrored, gt, shape, {"tta": 1})
     scores = json.loads(path.read_text())
     allowed, corrected = scores["reflections_allowed"], scores["reflections_corrected"]
     assert allowed["pa_mpjpe_mm"] < 1e-6
@@ -484,10 +523,10 @@ def test_predict_runs_on_a_checkpoint_of_every_arch(arch, markers, tmp_path, cap
     code, out, err = run_cli(["--ckpt", ckpt, "--tta", 2, "--out", tmp_path / "sub", "--workers", 0,
                               "--device", "cpu", "--viz", viz], capsys)
     assert code == 0, err
-    record = predict.load_predictions(tmp_path / "sub.npz")
+    record = submission.load_predictions(tmp_path / "sub.npz")
     assert record["arch"] == arch and record["tta"] == 2 and record["split"] == "evaluation"
     np.testing.assert_array_equal(record["ids"], [0, 1, 2])
-    assert predict.read_freihand_zip(tmp_path / "sub.zip")[0].shape == (3, 21, 3)
+    assert submission.read_freihand_zip(tmp_path / "sub.zip")[0].shape == (3, 21, 3)
     scores = json.loads((tmp_path / "sub.metrics.json").read_text())
     assert np.isfinite(scores["reflections_allowed"]["pa_mpjpe_mm"])
     assert "root depth from the known bone scale" in out and str(ckpt.name) in out
@@ -506,7 +545,7 @@ def test_defaults_newest_checkpoint_its_data_root_and_the_submission_split(marke
     write_checkpoint(runs / "older" / "best.pt", "ghost_lite", markers)
     write_checkpoint(runs / "newer" / "best.pt", "ghost_lite", markers)
     monkeypatch.setattr(predict, "RUNS_ROOT", runs)
-    monkeypatch.setattr(predict, "SUBMISSIONS_ROOT", tmp_path / "submissions")
+    monkeypatch.setattr(submission, "SUBMISSIONS_ROOT", tmp_path / "submissions")
     code, out, err = run_cli(["--workers", 0], capsys)
     assert code == 0, err
     prefix = tmp_path / "submissions" / "newer_evaluation_tta1"
@@ -522,7 +561,7 @@ def test_mp21_layout_defaults_to_its_test_split_and_ait_test_preds_json_gz(tmp_p
     ckpt = write_checkpoint(tmp_path / "run" / "best.pt", "ghost_lite", root)
     code, out, err = run_cli(["--ckpt", ckpt, "--out", tmp_path / "sub", "--workers", 0], capsys)
     assert code == 0, err
-    record = predict.load_predictions(tmp_path / "sub.npz")
+    record = submission.load_predictions(tmp_path / "sub.npz")
     assert record["split"] == "test" and record["layout"] == "mp21"
     with gzip.open(tmp_path / "sub" / "test_preds.json.gz", "rt") as f:
         written = np.array(json.load(f))
@@ -581,11 +620,11 @@ def test_root_depth_falls_back_where_the_bone_gives_none():
     uvd = np.stack([np.tile([31.5, 31.5, 0.0], (21, 1)), geometry.xyz_to_uvd(hand, K[1])])
     predictions = {"uvd": uvd, "K": K, "bone_length": np.array([np.nan, geometry.bone_length(hand)])}
     stats = {"bone_length_m": 0.03, "root_depth_m": 0.55}
-    depth, fell_back = predict.root_depths(predictions, stats)
+    depth, fell_back = inference.root_depths(predictions, stats)
     assert list(fell_back) == [True, False]
     assert depth[0] == 0.55
     assert depth[1] == pytest.approx(hand[geometry.ROOT_JOINT, 2])
-    xyz = predict.camera_joints(predictions, stats)
+    xyz = inference.camera_joints(predictions, stats)
     assert np.isfinite(xyz).all()
     np.testing.assert_allclose(xyz[1], hand, atol=1e-9)
 
@@ -596,6 +635,6 @@ def test_channels_last_path_gives_the_same_prediction():
     model = models.create_model("ghost_lite").eval()
     images, _ = marker_batch(count=2)
     images = torch.nn.functional.interpolate(images.float(), size=IMG_SIZE).round().to(torch.uint8)
-    plain = predict.predict_batch(model, images, tta=2)
+    plain = inference.predict_batch(model, images, tta=2)
     model = model.to(memory_format=torch.channels_last)
-    np.testing.assert_allclose(predict.predict_batch(model, images, tta=2, channels_last=True), plain, atol=1e-4)
+    np.testing.assert_allclose(inference.predict_batch(model, images, tta=2, channels_last=True), plain, atol=1e-4)

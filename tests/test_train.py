@@ -53,7 +53,7 @@ def log_epochs(folder):
     (["--arch", "effb0_1d", "--set", "no_such_key=1"], "unknown config key 'no_such_key'"),
     (["--arch", "effb0_1d", "--set", "epochs=many"], "epochs='many': expected int"),
     (["--arch", "effb0_1d", "--set", "amp=1"], "amp=1: expected bool"),
-    (["--arch", "effb0_1d", "--set", "loss.no_such_term=1"], "unknown loss key(s) no_such_term"),
+    (["--arch", "effb0_1d", "--set", "loss.no_such_term=1"], "unknown loss keys ['no_such_term']"),
     (["--arch", "effb0_1d", "--augs", "rotate,spin"], "spin"),
     (["--arch", "effb0_1d", "--set", "optimizer=lion"], "optimizer='lion': choose one of adam, adamw, sgd"),
     (["--arch", "effb0_1d", "--set", "model.z_readout=rows"], "z_readout='rows': choose one of columns, pooled"),
@@ -73,7 +73,7 @@ def test_bad_options_are_one_clear_line(args, message, capsys):
 def test_resume_without_checkpoint_is_one_clear_line(tmp_path, capsys):
     code, _, err = run_main(train.main, ["--arch", "ghost_lite", "--resume", "--out", tmp_path / "run"], capsys)
     assert code == 2 and err.count("\n") == 1
-    assert "last.pt does not exist" in err
+    assert "holds no last.pt to resume" in err
 
 
 def test_config_resolution_layers_recipe_then_command_line():
