@@ -76,7 +76,7 @@ RECIPES = {
                          "augs": "none"},
     # ours, the CPU recipe: what learns the fingers fastest from random weights on the synthetic set on a 2-core
     # CPU (README, "Learning on a CPU"): seed 003's hourglass cut to one 64-channel stack of depth 3 run at a
-    # quarter of a 64 px input (250 img/s, 4x the seed-000 net on this CPU), depth from a lifting network over
+    # quarter of a 64 px input (250 img/s, twice the seed-000 net on this CPU), depth from a lifting network over
     # the canonical 2D pose and the heatmap-pooled features; the heatmap term weighted 30 (it, not the
     # coordinates, teaches where the fingers are), rotations within +-30 degrees (+-180 costs more than it
     # teaches in this budget; TTA spreads over the trained range), AdamW, warm-up + cosine per step, EMA,

@@ -183,27 +183,23 @@ class LiftingHead(nn.Module):
     bone, and each joint's heatmap-pooled features reduced to ``feature_dim`` values, which carry the shading
     that tells towards from away, returns the depth d of every joint; with ``refine_uv`` also a correction of
     the canonical 2D pose (a read-out that misplaces a hidden fingertip pulled towards a hand that fits the rest:
-    measured slower to learn, README). (B, J, 2) + (B, J, C) -> uv (B, J, 2), d (B, J, 1). During training the
-    MLP sees its 2D input with Gaussian noise of ``noise`` (canonical units: the RMS distance of the joints from
-    the root is 1), so that it learns to expect the read-out's errors."""
+    measured no better, README). (B, J, 2) + (B, J, C) -> uv (B, J, 2), d (B, J, 1)."""
 
-    def __init__(self, channels, refine_uv=False, num_joints=NUM_JOINTS, feature_dim=16, hidden=1024, noise=0.05):
+    def __init__(self, channels, refine_uv=False, num_joints=NUM_JOINTS, feature_dim=16, hidden=512):
         super().__init__()
-        self.noise, self.refine_uv = noise, refine_uv
+        self.refine_uv = refine_uv
         self.reduce = nn.Linear(channels, feature_dim)
         self.mlp = nn.Sequential(
             nn.Linear(num_joints * (2 + feature_dim), hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_joints * 3))
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_joints * (3 if refine_uv else 1)))
 
     def forward(self, uv, pooled):
         uv = uv.detach()
         pose, scale, turn = canonical_frame(uv)                                     # (B, J, 2)
-        if self.training and self.noise:
-            pose = pose + self.noise * torch.randn_like(pose)
         x = torch.cat([pose, self.reduce(pooled)], -1).flatten(1)                   # (B, J * (2 + feature_dim))
-        out = self.mlp(x).view(len(x), -1, 3)                                       # (B, J, 3)
         if not self.refine_uv:
-            return uv, out[..., 2:]
+            return uv, self.mlp(x).unsqueeze(-1)                                    # (B, J, 1)
+        out = self.mlp(x).view(len(x), -1, 3)                                       # (B, J, 3)
         return from_canonical(pose + out[..., :2], uv, scale, turn), out[..., 2:]
 
 
