@@ -18,7 +18,6 @@ Timings on CUDA synchronise before the clock is read. --amp (bf16 where supporte
 --compile act as in train.py. The data is the synthetic set unless --data-root is given.
 """
 import argparse
-import copy
 import json
 import math
 import os
@@ -38,8 +37,8 @@ from data import resolve_data_root
 from data.dataset import make_dataset
 from data.loader import make_loader, to_device
 from data.readers import load_split
-from models.losses import loss_target, pose_loss
-from inference import autocast, predict_batch
+from engine import forward_loss, optimizer_step
+from inference import predict_batch
 from optimization import make_optimizer
 
 
@@ -168,9 +167,8 @@ def augment_rate(names, batch, size, args, device):
 
 
 def recipe_of(arch):
-    config = copy.deepcopy(recipes.DEFAULTS)
-    config.update(copy.deepcopy(recipes.RECIPES.get(arch, {})))
-    return config
+    """The arch's own recipe (every registered arch has one of its name)."""
+    return recipes.recipe_config(arch)
 
 
 def build_model(arch, config, args, device):
@@ -186,20 +184,12 @@ def train_step_rate(arch, config, batch, args, device):
     fp16 = device.type == "cuda" and args.amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=fp16)
     net = torch.compile(model) if args.compile else model
-    target = loss_target(batch, config["img_size"])
+    config = {**config, "amp": args.amp}
 
-    def step():
-        x = models.prepare_images(batch["image"])
-        if args.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, args.amp):
-            uvd, aux = net(x, return_aux=True)
-        aux = {k: [t.float() for t in v] if isinstance(v, list) else v.float() for k, v in aux.items()}
-        loss, _ = pose_loss(uvd.float(), aux, target, config["loss"], 0.0)
-        optimizer.zero_grad(set_to_none=True)
+    def step():  # train.py's step: the same loss, clipping and optimiser step (no schedule, no EMA)
+        loss, _ = forward_loss(net, batch, config, device, args.channels_last)
         scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        optimizer_step(model, optimizer, scaler, config["grad_clip"])
 
     seconds = median_seconds(step, args.steps, args.warmup, synchronizer(device))
     return batch["image"].shape[0] / seconds, model

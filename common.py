@@ -2,6 +2,7 @@
 import contextlib
 import functools
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -104,19 +105,23 @@ def ensure_writable_folder(folder, what):
 
 @contextlib.contextmanager
 def atomic_write(path):
-    """Yield a temp path beside ``path`` to write; when the block ends normally the temp file is fsynced and
-    ``os.replace``d onto ``path``, so a reader sees the old file or the new one, never a partial one. On any
-    error (a full disk, Ctrl-C) the temp file is removed, and a failure to remove it never hides that error."""
+    """Yield a temp path beside ``path`` to write (a file, or a folder to fill); when the block ends normally it
+    is fsynced and ``os.replace``d onto ``path``, so a reader sees the old one or the new one, never a partial
+    one. On any error (a full disk, Ctrl-C) the temp is removed, and a failure to remove it never hides that
+    error. The one place the project replaces a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        descriptor = os.open(tmp, os.O_RDONLY)  # a file, or a folder the block filled (fsync flushes its entries)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink(missing_ok=True)
         raise
 
 

@@ -187,8 +187,3 @@ def heatmap_bin_centres(num_bins, size, device=None):
 def depth_bin_centres(num_bins, device=None):
     """Normalised depth d (num_bins,) of each bin centre of a depth heatmap spanning d in [-1, 1]."""
     return (torch.arange(num_bins, dtype=torch.float32, device=device) + 0.5) * (2.0 / num_bins) - 1.0
-
-
-def uvd_to_xyz_by_bone(uvd, K, bone_length):
-    """Model space -> camera joints, the root depth recovered from the known length of SCALE_BONE."""
-    return uvd_to_xyz(uvd, K, root_depth_from_bone(uvd, K, bone_length))

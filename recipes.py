@@ -5,6 +5,7 @@ then the command line. Every key here is a known key with a type; an override of
 wrong type is an error. ``milestones`` are fractions of the epochs, so a shortened run keeps the schedule's
 shape (seed 000: x0.1 at epochs 100 and 140 of 145).
 """
+import copy
 
 DEFAULTS = {
     "arch": "",
@@ -88,6 +89,16 @@ RECIPES = {
                                 "depth_head": "lifting"},
                       "loss": {"heatmap2d": 30.0, "uv_l1": 1.0, "depth_l1": 1.0}, "augs": "rotate",
                       "aug": {"rotate": {"max_deg": 30.0}}, "short_on_cpu": False},
+    # ours, the previous CPU recipe, on seed 000's arch (README): effb0_1d at 64 px reading the stride-16 features
+    # (a 4x4 map, not 2x2) with UNet-style skips into the xy branch and I2L-MeshNet's pooled depth read-out; batch
+    # 16, AdamW, warm-up + cosine per step, EMA, MSE + the SimCC KL term, rotations, the 3 best epochs averaged
+    "effb0_cpu": {**_SEED000, "arch": "effb0_1d", "img_size": 64, "batch_size": 16, "epochs": 25,
+                  "optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "schedule": "cosine",
+                  "min_lr_ratio": 0.02, "warmup_epochs": 1.0, "ema_decay": 0.999, "average_top_k": 3,
+                  "model": {"num_blocks": 3, "channels": 128, "drop_connect": 0.0, "z_readout": "pooled",
+                            "encoder_depth": 4, "skips": True},
+                  "loss": {"coord_mse": 1.0, "simcc_kl": 0.1}, "augs": "rotate", "pretrained": "none",
+                  "short_on_cpu": False},
     # ours, for a GPU: seed 000 plus what strong pose recipes add (RTMPose, timm): AdamW without decay on norms
     # and biases, a warm-up then cosine per step, EMA of the weights for validation and prediction, the SimCC KL
     # term beside the MSE, and the 3 best epochs averaged.
@@ -120,3 +131,11 @@ RECIPES = {
 
 def recipe_names():
     return sorted(RECIPES)
+
+
+def recipe_config(name):
+    """DEFAULTS with the recipe ``name`` applied (a fresh copy; ``name`` must be a recipe), ``recipe`` set."""
+    config = copy.deepcopy(DEFAULTS)
+    config.update(copy.deepcopy(RECIPES[name]))
+    config["recipe"] = name
+    return config

@@ -41,8 +41,9 @@ from data import resolve_data_root
 from data.dataset import make_dataset
 from data.loader import make_loader, to_device
 from data.readers import load_split
-from models.losses import loss_target, pose_loss, split_weights
-from inference import autocast, camera_joints, predict_loader
+from models.losses import split_weights
+from engine import forward_loss, optimizer_step
+from inference import camera_joints, predict_loader
 
 # The laptop default: the synthetic set on the CPU with none of these keys given gets this short run, which
 # ends in minutes; giving any of them on the command line hands the whole budget back to the recipe.
@@ -137,9 +138,7 @@ def resolve_config(args):
     if name not in recipes.RECIPES:
         models.model_entry(name)  # an unknown arch gets the registry's message listing valid names
         raise UserError(f"no recipe {name!r} in recipes.py; known recipes: {', '.join(recipes.recipe_names())}")
-    config = copy.deepcopy(recipes.DEFAULTS)
-    config.update(copy.deepcopy(recipes.RECIPES[name]))
-    config["recipe"] = name
+    config = recipes.recipe_config(name)
     if args.arch and args.arch != config["arch"]:
         raise UserError(f"recipe {name!r} trains {config['arch']!r}, not --arch {args.arch!r}")
     given = {key for key in CLI_KEYS if getattr(args, key) is not None}
@@ -345,7 +344,7 @@ def resume_hint(folder):
 # --- reproducibility ---------------------------------------------------------------------------------------
 
 def seed_everything(seed):
-    """Every RNG stream re-seeded; main() calls it with ``seed * 1000 + epoch`` at each epoch start, so a
+    """Every RNG stream re-seeded; train() calls it with ``seed * 1000 + epoch`` at each epoch start, so a
     resumed run draws the same shuffles, augmentations and dropout as one that never stopped."""
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
@@ -375,11 +374,13 @@ def train_one_epoch(ctx, epoch):
         last_micro = (micro + 1) % accumulate == 0
         # DDP decides in the forward whether the backward all-reduces: both under no_sync but on the last batch
         with model.no_sync() if ctx["world_size"] > 1 and not last_micro else contextlib.nullcontext():
-            loss, parts = forward_loss(ctx, batch, step / (steps_per_epoch * config["epochs"]))
+            loss, parts = forward_loss(model, batch, config, device, ctx["channels_last"],
+                                       step / (steps_per_epoch * config["epochs"]))
             ctx["scaler"].scale(loss / accumulate).backward()
         if last_micro:
             lr_used = ctx["optimizer"].param_groups[0]["lr"]
-            optimizer_step(ctx, step + 1)
+            optimizer_step(ctx["net"], ctx["optimizer"], ctx["scaler"], config["grad_clip"], ctx["scheduler"],
+                           ctx["ema"], step + 1)
             ctx["tb"].step(step + 1, {"total": loss.detach(), **parts}, lr_used)
         window.append(loss.detach())
         for k, v in {"total": loss.detach(), **parts}.items():
@@ -394,35 +395,6 @@ def train_one_epoch(ctx, epoch):
     seconds = time.perf_counter() - start
     parts = {k: float(v) / count for k, v in totals.items()}
     return parts.pop("total"), parts, images / seconds
-
-
-def forward_loss(ctx, batch, progress):
-    """The loss of one augmented batch: (scalar, unweighted parts)."""
-    config = ctx["config"]
-    x = models.prepare_images(batch["image"])
-    if ctx["channels_last"]:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with autocast(ctx["device"], config["amp"]):
-        uvd, aux = ctx["model"](x, return_aux=True)
-    return pose_loss(uvd.float(), _float_aux(aux), loss_target(batch, config["img_size"]), config["loss"], progress)
-
-
-def optimizer_step(ctx, steps_done):
-    """Clip (optionally), step the optimiser, then the lr schedule and the EMA (``steps_done`` counts this one)."""
-    optimizer, scaler, config = ctx["optimizer"], ctx["scaler"], ctx["config"]
-    if config["grad_clip"] > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(ctx["net"].parameters(), config["grad_clip"])
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    ctx["scheduler"].step()
-    if ctx["ema"] is not None:
-        ctx["ema"].update(ctx["net"], step=steps_done)
-
-
-def _float_aux(aux):
-    return {k: [t.float() for t in v] if isinstance(v, list) else v.float() for k, v in aux.items()}
 
 
 def check_finite(losses, epoch, step, ctx):
@@ -494,9 +466,9 @@ def training_stats(split):
             "root_depth_m": float(np.mean(split.xyz[:, geometry.ROOT_JOINT, 2]))}
 
 
-def build_context(args):
-    """Everything a run needs: config, data, model, optimizer, folder; resumes state when asked."""
-    resume_state = None
+def resolve_run(args):
+    """(config, run folder or None when it is still to be named, last.pt's state or None, keys given on the
+    command line) for a new run, a --resume, or a group torchrun restarted."""
     if not args.resume and args.out and elastic_restart() and (Path(args.out) / "last.pt").is_file():
         # torchrun restarted the group with the same command line: continue the run from its last.pt
         args.resume, args.arch, args.recipe, args.set = True, None, None, []
@@ -506,84 +478,110 @@ def build_context(args):
     if args.resume:
         folder = run_folder(args, None)
         resume_state, config = resume_config(args, folder)
-    else:
-        config, given = resolve_config(args)
-        folder = None
-    rank, world_size, device = init_distributed(config["device"])
-    announce = print if rank == 0 else (lambda *_: None)
-    if rank == 0:  # the synthetic default is generated once, by rank 0
+        return config, folder, resume_state, set()
+    config, given = resolve_config(args)
+    return config, None, None, given
+
+
+def locate_data(config, rank, world_size, announce):
+    """The dataset folder; the synthetic default is generated once, by rank 0, while the others wait."""
+    if rank == 0:
         data_root = resolve_data_root(config["data_root"] or None, announce)
     barrier(world_size)
     if rank:
         data_root = resolve_data_root(config["data_root"] or None, announce=lambda *_: None)
-    synthetic = Path(data_root).resolve() == SYNTHETIC_ROOT.resolve()
-    if resume_state is None:
-        if synthetic and device.type == "cpu":
-            apply_cpu_budget(config, given, announce)
-        if config["pretrained"] == "auto":
-            config["pretrained"] = "none" if synthetic else "imagenet"
-        config["data_root"] = str(data_root)
-        folder = run_folder(args, config)
-        if rank == 0:
-            check_new_run_folder(folder)
-    seed_everything(config["seed"])
+    return data_root
 
+
+def settle_new_run(args, config, given, data_root, device, rank, announce):
+    """A new run's last config decisions (the CPU budget on the synthetic set, which weights) and its folder,
+    checked before any work."""
+    synthetic = Path(data_root).resolve() == SYNTHETIC_ROOT.resolve()
+    if synthetic and device.type == "cpu":
+        apply_cpu_budget(config, given, announce)
+    if config["pretrained"] == "auto":
+        config["pretrained"] = "none" if synthetic else "imagenet"
+    config["data_root"] = str(data_root)
+    folder = run_folder(args, config)
+    if rank == 0:
+        check_new_run_folder(folder)
+    return folder
+
+
+def load_datasets(config, data_root, world_size, announce):
+    """(train split, val split, train dataset, val dataset) at the config's input size."""
     train_split, val_split = (limit(load_split(data_root, name, config["folds"], config["fold"]), config[key],
                                     config["seed"])
                               for name, key in (("train", "max_train_images"), ("val", "max_val_images")))
     if not train_split.labelled or not val_split.labelled:
         raise UserError(f"{data_root}: the train and val splits need *_xyz.json labels")
-    size, cuda = config["img_size"], device.type == "cuda"
-    train_set, val_set = (make_dataset(split, size, cache=config["cache"], announce=announce)
+    train_set, val_set = (make_dataset(split, config["img_size"], cache=config["cache"], announce=announce)
                           for split in (train_split, val_split))
     if len(train_set) < config["batch_size"] * world_size:
         raise UserError(f"{len(train_set)} training images are fewer than one batch of {config['batch_size']} "
                         f"per process; lower --batch-size")
+    return train_split, val_split, train_set, val_set
 
+
+def build_context(args):
+    """Everything a run needs: config, data, model, optimizer, folder; resumes state when asked."""
+    config, folder, resume_state, given = resolve_run(args)
+    rank, world_size, device = init_distributed(config["device"])
+    announce = print if rank == 0 else (lambda *_: None)
+    data_root = locate_data(config, rank, world_size, announce)
+    if resume_state is None:
+        folder = settle_new_run(args, config, given, data_root, device, rank, announce)
+    seed_everything(config["seed"])
+    train_split, val_split, train_set, val_set = load_datasets(config, data_root, world_size, announce)
+    ctx = {"config": config, "folder": folder, "rank": rank, "world_size": world_size, "device": device,
+           "channels_last": config["channels_last"], "history": [], "best": math.inf, "start_epoch": 1,
+           "stats": training_stats(train_split), "val_set": val_set}
+    ctx["model"] = build_training(ctx, train_set, resume_state)
+    ctx["baseline"] = metrics.constant_pa_mpjpe_mm(ctx["stats"]["constant_shape_m"], val_split.xyz)
+    announce(f"{config['recipe']}: {config['arch']} ({ctx['params'] / 1e6:.2f} M params), {len(train_set)} training "
+             f"/ {len(val_set)} validation images from {data_root}, {config['img_size']} px, batch "
+             f"{config['batch_size']}{f' x {world_size} processes' if world_size > 1 else ''}, {device}, run folder "
+             f"{folder}; the constant-shape baseline (one hand for all) scores {ctx['baseline']:.2f} mm PA-MPJPE "
+             f"on validation")
+    if resume_state is not None:
+        announce(f"resuming {folder} after epoch {resume_state['epoch']} of {config['epochs']}")
+    return ctx
+
+
+def build_training(ctx, train_set, resume_state):
+    """Model, optimiser, schedule, EMA, loaders and augmenters into ``ctx`` (restored from ``resume_state``
+    when given). Returns the training model (wrapped for DDP / compile); ctx['net'] is the bare one."""
+    config, device, world_size = ctx["config"], ctx["device"], ctx["world_size"]
+    cuda = device.type == "cuda"
     model = models.create_model(config["arch"], pretrained="none" if resume_state else config["pretrained"],
                                 **config["model"])
-    channels_last = config["channels_last"]
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    model = model.to(device, memory_format=torch.channels_last if config["channels_last"] else torch.preserve_format)
     optimizer = optimization.make_optimizer(model, config)
-    amp_fp16 = cuda and config["amp"] and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_fp16)
     train_loader = make_loader(train_set, config["batch_size"], train=True, workers=config["workers"],
-                               seed=config["seed"], rank=rank, world_size=world_size, pin_memory=cuda)
+                               seed=config["seed"], rank=ctx["rank"], world_size=world_size, pin_memory=cuda)
     steps_per_epoch = len(train_loader) // config["accumulate"]
     if steps_per_epoch < 1:
         raise UserError(f"an epoch of {len(train_loader)} batches is less than one optimiser step of "
                         f"accumulate={config['accumulate']} batches; lower --set accumulate")
-    ctx = {"config": config, "folder": folder, "rank": rank, "world_size": world_size, "device": device,
-           "channels_last": channels_last, "optimizer": optimizer, "scaler": scaler,
-           "scheduler": optimization.make_scheduler(optimizer, config, steps_per_epoch),
-           "steps_per_epoch": steps_per_epoch, "train_loader": train_loader,
-           "ema": optimization.make_ema(model, config),
-           "history": [], "best": math.inf, "start_epoch": 1, "stats": training_stats(train_split),
-           "params": sum(p.numel() for p in model.parameters())}
+    ctx.update(optimizer=optimizer, train_loader=train_loader, steps_per_epoch=steps_per_epoch,
+               scaler=torch.amp.GradScaler("cuda", enabled=cuda and config["amp"] and
+                                           not torch.cuda.is_bf16_supported()),
+               scheduler=optimization.make_scheduler(optimizer, config, steps_per_epoch),
+               ema=optimization.make_ema(model, config), params=sum(p.numel() for p in model.parameters()),
+               val_loader=make_loader(ctx["val_set"], config["batch_size"], train=False, workers=config["workers"],
+                                      pin_memory=cuda))
     if resume_state is not None:
         restore(ctx, model, resume_state)
-        announce(f"resuming {folder} after epoch {resume_state['epoch']} of {config['epochs']}")
     ctx["net"] = model  # the bare model: validation and checkpoints
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     if config["compile"]:
         model = torch.compile(model)
-    ctx["model"] = model  # the training model, wrapped for DDP / compile
-    ctx["val_set"] = val_set
-    ctx["val_loader"] = make_loader(val_set, config["batch_size"], train=False, workers=config["workers"],
-                                    pin_memory=cuda)
     ctx["augmenter"], ctx["augmenter_final"] = (
-        augment.Augmenter(augment.parse_augs(augs), augment.resolve_options(config["aug"]), size, device,
-                          backgrounds=config["backgrounds"] or None)
+        augment.Augmenter(augment.parse_augs(augs), augment.resolve_options(config["aug"]), config["img_size"],
+                          device, backgrounds=config["backgrounds"] or None)
         for augs in (config["augs"], config["augs_final"] or config["augs"]))
-    ctx["baseline"] = metrics.constant_pa_mpjpe_mm(ctx["stats"]["constant_shape_m"], val_split.xyz)
-    announce(f"{config['recipe']}: {config['arch']} ({ctx['params'] / 1e6:.2f} M params), {len(train_set)} training "
-             f"/ {len(val_set)} validation images from {data_root}, {size} px, batch {config['batch_size']}"
-             f"{f' x {world_size} processes' if world_size > 1 else ''}, {device}, run folder {folder}; "
-             f"the constant-shape baseline (one hand for all) scores {ctx['baseline']:.2f} mm PA-MPJPE on "
-             f"validation")
-    return ctx
-
+    return model
 
 
 def restore(ctx, model, state):

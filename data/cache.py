@@ -23,14 +23,14 @@ import multiprocessing
 import os
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import CACHE_ROOT, PROJECT_ROOT, UserError
+from common import CACHE_ROOT, PROJECT_ROOT, UserError, atomic_write, remove_stale_temps
 from data.dataset import decode_image, decode_mask, input_labels
 
 try:
@@ -225,11 +225,11 @@ def build(folder, split, size, digest, workers=None):
         raise UserError(f"the decoded-image cache of {split.name} at {size} px needs {needed / 1e9:.1f} GB in "
                         f"{_shown(folder)}, {free / 1e9:.1f} GB are free: free space {WITHOUT}")
     (folder / MANIFEST).unlink(missing_ok=True)             # from here on the folder never reads as complete
-    for stale in folder.glob("*.tmp-*"):                    # left by a killed build
-        stale.unlink()
-    tmp = {name: folder / f"{name}.tmp-{os.getpid()}" for name in (*DATA_FILES, MANIFEST)}
+    remove_stale_temps(folder)                              # left by a killed build (we hold the build lock)
+    names = [name for name in DATA_FILES if name != "masks.npy" or n_masks]
     started = time.perf_counter()
-    try:
+    with ExitStack() as replaced_on_success:      # each file replaces its target when all are written
+        tmp = {name: replaced_on_success.enter_context(atomic_write(folder / name)) for name in names}
         files = {"images": _new_npy(tmp["images.npy"], (n, size, size, 3))}
         if n_masks:
             files["masks"] = _new_npy(tmp["masks.npy"], (n_masks, size, size))
@@ -237,26 +237,14 @@ def build(folder, split, size, digest, workers=None):
         mask_rows = np.where(has_mask, np.cumsum(has_mask) - 1, -1).astype(np.int64)
         with open(tmp["meta.npz"], "wb") as f:
             np.savez(f, affines=affines, mask_rows=mask_rows)
-        names = [name for name in DATA_FILES if tmp[name].exists()]
-        for name in names:
-            _fsync(tmp[name])
-            os.replace(tmp[name], folder / name)
-        if not n_masks:
-            (folder / "masks.npy").unlink(missing_ok=True)
-        manifest = {"format": FORMAT_VERSION, "root": str(Path(split.root).resolve()), "layout": split.layout,
-                    "split": split.name, "size": size, "count": n, "masks": n_masks, "dataset": digest,
-                    "seconds": round(time.perf_counter() - started, 2),
-                    "files": {name: file_record(folder / name) for name in names}}
-        tmp[MANIFEST].write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp[MANIFEST], folder / MANIFEST)
-    finally:
-        for path in tmp.values():
-            path.unlink(missing_ok=True)
-
-
-def _fsync(path):
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
+    if not n_masks:
+        (folder / "masks.npy").unlink(missing_ok=True)
+    manifest = {"format": FORMAT_VERSION, "root": str(Path(split.root).resolve()), "layout": split.layout,
+                "split": split.name, "size": size, "count": n, "masks": n_masks, "dataset": digest,
+                "seconds": round(time.perf_counter() - started, 2),
+                "files": {name: file_record(folder / name) for name in names}}
+    with atomic_write(folder / MANIFEST) as tmp_manifest:
+        tmp_manifest.write_text(json.dumps(manifest, indent=1))
 
 
 def prune_orphans(cache_root, announce=print):

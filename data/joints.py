@@ -10,12 +10,6 @@ thumb's chain, base to tip, plays MCP, PIP, DIP, tip).
 import numpy as np
 from scipy.optimize import nnls
 
-NAMES = ["wrist",
-         "thumb_mcp", "thumb_pip", "thumb_dip", "thumb_tip",
-         "index_mcp", "index_pip", "index_dip", "index_tip",
-         "middle_mcp", "middle_pip", "middle_dip", "middle_tip",
-         "ring_mcp", "ring_pip", "ring_dip", "ring_tip",
-         "pinky_mcp", "pinky_pip", "pinky_dip", "pinky_tip"]
 FINGERS = {"thumb": [1, 2, 3, 4], "index": [5, 6, 7, 8], "middle": [9, 10, 11, 12],
            "ring": [13, 14, 15, 16], "pinky": [17, 18, 19, 20]}
 

@@ -18,14 +18,13 @@ import functools
 import json
 import multiprocessing
 import os
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from common import UserError, cli
+from common import UserError, atomic_write, cli
 from data.joints import BONES
 from geometry import ROOT_JOINT, SCALE_BONE, bone_length, project
 
@@ -362,32 +361,32 @@ def generate(out_dir, n_train, n_eval, seed=0, size=224, workers=None, versions=
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not an empty folder: choose another --out or delete it")
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    with atomic_write(out) as partial:   # a hidden sibling folder, renamed into place when complete
+        _fill(partial, n_train, n_eval, seed, size, versions, workers)
+    return out
+
+
+def _fill(partial, n_train, n_eval, seed, size, versions, workers):
+    """Write the whole set into the folder ``partial``."""
     tasks = [(partial, split, i, n, v, seed, size)
              for split, n, v in (("training", n_train, versions), ("evaluation", n_eval, 1)) for i in range(n)]
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = min(workers or available, max(1, len(tasks) // 8))
-    try:
-        for folder in ("training/rgb", "training/mask", "evaluation/rgb"):
-            (partial / folder).mkdir(parents=True)
-        if workers == 1:
-            results = list(map(_write_sample, tasks))
-        else:
-            fork = "fork" if "fork" in multiprocessing.get_all_start_methods() else None   # no re-imports
-            with multiprocessing.get_context(fork).Pool(workers) as pool:
-                results = pool.map(_write_sample, tasks, chunksize=8)
-        for split, part in (("training", results[:n_train]), ("evaluation", results[n_train:])):
-            xyz = [joints for _, joints in part]
-            _write_json(partial / f"{split}_K.json", [K for K, _ in part])
-            _write_json(partial / f"{split}_xyz.json", xyz)
-            _write_json(partial / f"{split}_scale.json",
-                        np.round(bone_length(np.array(xyz).reshape(-1, 21, 3), SCALE_BONE), 8).tolist())
-        _write_json(partial / SETTINGS_FILE, settings(n_train, n_eval, seed, size, versions))
-        os.replace(partial, out)
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial)
-    return out
+    for folder in ("training/rgb", "training/mask", "evaluation/rgb"):
+        (partial / folder).mkdir(parents=True)
+    if workers == 1:
+        results = list(map(_write_sample, tasks))
+    else:
+        fork = "fork" if "fork" in multiprocessing.get_all_start_methods() else None   # no re-imports
+        with multiprocessing.get_context(fork).Pool(workers) as pool:
+            results = pool.map(_write_sample, tasks, chunksize=8)
+    for split, part in (("training", results[:n_train]), ("evaluation", results[n_train:])):
+        xyz = [joints for _, joints in part]
+        _write_json(partial / f"{split}_K.json", [K for K, _ in part])
+        _write_json(partial / f"{split}_xyz.json", xyz)
+        _write_json(partial / f"{split}_scale.json",
+                    np.round(bone_length(np.array(xyz).reshape(-1, 21, 3), SCALE_BONE), 8).tolist())
+    _write_json(partial / SETTINGS_FILE, settings(n_train, n_eval, seed, size, versions))
 
 
 @cli

@@ -14,7 +14,8 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from geometry import NUM_JOINTS, depth_bin_centres, heatmap_bin_centres
+from geometry import NUM_JOINTS
+from models.heatmaps import soft_argmax_1d
 from models.pretrained import build_backbone
 from models.registry import register_model
 
@@ -38,20 +39,6 @@ def upsampler(in_channels, channels, num_blocks):
     blocks = [upsample_block(in_channels, channels, separable=False)]
     blocks += [upsample_block(channels, channels, separable=True) for _ in range(num_blocks - 1)]
     return nn.Sequential(*blocks)
-
-
-def soft_argmax_1d(logits, size):
-    """Per-axis heatmap logits (B, J, 3, L) -> uvd (B, J, 3) and probabilities (B, J, 3, L).
-
-    u, v: expectation over the input-pixel centres of the L bins spanning a size-pixel input;
-    d: expectation over the depth bin centres spanning [-1, 1].
-    """
-    num_bins = logits.shape[-1]
-    probs = logits.softmax(-1)
-    pixel_centres = heatmap_bin_centres(num_bins, size, device=logits.device)
-    centres = torch.stack([pixel_centres, pixel_centres, depth_bin_centres(num_bins, device=logits.device)])
-    uvd = (probs * centres.to(probs.dtype)).sum(-1)  # (B, J, 3)
-    return uvd, probs
 
 
 Z_READOUTS = ("columns", "pooled")

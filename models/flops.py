@@ -22,8 +22,3 @@ def count_gflops(model, size, batch_size=1):
         model(torch.zeros(batch_size, 3, size, size, device=device))
     model.train(was_training)
     return counter.get_total_flops() / 1e9
-
-
-def count_params(model):
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

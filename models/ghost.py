@@ -26,7 +26,8 @@ from timm.models.mobilevit import LinearSelfAttention
 from torch import nn
 
 from geometry import NUM_JOINTS
-from models.hourglass import Hourglass, conv_bn_relu, load_weights, soft_argmax_2d, spatial_softmax
+from models.heatmaps import soft_argmax_2d, spatial_softmax
+from models.hourglass import Hourglass, conv_bn_relu, load_weights
 from models.registry import register_model
 
 

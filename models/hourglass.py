@@ -10,8 +10,7 @@ come out:
 * ``hg_mlp``: a residual network over heatmaps + features -> a latent vector -> an MLP (BatchNorm + dropout
   before every layer but the last) -> 63 values, the normalised uvd of ``geometry.normalize_uvd``.
 
-The read-out helpers (``spatial_softmax``, ``soft_argmax_2d``) and the weight loader are also used by
-``models.ghost``.
+The read-out (``models.heatmaps``' soft-argmax) and the weight loader are also used by ``models.ghost``.
 """
 import os
 from functools import partial
@@ -23,32 +22,13 @@ from timm.models.resnet import BasicBlock
 from torch import nn
 
 from common import UserError
-from geometry import NUM_JOINTS, ROOT_JOINT, denormalize_uvd, heatmap_bin_centres
+from geometry import NUM_JOINTS, ROOT_JOINT, denormalize_uvd
+from models.heatmaps import soft_argmax_2d, spatial_softmax
 from models.pretrained import load_local_weights
 from models.registry import register_model
 
 
 # --- read-out helpers ------------------------------------------------------------------------------------
-
-def spatial_softmax(logits):
-    """(B, J, h, w) scores -> (B, J, h, w) probabilities summing to 1 over each map."""
-    b, j, h, w = logits.shape
-    return logits.flatten(2).softmax(-1).view(b, j, h, w)
-
-
-def soft_argmax_2d(prob, input_hw):
-    """Expected pixel position (B, J, 2) = (u, v) under per-joint maps ``prob`` (B, J, h, w) summing to 1.
-
-    Bin (row r, column c) of an h x w map covers input pixels around ``heatmap_bin_centres``, so a map
-    peaked on one bin returns that bin's centre in input pixels of an input of size ``input_hw`` = (H, W).
-    """
-    h, w = prob.shape[-2:]
-    u_centres = heatmap_bin_centres(w, input_hw[1], device=prob.device)  # (w,)
-    v_centres = heatmap_bin_centres(h, input_hw[0], device=prob.device)  # (h,)
-    u = (prob.sum(-2) * u_centres).sum(-1)  # column marginal (B, J, w) -> (B, J)
-    v = (prob.sum(-1) * v_centres).sum(-1)  # row marginal (B, J, h) -> (B, J)
-    return torch.stack([u, v], -1)
-
 
 def load_weights(model, pretrained, arch):
     """Apply ``pretrained`` to a whole model: 'none' keeps the random init; a path loads a state dict or a

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 
 from common import UserError
 from data.joints import BONES
-from geometry import DEPTH_RANGE_M, ROOT_JOINT, depth_bin_centres, heatmap_bin_centres, normalize_uvd, uvd_to_xyz
+from geometry import DEPTH_RANGE_M, ROOT_JOINT, normalize_uvd, uvd_to_xyz
+from models.heatmaps import gaussian_1d_targets, gaussian_heatmaps
 
 OPTIONS = {
     "heatmap_sigma": 2.0,    # heatmap2d: Gaussian sigma in heatmap pixels
@@ -75,20 +76,6 @@ def depth_l1(pred, true):
 
 # --- terms on heatmaps -------------------------------------------------------------------------------------
 
-def gaussian_heatmaps(uv, size, height, width, sigma):
-    """Targets (B, J, height, width): exp(-r^2 / 2 sigma^2), r in map pixels from uv (B, J, 2) input pixels.
-
-    Map pixel centres sit at ``geometry.heatmap_bin_centres`` of a size-pixel input, so a joint on a pixel
-    centre peaks (value 1) at that map pixel.
-    """
-    xs = heatmap_bin_centres(width, size, device=uv.device)   # (w,) input pixels
-    ys = heatmap_bin_centres(height, size, device=uv.device)  # (h,)
-    dx = (xs - uv[..., 0, None]) * (width / size)   # (B, J, w) map pixels
-    dy = (ys - uv[..., 1, None]) * (height / size)  # (B, J, h)
-    r2 = dy[..., :, None] ** 2 + dx[..., None, :] ** 2
-    return torch.exp(-r2 / (2.0 * sigma ** 2))
-
-
 def heatmap2d(heatmaps, uv, visible, size, sigma):
     """Sum over the maps (B, J, h, w) of the mean squared error to Gaussian targets, over visible joints."""
     total = uv.new_zeros(())
@@ -97,16 +84,6 @@ def heatmap2d(heatmaps, uv, visible, size, sigma):
         per_joint = ((maps - target) ** 2).mean((-2, -1))  # (B, J)
         total = total + masked_mean(per_joint, visible)
     return total
-
-
-def gaussian_1d(coord, centres, variance):
-    """Discretised Gaussian (B, J, L) over bins with centres (L,), at coord (B, J) in the centres' unit.
-
-    A softmax of -(i - mu)^2 / (2 var), distances in bins, so it sums to one and never underflows to NaN.
-    """
-    bin_width = centres[1] - centres[0]
-    distance = (centres - coord[..., None]) / bin_width
-    return torch.softmax(-distance ** 2 / (2.0 * variance), -1)
 
 
 def jensen_shannon(p, q):
@@ -121,16 +98,6 @@ def js1d(probs, uvd, mask, size, variance):
     """Mean JS divergence of the 1D heatmaps ``probs`` (B, J, 3, L) from Gaussians at the target uvd (B, J, 3)."""
     targets = gaussian_1d_targets(uvd, probs.shape[-1], size, variance)
     return masked_mean(jensen_shannon(probs, targets), mask)
-
-
-def gaussian_1d_targets(uvd, num_bins, size, variance):
-    """Per-axis Gaussian labels (B, J, 3, L) at uvd (B, J, 3): u, v over the bins spanning a size-pixel input,
-    d over the depth bins spanning [-1, 1]; ``variance`` in bins."""
-    pixels = heatmap_bin_centres(num_bins, size, device=uvd.device)
-    depths = depth_bin_centres(num_bins, device=uvd.device)
-    return torch.stack([gaussian_1d(uvd[..., 0], pixels, variance),
-                        gaussian_1d(uvd[..., 1], pixels, variance),
-                        gaussian_1d(uvd[..., 2], depths, variance)], 2)
 
 
 def simcc_kl(logits, uvd, mask, size, sigma, tau):
@@ -277,11 +244,6 @@ def split_weights(weights):
     if not terms:
         raise UserError(f"no loss term has a nonzero weight in {weights}; terms: {', '.join(TERMS)}")
     return terms, options
-
-
-def needs_aux(weights):
-    """Whether these weights use a term that reads the model's aux outputs (call it with return_aux=True)."""
-    return any(weights.get(term) for term in AUX_TERMS)
 
 
 def term_weight(name, weight, options, progress):

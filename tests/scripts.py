@@ -1,4 +1,16 @@
-"""Running the project's scripts inside the test process."""
+"""Running the project's scripts inside the test process, and making their data."""
+import subprocess
+import sys
+
+from common import PROJECT_ROOT
+
+
+def make_synthetic_set(root, train, evaluation, seed, size):
+    """A synthetic FreiHAND-layout set in ``root``, made by the project's generator as a user would."""
+    subprocess.run([sys.executable, "-m", "data.synthetic", "--out", str(root), "--train", str(train), "--eval",
+                    str(evaluation), "--seed", str(seed), "--size", str(size)], cwd=PROJECT_ROOT, check=True,
+                   capture_output=True)
+    return root
 
 def run_main(main, argv, capsys):
     """A script's ``main`` (wrapped by common.cli) in this process: (exit code, stdout, stderr)."""

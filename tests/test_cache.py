@@ -180,7 +180,7 @@ c.open_cache(load_split({str(root)!r}, "train"), {SIZE}, {str(cache_root)!r}, wo
     try:
         assert process.stdout.readline().startswith("cache ")  # announced the rebuild: it is under way
         deadline = time.time() + 30
-        while not list(folder.glob("images.npy.tmp-*")) and time.time() < deadline:
+        while not list(folder.glob(".images.npy.tmp-*")) and time.time() < deadline:
             time.sleep(0.05)
         time.sleep(0.3)
     finally:

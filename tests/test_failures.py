@@ -17,13 +17,14 @@ import pytest
 import augment
 import bench
 import common
+import engine
 import inference
 import predict
 import train
 from checkpoints import load_checkpoint
 from common import PROJECT_ROOT, UserError
 from data.readers import load_split
-from tests.scripts import run_main
+from tests.scripts import make_synthetic_set, run_main
 from tests.test_train import TINY, log_epochs, run_train
 
 FAST = [*TINY, "--epochs", "2", "--set", "max_train_images=12", "--set", "max_val_images=4"]
@@ -31,10 +32,7 @@ FAST = [*TINY, "--epochs", "2", "--set", "max_train_images=12", "--set", "max_va
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("failures") / "data"
-    subprocess.run([sys.executable, "-m", "data.synthetic", "--out", str(root), "--train", "24", "--eval", "6",
-                    "--seed", "5", "--size", "64"], cwd=PROJECT_ROOT, check=True, capture_output=True)
-    return root
+    return make_synthetic_set(tmp_path_factory.mktemp("failures") / "data", 24, 6, seed=5, size=64)
 
 
 @pytest.fixture(scope="module")
@@ -220,8 +218,8 @@ def test_nan_advice_command_is_accepted_by_resume(finished_run, tmp_path):
 
 def test_nan_in_the_first_epoch_advises_a_new_run_and_keeps_no_empty_folder(data_root, tmp_path, monkeypatch,
                                                                              capsys):
-    real_loss = train.pose_loss
-    monkeypatch.setattr(train, "pose_loss", lambda *a, **k: (real_loss(*a, **k)[0] * float("nan"),
+    real_loss = engine.pose_loss
+    monkeypatch.setattr(engine, "pose_loss", lambda *a, **k: (real_loss(*a, **k)[0] * float("nan"),
                                                              real_loss(*a, **k)[1]))
     out = tmp_path / "run"
     code, _, err = run_main(train.main, [*FAST, "--data-root", data_root, "--out", out], capsys)

@@ -129,5 +129,6 @@ def test_resize_affine_keeps_labels_on_the_pixels(tmp_path, size, target):
 
 def test_uvd_to_xyz_by_bone_recovers_the_hand(hand):
     K, xyz = hand
-    back = geometry.uvd_to_xyz_by_bone(geometry.xyz_to_uvd(xyz, K), K, geometry.bone_length(xyz))
+    uvd = geometry.xyz_to_uvd(xyz, K)
+    back = geometry.uvd_to_xyz(uvd, K, geometry.root_depth_from_bone(uvd, K, geometry.bone_length(xyz)))
     np.testing.assert_allclose(back, xyz, atol=1e-9)

@@ -7,7 +7,7 @@ import torch
 from common import UserError
 from data.joints import BONES
 from geometry import DEPTH_RANGE_M, ROOT_JOINT, xyz_to_uvd
-from models import losses
+from models import heatmaps, losses
 from models.losses import pose_loss
 
 SIZE = 128
@@ -81,7 +81,7 @@ def test_coordinate_terms(term, expected):
 def test_heatmap_target_peaks_on_the_right_pixel():
     """A 32x32 map of a 128 px input: map pixel i covers input pixels 4i .. 4i+3, centre 4i + 1.5."""
     uv = torch.tensor([[[41.5, 1.5]]])  # map column 10, row 0
-    maps = losses.gaussian_heatmaps(uv, SIZE, 32, 32, sigma=2.0)[0, 0]
+    maps = heatmaps.gaussian_heatmaps(uv, SIZE, 32, 32, sigma=2.0)[0, 0]
     assert maps.argmax().item() == 0 * 32 + 10
     assert maps[0, 10].item() == pytest.approx(1.0)
     assert maps[0, 11].item() == pytest.approx(math.exp(-1 / 8))  # one map pixel away, sigma 2
@@ -113,7 +113,7 @@ def test_jensen_shannon_by_hand():
 
 def test_js1d_target_is_a_gaussian_of_variance_2_at_the_target_bin():
     pixels = torch.arange(32) * 4.0 + 1.5  # bin centres of 32 bins over 128 px
-    q = losses.gaussian_1d(torch.tensor([[41.5]]), pixels, variance=2.0)[0, 0]
+    q = heatmaps.gaussian_1d(torch.tensor([[41.5]]), pixels, variance=2.0)[0, 0]
     bins = torch.arange(32.0)
     assert q.argmax().item() == 10
     assert q.sum().item() == pytest.approx(1.0)
@@ -125,9 +125,9 @@ def test_js1d_is_zero_on_its_own_targets_and_ignores_invisible_joints():
     target["size"] = 32
     centres = torch.arange(16.0) * 2 + 0.5  # 16 bins over 32 px
     depth_centres = (torch.arange(16.0) + 0.5) / 8 - 1
-    probs = torch.stack([losses.gaussian_1d(target["uvd"][..., 0], centres, 2.0),
-                         losses.gaussian_1d(target["uvd"][..., 1], centres, 2.0),
-                         losses.gaussian_1d(target["uvd"][..., 2], depth_centres, 2.0)], 2)
+    probs = torch.stack([heatmaps.gaussian_1d(target["uvd"][..., 0], centres, 2.0),
+                         heatmaps.gaussian_1d(target["uvd"][..., 1], centres, 2.0),
+                         heatmaps.gaussian_1d(target["uvd"][..., 2], depth_centres, 2.0)], 2)
     probs[0, :10, 0] = torch.eye(16)[0]  # invisible joints' u: anything
     _, parts = pose_loss(pred, {"heatmaps1d": probs}, target, {"js1d": 1.0})
     assert parts["js1d"].item() == pytest.approx(0.0, abs=1e-6)
@@ -137,7 +137,7 @@ def test_simcc_kl_is_zero_on_its_own_labels_at_any_temperature_and_positive_else
     """KL(labels || softmax(logits / tau)): logits equal to tau * log(labels) reproduce the labels exactly."""
     pred, target = uvd_pair()
     target["size"] = 32
-    labels = losses.gaussian_1d_targets(target["uvd"], 16, 32, variance=1.5 ** 2)  # (B, J, 3, 16)
+    labels = heatmaps.gaussian_1d_targets(target["uvd"], 16, 32, variance=1.5 ** 2)  # (B, J, 3, 16)
     for tau in (1.0, 0.1):
         options = {"simcc_kl": 1.0, "kl_sigma": 1.5, "kl_tau": tau}
         _, parts = pose_loss(pred, {"logits1d": tau * labels.log()}, target, options)
@@ -243,4 +243,3 @@ def test_loss_configuration_errors():
         pose_loss(pred, {}, target, {"coord_l1": 0.0})
     with pytest.raises(UserError, match="asm_decay"):
         pose_loss(pred, {}, target, {"asm": 1.0, "asm_decay": "step"})
-    assert losses.needs_aux({"js1d": 0.1}) and not losses.needs_aux({"coord_mse": 1.0, "js1d": 0.0})

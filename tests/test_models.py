@@ -6,7 +6,7 @@ import torch
 
 import models
 from common import UserError
-from models.effnet1d import soft_argmax_1d
+from models.heatmaps import soft_argmax_1d
 from models.losses import pose_loss
 
 ALL_MODELS = models.list_models()

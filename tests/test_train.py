@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+import engine
 import recipes
 import runlog
 import train
 from checkpoints import build_model, load_checkpoint, save_checkpoint
 from common import PROJECT_ROOT
 from data.readers import load_split
-from tests.scripts import run_main
+from tests.scripts import make_synthetic_set, run_main
 
 TINY = ["--arch", "ghost_lite", "--img-size", "64", "--batch-size", "4", "--pretrained", "none", "--workers", "0",
         "--device", "cpu", "--set", "cache=false"]
@@ -29,10 +30,7 @@ FEATURES = ["--set", "ema_decay=0.9", "--set", "accumulate=2", "--set", "schedul
 
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic") / "data"
-    subprocess.run([sys.executable, "-m", "data.synthetic", "--out", str(root), "--train", "40", "--eval", "8",
-                    "--seed", "3", "--size", "96"], cwd=PROJECT_ROOT, check=True, capture_output=True)
-    return root
+    return make_synthetic_set(tmp_path_factory.mktemp("synthetic") / "data", 40, 8, seed=3, size=96)
 
 
 def run_train(*args, env=None, **kwargs):
@@ -181,7 +179,7 @@ def test_resume_keeps_the_saved_schedule(synthetic_root, tmp_path, capsys):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_path, monkeypatch):
     folder = tmp_path / "run"
-    real_loss, calls = train.pose_loss, {"n": 0}
+    real_loss, calls = engine.pose_loss, {"n": 0}
     steps_per_epoch = 38 // 4  # 40 hands, 2 held out for validation, batch 4
 
     def loss_turning_nan(*args, **kwargs):
@@ -189,7 +187,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_p
         calls["n"] += 1
         return (total * float("nan") if calls["n"] > steps_per_epoch + 2 else total), parts
 
-    monkeypatch.setattr(train, "pose_loss", loss_turning_nan)
+    monkeypatch.setattr(engine, "pose_loss", loss_turning_nan)
     with pytest.raises(SystemExit) as exit_info:
         train.main([*TINY, "--data-root", str(synthetic_root), "--epochs", "3", "--out", str(folder)])
     assert exit_info.value.code == 2
