@@ -34,7 +34,7 @@ import models
 import recipes
 from common import CACHE_ROOT, UserError, atomic_write, check_writable, cli, resolve_device
 from data import resolve_data_root
-from data.dataset import make_dataset
+from data.cache import make_dataset
 from data.loader import make_loader, to_device
 from data.readers import load_split
 from engine import forward_loss, optimizer_step

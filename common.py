@@ -1,4 +1,5 @@
-"""Project paths, the user-facing error type and the command-line entry wrapper shared by every script."""
+"""Shared by every module: project paths, the error types and the command-line error boundary (`cli`), the one
+atomic writer, and the writability checks made before any work starts."""
 import contextlib
 import functools
 import os

@@ -54,7 +54,7 @@ import torch
 import geometry
 from common import RUNS_ROOT, UserError, cli, resolve_device
 from data import resolve_data_root
-from data.dataset import make_dataset
+from data.cache import make_dataset
 from data.loader import make_loader
 from data.readers import detect_layout, load_split, submission_split
 from checkpoints import newest_checkpoint

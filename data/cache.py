@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from common import CACHE_ROOT, PROJECT_ROOT, UserError, atomic_write, remove_stale_temps
-from data.dataset import decode_image, decode_mask, input_labels
+from data.dataset import HandDataset, decode_image, decode_mask, input_labels
 
 try:
     import fcntl
@@ -380,3 +380,12 @@ class CachedHandDataset(torch.utils.data.Dataset):
         picked = torch.from_numpy(rows)
         return {"image": image.permute(0, 3, 1, 2), "mask": mask,
                 **{key: value[picked] for key, value in self.labels.items()}}
+
+
+def make_dataset(split, img_size, cache=False, announce=print, cache_root=None):
+    """The Dataset of ``split`` at ``img_size``: from the decoded uint8 cache (built on first use, see
+    ``data.cache``) when ``cache``, else decoding the JPEGs per sample. Both give the samples documented in
+    ``HandDataset``; the cached one serves whole batches (``__getitems__``)."""
+    if not cache:
+        return HandDataset(split, img_size)
+    return CachedHandDataset(split, img_size, announce=announce, cache_root=cache_root)

@@ -1,7 +1,7 @@
 """The torch Dataset: images decoded and resized to the network input through the codec, labels moved with them.
 
 Two sources give the same samples: ``HandDataset`` decodes the JPEGs per sample; ``data.cache.CachedHandDataset``
-reads whole batches from the decoded uint8 cache. ``make_dataset(split, size, cache)`` picks one.
+reads whole batches from the decoded uint8 cache. ``data.cache.make_dataset(split, size, cache)`` picks one.
 """
 import numpy as np
 import torch
@@ -86,13 +86,3 @@ class HandDataset(torch.utils.data.Dataset):
                 "mask": torch.from_numpy(mask),
                 "has_mask": torch.tensor(mask_path is not None),
                 **{key: value[0] for key, value in labels.items()}}
-
-
-def make_dataset(split, img_size, cache=False, announce=print, cache_root=None):
-    """The Dataset of ``split`` at ``img_size``: from the decoded uint8 cache (built on first use, see
-    ``data.cache``) when ``cache``, else decoding the JPEGs per sample. Both give the samples documented in
-    ``HandDataset``; the cached one serves whole batches (``__getitems__``)."""
-    if not cache:
-        return HandDataset(split, img_size)
-    from data.cache import CachedHandDataset  # imports this module
-    return CachedHandDataset(split, img_size, announce=announce, cache_root=cache_root)

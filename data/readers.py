@@ -223,8 +223,11 @@ def load_or_make_val_split(root, n_annotations, fraction=VAL_FRACTION, seed=VAL_
             raise UserError(f"{path} lists annotation ids outside 0..{n_annotations - 1}; delete it to make a new "
                             f"split")
         return val
+    from sklearn.model_selection import GroupShuffleSplit
+    hands = np.arange(n_annotations)   # one annotation per hand: its image versions follow it to the same side
     n_val = max(1, round(n_annotations * fraction))
-    val = np.sort(np.random.default_rng(seed).choice(n_annotations, n_val, replace=False))
+    splitter = GroupShuffleSplit(n_splits=1, test_size=n_val, random_state=seed)
+    val = np.sort(next(splitter.split(hands, groups=hands))[1])
     record = {"num_annotations": n_annotations, "fraction": fraction, "seed": seed, "val_ann_ids": val.tolist()}
     try:
         with atomic_write(path) as tmp:

@@ -15,7 +15,8 @@ from PIL import Image
 from common import PROJECT_ROOT, UserError
 from data import cache as cache_module
 from data.cache import MANIFEST, CachedHandDataset, cache_folder, open_cache
-from data.dataset import HandDataset, make_dataset
+from data.cache import make_dataset
+from data.dataset import HandDataset
 from data.loader import make_loader
 from data.readers import load_split
 from tests.markers import write_marker_dataset
