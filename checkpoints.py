@@ -7,6 +7,7 @@ shape), and, in ``last.pt``, the optimizer, scheduler, scaler and EMA states tha
 streams are re-seeded from the seed and the epoch instead). ``model`` is the evaluated weights (the EMA when the
 run keeps one) in ``best.pt`` and the raw trained weights in ``last.pt``.
 """
+import io
 import pickle
 from pathlib import Path
 
@@ -20,8 +21,10 @@ FORMAT_VERSION = 1
 
 def save_checkpoint(state, path):
     """Write ``state`` to ``path`` atomically: a reader sees the old file or the new one, never a partial one."""
+    buffer = io.BytesIO()  # serialised in memory, then written by Python: a full disk is an OSError naming the
+    torch.save({"format_version": FORMAT_VERSION, **state}, buffer)  # file, not torch's zip-writer RuntimeError
     with atomic_write(path) as tmp:
-        torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def load_checkpoint(path):

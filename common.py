@@ -80,10 +80,10 @@ def check_writable(path, what):
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise UserError(f"{what} {path} lies below {ancestor}, which is a file; choose another path")
-    ensure_writable_folder(ancestor, f"the folder of {what}")
+    ensure_writable_folder(ancestor, what, target=path)
 
 
-def ensure_writable_folder(folder, what):
+def ensure_writable_folder(folder, what, target=None):
     """Create ``folder`` (and its parents) and prove a file can be written there, before any work starts: a
     read-only file system, a file in the way or a full disk is a UserError naming the folder."""
     folder = Path(folder)
@@ -96,7 +96,8 @@ def ensure_writable_folder(folder, what):
     except FileExistsError:
         raise UserError(f"{what} {folder} is a file, not a folder; choose another path") from None
     except OSError as err:
-        raise UserError(f"cannot write {what} {folder} ({err.strerror or err}); free space, make it writable or "
+        where = folder if target is None or Path(target) == folder else f"{target} (in {folder})"
+        raise UserError(f"cannot write {what} {where} ({err.strerror or err}); free space, make it writable or "
                         f"choose another path") from None
     finally:
         with contextlib.suppress(OSError):
@@ -120,9 +121,11 @@ def atomic_write(path):
         finally:
             os.close(descriptor)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and not err.filename:  # a failed write names no file: name the target
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from None
         raise
 
 
