@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageOps
 
 import geometry
-from common import UserError, atomic_write, check_writable, cli, ensure_writable_folder, resolve_device
+from common import (UserError, atomic_write, check_minimums, check_writable, cli, ensure_writable_folder,
+                    resolve_device)
 from data import resolve_data_root
 from data.dataset import HandDataset
 from data.joints import BONES
@@ -625,11 +626,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.preview and args.out is None:
         parser.error("--preview needs --out DIR")
-    for key in ("img_size", "batch_size", "iters"):
-        if getattr(args, key) < 1:
-            raise UserError(f"--{key.replace('_', '-')} {getattr(args, key)}: must be at least 1")
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads {args.threads}: must be at least 1 (or leave it out for torch's default)")
+    check_minimums(args, {"img_size": 1, "batch_size": 1, "iters": 1, "threads": 1})
     if args.preview:
         check_writable(args.out, "--out")
     run_preview(args) if args.preview else run_bench(args)

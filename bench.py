@@ -32,7 +32,7 @@ import torch
 import augment
 import models
 import recipes
-from common import CACHE_ROOT, UserError, atomic_write, check_writable, cli, resolve_device
+from common import CACHE_ROOT, UserError, atomic_write, check_minimums, check_writable, cli, resolve_device
 from data import resolve_data_root
 from data.cache import make_dataset
 from data.loader import make_loader, to_device
@@ -67,16 +67,8 @@ def parse_args(argv=None):
     p.add_argument("--cache-root", default=str(CACHE_ROOT), help="where the decoded caches live")
     p.add_argument("--out", default="bench.json")
     args = p.parse_args(argv)
-    for key in ("img_size", "batch_size", "steps", "loader_batches", "tta"):
-        if getattr(args, key) < 1:
-            raise UserError(f"--{key.replace('_', '-')} {getattr(args, key)}: must be at least 1")
-    for key in ("warmup", "max_images"):
-        if getattr(args, key) < 0:
-            raise UserError(f"--{key.replace('_', '-')} {getattr(args, key)}: must be at least 0")
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads {args.threads}: must be at least 1 (or leave it out for torch's default)")
-    if args.model_size is not None and args.model_size < 1:
-        raise UserError(f"--model-size {args.model_size}: must be at least 1")
+    check_minimums(args, {"img_size": 1, "batch_size": 1, "steps": 1, "loader_batches": 1, "tta": 1, "threads": 1,
+                          "model_size": 1, "warmup": 0, "max_images": 0})
     if not (args.loader_seconds >= 0 and math.isfinite(args.loader_seconds)):
         raise UserError(f"--loader-seconds {args.loader_seconds}: must be a number >= 0")
     check_writable(Path(args.out).parent, "the folder of --out")  # before the measurements, not after
@@ -271,7 +263,7 @@ def write_json(path, rows, info, args):
     result = {"machine": info, "settings": settings, "stages": {r["stage"]: r["images_per_s"] for r in rows},
               "loader_headroom": loader_headroom(rows), "rows": rows}
     with atomic_write(path) as tmp:
-        Path(tmp).write_text(json.dumps(result, indent=2))
+        tmp.write_text(json.dumps(result, indent=2))
 
 
 @cli

@@ -69,6 +69,15 @@ def cli(main):
     return wrapper
 
 
+def check_minimums(args, minimums):
+    """Every option ``args.KEY`` that is given (not None) is at least ``minimums[KEY]``, else a UserError naming
+    it as the command line spells it (``--KEY``, dashes for underscores)."""
+    for key, low in minimums.items():
+        value = getattr(args, key)
+        if value is not None and value < low:
+            raise UserError(f"--{key.replace('_', '-')} {value}: must be at least {low}")
+
+
 def check_writable(path, what):
     """Before any work: ``path`` (a file or folder to be made) can be created. Its nearest existing ancestor must
     be a writable folder (a probe file is written there and removed); a UserError names the problem."""

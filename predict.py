@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 import geometry
-from common import RUNS_ROOT, UserError, cli, resolve_device
+from common import RUNS_ROOT, UserError, check_minimums, cli, resolve_device
 from data import resolve_data_root
 from data.cache import make_dataset
 from data.loader import make_loader
@@ -114,9 +114,7 @@ def parse_args(argv=None):
 
 
 def check_numbers(args):
-    for name, value, low in (("--tta", args.tta, 1), ("--batch-size", args.batch_size, 1), ("--viz", args.viz, 0)):
-        if value is not None and value < low:
-            raise UserError(f"{name} {value}: must be at least {low}")
+    check_minimums(args, {"tta": 1, "batch_size": 1, "viz": 0})
     if args.tta_range is not None and not 0.0 < args.tta_range <= 180.0:
         raise UserError(f"--tta-range {args.tta_range}: must be a number of degrees in (0, 180]")
 

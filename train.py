@@ -112,6 +112,18 @@ def check_type(key, value, default):
     return value
 
 
+def parse_sets(items):
+    """--set KEY=VALUE items -> [(key, value)], each value through ``parse_value``; an item without '=' is a
+    UserError."""
+    pairs = []
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE")
+        pairs.append((key.strip(), parse_value(text.strip())))
+    return pairs
+
+
 def set_key(config, dotted, value):
     """Set ``a.b.c`` in the config; the top-level key must exist and keep its type (loss/aug/model are
     checked by their owners)."""
@@ -144,12 +156,9 @@ def resolve_config(args):
         raise UserError(f"recipe {name!r} trains {config['arch']!r}, not --arch {args.arch!r}")
     given = {key for key in CLI_KEYS if getattr(args, key) is not None}
     config.update({key: getattr(args, key) for key in given})
-    for item in args.set:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise UserError(f"--set {item!r}: expected KEY=VALUE")
-        set_key(config, key.strip(), parse_value(text.strip()))
-        given.add(key.strip().split(".")[0])
+    for key, value in parse_sets(args.set):
+        set_key(config, key, value)
+        given.add(key.split(".")[0])
     validate_config(config)
     return config, given
 
@@ -169,16 +178,16 @@ def resume_config(args, folder):
         raise UserError(f"{folder} is a run of {config['arch']}, not --arch {args.arch}; resume it without --arch, "
                         f"or start a new {args.arch} run with another --out")
     fixed = [k for k in CLI_KEYS if k not in RESUMABLE_OVERRIDES and getattr(args, k) is not None]
-    sets = dict(item.partition("=")[::2] for item in args.set or [])
-    bad_sets = [key for key in sets if key.strip() not in RESUMABLE_SET_KEYS]
+    sets = parse_sets(args.set)
+    bad_sets = [key for key, _ in sets if key not in RESUMABLE_SET_KEYS]
     if fixed or bad_sets or args.recipe:
         changed = [f"--{k.replace('_', '-')}" for k in fixed] + [f"--set {k}" for k in bad_sets]
         raise UserError(f"--resume continues {folder} with its saved config (its schedule included); only "
                         f"--{', --'.join(RESUMABLE_OVERRIDES)} and --set {', '.join(RESUMABLE_SET_KEYS)} may "
                         f"change; start a new run to change {', '.join(changed) or 'the recipe'}")
     config.update({k: getattr(args, k) for k in RESUMABLE_OVERRIDES if getattr(args, k) is not None})
-    for key, text in sets.items():
-        set_key(config, key.strip(), parse_value(text.strip()))
+    for key, value in sets:
+        set_key(config, key, value)
     validate_config(config)
     return state, config
 

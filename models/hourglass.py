@@ -10,7 +10,7 @@ come out:
 * ``hg_mlp``: a residual network over heatmaps + features -> a latent vector -> an MLP (BatchNorm + dropout
   before every layer but the last) -> 63 values, the normalised uvd of ``geometry.normalize_uvd``.
 
-The read-out (``models.heatmaps``' soft-argmax) and the weight loader are also used by ``models.ghost``.
+The hourglass, its blocks and the weight loader are also used by ``models.ghost``.
 """
 import os
 from functools import partial
@@ -28,7 +28,7 @@ from models.pretrained import load_local_weights
 from models.registry import register_model
 
 
-# --- read-out helpers ------------------------------------------------------------------------------------
+# --- weights -----------------------------------------------------------------------------------------------
 
 def load_weights(model, pretrained, arch):
     """Apply ``pretrained`` to a whole model: 'none' keeps the random init; a path loads a state dict or a
@@ -226,14 +226,14 @@ class HourglassAttention(nn.Module):
             raise UserError(f"hourglass_attn: depth_source={depth_source!r}; choose 'shallow' or 'final'")
         if depth_head not in ("attention", "lifting"):
             raise ValueError(f"depth_head={depth_head!r}: choose 'attention' or 'lifting'")
+        if refine_uv and depth_head != "lifting":
+            raise ValueError("refine_uv=True: only depth_head='lifting' refines the 2D read-out")
         self.depth_source = depth_source
         self.readout_sharpness = readout_sharpness
         self.stem = Stem(channels, se=True, stride=stem_stride)
         self.stacks = StackedHourglass(channels, num_stacks, hourglass_depth, se=True, num_joints=num_joints)
         self.depth_head = (LiftingHead(channels, refine_uv) if depth_head == "lifting"
                            else AttentionDepth(channels))
-        if refine_uv and depth_head != "lifting":
-            raise ValueError("refine_uv=True: only depth_head='lifting' refines the 2D read-out")
 
     def normalise(self, heatmaps):
         """Heatmaps (B, J, h, w) -> M (B, J, h, w), each map summing to 1: softmax of sharpness * H_j / peak_j."""
