@@ -50,6 +50,7 @@ DEFAULTS = {
     "folds": 0,                     # K-fold cross-validation by hand (GroupKFold); 0 = the saved 5 % hold-out
     "fold": 0,                      # the fold validated when folds > 0
     "average_top_k": 0,             # at the end, average the weights of the k best epochs (0/1 = off)
+    "checkpoint_minutes": 30.0,     # also write last.pt inside an epoch this often (0 = at epoch ends only)
 }
 
 _SEED000 = {"img_size": 224, "batch_size": 32, "epochs": 145, "optimizer": "adam", "lr": 1e-4,
@@ -89,10 +90,19 @@ RECIPES = {
                                 "depth_head": "lifting"},
                       "loss": {"heatmap2d": 30.0, "uv_l1": 1.0, "depth_l1": 1.0}, "augs": "rotate",
                       "aug": {"rotate": {"max_deg": 30.0}}, "short_on_cpu": False},
-    # ours, the previous CPU recipe, on seed 000's arch (README): effb0_1d at 64 px reading the stride-16 features
+    # ours, the CPU recipe of seed 000's family: the effb0 encoder with the shared head (models/heads.py), what
+    # made the hourglass learn: smp's U-Net decoder to stride-4 2D heatmaps weighted 30, the peak read-out, depth
+    # by lifting, rotations within +-30 degrees, AdamW, warm-up + cosine, EMA, the 3 best epochs averaged
+    "effb0_cpu": {**_SEED000, "arch": "effb0_1d", "img_size": 64, "batch_size": 16, "epochs": 30,
+                  "optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "schedule": "cosine",
+                  "min_lr_ratio": 0.02, "warmup_epochs": 1.0, "ema_decay": 0.999, "average_top_k": 3,
+                  "model": {"head": "unet", "drop_connect": 0.0},
+                  "loss": {"heatmap2d": 30.0, "uv_l1": 1.0, "depth_l1": 1.0}, "augs": "rotate",
+                  "aug": {"rotate": {"max_deg": 30.0}}, "pretrained": "none", "short_on_cpu": False},
+    # ours, seed 000's arch with its paper head on a CPU (README): effb0_1d at 64 px reading the stride-16 features
     # (a 4x4 map, not 2x2) with UNet-style skips into the xy branch and I2L-MeshNet's pooled depth read-out; batch
     # 16, AdamW, warm-up + cosine per step, EMA, MSE + the SimCC KL term, rotations, the 3 best epochs averaged
-    "effb0_cpu": {**_SEED000, "arch": "effb0_1d", "img_size": 64, "batch_size": 16, "epochs": 25,
+    "effb0_1d_cpu": {**_SEED000, "arch": "effb0_1d", "img_size": 64, "batch_size": 16, "epochs": 25,
                   "optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "schedule": "cosine",
                   "min_lr_ratio": 0.02, "warmup_epochs": 1.0, "ema_decay": 0.999, "average_top_k": 3,
                   "model": {"num_blocks": 3, "channels": 128, "drop_connect": 0.0, "z_readout": "pooled",

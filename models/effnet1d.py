@@ -9,12 +9,17 @@ each profile into 21 heatmaps of length L, and a soft-argmax over each gives u, 
 [-1, 1].
 
 Inputs are square, a multiple of the encoder's stride on a side (then the heatmaps span the input exactly).
+
+``head`` 'unet' or 'fpn' (ours) replaces the 1D-heatmap decoder by the shared ``models.heads.PoseHead``: the
+encoder's multi-scale features decoded by smp's U-Net or FPN decoder to stride-4 2D heatmaps, the soft-argmax
+read-out and the lifting depth head.
 """
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
 from geometry import NUM_JOINTS
+from models.heads import DECODERS, PoseHead
 from models.heatmaps import soft_argmax_1d
 from models.pretrained import build_backbone
 from models.registry import register_model
@@ -87,12 +92,19 @@ class HeatmapDecoder1D(nn.Module):
         return torch.stack([x_logits, y_logits, z_logits], 2)  # (B, J, 3, L)
 
 
+HEADS = ("1d", *DECODERS)
+HEAD_1D_OPTIONS = ("channels", "num_blocks", "z_readout", "depth_bins", "skips")  # what only the 1D decoder reads
+
+
 class EffNet1D(nn.Module):
     def __init__(self, arch, encoder_name, pretrained="none", channels=128, num_blocks=4, drop_connect=0.2,
-                 z_readout="columns", depth_bins=64, encoder_depth=5, skips=False):
+                 z_readout="columns", depth_bins=64, encoder_depth=5, skips=False, head="1d", decoder_width=64):
         super().__init__()
         if encoder_depth not in (4, 5):
             raise ValueError(f"encoder_depth={encoder_depth}: 5 (stride 32, the paper) or 4 (stride 16)")
+        if head not in HEADS:
+            raise ValueError(f"head={head!r}: choose one of {', '.join(HEADS)}")
+        self.head_kind = head
 
         def build(imagenet):
             return smp.encoders.get_encoder(encoder_name, weights="imagenet" if imagenet else None,
@@ -112,6 +124,9 @@ class EffNet1D(nn.Module):
             if isinstance(layer, nn.BatchNorm2d):
                 layer.momentum = 0.1
         self.encoder._drop_connect_rate = float(drop_connect)  # stochastic depth: block i of n drops at rate * i / n
+        if head != "1d":
+            self.head = PoseHead(self.encoder.out_channels, head, decoder_width)
+            return
         skip_channels = self.encoder.out_channels[-2:0:-1] if skips else ()  # stride 16 (or 8) ... 2
         self.decoder = HeatmapDecoder1D(self.encoder.out_channels[-1], channels, num_blocks, z_readout=z_readout,
                                         depth_bins=depth_bins, skip_channels=skip_channels)
@@ -128,24 +143,39 @@ class EffNet1D(nn.Module):
         return features
 
     def forward(self, x, return_aux=False):
+        features = self.encode(x)  # [x, stride 2, 4, ...]; the last (B, 448, S/32, S/32) for b4 at depth 5
+        if self.head_kind != "1d":
+            uvd, heatmaps = self.head(features)  # (B, J, 3), (B, J, S/4, S/4)
+            return (uvd, {"heatmaps2d": [heatmaps]}) if return_aux else uvd
         height, width = x.shape[-2:]
         if height != width:
             raise ValueError(f"the 1D-heatmap decoder needs square inputs, got {height}x{width}")
-        features = self.encode(x)  # [x, stride 2, 4, ...]; the last (B, 448, S/32, S/32) for b4 at depth 5
         logits = self.decoder(features[-1], features[-2:0:-1])  # (B, J, 3, L)
         uvd, probs = soft_argmax_1d(logits, width)
         return (uvd, {"heatmaps1d": probs, "logits1d": logits}) if return_aux else uvd
 
 
+def check_head_options(options):
+    """The options, unless they give the 1D decoder's options to another head (which would ignore them)."""
+    head = options.get("head", "1d")
+    wasted = [key for key in HEAD_1D_OPTIONS if key in options] if head != "1d" else []
+    if head == "1d" and "decoder_width" in options:
+        wasted = ["decoder_width"]
+    if wasted:
+        raise ValueError(f"{', '.join(wasted)}: not read by head={head!r}")
+    return options
+
+
 @register_model("effb4_1d", seed="000",
                 summary="EfficientNet-B4 encoder + separable 1D-heatmap decoder, soft-argmax (19.5M in the paper)")
 def effb4_1d(pretrained="none", **options):
-    """options: channels, num_blocks, drop_connect, z_readout, depth_bins, encoder_depth, skips (EffNet1D)."""
-    return EffNet1D("effb4_1d", "efficientnet-b4", pretrained, **options)
+    """options: channels, num_blocks, drop_connect, z_readout, depth_bins, encoder_depth, skips, head,
+    decoder_width (EffNet1D)."""
+    return EffNet1D("effb4_1d", "efficientnet-b4", pretrained, **check_head_options(options))
 
 
 @register_model("effb0_1d", seed="000",
                 summary="EfficientNet-B0 encoder + separable 1D-heatmap decoder, soft-argmax (5.4M in the paper)")
 def effb0_1d(pretrained="none", **options):
-    """options: channels, num_blocks, drop_connect, z_readout, depth_bins, encoder_depth, skips (EffNet1D)."""
-    return EffNet1D("effb0_1d", "efficientnet-b0", pretrained, **options)
+    """options: as effb4_1d."""
+    return EffNet1D("effb0_1d", "efficientnet-b0", pretrained, **check_head_options(options))

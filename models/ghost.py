@@ -27,6 +27,7 @@ from torch import nn
 
 from geometry import NUM_JOINTS
 from models.heatmaps import soft_argmax_2d, spatial_softmax
+from models.heads import HeatmapLifting
 from models.hourglass import Hourglass, conv_bn_relu, load_weights
 from models.registry import register_model
 
@@ -77,14 +78,24 @@ class GhostEncoder(nn.Module):
         return x
 
 
-class GhostLite(nn.Module):
-    """Seed 002 on RGB; see the module docstring. ``model(x)`` -> (B, J, 3) uvd."""
+GHOST_HEADS = ("attention", "lifting")
 
-    def __init__(self, channels=48, num_stacks=2, hourglass_depth=4, depth_dim=64, num_joints=NUM_JOINTS):
+
+class GhostLite(nn.Module):
+    """Seed 002 on RGB; see the module docstring. ``model(x)`` -> (B, J, 3) uvd. ``head`` 'lifting' (ours): a 1x1
+    conv to J heatmaps read by the shared ``models.heads.HeatmapLifting`` instead of the seed's attention head."""
+
+    def __init__(self, channels=48, num_stacks=2, hourglass_depth=4, depth_dim=64, head="attention",
+                 num_joints=NUM_JOINTS):
         super().__init__()
-        self.num_joints = num_joints
-        self.depth_dim = depth_dim
+        if head not in GHOST_HEADS:
+            raise ValueError(f"head={head!r}: choose one of {', '.join(GHOST_HEADS)}")
+        self.num_joints, self.depth_dim, self.head = num_joints, depth_dim, head
         self.encoder = GhostEncoder(channels, num_stacks, hourglass_depth)
+        if head == "lifting":
+            self.to_heatmaps = nn.Conv2d(channels, num_joints, 1)
+            self.lifting = HeatmapLifting(channels, num_joints=num_joints)
+            return
         self.att_head = nn.Conv2d(channels, 2 * num_joints + depth_dim, 1)  # Att: com1, com2, com3
         self.beta = nn.Parameter(torch.full((num_joints,), 0.5))             # per-joint fusion weight
         self.joint_norm = nn.LayerNorm(depth_dim)
@@ -93,6 +104,10 @@ class GhostLite(nn.Module):
 
     def forward(self, x, return_aux=False):
         feats = self.encoder(x)                                               # (B, C, h, w)
+        if self.head == "lifting":
+            heatmaps = self.to_heatmaps(feats)                                # (B, J, h, w)
+            uvd = self.lifting(heatmaps, feats, x.shape[-2:])
+            return (uvd, {"heatmaps2d": [heatmaps]}) if return_aux else uvd
         com1, com2, com3 = self.att_head(feats).split(
             [self.num_joints, self.num_joints, self.depth_dim], dim=1)        # (B, J, h, w) x2, (B, D, h, w)
         heatmaps = spatial_softmax(com1)                                      # C2D, (B, J, h, w)
@@ -109,6 +124,6 @@ class GhostLite(nn.Module):
 @register_model("ghost_lite", seed="002",
                 summary="Ghost-module hourglass, fused per-joint attention (learned beta), soft-argmax 2D + "
                         "separable self-attention depth (0.18M params, as in the paper)")
-def build_ghost_lite(pretrained="none", channels=48, num_stacks=2, hourglass_depth=4, depth_dim=64):
-    model = GhostLite(channels, num_stacks, hourglass_depth, depth_dim)
+def build_ghost_lite(pretrained="none", channels=48, num_stacks=2, hourglass_depth=4, depth_dim=64, head="attention"):
+    model = GhostLite(channels, num_stacks, hourglass_depth, depth_dim, head)
     return load_weights(model, pretrained, "ghost_lite")

@@ -22,8 +22,9 @@ from timm.models.resnet import BasicBlock
 from torch import nn
 
 from common import UserError
-from geometry import NUM_JOINTS, ROOT_JOINT, denormalize_uvd
-from models.heatmaps import soft_argmax_2d, spatial_softmax
+from geometry import NUM_JOINTS, denormalize_uvd
+from models.heads import HeatmapLifting, LiftingHead, attention_pool, read_out
+from models.heatmaps import soft_argmax_2d
 from models.pretrained import load_local_weights
 from models.registry import register_model
 
@@ -133,56 +134,6 @@ class StackedHourglass(nn.Module):
 
 # --- seed 003: hourglass + spatial attention on shallow features ---------------------------------------
 
-def canonical_frame(uv, root=ROOT_JOINT, wrist=0):
-    """2D joints (B, J, 2) -> (canonical (B, J, 2), scale (B, 1, 1), turn (B, 2)): the pose freed of its place,
-    size and in-plane turn (root at the origin, unit RMS distance from it, the wrist straight below the root),
-    which change neither its depths nor its shape. ``from_canonical`` undoes it."""
-    rel = uv - uv[:, root:root + 1]
-    scale = rel.pow(2).sum(-1).mean(-1).sqrt().clamp(min=1e-6)[:, None, None]
-    rel = rel / scale
-    up = -rel[:, wrist]                                             # (B, 2) wrist -> root
-    turn = up / up.norm(dim=-1, keepdim=True).clamp(min=1e-6)       # (a, b) is turned onto (0, -1)
-    return rotate_2d(rel, -turn[:, 1], -turn[:, 0]), scale, turn
-
-
-def rotate_2d(points, cos, sin):
-    """Points (B, J, 2) turned by the angle with these cosines and sines (B,)."""
-    x, y = points[..., 0], points[..., 1]
-    c, s = cos[:, None], sin[:, None]
-    return torch.stack([c * x - s * y, s * x + c * y], -1)
-
-
-def from_canonical(canonical, uv, scale, turn, root=ROOT_JOINT):
-    """Canonical 2D (B, J, 2) back to input pixels, in the frame ``canonical_frame`` took ``uv`` out of."""
-    return uv[:, root:root + 1] + scale * rotate_2d(canonical, -turn[:, 1], turn[:, 0])
-
-
-class LiftingHead(nn.Module):
-    """Depth from the whole hand (Martinez et al. 2017's lifting network, given image evidence): an MLP over the
-    canonical 2D pose (``canonical_frame`` of the read-out, detached), which carries the foreshortening of every
-    bone, and each joint's heatmap-pooled features reduced to ``feature_dim`` values, which carry the shading
-    that tells towards from away, returns the depth d of every joint; with ``refine_uv`` also a correction of
-    the canonical 2D pose (a read-out that misplaces a hidden fingertip pulled towards a hand that fits the rest:
-    measured no better, README). (B, J, 2) + (B, J, C) -> uv (B, J, 2), d (B, J, 1)."""
-
-    def __init__(self, channels, refine_uv=False, num_joints=NUM_JOINTS, feature_dim=16, hidden=512):
-        super().__init__()
-        self.refine_uv = refine_uv
-        self.reduce = nn.Linear(channels, feature_dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(num_joints * (2 + feature_dim), hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_joints * (3 if refine_uv else 1)))
-
-    def forward(self, uv, pooled):
-        uv = uv.detach()
-        pose, scale, turn = canonical_frame(uv)                                     # (B, J, 2)
-        x = torch.cat([pose, self.reduce(pooled)], -1).flatten(1)                   # (B, J * (2 + feature_dim))
-        if not self.refine_uv:
-            return uv, self.mlp(x).unsqueeze(-1)                                    # (B, J, 1)
-        out = self.mlp(x).view(len(x), -1, 3)                                       # (B, J, 3)
-        return from_canonical(pose + out[..., :2], uv, scale, turn), out[..., 2:]
-
-
 class AttentionDepth(nn.Module):
     """The seed's depth: a small network shared by all joints over [the joint's pooled vector, the mean of all
     joints' vectors]; uv (B, J, 2) passes through, (B, J, C) -> d (B, J, 1)."""
@@ -200,27 +151,21 @@ class HourglassAttention(nn.Module):
     """Seed 003 on RGB: SE residual blocks, 2 stacked hourglasses for 2D heatmaps, depth from heatmap-weighted
     shallow features.
 
-    Read-out of u, v: each of the last heatmaps H_j (trained towards Gaussians of peak 1) is divided by its
-    own peak (at least MIN_PEAK) and normalised to M_j = softmax over space of (sharpness * H_j / peak_j);
-    u, v = soft-argmax of M_j. With sharpness 15 the flat background (H ~ 0) weighs nothing against the peak
-    and a Gaussian of sigma 2 bins keeps about 0.5 bin of width, so M_j is a sharp, nearly unbiased,
-    differentiable argmax whatever the height of the peak. The same M_j is the spatial attention on the
-    shallow features: per joint, F_reg = M_j * F_raw summed over space is a C-vector. ``depth_head``
-    'attention' (the seed): a small network shared by all joints turns [that vector, the mean of all joints'
-    vectors] into d (the hand-wide mean gives every joint the reference it needs for a root-relative depth);
+    Read-out of u, v: ``models.heads.read_out`` of the last heatmaps (the peak-normalised sharpening, or with
+    ``readout`` 'softmax' (ours) the plain spatial softmax) gives M_j, and u, v its soft-argmax. The same M_j
+    is the spatial attention on the shallow features: per joint, F_reg = M_j * F_raw summed over space is a
+    C-vector. ``depth_head`` 'attention' (the seed): a small network shared by all joints turns [that vector,
+    the mean of all joints' vectors] into d (the hand-wide mean gives every joint the reference it needs for a
+    root-relative depth);
     'lifting' (ours): ``LiftingHead``. ``stem_stride`` 4 (ours) runs the hourglasses at a quarter of the
-    input, four times cheaper than the seed's half. ``readout`` 'softmax' (ours): M_j = the plain spatial softmax
-    of H_j (integral regression), instead of the peak-normalised sharpening.
+    input, four times cheaper than the seed's half.
     """
-
-    MIN_PEAK = 0.1  # below this a map holds no peak worth sharpening
 
     def __init__(self, channels=128, num_stacks=2, hourglass_depth=4, readout_sharpness=15.0,
                  depth_source="shallow", stem_stride=2, depth_head="attention", readout="peak",
                  refine_uv=False, num_joints=NUM_JOINTS):
         super().__init__()
-        if readout not in ("peak", "softmax"):
-            raise ValueError(f"readout={readout!r}: choose 'peak' or 'softmax'")
+        read_out(torch.zeros(1, 1, 1, 1), readout)  # a bad read-out name fails when the model is built
         self.readout = readout
         if depth_source not in ("shallow", "final"):
             raise UserError(f"hourglass_attn: depth_source={depth_source!r}; choose 'shallow' or 'final'")
@@ -235,20 +180,13 @@ class HourglassAttention(nn.Module):
         self.depth_head = (LiftingHead(channels, refine_uv) if depth_head == "lifting"
                            else AttentionDepth(channels))
 
-    def normalise(self, heatmaps):
-        """Heatmaps (B, J, h, w) -> M (B, J, h, w), each map summing to 1: softmax of sharpness * H_j / peak_j."""
-        if self.readout == "softmax":
-            return spatial_softmax(heatmaps)
-        peak = heatmaps.amax((-2, -1), keepdim=True).clamp(min=self.MIN_PEAK)
-        return spatial_softmax(self.readout_sharpness * heatmaps / peak)
-
     def forward(self, x, return_aux=False):
         shallow = self.stem(x)                                         # (B, C, S/s, S/s)
         feats, heatmaps = self.stacks(shallow)                         # heatmaps: list of (B, J, S/s, S/s)
-        attention = self.normalise(heatmaps[-1])                       # M_j, (B, J, h, w)
+        attention = read_out(heatmaps[-1], self.readout, self.readout_sharpness)  # M_j, (B, J, h, w)
         uv = soft_argmax_2d(attention, x.shape[-2:])                   # (B, J, 2)
         source = shallow if self.depth_source == "shallow" else feats
-        pooled = torch.einsum("bjhw,bchw->bjc", attention, source)     # sum over space of M_j * F, (B, J, C)
+        pooled = attention_pool(attention, source)                     # sum over space of M_j * F, (B, J, C)
         uv, d = self.depth_head(uv, pooled)                            # (B, J, 2), (B, J, 1)
         uvd = torch.cat([uv, d], -1)
         return (uvd, {"heatmaps2d": heatmaps}) if return_aux else uvd
@@ -296,30 +234,43 @@ def mlp_with_bn_dropout(dims, dropout):
     return nn.Sequential(*layers)
 
 
+HG_MLP_HEADS = ("mlp", "lifting")
+
+
 class HourglassMLP(nn.Module):
     """Seed 004: 2-stack hourglass -> heatmaps -> residual net over heatmaps + features -> latent -> MLP ->
-    63 values read as normalised uvd (``geometry.normalize_uvd`` space) and mapped back to input pixels."""
+    63 values read as normalised uvd (``geometry.normalize_uvd`` space) and mapped back to input pixels.
+    ``head`` 'lifting' (ours): the shared ``models.heads.HeatmapLifting`` over the last stack's heatmaps and
+    features instead of the latent and the MLP; ``stem_stride`` 4 (ours) runs the hourglasses at a quarter."""
 
     def __init__(self, channels=128, num_stacks=2, hourglass_depth=4, mlp_dims=(1024, 256), dropout=0.3,
-                 num_joints=NUM_JOINTS):
+                 head="mlp", stem_stride=2, num_joints=NUM_JOINTS):
         super().__init__()
-        self.num_joints = num_joints
-        self.stem = Stem(channels, se=False)
+        if head not in HG_MLP_HEADS:
+            raise ValueError(f"head={head!r}: choose one of {', '.join(HG_MLP_HEADS)}")
+        self.num_joints, self.head = num_joints, head
+        self.stem = Stem(channels, se=False, stride=stem_stride)
         self.stacks = StackedHourglass(channels, num_stacks, hourglass_depth, se=False, num_joints=num_joints)
-        self.encoder = LatentEncoder(channels, num_joints=num_joints)
-        self.mlp = mlp_with_bn_dropout((self.encoder.out_dim, *mlp_dims, 3 * num_joints), dropout)
+        if head == "mlp":
+            self.encoder = LatentEncoder(channels, num_joints=num_joints)
+            self.mlp = mlp_with_bn_dropout((self.encoder.out_dim, *mlp_dims, 3 * num_joints), dropout)
+        else:
+            self.lifting = HeatmapLifting(channels, num_joints=num_joints)
 
     def forward(self, x, return_aux=False):
-        feats, heatmaps = self.stacks(self.stem(x))            # (B, C, h, w), list of (B, J, h, w)
-        latent = self.encoder(heatmaps[-1], feats)             # (B, 16 C)
-        nuvd = self.mlp(latent).view(-1, self.num_joints, 3)   # (B, J, 3) normalised uvd
-        uvd = denormalize_uvd(nuvd, x.shape[-1])
+        feats, heatmaps = self.stacks(self.stem(x))                # (B, C, h, w), list of (B, J, h, w)
+        if self.head == "lifting":
+            uvd = self.lifting(heatmaps[-1], feats, x.shape[-2:])  # (B, J, 3)
+        else:
+            latent = self.encoder(heatmaps[-1], feats)             # (B, 16 C)
+            nuvd = self.mlp(latent).view(-1, self.num_joints, 3)   # (B, J, 3) normalised uvd
+            uvd = denormalize_uvd(nuvd, x.shape[-1])
         return (uvd, {"heatmaps2d": heatmaps}) if return_aux else uvd
 
 
 @register_model("hg_mlp", seed="004",
                 summary="2-stack hourglass heatmaps -> residual net -> latent -> MLP (BN + dropout) -> normalised uvd")
 def build_hg_mlp(pretrained="none", channels=128, num_stacks=2, hourglass_depth=4, mlp_dims=(1024, 256),
-                 dropout=0.3):
-    model = HourglassMLP(channels, num_stacks, hourglass_depth, tuple(mlp_dims), dropout)
+                 dropout=0.3, head="mlp", stem_stride=2):
+    model = HourglassMLP(channels, num_stacks, hourglass_depth, tuple(mlp_dims), dropout, head, stem_stride)
     return load_weights(model, pretrained, "hg_mlp")

@@ -8,7 +8,7 @@ from models import create_model
 from models.flops import count_gflops
 from models.ghost import SeparableSelfAttention
 from models.heatmaps import gaussian_heatmaps, soft_argmax_2d, spatial_softmax
-from models.hourglass import canonical_frame, from_canonical
+from models.heads import canonical_frame, from_canonical, read_out
 from models.losses import pose_loss
 
 ARCHS = ("ghost_lite", "hourglass_attn", "hg_mlp")
@@ -119,7 +119,7 @@ def test_hourglass_attn_readout_finds_gaussian_targets(default_models, peak):
     uv = torch.rand(2, 21, 2, generator=generator) * 100 + 14
     noise = 0.02 * peak * torch.rand(2, 21, 64, 64, generator=generator)
     maps = peak * gaussian_heatmaps(uv, 128, 64, 64, sigma=2.0) + noise
-    found = soft_argmax_2d(default_models["hourglass_attn"].normalise(maps), (128, 128))
+    found = soft_argmax_2d(read_out(maps), (128, 128))
     assert (found - uv).abs().max() < 0.2  # input pixels; a map bin is 2 pixels
 
 
@@ -169,9 +169,9 @@ def test_lifting_head_without_refinement_keeps_the_2d_read_out():
     refined.load_state_dict({k: v for k, v in plain.state_dict().items() if not k.startswith(last)}, strict=False)
     with torch.no_grad():
         (uvd, aux), (uvd_refined, _) = plain(x, return_aux=True), refined(x, return_aux=True)
-        read_out = soft_argmax_2d(plain.normalise(aux["heatmaps2d"][-1]), (64, 64))
-    torch.testing.assert_close(uvd[..., :2], read_out)
-    assert (uvd_refined[..., :2] - read_out).abs().max() > 1e-4
+        plain_uv = soft_argmax_2d(read_out(aux["heatmaps2d"][-1]), (64, 64))
+    torch.testing.assert_close(uvd[..., :2], plain_uv)
+    assert (uvd_refined[..., :2] - plain_uv).abs().max() > 1e-4
 
 
 # --- learning -------------------------------------------------------------------------------------------

@@ -1,0 +1,94 @@
+"""The shared pose head (models/heads.py) in every family that takes it: shapes at 64/128/224 px, frozen unused
+blocks, the uvd contract (a heatmap peaked on a joint reads that joint back), option checks."""
+import pytest
+import torch
+
+import models
+from models.heads import HeatmapLifting, PoseHead
+from models.heatmaps import gaussian_heatmaps
+from models.losses import pose_loss
+
+# (arch, options, stride of the heatmaps)
+HEADED = [("effb0_1d", {"head": "unet"}, 4), ("effb0_1d", {"head": "fpn"}, 4),
+          ("effb0_1d", {"head": "unet", "encoder_depth": 4}, 4), ("resnet34", {"head": "unet"}, 4),
+          ("resnet34", {"head": "fpn"}, 4), ("ghost_lite", {"head": "lifting"}, 2),
+          ("hg_mlp", {"head": "lifting", "stem_stride": 4}, 4),
+          ("hourglass_attn", {"depth_head": "lifting", "stem_stride": 4}, 4)]
+
+
+@pytest.mark.parametrize("arch, options, stride", HEADED, ids=lambda v: str(v))
+def test_head_shapes_at_three_sizes(arch, options, stride):
+    torch.manual_seed(0)
+    model = models.create_model(arch, **options).eval()
+    for size in (64, 128, 224):
+        with torch.no_grad():
+            uvd, aux = model(torch.randn(1, 3, size, size), return_aux=True)
+        assert uvd.shape == (1, 21, 3) and torch.isfinite(uvd).all()
+        assert aux["heatmaps2d"][-1].shape == (1, 21, size // stride, size // stride)
+        assert ((uvd[..., :2] > -1) & (uvd[..., :2] < size)).all()   # a soft-argmax stays inside the input
+
+
+@pytest.mark.parametrize("arch, options", [("effb0_1d", {"head": "unet", "encoder_depth": 4}),
+                                           ("resnet34", {"head": "fpn"}), ("hg_mlp", {"head": "lifting"})])
+def test_every_trainable_parameter_gets_a_gradient_and_unused_blocks_are_frozen(arch, options):
+    """DDP needs every trainable parameter in the graph: the head's loss reaches all of them; the encoder blocks
+    the head never runs (EfficientNet's 1x1 head conv, the blocks past encoder_depth) are frozen."""
+    torch.manual_seed(0)
+    model = models.create_model(arch, **options).train()
+    size = 64
+    uvd, aux = model(torch.randn(2, 3, size, size), return_aux=True)
+    target = {"uvd": torch.cat([torch.rand(2, 21, 2) * size, torch.rand(2, 21, 1) - 0.5], -1),
+              "visible": torch.ones(2, 21), "K": torch.eye(3).expand(2, 3, 3), "root_depth": torch.ones(2),
+              "size": size}
+    loss, _ = pose_loss(uvd, aux, target, {"heatmap2d": 30.0, "uv_l1": 1.0, "depth_l1": 1.0})
+    loss.backward()
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert [name for name in trainable if model.get_parameter(name).grad is None] == []
+    if arch == "effb0_1d":
+        frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
+        assert any(name.startswith("encoder._conv_head") for name in frozen)
+        assert any(name.startswith(f"encoder._blocks.{model.last_block + 1}.") for name in frozen)
+        assert not hasattr(model, "decoder")   # no 1D decoder built beside the head
+
+
+def test_a_peaked_heatmap_reads_out_its_joint():
+    """The uvd contract of the read-out: Gaussians (peak 1) at known uv on a stride-4 map of a 64 px input come
+    back as those uv within 0.1 px (the sharpening is nearly unbiased: a bin is 4 px); d is one per joint."""
+    torch.manual_seed(0)
+    size, h = 64, 16
+    uv = torch.rand(2, 21, 2) * (size - 16) + 8
+    heatmaps = gaussian_heatmaps(uv, size, h, h, sigma=2.0)
+    head = HeatmapLifting(channels=8).eval()
+    uvd = head(heatmaps, torch.randn(2, 8, h, h), (size, size))
+    assert uvd.shape == (2, 21, 3)
+    assert (uvd[..., :2] - uv).abs().max() < 0.1
+
+
+def test_pose_head_decodes_any_encoder_to_stride_4():
+    """Features [input, stride 2, ..., 32] of made-up widths -> heatmaps at a quarter of the input."""
+    channels = [3, 16, 24, 32, 48, 64]
+    features = [torch.randn(1, c, 128 >> i, 128 >> i) for i, c in enumerate(channels)]
+    for decoder in ("unet", "fpn"):
+        uvd, heatmaps = PoseHead(channels, decoder, width=32).eval()(features)
+        assert uvd.shape == (1, 21, 3) and heatmaps.shape == (1, 21, 32, 32)
+
+
+@pytest.mark.parametrize("arch, options, match", [
+    ("effb0_1d", {"head": "unet", "num_blocks": 3}, "num_blocks: not read by head='unet'"),
+    ("effb0_1d", {"decoder_width": 32}, "decoder_width: not read by head='1d'"),
+    ("effb0_1d", {"head": "fpn", "encoder_depth": 4}, "needs encoder_depth 5"),
+    ("effb0_1d", {"head": "fpn", "decoder_width": 48}, "a multiple of 32"),
+    ("effb0_1d", {"head": "mlp"}, "choose one of 1d, unet, fpn"),
+    ("resnet34", {"head": "lifting"}, "choose one of regression, unet, fpn"),
+    ("hg_mlp", {"head": "unet"}, "choose one of mlp, lifting"),
+    ("ghost_lite", {"head": "unet"}, "choose one of attention, lifting")])
+def test_bad_head_options_are_refused(arch, options, match):
+    with pytest.raises(ValueError, match=match), torch.device("meta"):
+        models.create_model(arch, **options)
+
+
+def test_paper_heads_stay_the_defaults():
+    assert models.create_model("effb0_1d").head_kind == "1d"
+    assert models.create_model("resnet34").head_kind == "regression"
+    assert models.create_model("hg_mlp").head == "mlp"
+    assert models.create_model("ghost_lite").head == "attention"
