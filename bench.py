@@ -11,9 +11,13 @@ Stages (one figure each, written to bench.json with the machine and the settings
   augment_default, augment_full
                               augment.Augmenter on a device batch: the training default set and every
                               augmentation, at the default chances (DEFAULTS p)
-  train_step/ARCH             forward + backward + optimizer step of the arch's recipe (model options, loss
-                              weights, optimizer) at its recipe input size (or --model-size), median step
-  predict_tta/ARCH            predict.predict_batch with --tta rotations in one forward, per input image
+  augment/NAME                the recipe's own augmentations on a device batch at its input size
+  train_step/NAME             forward + backward + optimizer step of the recipe (model options, loss
+                              weights, optimizer) at its input size (or --model-size), median step; NAME is
+                              an arch of --archs (its own recipe) or a recipe of --recipes
+  predict_tta/NAME            inference.predict_batch with --tta rotations (in chunks), per input image
+bench.json also gives, per NAME, the augmentation share of a training step (augment / (augment + train_step)
+time) and how many times over the cached loader feeds it.
 Timings on CUDA synchronise before the clock is read. --amp (bf16 where supported), --channels-last and
 --compile act as in train.py. The data is the synthetic set unless --data-root is given.
 """
@@ -46,6 +50,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--archs", default="all", help="comma-separated registered archs, 'all' or 'none'")
+    p.add_argument("--recipes", default="", help="comma-separated recipes of recipes.py to time beside the archs")
     p.add_argument("--img-size", type=int, default=224, help="loader and augmentation input size")
     p.add_argument("--model-size", type=int, default=None, help="train/predict input size (default: each "
                                                                  "arch's recipe size)")
@@ -152,15 +157,24 @@ def device_batch(dataset, batch_size, device):
     return to_device(dataset.__getitems__(rows), device)
 
 
-def augment_rate(names, batch, size, args, device):
-    augmenter = augment.Augmenter(names, augment.resolve_options(), size, device, seed=0)
+def augment_rate(names, batch, size, args, device, options=None):
+    augmenter = augment.Augmenter(names, augment.resolve_options(options or {}), size, device, seed=0)
     seconds = median_seconds(lambda: augmenter(batch), args.steps, args.warmup, synchronizer(device))
     return batch["image"].shape[0] / seconds
 
 
-def recipe_of(arch):
-    """The arch's own recipe (every registered arch has one of its name)."""
-    return recipes.recipe_config(arch)
+def parse_recipes(text):
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in recipes.RECIPES]
+    if unknown:
+        raise UserError(f"--recipes {unknown[0]}: no such recipe; valid names: {', '.join(recipes.recipe_names())}")
+    return names
+
+
+def timed_configs(args):
+    """[(name, resolved config)]: each arch of --archs with its own recipe, then each recipe of --recipes."""
+    names = parse_archs(args.archs) + parse_recipes(args.recipes)
+    return [(name, recipes.recipe_config(name)) for name in dict.fromkeys(names)]
 
 
 def build_model(arch, config, args, device):
@@ -201,7 +215,7 @@ def run(args):
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one input size per stage
-    archs = parse_archs(args.archs)
+    entries = timed_configs(args)
     split = load_split(resolve_data_root(args.data_root), args.split)
     if args.max_images and len(split) > args.max_images:
         split = split.subset(np.arange(args.max_images))
@@ -224,7 +238,7 @@ def run(args):
     print(f"bench on {info['gpu'] or info['cpu']} ({device}, {info['cores']} cores, torch {info['torch']}, "
           f"{info['torch_threads']} threads), load average {info['load_average_start']}")
     size, b = args.img_size, args.batch_size
-    for model_size in {size} | {args.model_size or recipe_of(arch)["img_size"] for arch in archs}:
+    for model_size in {size} | {args.model_size or config["img_size"] for _, config in entries}:
         dataset(model_size)  # decoded caches built (once) before any clock runs
     record("loader_jpeg", loader_rate(dataset(size, cache=False), args, device), size, b, "JPEG decode per sample")
     record("loader_cache", loader_rate(dataset(size), args, device), size, b, "decoded uint8 cache")
@@ -232,26 +246,40 @@ def run(args):
     record("augment_default", augment_rate(augment.TRAIN_DEFAULT_AUGS, batch, size, args, device), size, b,
            ",".join(augment.TRAIN_DEFAULT_AUGS))
     record("augment_full", augment_rate(augment.AUG_NAMES, batch, size, args, device), size, b, "all, default p")
-    for arch in archs:
-        config = recipe_of(arch)
+    for name, config in entries:
         config["img_size"] = model_size = args.model_size or config["img_size"]
         data = device_batch(dataset(model_size), b, device)
-        augmented = augment.Augmenter(config["augs"], augment.resolve_options(config["aug"]), model_size, device,
-                                      seed=0)(data)
-        rate, model = train_step_rate(arch, config, augmented, args, device)
-        record(f"train_step/{arch}", rate, model_size, b, f"{config['optimizer']}, loss {','.join(config['loss'])}")
-        record(f"predict_tta/{arch}", predict_rate(model, data["image"], args, device), model_size, b,
-               f"tta {args.tta}, one forward")
+        augmenter = augment.Augmenter(config["augs"], augment.resolve_options(config["aug"]), model_size, device,
+                                      seed=0)
+        record(f"augment/{name}", augment_rate(config["augs"], data, model_size, args, device, config["aug"]),
+               model_size, b, config["augs"])
+        rate, model = train_step_rate(config["arch"], config, augmenter(data), args, device)
+        record(f"train_step/{name}", rate, model_size, b, f"{config['arch']}, {config['optimizer']}, loss "
+                                                          f"{','.join(config['loss'])}")
+        record(f"predict_tta/{name}", predict_rate(model, data["image"], args, device), model_size, b,
+               f"tta {args.tta}")
         del model
     info["load_average_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return rows, info
 
 
 def loader_headroom(rows):
-    """arch -> how many times over the cached loader feeds that arch's training step."""
+    """name -> how many times over the cached loader feeds that recipe's training step."""
     rates = {r["stage"]: r["images_per_s"] for r in rows}
     return {stage.split("/", 1)[1]: round(rates["loader_cache"] / rate, 1)
             for stage, rate in rates.items() if stage.startswith("train_step/")}
+
+
+def augment_share(rows):
+    """name -> the share of a training step's time spent augmenting: augment / (augment + train_step)."""
+    rates = {r["stage"]: r["images_per_s"] for r in rows}
+    shares = {}
+    for stage, rate in rates.items():
+        if stage.startswith("train_step/"):
+            name = stage.split("/", 1)[1]
+            augment_s, step_s = 1.0 / rates[f"augment/{name}"], 1.0 / rate
+            shares[name] = round(augment_s / (augment_s + step_s), 4)
+    return shares
 
 
 def write_json(path, rows, info, args):
@@ -261,7 +289,7 @@ def write_json(path, rows, info, args):
                                                "max_images")}
     settings["cudnn_benchmark"] = torch.backends.cudnn.benchmark
     result = {"machine": info, "settings": settings, "stages": {r["stage"]: r["images_per_s"] for r in rows},
-              "loader_headroom": loader_headroom(rows), "rows": rows}
+              "loader_headroom": loader_headroom(rows), "augment_share": augment_share(rows), "rows": rows}
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(result, indent=2))
 
@@ -273,8 +301,9 @@ def main(argv=None):
     table = pd.DataFrame(rows)
     print()
     print(table.to_string(index=False))
-    for arch, times in loader_headroom(rows).items():
-        print(f"the cached loader feeds {arch}'s training step {times:g} times over")
+    for name, times in loader_headroom(rows).items():
+        print(f"{name}: the cached loader feeds its training step {times:g} times over; augmentation takes "
+              f"{100 * augment_share(rows)[name]:.1f} % of a step")
     write_json(args.out, rows, info, args)
     print(f"wrote {args.out} (load average {info['load_average_start']} at the start, {info['load_average_end']} "
           f"at the end)")

@@ -1,0 +1,158 @@
+"""The CUDA path: ``pytest -m cuda``. Skipped (not failed) where no GPU is present (tests/conftest.py).
+
+Every test here runs a code path that only CUDA takes: AMP in bf16, channels_last on the GPU, kornia's warps on
+the device, pinned memory with non_blocking copies, cudnn.benchmark, NCCL under torchrun, and the scripts with
+``--device cuda``.
+"""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import augment
+import inference
+import models
+import recipes
+from common import PROJECT_ROOT
+from data.cache import make_dataset
+from data.loader import make_loader, to_device
+from data.readers import load_split
+from engine import forward_loss, optimizer_step
+from optimization import make_optimizer
+from tests.markers import write_marker_dataset
+from tests.scripts import make_synthetic_set
+from tests.test_augment import SIZE, assert_on_marks
+from tests.test_predict import marker_batch
+
+pytestmark = pytest.mark.cuda
+CUDA = torch.device("cuda")
+TTA_TOLERANCE_PX = 0.05      # fp32 on both devices: cuDNN and the CPU sum in other orders
+TTA_AMP_TOLERANCE_PX = 1.0   # bf16 on the GPU (8 bits of mantissa) against fp32 on the CPU, at 64 px
+
+
+@pytest.fixture(scope="module")
+def markers(tmp_path_factory):
+    return write_marker_dataset(tmp_path_factory.mktemp("cuda_markers"), n=12, seed=11)
+
+
+def cuda_batch(markers, size):
+    """The 12 marker samples at ``size`` px, loaded as training loads them: pinned, then copied non_blocking."""
+    dataset = make_dataset(load_split(markers, "train"), size, cache=False)
+    loader = make_loader(dataset, 12, train=False, workers=0, pin_memory=True)
+    batch = next(iter(loader))
+    assert batch["image"].is_pinned()
+    return to_device(batch, CUDA)
+
+
+@pytest.mark.parametrize("arch", models.list_models())
+def test_amp_bf16_training_step_of_every_arch(arch, markers):
+    """One step of the arch's recipe in bf16 autocast and channels_last: convolutions run in bf16, the loss is
+    finite, and the weights move."""
+    config = {**recipes.recipe_config(arch), "img_size": 64, "amp": True}
+    model = models.create_model(arch, **config["model"]).to(CUDA, memory_format=torch.channels_last).train()
+    optimizer = make_optimizer(model, config)
+    dtypes = set()
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, out: dtypes.add(out.dtype) if isinstance(module, torch.nn.Conv2d) else None)
+    batch = augment.Augmenter(config["augs"], augment.resolve_options(config["aug"]), 64, CUDA, seed=0)(
+        cuda_batch(markers, 64))
+    before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+    try:
+        loss, _ = forward_loss(model, batch, config, CUDA, channels_last=True)
+    finally:
+        hook.remove()
+    loss.backward()
+    optimizer_step(model, optimizer, torch.amp.GradScaler("cuda", enabled=False), grad_clip=1.0)
+    assert torch.isfinite(loss) and torch.bfloat16 in dtypes
+    after = [p for p in model.parameters() if p.requires_grad]
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))
+
+
+@pytest.mark.parametrize("augs", ["rotate,scale,translate", "flip,rotate"])
+def test_augmenter_on_cuda_keeps_keypoints_on_the_marks(markers, augs):
+    """The CPU marker check, on the device: every label sits on its blob after kornia's warp on CUDA."""
+    options = augment.resolve_options({"scale": {"range": (0.8, 1.2)}, "flip": {"p": 0.5}})
+    out = augment.Augmenter(augs, options, SIZE, CUDA, seed=0)(cuda_batch(markers, SIZE))
+    assert out["image"].device.type == "cuda"
+    images = (out["image"] * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    assert_on_marks(images, out["uvd"][..., :2].cpu().numpy())
+
+
+@pytest.mark.parametrize("amp, tolerance", [(False, TTA_TOLERANCE_PX), (True, TTA_AMP_TOLERANCE_PX)])
+def test_tta_on_cuda_equals_the_cpu_result(amp, tolerance):
+    """predict_batch with 10 rotations of a real network: the GPU (channels_last, cudnn.benchmark) gives the
+    CPU's uvd within the stated tolerance (u, v in input pixels, d in model units x 64)."""
+    torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = True
+    model = models.create_model("effb0_1d", head="unet").eval()
+    images, _ = marker_batch(count=4)
+    images = torch.nn.functional.interpolate(images.float(), size=64).round().to(torch.uint8)
+    on_cpu = inference.predict_batch(model, images, tta=10)
+    model = model.to(CUDA, memory_format=torch.channels_last)
+    on_gpu = inference.predict_batch(model, images.to(CUDA), tta=10, amp=amp, channels_last=True).cpu()
+    assert (on_gpu[..., :2] - on_cpu[..., :2]).abs().max() < tolerance
+    assert 64 * (on_gpu[..., 2] - on_cpu[..., 2]).abs().max() < tolerance
+
+
+def test_channels_last_on_cuda_gives_the_contiguous_result():
+    torch.manual_seed(0)
+    model = models.create_model("resnet34", head="unet").to(CUDA).eval()
+    x = torch.randn(2, 3, 64, 64, device=CUDA)
+    with torch.no_grad():
+        plain = model(x)
+        model = model.to(memory_format=torch.channels_last)
+        last = model(x.contiguous(memory_format=torch.channels_last))
+    assert (plain - last).abs().max() < 1e-2
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return make_synthetic_set(tmp_path_factory.mktemp("cuda_synthetic") / "set", 48, 12, seed=5, size=64)
+
+
+def run(args, cwd=PROJECT_ROOT):
+    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def cuda_run(synthetic, tmp_path_factory):
+    """A short training on CUDA under torchrun: one NCCL process (the real DDP path), AMP, channels_last."""
+    out = tmp_path_factory.mktemp("cuda_run") / "run"
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "train.py",
+         "--recipe", "effb0_cpu", "--data-root", synthetic, "--device", "cuda", "--epochs", "2", "--batch-size", "8",
+         "--img-size", "64", "--workers", "1", "--out", out])
+    return out
+
+
+def test_one_nccl_ddp_training_on_cuda(cuda_run):
+    summary = json.loads((cuda_run / "summary.json").read_text())
+    config = json.loads((cuda_run / "config.json").read_text())
+    assert config["device"] == "cuda" and summary["epochs"] == 2
+    assert np.isfinite(summary["best_val_pa_mpjpe_mm"])
+
+
+def test_predict_and_ensemble_on_cuda_write_their_files(cuda_run, synthetic, tmp_path):
+    prefixes = []
+    for tta in (1, 4):
+        prefix = tmp_path / f"pred_tta{tta}"
+        run([sys.executable, "predict.py", "--ckpt", cuda_run / "best.pt", "--data-root", synthetic, "--tta",
+             str(tta), "--device", "cuda", "--workers", "1", "--out", prefix])
+        assert prefix.with_suffix(".zip").is_file() and prefix.with_suffix(".metrics.json").is_file()
+        prefixes.append(prefix.with_suffix(".npz"))
+    run([sys.executable, "ensemble.py", *prefixes, "--out", tmp_path / "ens"])
+    assert (tmp_path / "ens.zip").is_file() and (tmp_path / "ens.npz").is_file()
+
+
+def test_bench_on_cuda_measures_amp_channels_last(synthetic, tmp_path):
+    out = tmp_path / "bench.json"
+    run([sys.executable, "bench.py", "--device", "cuda", "--amp", "--channels-last", "--archs", "effb0_1d",
+         "--recipes", "effb0_cpu", "--data-root", synthetic, "--img-size", "64", "--batch-size", "8", "--steps", "2",
+         "--loader-batches", "2", "--loader-seconds", "0", "--tta", "2", "--out", out])
+    result = json.loads(out.read_text())
+    assert result["machine"]["gpu"] and result["settings"]["amp"] and result["settings"]["cudnn_benchmark"]
+    assert result["stages"]["train_step/effb0_cpu"] > 0 and 0 < result["augment_share"]["effb0_cpu"] < 1

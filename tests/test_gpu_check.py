@@ -1,0 +1,41 @@
+"""The prepared GPU check's CPU dry run: every step runs at tiny sizes and its figures reach gpu_check.json."""
+import json
+import math
+import subprocess
+import sys
+
+from common import PROJECT_ROOT
+from tools import gpu_check
+
+
+def test_gpu_check_dry_run_runs_every_step_and_writes_its_figures(tmp_path):
+    done = subprocess.run([sys.executable, "tools/gpu_check.py", "--dry-run", "--out", str(tmp_path / "check"),
+                           "--wheels", str(tmp_path / "no_wheels")], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=900)
+    report = json.loads((tmp_path / "check" / "gpu_check.json").read_text())
+    assert done.returncode == 0, (done.stdout, report)
+    steps = report["steps"]
+    assert list(steps) == ["install", "pytest_cuda", "synthetic_set", "bench", "train_and_predict"]
+    assert all(step["passed"] for step in steps.values())
+    assert steps["install"]["installed"] == []
+    cuda = steps["pytest_cuda"]
+    assert cuda["tests"] > 10 and cuda["failures"] == 0 and cuda["skipped"] == cuda["tests"]   # no GPU here
+    assert steps["bench"]["stages"]["train_step/effb0_cpu"] > 0 and 0 < steps["bench"]["augment_share"]["effb0_cpu"] < 1
+    trained = steps["train_and_predict"]
+    assert trained["epochs"] >= 1 and math.isfinite(trained["of_constant_shape"]) and trained["tta"] == 2
+
+
+def test_wheels_are_installed_only_for_missing_distributions(tmp_path, monkeypatch):
+    for name in ("numpy-2.4.6-cp311-cp311-manylinux_2_17_x86_64.whl", "not_a_real_dist-1.0-py3-none-any.whl"):
+        (tmp_path / name).write_bytes(b"")
+    commands = []
+    monkeypatch.setattr(gpu_check, "run_logged", lambda command, log: commands.append(command) or (0.0, 0))
+    result = gpu_check.install_missing(tmp_path, tmp_path / "install.log")
+    assert result == {"wheels_found": 2, "installed": ["not-a-real-dist"]}
+    assert commands[0][-1].endswith("not_a_real_dist-1.0-py3-none-any.whl") and "--no-deps" in commands[0]
+
+
+def test_epochs_fill_the_budget():
+    assert gpu_check.epochs_for(4.0, 1500.0, 19000) == 18
+    assert gpu_check.epochs_for(4.0, None, 19000) == 1 and gpu_check.epochs_for(0.1, 10.0, 19000) == 1
+    assert "torch" not in gpu_check.carried_distributions() and "timm" in gpu_check.carried_distributions()
