@@ -138,27 +138,79 @@ def uvd_to_xyz(uvd, K, root_depth):
     return unproject(uvd[..., :2], z, K)
 
 
-def root_depth_from_bone(uvd, K, bone_length):
-    """Absolute root depth (...,) in metres that gives SCALE_BONE the length ``bone_length`` (...,).
+# --- root depth from the known scale ------------------------------------------------------------------------
 
-    Iqbal et al. 2018 (2.5D): with normalised rays x_j = K^-1 [u_j, v_j, 1] and z_j = Z + r_j (r_j the
-    root-relative depth), |X_n - X_m| = L is a quadratic a Z^2 + b Z + c = 0 in the root depth Z; we take
-    its larger root. A negative discriminant (no depth reaches the length) is clamped to zero, which picks
-    the depth where the bone comes closest to its length.
+def pair_length_terms(uvd, K, pairs):
+    """How the camera-space length of joint pairs grows with the unknown root depth Z (metres).
+
+    With rays x_j = K^-1 [u_j, v_j, 1] (w = 1) and root-relative depths r_j = d_j * DEPTH_RANGE_M, the camera
+    joints are X_j = (Z + r_j) x_j, so each pair (a, b) of ``pairs`` (P, 2) has |X_b - X_a|^2 = A Z^2 + B Z + C.
+    Returns A, B, C, each (..., P). A is the pair's squared separation in the image (normalised by the focal
+    length): zero for a pair seen along one viewing ray, whose length then says little about Z.
     """
     xp = _xp(uvd)
-    n, m = SCALE_BONE
+    a, b = [int(i) for i in np.asarray(pairs)[:, 0]], [int(i) for i in np.asarray(pairs)[:, 1]]
     ones = xp.ones_like(uvd[..., :1])
     rays = xp.concatenate([uvd[..., :2], ones], -1) @ _transpose(xp.linalg.inv(K))
-    rays = rays / rays[..., 2:3]
-    rel = uvd[..., 2] * DEPTH_RANGE_M  # (..., 21) root-relative depth in metres
-    ray_diff = rays[..., n, :2] - rays[..., m, :2]  # (..., 2)
-    offset = rays[..., n, :2] * rel[..., n:n + 1] - rays[..., m, :2] * rel[..., m:m + 1]  # (..., 2)
-    a = (ray_diff ** 2).sum(-1)
-    b = 2.0 * (ray_diff * offset).sum(-1)
-    c = (offset ** 2).sum(-1) + (rel[..., n] - rel[..., m]) ** 2 - bone_length ** 2
-    disc = xp.clip(b * b - 4.0 * a * c, 0.0, None)
-    return (-b + xp.sqrt(disc)) / (2.0 * a)
+    rays = rays / rays[..., 2:3]                                                       # (..., 21, 3)
+    rel = uvd[..., 2:3] * DEPTH_RANGE_M                                                # (..., 21, 1) metres
+    grows = rays[..., b, :] - rays[..., a, :]                                          # (..., P, 3) per metre of Z
+    offset = rays[..., b, :] * rel[..., b, :] - rays[..., a, :] * rel[..., a, :]       # (..., P, 3) at Z = 0
+    return (grows ** 2).sum(-1), 2.0 * (grows * offset).sum(-1), (offset ** 2).sum(-1)
+
+
+def root_depth_from_bone(uvd, K, bone_length):
+    """Absolute root depth (...,) in metres that gives SCALE_BONE the length ``bone_length`` (...,): one bone.
+
+    Iqbal et al. 2018 (2.5D): |X_n - X_m| = L is the quadratic A Z^2 + B Z + C = L^2 of ``pair_length_terms``;
+    we take its larger root. A negative discriminant (no depth reaches the length) is clamped to zero, which
+    picks the depth where the bone comes closest to its length. Unstable when the bone is seen nearly along
+    the viewing ray (A near 0): ``root_depth_from_bones`` uses every bone.
+    """
+    xp = _xp(uvd)
+    A, B, C = (t[..., 0] for t in pair_length_terms(uvd, K, [SCALE_BONE]))
+    disc = xp.clip(B * B - 4.0 * A * (C - bone_length ** 2), 0.0, None)
+    return (-B + xp.sqrt(disc)) / (2.0 * A)
+
+
+def _pair_lengths(terms, depth):
+    """Pair lengths (N, P) at root depths (N,) and their derivatives in the depth (N, P)."""
+    A, B, C = terms
+    squared = A * depth[:, None] ** 2 + B * depth[:, None] + C
+    length = np.sqrt(np.clip(squared, 1e-12, None))
+    return length, np.where(squared > 1e-12, (A * depth[:, None] + 0.5 * B) / length, 0.0)
+
+
+def root_depth_from_bones(uvd, K, pairs, lengths, weights, bracket, grid=64, steps=10):
+    """Root depth (N,) in metres that gives every joint pair its expected length, and where it is undetermined.
+
+    uvd (N, 21, 3), K (N, 3, 3), pairs (P, 2), lengths and weights (N, P), bracket = (low, high), scalars or (N,),
+    metres; numpy. Minimises over Z in the bracket the weighted least squares of the pairs' lengths
+        E(Z) = sum_p w_p (l_p(Z) - L_p)^2,  l_p(Z) = sqrt(A_p Z^2 + B_p Z + C_p)  (``pair_length_terms``).
+    A pair seen along the viewing ray hardly changes length with Z (dl/dZ near 0), so it hardly moves the
+    minimum, whatever depth its own length alone would give: the case that throws ``root_depth_from_bone``
+    off weighs only by what it says. Solved on a log-spaced grid over the bracket, then Gauss-Newton steps
+    inside it, kept where they lower E: exact when the lengths are. Returns (depth (N,), undetermined (N,) bool:
+    every pair on one viewing ray at that depth, so no depth fits better than another).
+    """
+    terms = pair_length_terms(uvd, K, pairs)
+    low, high = (np.broadcast_to(np.asarray(b, np.float64), lengths.shape[:1]) for b in bracket)
+
+    def energy(depth):                                                                 # (N,)
+        return (weights * (_pair_lengths(terms, depth)[0] - lengths) ** 2).sum(-1)
+
+    candidates = low[:, None] * (high / low)[:, None] ** np.linspace(0.0, 1.0, grid)   # (N, G)
+    energies = np.stack([energy(candidates[:, g]) for g in range(grid)], -1)          # (N, G)
+    coarse = candidates[np.arange(len(low)), energies.argmin(-1)]
+    depth = coarse
+    for _ in range(steps):
+        length, slope = _pair_lengths(terms, depth)
+        curvature = (weights * slope ** 2).sum(-1)
+        step = (weights * (length - lengths) * slope).sum(-1) / np.where(curvature > 0, curvature, 1.0)
+        depth = np.clip(depth - step, low, high)
+    depth = np.where(energy(depth) <= energy(coarse), depth, coarse)
+    undetermined = (terms[0] * depth[:, None] ** 2).max(-1) < 1e-12                # no pair a micrometre across
+    return depth, undetermined
 
 
 def bone_length(xyz, bone=SCALE_BONE):

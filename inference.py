@@ -9,6 +9,7 @@ few at a time (``TTA_IMAGES_PER_FORWARD``), so any N runs at bounded memory.
 import contextlib
 import inspect
 import pickle
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,7 +20,9 @@ import models
 from augment import parse_augs, resolve_options, warp_images
 from checkpoints import build_model, load_checkpoint
 from common import UserError
+from data.joints import BONES, REFERENCE_BONES_MM, bone_lengths
 from data.loader import to_device
+from data.readers import detect_layout, load_split
 from models import prepare_images
 
 
@@ -102,22 +105,102 @@ def predict_loader(model, loader, device, tta=1, amp=False, channels_last=False,
     return result
 
 
-def root_depths(predictions, stats):
-    """(root depth (N,) metres, fell_back (N,) bool). The depth that gives geometry.SCALE_BONE the bone length of
-    *_scale.json where known, else the training set's mean (stats['bone_length_m']). Where no positive depth
-    does (the bone's two joints on one camera ray, as when an untrained model puts every joint at the centre),
-    the training set's mean root depth (stats['root_depth_m']) and fell_back True."""
-    bone = predictions["bone_length"]
-    bone = np.where(np.isnan(bone), stats["bone_length_m"], bone)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        depth = geometry.root_depth_from_bone(predictions["uvd"], predictions["K"], bone)
-    fell_back = ~(np.isfinite(depth) & (depth > 0))
-    return np.where(fell_back, stats["root_depth_m"], depth), fell_back
+# --- camera joints -------------------------------------------------------------------------------------------
+
+SCALE_PAIRS = BONES              # (20, 2) the joint pairs whose expected lengths fix the root depth: every bone
+PREDICTION_NOISE_M = 0.01        # a trained model's error per joint and axis (metres): how far a drawn bone may be off
+REFERENCE_RATIO_SD = 0.1         # spread of a bone's length over the scale bone's, where the training labels gave none
+ROOT_DEPTH_SPAN = 4.0            # root depths searched: the training mean root depth divided or multiplied by this
 
 
-def camera_joints(predictions, stats):
+def bone_ratios(xyz):
+    """Each bone's length over geometry.SCALE_BONE's in hands (N, 21, 3): mean and sd (20,) over the hands, what
+    ``root_depths`` expects of a hand (a checkpoint's stats['bone_ratio_mean'], stats['bone_ratio_sd'])."""
+    ratios = bone_lengths(xyz) / geometry.bone_length(xyz)[:, None]                 # (N, 20)
+    return ratios.mean(0), ratios.std(0)
+
+
+def expected_bones(stats, scale, calibration=None):
+    """Expected bone lengths and least-squares weights (N, 20) of hands whose scale bone is ``scale`` (N,) metres.
+
+    Lengths: the training labels' ratios to the scale bone (stats), else the reference hand's
+    (data.joints.REFERENCE_BONES_MM, spread REFERENCE_RATIO_SD). A bone weighs by how sure its length is: its
+    spread in the training hands and a model's error at either end (PREDICTION_NOISE_M). With a ``calibration``
+    (``bone_calibration``: factor, spread (20,)) the lengths are those the model draws, and the weights follow
+    how steadily it draws them.
+    """
+    if "bone_ratio_mean" in stats:
+        mean, sd = np.asarray(stats["bone_ratio_mean"]), np.asarray(stats["bone_ratio_sd"])
+    else:
+        scale_row = [tuple(pair) for pair in SCALE_PAIRS.tolist()].index(geometry.SCALE_BONE)
+        mean = REFERENCE_BONES_MM / REFERENCE_BONES_MM[scale_row]
+        sd = np.where(np.arange(len(mean)) == scale_row, 0.0, REFERENCE_RATIO_SD)
+    lengths = scale[:, None] * mean                                                  # (N, 20) metres
+    if calibration is None:
+        return lengths, 1.0 / ((scale[:, None] * sd) ** 2 + 2.0 * PREDICTION_NOISE_M ** 2)
+    factor, spread = calibration
+    return lengths * factor, 1.0 / (lengths * np.maximum(spread, 1e-3)) ** 2
+
+
+def scale_bones(predictions, stats):
+    """Length (N,) metres of each hand's scale bone: *_scale.json where known, else the training mean."""
+    return np.where(np.isnan(predictions["bone_length"]), stats["bone_length_m"], predictions["bone_length"])
+
+
+def bone_calibration(predictions, stats):
+    """How a model draws each bone, measured on labelled predictions (``predict_loader``'s dict, with xyz): factor
+    and spread (20,), the median and robust spread (1.4826 MAD) over the hands of each predicted bone's length at
+    the true root depth over the length ``expected_bones`` expects. Read-outs that average (soft-argmax, TTA) draw
+    the fingers short, the distal bones most, which alone would put every hand too far away."""
+    truth = predictions["xyz"]
+    drawn = geometry.uvd_to_xyz(predictions["uvd"], predictions["K"], truth[:, geometry.ROOT_JOINT, 2])
+    ratio = bone_lengths(drawn) / expected_bones(stats, scale_bones(predictions, stats))[0]   # (N, 20)
+    factor = np.median(ratio, 0)
+    return factor, 1.4826 * np.median(np.abs(ratio - factor), 0)
+
+
+def validation_calibration(run_dir, config, stats):
+    """(``bone_calibration`` of a run's validation predictions, its val_pred.npz written with best.pt, against the
+    labels of the data it trained on, or None; a line saying which)."""
+    path, root = Path(run_dir) / "val_pred.npz", config.get("data_root")
+    if not path.is_file() or not root or detect_layout(root) is None:
+        missing = path if not path.is_file() else f"its training data {root}"
+        return None, f"bone lengths as the training labels have them ({missing} not found to calibrate them)"
+    with np.load(path) as saved:
+        xyz, ids = saved["xyz"], saved["ids"]
+    try:
+        split = load_split(root, "val", config.get("folds", 0), config.get("fold", 0))
+    except UserError as err:
+        return None, f"bone lengths as the training labels have them (no validation labels: {err})"
+    rows = {image_id: row for row, image_id in enumerate(split.image_ids)}
+    if not split.labelled or any(int(i) not in rows for i in ids):
+        return None, f"bone lengths as the training labels have them ({path} does not match the val split of {root})"
+    rows = np.array([rows[int(i)] for i in ids])
+    K = split.K[rows]
+    scale = np.full(len(rows), np.nan) if split.scale is None else split.scale[rows]
+    labelled = {"uvd": geometry.xyz_to_uvd(xyz, K), "K": K, "bone_length": scale, "xyz": split.xyz[rows]}
+    line = f"bone lengths as this model draws them ({len(rows)} validation images of {path})"
+    return bone_calibration(labelled, stats), line
+
+
+def root_depths(predictions, stats, calibration=None):
+    """(root depth (N,) metres, fell_back (N,) bool). The depth at which every predicted bone comes closest to its
+    expected length (``expected_bones``; geometry.root_depth_from_bones) for hands whose scale bone has the length
+    of *_scale.json where known, else the training set's mean (stats['bone_length_m']), searched within
+    ROOT_DEPTH_SPAN of the training mean root depth (stats['root_depth_m']). Where no depth is better than another
+    (every joint on one camera ray, as when an untrained model puts them all at the centre), that mean, and
+    fell_back True."""
+    lengths, weights = expected_bones(stats, scale_bones(predictions, stats), calibration)
+    mean_depth = stats["root_depth_m"]
+    bracket = (mean_depth / ROOT_DEPTH_SPAN, mean_depth * ROOT_DEPTH_SPAN)
+    depth, fell_back = geometry.root_depth_from_bones(predictions["uvd"], predictions["K"], SCALE_PAIRS, lengths,
+                                                      weights, bracket)
+    return np.where(fell_back, mean_depth, depth), fell_back
+
+
+def camera_joints(predictions, stats, calibration=None):
     """xyz (N, 21, 3) metres from predicted uvd, the root depth from ``root_depths``."""
-    depth, _ = root_depths(predictions, stats)
+    depth, _ = root_depths(predictions, stats, calibration)
     return geometry.uvd_to_xyz(predictions["uvd"], predictions["K"], depth)
 
 

@@ -3,6 +3,10 @@
 Alignment (FreiHAND's ``align_w_scale``): centre both sets, scale each to unit Frobenius norm, fit the
 orthogonal Procrustes rotation (with reflections, as FreiHAND's code; the MP21 scorer corrects reflections:
 ``allow_reflection=False``) and its scale, and map the prediction onto the ground truth.
+
+Unaligned (camera space): the joints as predicted, root depth included. FreiHAND's scorer (its eval.py) writes
+the mean over joints of the per-joint mean Euclidean distance, in cm, as ``xyz_mean3d``; with every joint
+scored, that is ``camera_mpjpe_mm`` / 10.
 """
 import numpy as np
 
@@ -10,6 +14,8 @@ from geometry import ROOT_JOINT
 
 AUC_THRESHOLDS_MM = np.linspace(0.0, 50.0, 100)
 F_THRESHOLDS_MM = (5.0, 15.0)
+ROOT_OFF_MM = 100.0  # a hand whose root is further than this from the truth in camera space counts as misplaced
+ROOT_OFF_KEY = f"root_over_{ROOT_OFF_MM / 10:g}cm"  # its share of the hands, in evaluate()'s result
 
 
 def procrustes_align(pred, gt, allow_reflection=True):
@@ -45,6 +51,16 @@ def root_relative_mpjpe(pred, gt, root=ROOT_JOINT):
     """Mean per-joint error (N,) after moving both roots to the origin (no rotation or scale)."""
     pred, gt = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
     return joint_errors(pred - pred[:, root:root + 1], gt - gt[:, root:root + 1]).mean(1)
+
+
+def camera_scores(pred_mm, gt_mm, root=ROOT_JOINT):
+    """Unaligned figures of predictions and ground truth (N, 21, 3) in mm: mean per-joint camera-space error,
+    its AUC over 0-50 mm, the share of hands whose root is more than ROOT_OFF_MM off and the largest root depth
+    error."""
+    errors = joint_errors(pred_mm, gt_mm)                                    # (N, J)
+    return {"camera_mpjpe_mm": float(errors.mean()), "camera_auc_0_50mm": pck_auc(errors),
+            ROOT_OFF_KEY: float((errors[:, root] > ROOT_OFF_MM).mean()),
+            "root_depth_error_max_mm": float(np.abs(pred_mm[:, root, 2] - gt_mm[:, root, 2]).max())}
 
 
 def pck_auc(errors_mm, thresholds=AUC_THRESHOLDS_MM):
@@ -113,5 +129,6 @@ def evaluate(pred, gt, allow_reflection=True):
         "auc_0_50mm": pck_auc(errors),
         **{f"f@{t:g}mm": float(f_score(aligned, gt_mm, t).mean()) for t in F_THRESHOLDS_MM},
         "mpjpe_mm": float(root_relative_mpjpe(pred_mm, gt_mm).mean()),
+        **camera_scores(pred_mm, gt_mm),
     }
     return result

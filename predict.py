@@ -31,10 +31,13 @@ Policies
   trained on (--tta-range; evenly over 360 degrees, 0 first, when it rotated by up to 180 or not at all), run a
   few at a time so any N fits in memory; each prediction's u, v is mapped back by the inverse affine, then u, v,
   d are averaged and converted to camera xyz (inference.py).
-* Root depth: from the known bone scale where the split has *_scale.json, else from the checkpoint's training
-  mean bone length (stats['bone_length_m']); the run prints which. Where the bone gives no depth (its two joints
-  predicted on one camera ray: in practice only an untrained model), the training mean root depth
-  (stats['root_depth_m']), with a warning.
+* Root depth: the depth at which all 20 predicted bones come closest to their expected lengths (one weighted
+  least-squares problem, inference.root_depths), scaled by the known bone of *_scale.json where the split has
+  it, else by the checkpoint's training mean bone length (stats['bone_length_m']); the lengths are those the model
+  draws, measured on its run's validation predictions (val_pred.npz) where that file and the training data are
+  there; the run prints which. Where no depth fits better than another (every joint predicted on one camera
+  ray: in practice only an untrained model), the training mean root depth (stats['root_depth_m']), with a
+  warning.
 * AMP on CUDA (bf16 where supported, else fp16) and channels_last, as the checkpoint's config says (both on by
   default); --no-amp predicts in fp32. The CPU always runs fp32.
 * Files are validated (count, unique ids, shape (N, 21, 3), finite) before anything is written, and each is
@@ -58,7 +61,8 @@ from data.cache import make_dataset
 from data.loader import make_loader
 from data.readers import detect_layout, load_split, submission_split
 from checkpoints import newest_checkpoint
-from inference import load_model, predict_loader, read_checkpoint, root_depths, training_rotation
+from inference import (load_model, predict_loader, read_checkpoint, root_depths, training_rotation,
+                       validation_calibration)
 from pictures import save_pictures
 from submission import (MP21_ORDER, check_file, output_prefix, report_scores, resolve_format, shown, write_outputs,
                         written_line)
@@ -81,9 +85,9 @@ def resolve_root(data_root, config, announce=print):
 def root_depth_source(split, stats):
     """One line saying where the root depth comes from."""
     if split.scale is not None:
-        return f"root depth from the known bone scale (*_scale.json of the {split.name} split)"
-    return (f"root depth from the checkpoint's training mean bone length ({stats['bone_length_m'] * 1000:.2f} mm): "
-            f"the {split.name} split has no *_scale.json")
+        return f"root depth from every bone and the known bone scale (*_scale.json of the {split.name} split)"
+    return (f"root depth from every bone and the checkpoint's training mean bone length "
+            f"({stats['bone_length_m'] * 1000:.2f} mm): the {split.name} split has no *_scale.json")
 
 
 # --- the command line ----------------------------------------------------------------------------------------
@@ -154,14 +158,16 @@ def main(argv=None):
     split = load_split(root, args.split or submission_split(detect_layout(root)))
     fmt, joint_order = resolve_format(args.format, args.joint_order, split.layout)
     prefix = output_prefix(args.out, f"{ckpt.resolve().parent.name}_{split.name}_tta{args.tta}")
-    print(f"data: the {split.name} split of {shown(root)} ({split.layout} layout); {root_depth_source(split, stats)}")
+    calibration, drawn = validation_calibration(ckpt.resolve().parent, config, stats)
+    print(f"data: the {split.name} split of {shown(root)} ({split.layout} layout); {root_depth_source(split, stats)}, "
+          f"{drawn}")
 
     predictions = predict_split(model, split, config, args, resolve_device(args.device))
-    depth, fell_back = root_depths(predictions, stats)
+    depth, fell_back = root_depths(predictions, stats, calibration)
     xyz = geometry.uvd_to_xyz(predictions["uvd"], predictions["K"], depth)
     if fell_back.any():
-        print(f"warning: {fell_back.sum()} of {len(xyz)} predictions put both joints of the scale bone on one camera "
-              f"ray (an untrained model?); their root depth is the training mean, {stats['root_depth_m']:.3f} m")
+        print(f"warning: {fell_back.sum()} of {len(xyz)} predictions put every joint on one camera ray (an untrained "
+              f"model?); their root depth is the training mean, {stats['root_depth_m']:.3f} m")
     record = {"xyz": xyz, "ids": predictions["ids"], "split": split.name, "layout": split.layout,
               "data_root": str(Path(root).resolve()), "arch": config["arch"], "ckpt": str(ckpt.resolve()),
               "run_dir": str(ckpt.resolve().parent), "tta": args.tta, "bone_length_m": stats["bone_length_m"],

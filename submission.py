@@ -412,7 +412,8 @@ def check_file(path, data_root=None, split_name=None, joint_order=None):
 # --- local scoring ------------------------------------------------------------------------------------------
 
 METRIC_COLUMNS = {"pa_mpjpe_mm": "PA-MPJPE mm", "auc_0_50mm": "AUC 0-50mm", "f@5mm": "F@5mm",
-                  "f@15mm": "F@15mm", "mpjpe_mm": "root-rel. MPJPE mm", "of_constant_shape": "of constant shape"}
+                  "f@15mm": "F@15mm", "mpjpe_mm": "root-rel. MPJPE mm", "of_constant_shape": "of constant shape",
+                  "camera_mpjpe_mm": "camera MPJPE mm", metrics.ROOT_OFF_KEY: f"root >{metrics.ROOT_OFF_MM / 10:g}cm"}
 VARIANTS = {"reflections_allowed": "reflections allowed (FreiHAND)",
             "reflections_corrected": "reflections corrected (MP21)"}
 

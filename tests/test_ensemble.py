@@ -97,7 +97,7 @@ def test_cli_ensemble_scores_no_worse_than_its_members_and_writes_predicts_files
     assert report["name"] == "pair" and report["weights_source"] == "equal"
     assert report["members"] == [str(a), str(b)]
     assert submission.read_freihand_zip(tmp_path / "ens.zip")[0].shape == (20, 21, 3)
-    assert "constant-shape baseline" in out
+    assert "constant-shape baseline" in out and "camera MPJPE mm" in out and "root >10cm" in out
 
 
 def test_given_weights_are_normalised_and_recorded(evaluation_members, tmp_path, capsys):

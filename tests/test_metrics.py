@@ -62,6 +62,37 @@ def test_evaluate_hand_computed_values():
     assert result["f@5mm"] == 1.0 and result["auc_0_50mm"] > 0.99  # 0 mm threshold misses rounding
 
 
+def freihand_unaligned(gt, pred):
+    """FreiHAND's scorer on camera-space joints, not aligned (its EvalUtil, written out independently): each
+    joint's errors collected over the samples, each joint's mean and PCK curve over 0-5 cm (100 thresholds),
+    then the mean over joints; ``xyz_mean3d`` in cm as in its scores file, and ``xyz_auc3d``."""
+    per_joint = [[np.linalg.norm(g[j] - p[j]) for g, p in zip(gt, pred)] for j in range(gt.shape[1])]
+    thresholds = np.linspace(0.0, 0.05, 100)
+    norm = np.trapezoid(np.ones_like(thresholds), thresholds)
+    aucs = [np.trapezoid([np.mean(np.array(e) <= t) for t in thresholds], thresholds) / norm for e in per_joint]
+    return np.mean([np.mean(e) for e in per_joint]) * 100.0, np.mean(aucs)
+
+
+def test_camera_space_figures_are_freihands_unaligned_ones(poses):
+    pred, gt = poses
+    pred = pred + np.random.default_rng(4).normal(0.0, 0.02, (len(pred), 1, 3))   # each hand moved a little
+    mean3d_cm, auc3d = freihand_unaligned(gt, pred)
+    result = metrics.evaluate(pred, gt)
+    assert result["camera_mpjpe_mm"] == pytest.approx(mean3d_cm * 10.0, rel=1e-9)
+    assert result["camera_auc_0_50mm"] == pytest.approx(auc3d, abs=1e-9)
+
+
+def test_camera_space_figures_see_what_alignment_removes(poses):
+    """Half the hands 5 cm too far, half 15 cm: aligned and root-relative figures do not see it, the camera-space
+    error is their mean, and half the roots are more than 10 cm off."""
+    _, gt = poses
+    pred = gt + np.where(np.arange(len(gt)) % 2, 0.05, 0.15)[:, None, None] * [0.0, 0.0, 1.0]
+    result = metrics.evaluate(pred, gt)
+    assert result["pa_mpjpe_mm"] == pytest.approx(0, abs=1e-6) and result["mpjpe_mm"] == pytest.approx(0, abs=1e-9)
+    assert result["camera_mpjpe_mm"] == pytest.approx(100.0)
+    assert result[metrics.ROOT_OFF_KEY] == 0.5 and result["root_depth_error_max_mm"] == pytest.approx(150.0)
+
+
 def test_auc_and_f_score_by_hand():
     errors = np.array([0.0, 25.0, 60.0])  # mm
     # PCK is 1/3 up to 25 mm (exclusive), 2/3 from 25 to 50 mm; trapezoid over the 100-point grid

@@ -508,9 +508,12 @@ def test_scores_offer_both_reflection_variants_and_the_constant_shape_baseline(t
     assert corrected["of_constant_shape"] == pytest.approx(
         corrected["pa_mpjpe_mm"] / corrected["constant_shape_pa_mpjpe_mm"])
     assert scores["tta"] == 1 and scores["n"] == 6
+    # unaligned, camera space: the mirror moves every joint by twice its x; no alignment undoes that
+    camera = np.linalg.norm(mirrored - gt, axis=-1).mean() * 1000.0
+    assert allowed["camera_mpjpe_mm"] == corrected["camera_mpjpe_mm"] == pytest.approx(camera)
     table = capsys.readouterr().out
     for label in ("PA-MPJPE mm", "AUC 0-50mm", "F@5mm", "F@15mm", "root-rel. MPJPE mm", "of constant shape",
-                  "constant-shape baseline", "reflections corrected (MP21)"):
+                  "constant-shape baseline", "reflections corrected (MP21)", "camera MPJPE mm", "root >10cm"):
         assert label in table
 
 
@@ -529,7 +532,7 @@ def test_predict_runs_on_a_checkpoint_of_every_arch(arch, markers, tmp_path, cap
     assert submission.read_freihand_zip(tmp_path / "sub.zip")[0].shape == (3, 21, 3)
     scores = json.loads((tmp_path / "sub.metrics.json").read_text())
     assert np.isfinite(scores["reflections_allowed"]["pa_mpjpe_mm"])
-    assert "root depth from the known bone scale" in out and str(ckpt.name) in out
+    assert "root depth from every bone and the known bone scale" in out and str(ckpt.name) in out
     if viz:
         pictures = sorted((tmp_path / "sub_viz").glob("*.png"))
         assert [p.name for p in pictures] == ["0000.png", "0002.png"]
@@ -612,14 +615,17 @@ def test_non_finite_predictions_write_no_upload(ghost_ckpt, tmp_path, monkeypatc
     assert list(tmp_path.iterdir()) == []
 
 
-def test_root_depth_falls_back_where_the_bone_gives_none():
-    """Every joint at the input's centre (an untrained effb0_1d): no depth gives the scale bone its length, so the
-    root depth is the training mean and the xyz stay finite; a real hand keeps its recovered depth."""
+def test_root_depth_falls_back_where_the_bones_give_none():
+    """Every joint at the input's centre (an untrained effb0_1d): no depth fits the bones better than another, so
+    the root depth is the training mean and the xyz stay finite; a hand whose bones have the lengths the stats
+    expect keeps its exact depth."""
     K = np.array([[[500.0, 0, 32], [0, 500, 32], [0, 0, 1]]] * 2)
     hand = random_hands(1, seed=4)[0]
     uvd = np.stack([np.tile([31.5, 31.5, 0.0], (21, 1)), geometry.xyz_to_uvd(hand, K[1])])
     predictions = {"uvd": uvd, "K": K, "bone_length": np.array([np.nan, geometry.bone_length(hand)])}
-    stats = {"bone_length_m": 0.03, "root_depth_m": 0.55}
+    mean, sd = inference.bone_ratios(hand[None])
+    stats = {"bone_length_m": 0.03, "root_depth_m": 0.55, "bone_ratio_mean": mean.tolist(),
+             "bone_ratio_sd": sd.tolist()}
     depth, fell_back = inference.root_depths(predictions, stats)
     assert list(fell_back) == [True, False]
     assert depth[0] == 0.55
@@ -627,6 +633,48 @@ def test_root_depth_falls_back_where_the_bone_gives_none():
     xyz = inference.camera_joints(predictions, stats)
     assert np.isfinite(xyz).all()
     np.testing.assert_allclose(xyz[1], hand, atol=1e-9)
+
+
+def drawn_short(xyz):
+    """Hands (N, 21, 3) as a model that draws every fingertip halfway to its DIP joint predicts them."""
+    drawn = xyz.copy()
+    drawn[:, 4::4] = (xyz[:, 4::4] + xyz[:, 3::4]) / 2
+    return drawn
+
+
+def test_calibration_takes_out_the_lengths_a_model_draws_short():
+    """Fingertips drawn at half their length push every hand away; the factors measured on labelled validation
+    hands (half for the five distal bones, one elsewhere) bring the others' depths back."""
+    from tests.hands import synthetic_hands
+    val, val_K = synthetic_hands(60, seed=11)
+    test, test_K = synthetic_hands(60, seed=12)
+    mean, sd = inference.bone_ratios(val)
+    stats = {"bone_length_m": 0.04, "root_depth_m": 0.7, "bone_ratio_mean": mean.tolist(), "bone_ratio_sd": sd.tolist()}
+    labelled = {"uvd": geometry.xyz_to_uvd(drawn_short(val), val_K), "K": val_K,
+                "bone_length": geometry.bone_length(val), "xyz": val}
+    calibration = inference.bone_calibration(labelled, stats)
+    np.testing.assert_allclose(calibration[0][3::4] / np.median(calibration[0][[0, 1, 2, 5, 6, 9, 10]]), 0.5,
+                               atol=0.05)
+    predictions = {"uvd": geometry.xyz_to_uvd(drawn_short(test), test_K), "K": test_K,
+                   "bone_length": geometry.bone_length(test)}
+    truth = test[:, geometry.ROOT_JOINT, 2]
+    plain = np.abs(inference.root_depths(predictions, stats)[0] - truth)
+    calibrated = np.abs(inference.root_depths(predictions, stats, calibration)[0] - truth)
+    assert np.median(plain) > 0.03 and np.median(calibrated) < 0.01 and calibrated.max() < 0.1
+
+
+def test_calibration_needs_the_runs_validation_predictions_and_their_labels(markers, tmp_path):
+    stats = train.training_stats(load_split(markers, "train"))
+    config = {"data_root": str(markers)}
+    calibration, line = inference.validation_calibration(tmp_path, config, stats)
+    assert calibration is None and "val_pred.npz not found" in line
+    val = load_split(markers, "val")
+    np.savez(tmp_path / "val_pred.npz", xyz=val.xyz, ids=val.image_ids, split="val")
+    calibration, line = inference.validation_calibration(tmp_path, config, stats)
+    assert "validation images" in line and calibration[0].shape == (20,)
+    np.savez(tmp_path / "val_pred.npz", xyz=val.xyz, ids=val.image_ids + 10_000, split="val")
+    calibration, line = inference.validation_calibration(tmp_path, config, stats)
+    assert calibration is None and "does not match the val split" in line
 
 
 def test_channels_last_path_gives_the_same_prediction():
