@@ -4,8 +4,11 @@ A checkpoint is a dict: ``model`` (state dict), ``config`` (the run's resolved c
 options, ...), ``epoch`` (epochs completed), ``history`` (one dict per completed epoch, the rows of log.csv),
 ``stats`` (facts about the training data the predictions need, e.g. the mean bone length and the constant
 shape), and, in ``last.pt``, the optimizer, scheduler, scaler and EMA states that ``--resume`` restores (RNG
-streams are re-seeded from the seed and the epoch instead). ``model`` is the evaluated weights (the EMA when the
-run keeps one) in ``best.pt`` and the raw trained weights in ``last.pt``.
+streams are re-seeded from the seed and the epoch at each epoch's start). A ``last.pt`` written inside an epoch (a
+stop signal, ``checkpoint_minutes``) also holds ``position``: ``runstate.EpochPosition.to_dict()``, the place in
+that epoch and every process's random streams. ``model`` is the evaluated weights (the EMA when the run keeps one)
+in ``best.pt`` and the raw trained weights in ``last.pt``. The weights of the best epochs kept for averaging are in
+``topk.pt`` (written at epoch ends only, so a state inside an epoch agrees with it).
 """
 import io
 import pickle

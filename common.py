@@ -1,13 +1,16 @@
 """Shared by every module: project paths, the error types and the command-line error boundary (`cli`), the one
-atomic writer, and the writability checks made before any work starts."""
+atomic writer, the writability checks made before any work starts, and progress bars."""
 import contextlib
 import functools
 import os
 import shutil
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 DEFAULT_DATA_ROOT = PROJECT_ROOT / "data" / "freihand"   # where a downloaded dataset goes (git-ignored)
@@ -25,10 +28,21 @@ class UserError(Exception):
 
 
 class Interrupted(Exception):
-    """Ctrl-C, re-raised with what was kept and how to go on; scripts print it as one line and exit 130."""
+    """Ctrl-C or SIGTERM, re-raised with what was kept and how to go on; scripts print it as one line (none when
+    the message is empty: the other processes of a DDP run) and exit with ``status``: 130 after SIGINT, 143 after
+    SIGTERM."""
+
+    def __init__(self, message, status=130):
+        super().__init__(message)
+        self.status = status
 
 
-EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, torchrun, a notebook's end) arriving where a script does not stop cleanly by itself:
+    handled wherever Ctrl-C is, and the script exits 143."""
+
+
+EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 128 + signal.SIGINT, 128 + signal.SIGTERM
 
 
 def os_error_line(err):
@@ -48,25 +62,80 @@ def one_line(err):
 
 def cli(main):
     """The error boundary of every script: run ``main`` and turn a UserError, or an OSError on a path (a full
-    disk, a read-only folder), into one line on stderr and exit status 2, and Ctrl-C into one line and exit
-    status 130, without a traceback."""
+    disk, a read-only folder), into one line on stderr and exit status 2, and Ctrl-C (SIGINT) or SIGTERM into one
+    line and exit status 130 or 143, without a traceback."""
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
-        try:
-            return main(*args, **kwargs)
-        except UserError as err:
-            print(f"error: {one_line(err)}", file=sys.stderr)
-            sys.exit(EXIT_USER_ERROR)
-        except OSError as err:
-            print(f"error: {os_error_line(err)}", file=sys.stderr)
-            sys.exit(EXIT_USER_ERROR)
-        except Interrupted as err:
-            print(f"interrupted: {err}", file=sys.stderr)
-            sys.exit(EXIT_INTERRUPTED)
-        except KeyboardInterrupt:
-            print("interrupted (Ctrl-C); nothing was written after the last message above", file=sys.stderr)
-            sys.exit(EXIT_INTERRUPTED)
+        with stop_signals_restored():
+            try:
+                with terminate_as_exception():
+                    return main(*args, **kwargs)
+            except UserError as err:
+                print(f"error: {one_line(err)}", file=sys.stderr)
+                sys.exit(EXIT_USER_ERROR)
+            except OSError as err:
+                print(f"error: {os_error_line(err)}", file=sys.stderr)
+                sys.exit(EXIT_USER_ERROR)
+            except Interrupted as err:
+                ignore_stop_signals()  # on the way out: under torchrun the other ranks' ends signal this one again
+                if str(err):
+                    print(f"interrupted: {err}", file=sys.stderr)
+                sys.exit(err.status)
+            except KeyboardInterrupt as err:
+                ignore_stop_signals()
+                by = "SIGTERM" if isinstance(err, Terminated) else "Ctrl-C"
+                print(f"interrupted ({by}); nothing was written after the last message above", file=sys.stderr)
+                sys.exit(EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED)
     return wrapper
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _in_main_thread():
+    return threading.current_thread() is threading.main_thread()  # only it may set signal handlers
+
+
+def ignore_stop_signals():
+    """SIGINT and SIGTERM do nothing from now on (a process on its way out, a loader worker that its parent stops)."""
+    if _in_main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def stop_signals_restored():
+    """The SIGINT and SIGTERM handlers as they were before the block, whatever it set."""
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS} if _in_main_thread() else {}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            if handler is not None:  # None: set outside Python, cannot be set back from here
+                signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def terminate_as_exception():
+    """SIGTERM raises ``Terminated`` in this process while the block runs (in the main thread only; a forked child,
+    such as a pool worker, still dies of it as by default)."""
+    if not _in_main_thread():
+        yield
+        return
+    owner = os.getpid()
+
+    def raise_terminated(signum, frame):
+        if os.getpid() != owner:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def check_minimums(args, minimums):
@@ -154,3 +223,33 @@ def resolve_device(name):
     if name != "cpu" and not name.startswith("cuda"):
         raise UserError(f"--device {name!r}: choose auto, cpu or cuda")
     return torch.device(name)
+
+
+PROGRESS_LOG_SECONDS = 60.0  # without a terminal (a log file): at most one progress line this often
+
+
+class _PlainLines:
+    """tqdm's output for a log file: each redraw becomes one plain line, without carriage returns."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        text = text.replace("\r", "").rstrip()
+        if text:
+            self.stream.write(text + "\n")
+
+    def flush(self):
+        self.stream.flush()
+
+
+def progress(iterable=None, desc="", total=None, unit="it", enabled=True, **kwargs):
+    """A progress bar on stderr for a step that can take more than a few seconds. On a terminal, tqdm's live bar,
+    cleared when done. Otherwise (a log file) quiet for steps shorter than PROGRESS_LOG_SECONDS, then one plain
+    line that often (done, total, rate, time left) and a last one at the end. ``enabled`` False: no output."""
+    if sys.stderr.isatty():
+        return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, dynamic_ncols=True, mininterval=1,
+                    disable=not enabled, **kwargs)
+    return tqdm(iterable, desc=desc, total=total, unit=unit, leave=True, file=_PlainLines(sys.stderr), ncols=100,
+                ascii=True, mininterval=PROGRESS_LOG_SECONDS, maxinterval=PROGRESS_LOG_SECONDS,
+                delay=PROGRESS_LOG_SECONDS, disable=not enabled, **kwargs)

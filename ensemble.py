@@ -37,7 +37,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 import metrics
-from common import SUBMISSIONS_ROOT, UserError, atomic_write, cli
+from common import SUBMISSIONS_ROOT, UserError, atomic_write, cli, progress
 from data import resolve_data_root
 from data.joints import detect_order
 from data.readers import detect_layout, load_all_training, load_split
@@ -115,7 +115,8 @@ def validation_files(record, path, explicit=None):
     return files
 
 
-RUN_ONLY_KEYS = ("fold", "device", "workers")  # config keys that differ between the runs of one fold set
+RUN_ONLY_KEYS = ("fold", "device", "workers", "checkpoint_minutes", "cache")  # config keys that may differ
+# between the runs of one fold set
 
 
 def fold_set(run_dir):
@@ -193,8 +194,12 @@ def fit_weights(xyz_stack, gt):
     """Non-negative weights (M,) summing to 1 with the lowest validation PA-MPJPE found: Nelder-Mead on softmax
     logits from equal weights, compared with equal weights and each single member (deterministic)."""
     count = len(xyz_stack)
-    result = minimize(lambda logits: val_error(xyz_stack, gt, softmax(logits)), np.zeros(count),
-                      method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-6, "maxiter": 200 * count})
+    with progress(desc=f"fitting weights on {len(gt)} validation predictions", unit="trial") as bar:
+        def error_of(logits):
+            bar.update()
+            return val_error(xyz_stack, gt, softmax(logits))
+        result = minimize(error_of, np.zeros(count), method="Nelder-Mead",
+                          options={"xatol": 1e-4, "fatol": 1e-6, "maxiter": 200 * count})
     candidates = [np.full(count, 1.0 / count), softmax(result.x), *np.eye(count)]
     errors = [val_error(xyz_stack, gt, w) for w in candidates]
     return candidates[int(np.argmin(errors))]

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import geometry
 import models
 from augment import parse_augs, resolve_options, warp_images
 from checkpoints import build_model, load_checkpoint
-from common import UserError
+from common import UserError, progress
 from data.joints import BONES, REFERENCE_BONES_MM, bone_lengths
 from data.loader import to_device
 from data.readers import detect_layout, load_split
@@ -94,7 +93,7 @@ def predict_loader(model, loader, device, tta=1, amp=False, channels_last=False,
     xyz (N, 21, 3) ground truth when the split is labelled, else None."""
     model.eval()
     outputs = {"uvd": [], "K": [], "ids": [], "bone_length": [], "xyz": []}
-    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+    for batch in progress(loader, desc=desc, unit="batch"):
         batch = to_device(batch, device)
         outputs["uvd"].append(predict_batch(model, batch["image"], tta, amp, channels_last, max_deg).cpu())
         for key, name in (("K", "K"), ("ids", "id"), ("bone_length", "bone_length"), ("xyz", "xyz")):

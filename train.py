@@ -34,12 +34,14 @@ import models
 import optimization
 import recipes
 import runlog
+import runstate
 from checkpoints import average_state_dicts, load_checkpoint, newest_checkpoint, save_checkpoint
-from common import (RUNS_ROOT, SYNTHETIC_ROOT, Interrupted, UserError, atomic_write, check_writable, cli,
-                    ensure_writable_folder, remove_stale_temps, resolve_device)
+from common import (EXIT_INTERRUPTED, EXIT_TERMINATED, RUNS_ROOT, SYNTHETIC_ROOT, Interrupted, Terminated, UserError,
+                    atomic_write, check_writable, cli, ensure_writable_folder, progress, remove_stale_temps,
+                    resolve_device)
 from data import resolve_data_root
 from data.cache import make_dataset
-from data.loader import make_loader, to_device
+from data.loader import make_loader, shut_down, to_device
 from data.readers import load_split
 from models.losses import split_weights
 from engine import forward_loss, optimizer_step
@@ -55,8 +57,10 @@ SHORT_RUN_NOTE = ("; this was the short check that everything runs, too short to
                   "(README, Measured figures)")
 CLI_KEYS = ("data_root", "epochs", "batch_size", "img_size", "lr", "pretrained", "device", "seed", "augs",
             "backgrounds", "workers", "folds", "fold")
-RESUMABLE_OVERRIDES = ("device", "workers", "lr")   # what --resume may change: where it runs, and the lr
-RESUMABLE_SET_KEYS = ("grad_clip",)                  # (scaled with its schedule) and clipping, after a NaN loss
+RESUMABLE_OVERRIDES = ("device", "workers", "lr")   # what --resume may change: where it runs, the lr (scaled with
+# its schedule) and clipping (after a NaN loss), how often a mid-epoch last.pt is written, and whether the images
+# come from the decoded cache (the same pixels as the JPEGs)
+RESUMABLE_SET_KEYS = ("grad_clip", "checkpoint_minutes", "cache")
 LOCK_FILE = ".lock"
 
 
@@ -164,12 +168,15 @@ def resolve_config(args):
 
 
 def resume_config(args, folder):
-    """(last.pt's state, its config with the overrides --resume allows) for continuing the run in ``folder``."""
+    """(last.pt's state, its config with the changes --resume allows) for continuing the run in ``folder``. The
+    run's original command line is accepted as it was typed: a value equal to the saved one is no change."""
     if not (folder / "last.pt").is_file():
         raise UserError(f"{folder} holds no last.pt to resume (no epoch of it finished); start it again without "
                         f"--resume: python train.py --out {folder} --arch ARCH ...")
     state = load_checkpoint(folder / "last.pt")
     config = copy.deepcopy(state["config"])
+    for key in RESUMABLE_SET_KEYS:  # keys newer than the run; none of them changes its course
+        config.setdefault(key, recipes.DEFAULTS[key])
     missing = sorted(set(recipes.DEFAULTS) - set(config))
     if missing:
         raise UserError(f"{folder / 'last.pt'} was written by an older train.py (its config lacks "
@@ -177,19 +184,72 @@ def resume_config(args, folder):
     if args.arch and args.arch != config["arch"]:
         raise UserError(f"{folder} is a run of {config['arch']}, not --arch {args.arch}; resume it without --arch, "
                         f"or start a new {args.arch} run with another --out")
-    fixed = [k for k in CLI_KEYS if k not in RESUMABLE_OVERRIDES and getattr(args, k) is not None]
-    sets = parse_sets(args.set)
-    bad_sets = [key for key, _ in sets if key not in RESUMABLE_SET_KEYS]
-    if fixed or bad_sets or args.recipe:
-        changed = [f"--{k.replace('_', '-')}" for k in fixed] + [f"--set {k}" for k in bad_sets]
-        raise UserError(f"--resume continues {folder} with its saved config (its schedule included); only "
-                        f"--{', --'.join(RESUMABLE_OVERRIDES)} and --set {', '.join(RESUMABLE_SET_KEYS)} may "
-                        f"change; start a new run to change {', '.join(changed) or 'the recipe'}")
-    config.update({k: getattr(args, k) for k in RESUMABLE_OVERRIDES if getattr(args, k) is not None})
-    for key, value in sets:
+    changes = command_line_changes(args, config)
+    fixed = [change for change in changes if change[1] not in RESUMABLE_OVERRIDES + RESUMABLE_SET_KEYS]
+    if fixed:
+        shown = "; ".join(f"{option} was {json.dumps(saved)}, given {json.dumps(given)}"
+                          for option, _, saved, given in fixed)
+        raise UserError(f"--resume continues {folder} with its saved config (its schedule included), but {shown}; "
+                        f"only --{', --'.join(RESUMABLE_OVERRIDES)} and --set {', '.join(RESUMABLE_SET_KEYS)} may "
+                        f"change: drop the change to continue the run, or start a new run with another --out")
+    for _, key, _, value in changes:
         set_key(config, key, value)
     validate_config(config)
+    check_position(state, folder)
     return state, config
+
+
+NOT_SET = "(not set)"
+
+
+def command_line_changes(args, config):
+    """[(option as typed, config key, saved value, given value)] for every option on the command line whose value
+    differs from the saved ``config``'s (paths compared resolved, augmentation lists as parsed)."""
+    changes = []
+    if args.recipe and args.recipe != config["recipe"]:
+        changes.append(("--recipe", "recipe", config["recipe"], args.recipe))
+    for key in CLI_KEYS:
+        given = getattr(args, key)
+        if given is not None and not same_value(key, config[key], given):
+            changes.append((f"--{key.replace('_', '-')}", key, config[key], given))
+    for dotted, value in parse_sets(args.set):
+        trial = copy.deepcopy(config)
+        set_key(trial, dotted, value)  # checks the key and converts the value to the key's type
+        saved, given = dotted_value(config, dotted), dotted_value(trial, dotted)
+        if saved != given:
+            changes.append((f"--set {dotted}", dotted, saved, given))
+    return changes
+
+
+def same_value(key, saved, given):
+    """Whether the command line's ``given`` value of ``key`` is the one the run saved (resolved)."""
+    if key in ("data_root", "backgrounds"):
+        return bool(saved) == bool(given) and (not given or Path(given).resolve() == Path(saved).resolve())
+    if key == "augs":
+        return augment.parse_augs(given) == augment.parse_augs(saved)
+    if key == "pretrained":  # auto was resolved when the run began; the weights come from last.pt anyway
+        return given in ("auto", saved) or Path(given).resolve() == Path(saved).resolve()
+    return given == saved
+
+
+def dotted_value(config, dotted):
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return NOT_SET
+        node = node[part]
+    return node
+
+
+def check_position(state, folder):
+    """A last.pt written inside an epoch continues it exactly only over the same number of processes (each
+    process's place is in its own shard of the epoch's order)."""
+    position, world_size = state.get("position"), int(os.environ.get("WORLD_SIZE", "1"))
+    if position and position["world_size"] != world_size:
+        raise UserError(f"{folder / 'last.pt'} stopped inside epoch {position['epoch']} of a run of "
+                        f"{position['world_size']} processes, and this is {world_size}; resume it with "
+                        f"{position['world_size']} (torchrun --nproc_per_node {position['world_size']} train.py ..."
+                        f" --resume, or plain python for 1)")
 
 
 def validate_config(config):
@@ -212,7 +272,8 @@ def validate_config(config):
                            ("final_epochs", 0, config["epochs"]), ("weight_decay", 0.0, math.inf),
                            ("grad_clip", 0.0, math.inf), ("momentum", 0.0, 0.999), ("gamma", 1e-6, 1.0),
                            ("workers", -1, 256), ("seed", 0, 2 ** 31), ("max_train_images", 0, math.inf),
-                           ("max_val_images", 0, math.inf), ("folds", 0, 1000), ("average_top_k", 0, 1000)):
+                           ("max_val_images", 0, math.inf), ("folds", 0, 1000), ("average_top_k", 0, 1000),
+                           ("checkpoint_minutes", 0.0, math.inf)):
         if not (math.isfinite(config[key]) and low <= config[key] <= high):
             raise UserError(f"{key}={config[key]}: must lie in [{low}, {high}]")
     if not all(isinstance(m, (int, float)) and 0 < m <= 1 for m in config["milestones"]):
@@ -347,15 +408,18 @@ def resume_hint(folder):
     last = folder / "last.pt"
     if not last.is_file():
         return "no epoch had finished, so nothing was kept; run the same command again to start over"
-    epoch = torch.load(last, map_location="cpu", weights_only=False).get("epoch", "?")
-    return f"{last} holds epoch {epoch}; continue with: python train.py --out {folder} --resume"
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    position = runstate.EpochPosition.from_dict(state["position"]) if state.get("position") else None
+    holds = last_pt_holds(last, state["epoch"], state["config"], position)
+    return f"{holds}; continue with: python train.py --out {folder} --resume"
 
 
 # --- reproducibility ---------------------------------------------------------------------------------------
 
 def seed_everything(seed):
-    """Every RNG stream re-seeded; train() calls it with ``seed * 1000 + epoch`` at each epoch start, so a
-    resumed run draws the same shuffles, augmentations and dropout as one that never stopped."""
+    """Every RNG stream re-seeded; begin_epoch calls it with ``seed * 1000 + epoch`` at each epoch start, so a run
+    resumed at an epoch's start draws the same augmentations and dropout as one that never stopped (inside an
+    epoch the saved streams are restored instead)."""
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
@@ -364,54 +428,128 @@ def seed_everything(seed):
 # --- one epoch ------------------------------------------------------------------------------------------------
 
 def train_one_epoch(ctx, epoch):
-    """Returns (mean loss, mean loss parts, training images per second). Each optimiser step sums the gradients
-    of ``accumulate`` batches, then steps the lr schedule and the EMA."""
-    model, config, loader, device = ctx["model"], ctx["config"], ctx["train_loader"], ctx["device"]
-    model.train()
-    loader.sampler.set_epoch(epoch)  # the shuffle of this epoch; augmentation parameters come from `generator`
-    generator = torch.Generator(device=device).manual_seed(config["seed"] * 100003 + epoch)
+    """Returns (mean loss, mean loss parts, training images per second, lr at the epoch's first step). Each
+    optimiser step sums the gradients of ``accumulate`` batches, then steps the lr schedule and the EMA; after each
+    the run may save its place in the epoch or stop (``pause_point``)."""
+    config, device, accumulate = ctx["config"], ctx["device"], ctx["config"]["accumulate"]
+    ctx["model"].train()
+    position, generator = begin_epoch(ctx, epoch)
     augmenter = ctx["augmenter_final"] if epoch > config["epochs"] - config["final_epochs"] else ctx["augmenter"]
-    accumulate, steps_per_epoch = config["accumulate"], ctx["steps_per_epoch"]
-    totals, count, images, window = {}, 0, 0, []
-    bar = tqdm(loader, desc=f"epoch {epoch}/{config['epochs']}", leave=False, dynamic_ncols=True, mininterval=1,
-               disable=ctx["rank"] != 0, total=steps_per_epoch * accumulate)
-    start = time.perf_counter()
-    for micro, batch in enumerate(bar):
-        if micro == steps_per_epoch * accumulate:
+    total = position.epoch_batches
+    bar = progress(ctx["train_loader"], desc=f"epoch {epoch}/{config['epochs']}", total=total,
+                   initial=position.batches, enabled=ctx["rank"] == 0)
+    window, start = [], time.perf_counter() - position.seconds
+    for micro, batch in enumerate(bar, start=position.batches):
+        if micro == total:
             break  # the remainder that would not fill an optimiser step
-        step = (epoch - 1) * steps_per_epoch + micro // accumulate  # optimiser steps before this one
         batch = augmenter(to_device(batch, device), generator=generator)
-        last_micro = (micro + 1) % accumulate == 0
-        # DDP decides in the forward whether the backward all-reduces: both under no_sync but on the last batch
-        with model.no_sync() if ctx["world_size"] > 1 and not last_micro else contextlib.nullcontext():
-            loss, parts = forward_loss(model, batch, config, device, ctx["channels_last"],
-                                       step / (steps_per_epoch * config["epochs"]))
-            ctx["scaler"].scale(loss / accumulate).backward()
-        if last_micro:
-            lr_used = ctx["optimizer"].param_groups[0]["lr"]
-            optimizer_step(ctx["net"], ctx["optimizer"], ctx["scaler"], config["grad_clip"], ctx["scheduler"],
-                           ctx["ema"], step + 1)
-            ctx["tb"].step(step + 1, {"total": loss.detach(), **parts}, lr_used)
+        loss, parts = train_batch(ctx, batch, epoch, micro)
+        position.add({"total": loss, **parts}, batch["image"].shape[0] * ctx["world_size"])
         window.append(loss.detach())
-        for k, v in {"total": loss.detach(), **parts}.items():
-            totals[k] = totals.get(k, 0.0) + v.detach()
-        count += 1
-        images += batch["image"].shape[0] * ctx["world_size"]
-        if len(window) == 10 or micro == steps_per_epoch * accumulate - 1:
+        if len(window) == 10 or micro == total - 1:
             check_finite(torch.stack(window), epoch, micro, ctx)
             bar.set_postfix(loss=f"{torch.stack(window).mean().item():.4f}",
-                            img_s=f"{images / (time.perf_counter() - start):.0f}")
+                            img_s=f"{position.images / (time.perf_counter() - start):.0f}", refresh=False)
             window = []
-    seconds = time.perf_counter() - start
-    parts = {k: float(v) / count for k, v in totals.items()}
-    return parts.pop("total"), parts, images / seconds
+        if (micro + 1) % accumulate == 0:
+            position.batches, position.seconds = micro + 1, time.perf_counter() - start
+            window = pause_point(ctx, position, generator, window)
+    bar.close()
+    parts = {k: float(v) / position.count for k, v in position.totals.items()}
+    return parts.pop("total"), parts, position.images / (time.perf_counter() - start), position.lr
+
+
+def begin_epoch(ctx, epoch):
+    """Seed the epoch's random streams from (seed, epoch) and set its shuffle; when the run resumes inside this
+    epoch, restore the streams and skip the batches done. Returns (EpochPosition, augmentation generator)."""
+    config, device = ctx["config"], ctx["device"]
+    seed_everything(config["seed"] * 1000 + epoch)
+    generator = torch.Generator(device=device).manual_seed(config["seed"] * 100003 + epoch)
+    position = ctx.pop("position", None)
+    if position is None:
+        position = runstate.EpochPosition(epoch, ctx["steps_per_epoch"] * config["accumulate"],
+                                          ctx["optimizer"].param_groups[0]["lr"], ctx["world_size"])
+    elif not runstate.restore_streams(position.streams[ctx["rank"]], device, generator) and ctx["rank"] == 0:
+        print(f"last.pt was written on {position.streams[0]['device']}: on {device.type} the rest of epoch {epoch} "
+              f"draws other augmentations and dropout than the run would have drawn there")
+    ctx["train_loader"].sampler.set_epoch(epoch, skip=position.batches * config["batch_size"])
+    return position, generator
+
+
+def train_batch(ctx, batch, epoch, micro):
+    """Forward and backward of one augmented batch, and on the last batch of an optimiser step the step itself.
+    Returns (loss, unweighted loss parts)."""
+    model, config, steps_per_epoch = ctx["model"], ctx["config"], ctx["steps_per_epoch"]
+    accumulate = config["accumulate"]
+    step = (epoch - 1) * steps_per_epoch + micro // accumulate  # optimiser steps before this one
+    last_micro = (micro + 1) % accumulate == 0
+    # DDP decides in the forward whether the backward all-reduces: both under no_sync but on the last batch
+    with model.no_sync() if ctx["world_size"] > 1 and not last_micro else contextlib.nullcontext():
+        loss, parts = forward_loss(model, batch, config, ctx["device"], ctx["channels_last"],
+                                   step / (steps_per_epoch * config["epochs"]))
+        ctx["scaler"].scale(loss / accumulate).backward()
+    if last_micro:
+        lr_used = ctx["optimizer"].param_groups[0]["lr"]
+        optimizer_step(ctx["net"], ctx["optimizer"], ctx["scaler"], config["grad_clip"], ctx["scheduler"],
+                       ctx["ema"], step + 1)
+        ctx["tb"].step(step + 1, {"total": loss.detach(), **parts}, lr_used)
+    return loss, parts
+
+
+def pause_point(ctx, position, generator, window):
+    """After an optimiser step: when a stop signal arrived (on any process) or ``checkpoint_minutes`` passed since
+    last.pt was written, check the losses not yet checked (last.pt never keeps a NaN loss's weights), write last.pt
+    with the place in the epoch, and stop for a signal. Returns the losses still to check."""
+    minutes = ctx["config"]["checkpoint_minutes"]
+    due = ctx["rank"] == 0 and minutes > 0 and time.monotonic() - ctx["last_saved"] >= minutes * 60
+    signum, save = runstate.agree(ctx["signals"], ctx["world_size"], ctx["device"], due)
+    if not (signum or save):
+        return window
+    if window:
+        check_finite(torch.stack(window), position.epoch, position.batches - 1, ctx)
+    save_position(ctx, position, generator)
+    if signum:
+        stop(ctx, signum, position.epoch - 1, position)
+    return []
+
+
+def save_position(ctx, position, generator):
+    """last.pt inside an epoch: what it holds after an epoch, plus the place in this one and every process's random
+    streams; rank 0 writes it while the others wait."""
+    streams = runstate.random_streams(ctx["device"], generator)
+    position.streams = runstate.gather_streams(streams, ctx["world_size"])
+    if ctx["rank"] == 0:
+        save_checkpoint({**last_state(ctx, position.epoch - 1), "position": position.to_dict()},
+                        ctx["folder"] / "last.pt")
+    barrier(ctx["world_size"])
+    ctx["last_saved"], ctx["last_pt"] = time.monotonic(), position.describe(ctx["config"]["accumulate"])
+
+
+def stop(ctx, signum, epochs_done, position=None):
+    """End the run after SIGINT or SIGTERM, last.pt written: one line (rank 0's) saying what last.pt holds and the
+    command that continues, and the exit status of that signal (130, 143)."""
+    ctx["tb"].close()
+    line = ""
+    if ctx["rank"] == 0:
+        holds = last_pt_holds(ctx["folder"] / "last.pt", epochs_done, ctx["config"], position)
+        line = (f"stopped by {runstate.SIGNAL_NAMES[signum]}; {holds}; continue with: python train.py --out "
+                f"{ctx['folder']} --resume")
+    raise Interrupted(line, status=runstate.exit_status(signum))
+
+
+def last_pt_holds(path, epochs_done, config, position=None):
+    """What a last.pt holds, in words."""
+    if position is None:
+        return f"{path} holds epoch {epochs_done} of {config['epochs']}"
+    return (f"{path} holds {position.describe(config['accumulate'])} of {config['epochs']} (weights, EMA, optimiser, "
+            f"schedule, scaler, random streams and the place in the epoch's order)")
 
 
 def check_finite(losses, epoch, step, ctx):
     if not torch.isfinite(losses).all():
-        folder, lr = ctx["folder"], ctx["config"]["lr"]
-        if (folder / "last.pt").is_file():
-            advice = (f"{folder / 'last.pt'} keeps epoch {epoch - 1}; continue it with a lower lr and clipping: "
+        folder, lr, saved = ctx["folder"], ctx["config"]["lr"], ctx.get("last_pt")
+        if saved is not None:  # what the last write of last.pt held: every write follows a check of the losses
+            advice = (f"{folder / 'last.pt'} keeps {saved}; continue it with a lower lr and clipping: "
                       f"python train.py --out {folder} --resume --lr {lr / 3:.3g} --set grad_clip=1.0")
         else:
             advice = (f"no epoch had finished, so nothing was kept; run the same command again with --lr "
@@ -480,11 +618,7 @@ def resolve_run(args):
     """(config, run folder or None when it is still to be named, last.pt's state or None, keys given on the
     command line) for a new run, a --resume, or a group torchrun restarted."""
     if not args.resume and args.out and elastic_restart() and (Path(args.out) / "last.pt").is_file():
-        # torchrun restarted the group with the same command line: continue the run from its last.pt
-        args.resume, args.arch, args.recipe, args.set = True, None, None, []
-        for key in CLI_KEYS:
-            if key not in RESUMABLE_OVERRIDES:
-                setattr(args, key, None)
+        args.resume = True  # torchrun restarted the group with the same command line: continue from its last.pt
     if args.resume:
         folder = run_folder(args, None)
         resume_state, config = resume_config(args, folder)
@@ -554,7 +688,8 @@ def build_context(args):
              f"{folder}; the constant-shape baseline (one hand for all) scores {ctx['baseline']:.2f} mm PA-MPJPE "
              f"on validation")
     if resume_state is not None:
-        announce(f"resuming {folder} after epoch {resume_state['epoch']} of {config['epochs']}")
+        inside = f", at {ctx['last_pt']}" if "position" in ctx else ""
+        announce(f"resuming {folder} after epoch {resume_state['epoch']} of {config['epochs']}{inside}")
     return ctx
 
 
@@ -568,7 +703,8 @@ def build_training(ctx, train_set, resume_state):
     model = model.to(device, memory_format=torch.channels_last if config["channels_last"] else torch.preserve_format)
     optimizer = optimization.make_optimizer(model, config)
     train_loader = make_loader(train_set, config["batch_size"], train=True, workers=config["workers"],
-                               seed=config["seed"], rank=ctx["rank"], world_size=world_size, pin_memory=cuda)
+                               seed=config["seed"], rank=ctx["rank"], world_size=world_size, pin_memory=cuda,
+                               shielded=True)
     steps_per_epoch = len(train_loader) // config["accumulate"]
     if steps_per_epoch < 1:
         raise UserError(f"an epoch of {len(train_loader)} batches is less than one optimiser step of "
@@ -579,7 +715,7 @@ def build_training(ctx, train_set, resume_state):
                scheduler=optimization.make_scheduler(optimizer, config, steps_per_epoch),
                ema=optimization.make_ema(model, config), params=sum(p.numel() for p in model.parameters()),
                val_loader=make_loader(ctx["val_set"], config["batch_size"], train=False, workers=config["workers"],
-                                      pin_memory=cuda))
+                                      pin_memory=cuda, shielded=True))
     if resume_state is not None:
         restore(ctx, model, resume_state)
     ctx["net"] = model  # the bare model: validation and checkpoints
@@ -605,24 +741,41 @@ def restore(ctx, model, state):
         optimization.rescale_lr(ctx["optimizer"], ctx["scheduler"], ctx["config"]["lr"] / saved_lr)
     ctx["scaler"].load_state_dict(state["scaler"])
     ctx["history"], ctx["best"] = state["history"], state["best_val_pa_mpjpe_mm"]
-    ctx["start_epoch"] = state["epoch"] + 1
+    ctx["start_epoch"], ctx["last_pt"] = state["epoch"] + 1, f"epoch {state['epoch']}"
+    if state.get("position"):  # written inside an epoch: train_one_epoch continues it from there
+        position = ctx["position"] = runstate.EpochPosition.from_dict(state["position"])
+        position.lr *= ctx["config"]["lr"] / saved_lr
+        ctx["last_pt"] = position.describe(ctx["config"]["accumulate"])
+        if position.epoch_batches != ctx["steps_per_epoch"] * ctx["config"]["accumulate"]:
+            raise UserError(f"{ctx['folder'] / 'last.pt'} stopped inside an epoch of {position.epoch_batches} "
+                            f"batches per process, and the training split now makes "
+                            f"{ctx['steps_per_epoch'] * ctx['config']['accumulate']}: the dataset changed; "
+                            f"restore it, or start a new run with another --out")
 
 
 def save_epoch(ctx, epoch, result, val_xyz, val_ids):
     """best.pt (when validation improved) and val_pred.npz, then last.pt, then log.csv and curves.png."""
-    folder, config = ctx["folder"], ctx["config"]
-    state = {"model": eval_net(ctx).state_dict(), "config": config, "epoch": epoch, "history": ctx["history"],
-             "stats": ctx["stats"], "best_val_pa_mpjpe_mm": ctx["best"]}
+    folder = ctx["folder"]
     if result["pa_mpjpe_mm"] <= ctx["best"]:
-        ctx["best"] = state["best_val_pa_mpjpe_mm"] = result["pa_mpjpe_mm"]
-        save_best(folder, state, val_xyz, val_ids)
-    keep_top_k(ctx, epoch, result["pa_mpjpe_mm"], state["model"])
-    save_checkpoint({**state, "model": ctx["net"].state_dict(),
-                     "ema": ctx["ema"].module.state_dict() if ctx["ema"] is not None else None,
-                     "optimizer": ctx["optimizer"].state_dict(), "scheduler": ctx["scheduler"].state_dict(),
-                     "scaler": ctx["scaler"].state_dict()}, folder / "last.pt")
+        ctx["best"] = result["pa_mpjpe_mm"]
+        save_best(folder, {"model": eval_net(ctx).state_dict(), "config": ctx["config"], "epoch": epoch,
+                           "history": ctx["history"], "stats": ctx["stats"], "best_val_pa_mpjpe_mm": ctx["best"]},
+                  val_xyz, val_ids)
+    keep_top_k(ctx, epoch, result["pa_mpjpe_mm"], eval_net(ctx).state_dict())
+    save_checkpoint(last_state(ctx, epoch), folder / "last.pt")
+    ctx["last_saved"], ctx["last_pt"] = time.monotonic(), f"epoch {epoch}"
     runlog.write_log(folder, ctx["history"])
     runlog.plot_curves(folder, ctx["history"], ctx["baseline"])
+
+
+def last_state(ctx, epochs_done):
+    """What last.pt holds after ``epochs_done`` epochs: the raw weights, EMA, optimiser, schedule and scaler, the
+    config, the log's rows and the training stats (save_position adds the place inside the next epoch)."""
+    return {"model": ctx["net"].state_dict(), "config": ctx["config"], "epoch": epochs_done,
+            "history": ctx["history"], "stats": ctx["stats"], "best_val_pa_mpjpe_mm": ctx["best"],
+            "ema": ctx["ema"].module.state_dict() if ctx["ema"] is not None else None,
+            "optimizer": ctx["optimizer"].state_dict(), "scheduler": ctx["scheduler"].state_dict(),
+            "scaler": ctx["scaler"].state_dict()}
 
 
 def save_best(folder, state, val_xyz, val_ids):
@@ -688,42 +841,61 @@ def main(argv=None):
         if ctx["rank"] == 0 and new_folder and not (folder / "last.pt").exists():
             lock.close()
             shutil.rmtree(folder, ignore_errors=True)  # nothing worth keeping: leave no half-made run behind
-        if isinstance(err, KeyboardInterrupt):
-            raise Interrupted(f"training stopped; {resume_hint(folder)}") from None
+        if isinstance(err, KeyboardInterrupt):  # a second signal, or one outside the epochs
+            raise Interrupted(f"training stopped; {resume_hint(folder)}",
+                              status=EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED) from None
         raise
+    finally:
+        for loader in (ctx["train_loader"], ctx["val_loader"]):
+            shut_down(loader)  # their workers ignore stop signals: end them before the interpreter exits
+        if lock is not None:
+            lock.close()  # the folder is free again (also when main runs inside another program, such as a test)
 
 
 def train(ctx):
-    """config.json, then every epoch: train, validate, save; then the summary."""
+    """config.json, then every epoch: train, validate, save; then the summary. Inside the epochs SIGINT and
+    SIGTERM stop the run after the step in progress, with a last.pt that continues it exactly (``runstate``)."""
     config, folder, rank = ctx["config"], ctx["folder"], ctx["rank"]
     if rank == 0:
         with atomic_write(folder / "config.json") as tmp:
             tmp.write_text(json.dumps(config, indent=2))
-    ctx["tb"] = runlog.TensorBoardLog(folder, enabled=rank == 0,
-                                      purge_step=(ctx["start_epoch"] - 1) * ctx["steps_per_epoch"])
+    position = ctx.get("position")
+    ctx["tb"] = runlog.TensorBoardLog(folder, enabled=rank == 0, purge_step=(ctx["start_epoch"] - 1) *
+                                      ctx["steps_per_epoch"] + (position.batches // config["accumulate"]
+                                                                if position else 0))
+    ctx["last_saved"] = time.monotonic()
     speeds = [row["train_images_per_s"] for row in ctx["history"]]
-    for epoch in range(ctx["start_epoch"], config["epochs"] + 1):
-        seed_everything(config["seed"] * 1000 + epoch)
-        started = time.perf_counter()
-        lr = ctx["optimizer"].param_groups[0]["lr"]  # at the epoch's first step
-        loss, parts, speed = train_one_epoch(ctx, epoch)
-        speeds.append(speed)
-        if rank == 0:
-            result, val_xyz, val_ids, uv_pred = validate(ctx)
-            ctx["history"].append({"epoch": epoch, "lr": lr, "train_loss": loss,
-                                   **{f"loss_{k}": v for k, v in parts.items() if k != "total"},
-                                   "val_pa_mpjpe_mm": result["pa_mpjpe_mm"],
-                                   "val_of_constant": result["pa_mpjpe_mm"] / ctx["baseline"],
-                                   "val_constant_shape_mm": ctx["baseline"], "val_auc": result["auc_0_50mm"],
-                                   "val_mpjpe_mm": result["mpjpe_mm"], "train_images_per_s": speed,
-                                   "epoch_seconds": time.perf_counter() - started})
-            save_epoch(ctx, epoch, result, val_xyz, val_ids)
-            ctx["tb"].epoch(epoch, ctx["history"][-1], skeleton_panel(ctx, uv_pred))
-            tqdm.write(f"epoch {epoch}/{config['epochs']}  loss {loss:.4f}  val PA-MPJPE "
-                       f"{result['pa_mpjpe_mm']:.2f} mm = {result['pa_mpjpe_mm'] / ctx['baseline']:.0%} of the "
-                       f"constant shape  AUC {result['auc_0_50mm']:.3f}  {speed:.0f} img/s")
-        barrier(ctx["world_size"])
+    with runstate.StopSignals() as signals:
+        ctx["signals"] = signals
+        for epoch in range(ctx["start_epoch"], config["epochs"] + 1):
+            started = time.perf_counter()
+            loss, parts, speed, lr = train_one_epoch(ctx, epoch)
+            speeds.append(speed)
+            if rank == 0:
+                end_epoch(ctx, epoch, {"lr": lr, "train_loss": loss, **{f"loss_{k}": v for k, v in parts.items()},
+                                       "train_images_per_s": speed}, started)
+            barrier(ctx["world_size"])
+            signum, _ = runstate.agree(signals, ctx["world_size"], ctx["device"])
+            if signum:  # arrived during validation or the save: last.pt holds this epoch
+                stop(ctx, signum, epoch)
     finish(ctx, speeds)
+
+
+def end_epoch(ctx, epoch, row, started):
+    """Validate, add the epoch's row to the history, save (best.pt, last.pt, the log) and print the epoch's line."""
+    result, val_xyz, val_ids, uv_pred = validate(ctx)
+    ctx["history"].append({"epoch": epoch, "lr": row.pop("lr"), "train_loss": row.pop("train_loss"),
+                           **{k: v for k, v in row.items() if k.startswith("loss_")},
+                           "val_pa_mpjpe_mm": result["pa_mpjpe_mm"],
+                           "val_of_constant": result["pa_mpjpe_mm"] / ctx["baseline"],
+                           "val_constant_shape_mm": ctx["baseline"], "val_auc": result["auc_0_50mm"],
+                           "val_mpjpe_mm": result["mpjpe_mm"], "train_images_per_s": row["train_images_per_s"],
+                           "epoch_seconds": time.perf_counter() - started})
+    save_epoch(ctx, epoch, result, val_xyz, val_ids)
+    ctx["tb"].epoch(epoch, ctx["history"][-1], skeleton_panel(ctx, uv_pred))
+    tqdm.write(f"epoch {epoch}/{ctx['config']['epochs']}  loss {ctx['history'][-1]['train_loss']:.4f}  val PA-MPJPE "
+               f"{result['pa_mpjpe_mm']:.2f} mm = {result['pa_mpjpe_mm'] / ctx['baseline']:.0%} of the "
+               f"constant shape  AUC {result['auc_0_50mm']:.3f}  {row['train_images_per_s']:.0f} img/s")
 
 
 def finish(ctx, speeds):

@@ -5,6 +5,8 @@ the device, pinned memory with non_blocking copies, cudnn.benchmark, NCCL under 
 ``--device cuda``.
 """
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -16,6 +18,9 @@ import augment
 import inference
 import models
 import recipes
+import runstate
+import train
+from checkpoints import load_checkpoint
 from common import PROJECT_ROOT
 from data.cache import make_dataset
 from data.loader import make_loader, to_device
@@ -23,9 +28,10 @@ from data.readers import load_split
 from engine import forward_loss, optimizer_step
 from optimization import make_optimizer
 from tests.markers import write_marker_dataset
-from tests.scripts import make_synthetic_set
+from tests.scripts import make_synthetic_set, run_main
 from tests.test_augment import SIZE, assert_on_marks
 from tests.test_predict import marker_batch
+from tests.test_train import act_at_forward
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")
@@ -156,3 +162,33 @@ def test_bench_on_cuda_measures_amp_channels_last(synthetic, tmp_path):
     result = json.loads(out.read_text())
     assert result["machine"]["gpu"] and result["settings"]["amp"] and result["settings"]["cudnn_benchmark"]
     assert result["stages"]["train_step/effb0_cpu"] > 0 and 0 < result["augment_share"]["effb0_cpu"] < 1
+
+
+def test_random_streams_of_a_cuda_run_are_restored_exactly():
+    """runstate's streams on CUDA: torch's CUDA stream and a CUDA augmentation generator come back exactly."""
+    generator = torch.Generator(device=CUDA).manual_seed(3)
+    torch.rand(5, device=CUDA)
+    torch.rand(5, generator=generator, device=CUDA)
+    streams = runstate.random_streams(CUDA, generator)
+    first = torch.rand(5, device=CUDA), torch.rand(5, generator=generator, device=CUDA), torch.rand(5)
+    assert runstate.restore_streams(streams, CUDA, generator)
+    again = torch.rand(5, device=CUDA), torch.rand(5, generator=generator, device=CUDA), torch.rand(5)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not runstate.restore_streams(streams, torch.device("cpu"), torch.Generator())  # moved: CPU streams only
+
+
+def test_sigterm_mid_epoch_on_cuda_writes_a_state_that_resumes(synthetic, tmp_path, monkeypatch, capsys):
+    """The stop path on the GPU: SIGTERM mid-step, last.pt with CUDA streams, exit 143; --resume restores them (no
+    note about other draws) and finishes."""
+    folder = tmp_path / "run"
+    args = ["--recipe", "effb0_cpu", "--data-root", synthetic, "--device", "cuda", "--epochs", "2", "--batch-size",
+            "8", "--img-size", "64", "--workers", "0", "--out", folder]
+    act_at_forward(monkeypatch, 6, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    code, _, err = run_main(train.main, args, capsys)
+    assert code == 143 and "stopped by SIGTERM" in err, err
+    position = load_checkpoint(folder / "last.pt")["position"]
+    assert position["streams"][0]["device"] == "cuda" and position["streams"][0]["cuda"] is not None
+    monkeypatch.undo()
+    code, out, err = run_main(train.main, [*args, "--resume"], capsys)
+    assert code == 0 and ", at step " in out and "draws other augmentations" not in out, err
+    assert load_checkpoint(folder / "last.pt")["epoch"] == 2

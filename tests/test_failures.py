@@ -284,8 +284,41 @@ def test_ctrl_c_is_one_line_with_the_command_to_continue_and_exit_130(data_root,
     lines = [line for line in re.split(r"[\r\n]", err) if line.strip() and not PROGRESS_BAR.search(line)]
     assert process.returncode == 130, err
     assert lines[-1].startswith("interrupted: ") and "Traceback" not in err, err
-    assert f"python train.py --out {folder} --resume" in lines[-1]
-    assert f"holds epoch {load_checkpoint(folder / 'last.pt')['epoch']};" in lines[-1]
+    assert lines[-1].startswith(f"interrupted: stopped by SIGINT (Ctrl-C); {folder / 'last.pt'} holds "), lines[-1]
+    assert lines[-1].endswith(f"; continue with: python train.py --out {folder} --resume")
+
+
+def test_sigterm_to_every_process_with_loader_workers_is_one_line_and_exit_143(data_root, tmp_path):
+    """A scheduler's SIGTERM reaches the training process and its loader workers at once (a process group): the
+    workers keep serving until the step ends, last.pt is written, one line, exit 143, no worker left behind."""
+    folder = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "train.py", *FAST[:-4], "--epochs", "30", "--workers", "2",
+                                "--data-root", str(data_root), "--out", str(folder)], cwd=PROJECT_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while not (folder / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    lines = [line for line in re.split(r"[\r\n]", err) if line.strip() and not PROGRESS_BAR.search(line)]
+    assert process.returncode == 143 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"interrupted: stopped by SIGTERM; {folder / 'last.pt'} holds "), lines[0]
+    assert not processes_naming(folder)  # forked loader workers keep their parent's command line
+    load_checkpoint(folder / "last.pt")
+
+
+def processes_naming(text):
+    """Process ids whose command line contains ``text`` (from /proc)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(text).encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:  # ended meanwhile
+            continue
+    return found
 
 
 # --- 9. stale temp files and a kill between best.pt and last.pt ------------------------------------------------

@@ -1,4 +1,5 @@
-"""train.py: configuration errors, a real short run, exact resume after SIGKILL, NaN stop, DDP."""
+"""train.py: configuration errors, a real short run, exact resume after SIGKILL, SIGTERM, Ctrl-C and timed
+saves inside an epoch (also under torchrun), --resume with the original command line, NaN stop, DDP."""
 import csv
 import json
 import os
@@ -126,10 +127,22 @@ def test_a_short_run_writes_the_run_folder(synthetic_root, tmp_path):
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 21, 3)
 
 
+def assert_same_run(straight, resumed):
+    """Two run folders ended with the same weights, EMA, schedule and log (lr and loss of every epoch)."""
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
+    for weights in ("model", "ema"):
+        for key in a[weights] or {}:
+            torch.testing.assert_close(a[weights][key], b[weights][key], rtol=0, atol=1e-6, msg=f"{weights} {key}")
+    assert a["scheduler"] == b["scheduler"] and a["epoch"] == b["epoch"]
+    assert [(row["lr"], row["train_loss"]) for row in a["history"]] == \
+        [(row["lr"], row["train_loss"]) for row in b["history"]]
+    return a, b
+
+
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(synthetic_root, tmp_path):
-    """Killed mid-epoch and resumed, with EMA, gradient accumulation, warm-up + cosine per step, top-k averaging
-    and the final-epochs augmentation switch on: every epoch in log.csv once, and the same weights, EMA and
-    schedule as a run never killed."""
+    """Killed mid-epoch and resumed by the original command line with --resume appended, with EMA, gradient
+    accumulation, warm-up + cosine per step, top-k averaging and the final-epochs augmentation switch on: every
+    epoch in log.csv once, and the same weights, EMA and schedule as a run never killed."""
     folder, straight = tmp_path / "killed", tmp_path / "straight"
     args = [*TINY, *FEATURES, "--data-root", synthetic_root, "--epochs", "4"]
     process = subprocess.Popen([sys.executable, "train.py", *map(str, args), "--out", str(folder)],
@@ -144,21 +157,97 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(synthetic_ro
     killed_at = load_checkpoint(folder / "last.pt")["epoch"]
     assert killed_at < 4, "the run ended before it could be killed; make it longer"
     load_checkpoint(folder / "best.pt")  # loadable at any moment
-    result = run_train("--resume", "--out", folder)
+    result = run_train(*args, "--out", folder, "--resume")
     assert result.returncode == 0, result.stderr
     assert f"resuming {folder} after epoch {killed_at}" in result.stdout
     assert log_epochs(folder) == [1, 2, 3, 4]
     assert load_checkpoint(folder / "last.pt")["epoch"] == 4
 
     assert run_train(*args, "--out", straight).returncode == 0
-    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(folder / "last.pt")
-    for weights in ("model", "ema"):
-        for key in a[weights]:
-            torch.testing.assert_close(a[weights][key], b[weights][key], rtol=0, atol=1e-6, msg=f"{weights} {key}")
-    assert a["scheduler"] == b["scheduler"]
-    assert [row["lr"] for row in a["history"]] == [row["lr"] for row in b["history"]]
+    assert_same_run(straight, folder)
     summaries = [json.loads((f / "summary.json").read_text()) for f in (straight, folder)]
     assert summaries[0]["top_k_average"] == summaries[1]["top_k_average"] is not None
+
+
+# --- stopping inside an epoch: SIGTERM, Ctrl-C, timed saves ---------------------------------------------------------
+
+SHORT = [*TINY, "--epochs", "2"]  # 38 training images in batches of 4: 9 batches an epoch (8 with accumulate=2)
+
+
+@pytest.fixture(scope="module")
+def straight_runs(synthetic_root, tmp_path_factory):
+    """run(extra args) -> the folder of an uninterrupted SHORT run with them (made once per extra args)."""
+    made = {}
+
+    def run(extra):
+        key = tuple(extra)
+        if key not in made:
+            made[key] = tmp_path_factory.mktemp("straight") / "run"
+            train.main([str(a) for a in [*SHORT, *extra, "--data-root", synthetic_root, "--out", made[key]]])
+        return made[key]
+    return run
+
+
+def act_at_forward(monkeypatch, call, action):
+    """train.forward_loss runs ``action()`` at the start of its ``call``-th call (1-based): mid-step."""
+    real, calls = train.forward_loss, {"n": 0}
+
+    def forward(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            action()
+        return real(*args, **kwargs)
+    monkeypatch.setattr(train, "forward_loss", forward)
+
+
+@pytest.mark.parametrize("signum, extra, call, place", [
+    (signal.SIGTERM, FEATURES, 8 + 3, "step 2 of 4 of epoch 2"),   # the 3rd batch of epoch 2: its step ends 1 later
+    (signal.SIGTERM, [], 9 + 3, "step 3 of 9 of epoch 2"),
+    (signal.SIGINT, [], 3, "step 3 of 9 of epoch 1"),             # Ctrl-C in the first epoch keeps its steps
+], ids=["sigterm_ema_accumulate", "sigterm_plain", "ctrl_c_in_epoch_1"])
+def test_signal_mid_step_stops_after_it_and_resume_matches_an_uninterrupted_run(
+        signum, extra, call, place, synthetic_root, straight_runs, tmp_path, monkeypatch, capsys):
+    """The signal arrives in the middle of a step: the step (all its accumulated batches) finishes, last.pt holds
+    that place in the epoch, one line says so with the command that continues, exit 143 or 130; the original
+    command with --resume then ends with the weights, EMA, schedule and log of a run never stopped."""
+    folder, args = tmp_path / "run", [*SHORT, *extra, "--data-root", synthetic_root]
+    act_at_forward(monkeypatch, call, lambda: os.kill(os.getpid(), signum))
+    code, _, err = run_main(train.main, [*args, "--out", folder], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT (Ctrl-C)"
+    assert code == 128 + signum and len(lines) == 1, err
+    assert lines[0].startswith(f"interrupted: stopped by {name}; {folder / 'last.pt'} holds {place} of 2 ("), lines[0]
+    assert lines[0].endswith(f"continue with: python train.py --out {folder} --resume")
+    state = load_checkpoint(folder / "last.pt")
+    assert state["epoch"] == state["position"]["epoch"] - 1 and state["position"]["world_size"] == 1
+    monkeypatch.undo()
+    code, out, err = run_main(train.main, [*args, "--out", folder, "--resume"], capsys)
+    assert code == 0, err
+    assert f"resuming {folder} after epoch {state['epoch']} of 2, at {place}" in out
+    assert log_epochs(folder) == [1, 2]
+    assert_same_run(straight_runs(extra), folder)
+
+
+def test_checkpoint_minutes_saves_inside_the_epoch_and_a_crash_resumes_exactly(synthetic_root, straight_runs,
+                                                                                tmp_path, monkeypatch, capsys):
+    """checkpoint_minutes: last.pt is written inside the epoch when that much time has passed (here after every
+    step); a crash between two such writes loses only the steps since the last one, and the resumed run ends as
+    one never stopped (which wrote no such states)."""
+    folder = tmp_path / "run"
+    args = [*SHORT, *FEATURES, "--data-root", synthetic_root, "--set", "checkpoint_minutes=1e-9"]
+
+    def crash():
+        raise MemoryError("a crash that kills the process")
+    act_at_forward(monkeypatch, 8 + 5, crash)  # epoch 2's 5th batch: 2 of its steps were saved
+    with pytest.raises(MemoryError):
+        train.main([str(a) for a in [*args, "--out", folder]])
+    state = load_checkpoint(folder / "last.pt")
+    assert (state["epoch"], state["position"]["epoch"], state["position"]["batches"]) == (1, 2, 4)
+    monkeypatch.undo()
+    code, out, err = run_main(train.main, [*args, "--out", folder, "--resume"], capsys)
+    assert code == 0, err
+    assert "after epoch 1 of 2, at step 2 of 4 of epoch 2" in out
+    assert_same_run(straight_runs(FEATURES), folder)
 
 
 def test_resume_of_a_run_from_an_older_train_py_is_one_line(tmp_path, capsys):
@@ -170,11 +259,56 @@ def test_resume_of_a_run_from_an_older_train_py_is_one_line(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "older train.py" in err and "accumulate, ema_decay" in err
 
 
-def test_resume_keeps_the_saved_schedule(synthetic_root, tmp_path, capsys):
-    folder = tmp_path / "run"
-    assert run_train(*TINY, "--data-root", synthetic_root, "--epochs", "1", "--out", folder).returncode == 0
-    code, _, err = run_main(train.main, ["--resume", "--out", folder, "--epochs", "3"], capsys)
-    assert code == 2 and "--epochs" in err and err.count("\n") == 1
+# --- --resume with the original command line --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def one_epoch_run(synthetic_root, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("one_epoch") / "run"
+    original = [str(a) for a in [*TINY, "--data-root", synthetic_root, "--epochs", "1", "--augs", "rotate",
+                                 "--out", folder]]
+    train.main(original)
+    return folder, original
+
+
+@pytest.mark.parametrize("change, key, value", [
+    ([], "epochs", 1),
+    (["--data-root", "{root}/../{root_name}"], "data_root", "{root}"),   # the same folder, spelt otherwise
+    (["--augs", "Rotate"], "augs", "rotate"),
+    (["--pretrained", "auto"], "pretrained", "none"),
+    (["--device", "auto"], "device", "auto"),
+    (["--workers", "1"], "workers", 1),
+    (["--lr", "5e-4"], "lr", 5e-4),
+    (["--set", "grad_clip=1"], "grad_clip", 1.0),
+    (["--set", "checkpoint_minutes=5"], "checkpoint_minutes", 5.0),
+    (["--set", "cache=true"], "cache", True),
+], ids=["original", "same_data_root", "same_augs", "pretrained_auto", "device", "workers", "lr", "grad_clip",
+        "checkpoint_minutes", "cache"])
+def test_resume_accepts_the_original_command_line_and_the_safe_changes(one_epoch_run, synthetic_root, change, key,
+                                                                        value):
+    """The original command with --resume appended: equal values are no change (as resolved: paths, augmentation
+    lists, auto); device, workers, lr, grad_clip, checkpoint_minutes and cache may change."""
+    folder, original = one_epoch_run
+    fill = {"root": str(synthetic_root), "root_name": synthetic_root.name}
+    argv = [*original, "--resume", *(item.format(**fill) for item in change)]
+    _, config = train.resume_config(train.parse_args(argv), folder)
+    assert config[key] == (value.format(**fill) if isinstance(value, str) else value)
+
+
+@pytest.mark.parametrize("change, shown", [
+    (["--epochs", "3"], "--epochs was 1, given 3"),
+    (["--img-size", "96"], "--img-size was 64, given 96"),
+    (["--set", "loss.uv_l1=2"], "--set loss.uv_l1 was 1.0, given 2"),
+    (["--set", "loss.js1d=0.1"], '--set loss.js1d was "(not set)", given 0.1'),
+    (["--augs", "rotate,flip"], '--augs was "rotate", given "rotate,flip"'),
+    (["--recipe", "resnet34"], '--recipe was "ghost_lite", given "resnet34"'),
+], ids=["epochs", "img_size", "loss_weight", "new_loss_term", "augs", "recipe"])
+def test_resume_refuses_a_real_change_naming_the_key_and_both_values(one_epoch_run, change, shown, capsys):
+    folder, original = one_epoch_run
+    before = load_checkpoint(folder / "last.pt")["epoch"]
+    code, _, err = run_main(train.main, [*original, "--resume", *change], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert shown in err and "start a new run with another --out" in err
+    assert load_checkpoint(folder / "last.pt")["epoch"] == before
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_path, monkeypatch):
@@ -195,14 +329,71 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_p
     assert log_epochs(folder) == [1]
 
 
-def test_ddp_two_processes_on_cpu_keep_the_same_weights(synthetic_root, tmp_path):
-    folder = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-               "train.py", *TINY, *FEATURES, "--data-root", str(synthetic_root), "--epochs", "2", "--out", str(folder)]
-    result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+def torchrun(*args, script="train.py", port=29533, wait=True):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               str(script), *map(str, args)]
+    run = subprocess.run if wait else subprocess.Popen
+    kwargs = {"timeout": 300} if wait else {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    return run(command, cwd=PROJECT_ROOT, **({"capture_output": True} if wait else {}), text=True,
+               env={**os.environ, "OMP_NUM_THREADS": "1"}, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(synthetic_root, tmp_path_factory):
+    """(arguments, folder) of an uninterrupted 2-process run with every training feature on."""
+    folder = tmp_path_factory.mktemp("ddp") / "ddp"
+    args = [*TINY, *FEATURES, "--data-root", synthetic_root, "--epochs", "2"]
+    result = torchrun(*args, "--out", folder)
     assert result.returncode == 0, result.stderr[-3000:]
+    return args, folder
+
+
+def test_ddp_two_processes_on_cpu_keep_the_same_weights(ddp_run):
+    _, folder = ddp_run
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["ranks_hold_same_weights"] is True
     assert summary["ranks_hold_same_ema"] is True
     assert log_epochs(folder) == [1, 2]
+
+
+STOPPING_SCRIPT = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import train
+real, calls = train.forward_loss, [0]
+def forward(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == {call} and os.environ.get("RANK") == "1":
+        os.kill(os.getppid(), signal.SIGTERM)  # to torchrun, which passes it on to every process, as a scheduler
+    return real(*args, **kwargs)
+train.forward_loss = forward
+try:
+    train.main()
+except SystemExit as end:  # the exit status of each rank, for the test
+    with open(os.path.join({folder!r}, "..", f"exit_{{os.environ['RANK']}}"), "w") as f:
+        f.write(str(end.code))
+    raise
+"""
+
+
+def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_resume_matches(ddp_run, tmp_path):
+    """SIGTERM to torchrun mid-step (sent from rank 1's 1st batch of epoch 2; each rank has 4 batches = 2 steps an
+    epoch): every rank stops after the same step, rank 0 writes last.pt and prints the one line, each exits 143;
+    the original command with --resume under torchrun ends with the weights of the uninterrupted run."""
+    args, straight = ddp_run
+    folder, script = tmp_path / "ddp", tmp_path / "stop.py"
+    script.write_text(STOPPING_SCRIPT.format(root=str(PROJECT_ROOT), call=4 + 1, folder=str(folder)))
+    stopped = torchrun(*args, "--out", folder, script=script, port=29535)
+    assert stopped.returncode != 0  # torchrun itself reports the signal it got
+    assert [(tmp_path / f"exit_{rank}").read_text() for rank in (0, 1)] == ["143", "143"]
+    lines = [line for line in stopped.stderr.splitlines() if line.startswith("interrupted:")]
+    assert lines == [f"interrupted: stopped by SIGTERM; {folder / 'last.pt'} holds step 1 of 2 of epoch 2 of 2 "
+                     f"(weights, EMA, optimiser, schedule, scaler, random streams and the place in the epoch's order); "
+                     f"continue with: python train.py --out {folder} --resume"], stopped.stderr[-3000:]
+    position = load_checkpoint(folder / "last.pt")["position"]
+    assert (position["world_size"], position["batches"], len(position["streams"])) == (2, 2, 2)
+    resumed = torchrun(*args, "--out", folder, "--resume", port=29537)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "after epoch 1 of 2, at step 1 of 2 of epoch 2" in resumed.stdout
+    assert_same_run(straight, folder)
+    assert json.loads((folder / "summary.json").read_text())["ranks_hold_same_weights"] is True

@@ -1,0 +1,139 @@
+"""What a training run carries between optimiser steps beyond its weights: where inside an epoch it is, the random
+streams that continue it exactly, and the stop signals that end it cleanly.
+
+A run stops at an optimiser-step boundary: when SIGINT (Ctrl-C) or SIGTERM (a scheduler, torchrun, a notebook's
+end) arrives, the step in progress finishes, every process agrees on that step (``agree``), and rank 0 writes
+last.pt with an ``EpochPosition``: the epoch in progress, the batches of it done, the running sums log.csv reports,
+and every process's random streams. The same is written every ``checkpoint_minutes``. A resumed run regenerates
+the epoch's order from the seeded sampler, skips the batches done (without loading them), restores the streams and
+so ends with the weights of a run never stopped.
+"""
+import os
+import random
+import signal
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from common import STOP_SIGNALS, Interrupted, Terminated
+
+SIGNAL_NAMES = {signal.SIGINT: "SIGINT (Ctrl-C)", signal.SIGTERM: "SIGTERM"}
+
+
+@dataclass
+class EpochPosition:
+    """Where a run stands inside epoch ``epoch`` of ``epoch_batches`` batches per process: ``batches`` of them done
+    (a whole number of optimiser steps), ``lr`` at the epoch's first step, the loss sums and counts of log.csv's
+    row, the seconds spent training in it, the number of processes whose shards those batches are, and, once
+    saved, every process's ``random_streams`` by rank."""
+    epoch: int
+    epoch_batches: int
+    lr: float
+    world_size: int = 1
+    batches: int = 0
+    totals: dict = field(default_factory=dict)   # loss part -> sum over the batches done (float or 0-d tensor)
+    count: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    streams: list = field(default_factory=list)
+
+    def add(self, parts, images):
+        """Count one batch: its loss parts (0-d tensors, summed without a device sync) and its images."""
+        for key, value in parts.items():
+            self.totals[key] = self.totals.get(key, 0.0) + value.detach()
+        self.count += 1
+        self.images += images
+
+    def to_dict(self):
+        """Plain values for a checkpoint (the loss sums as floats: exactly the float32 sums)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {**values, "totals": {key: float(value) for key, value in self.totals.items()}}
+
+    @classmethod
+    def from_dict(cls, values):
+        return cls(**values)
+
+    def describe(self, accumulate):
+        return f"step {self.batches // accumulate} of {self.epoch_batches // accumulate} of epoch {self.epoch}"
+
+
+# --- random streams -------------------------------------------------------------------------------------------
+
+def random_streams(device, generator):
+    """This process's random streams: Python's, NumPy's, torch's on the CPU and on a CUDA ``device``, and the
+    augmentation ``generator``'s."""
+    return {"device": device.type, "python": random.getstate(), "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "augment": generator.get_state()}
+
+
+def restore_streams(streams, device, generator):
+    """Set the streams ``random_streams`` returned. Returns False, having set the CPU ones only, when the run moved
+    to another kind of device (the augmentation generator's and CUDA's streams do not carry over)."""
+    random.setstate(streams["python"])
+    np.random.set_state(streams["numpy"])
+    torch.set_rng_state(streams["torch"])
+    if streams["device"] != device.type:
+        return False
+    if streams["cuda"] is not None:
+        torch.cuda.set_rng_state(streams["cuda"], device)
+    generator.set_state(streams["augment"])
+    return True
+
+
+def gather_streams(streams, world_size):
+    """Every process's ``streams``, by rank (a collective under DDP: every process calls it)."""
+    if world_size == 1:
+        return [streams]
+    everyone = [None] * world_size
+    dist.all_gather_object(everyone, streams)
+    return everyone
+
+
+# --- stopping ---------------------------------------------------------------------------------------------------
+
+class StopSignals:
+    """While active (``with StopSignals() as stop:``), the first SIGINT or SIGTERM only asks the run to stop at the
+    next optimiser step: ``stop.received`` holds its number (0: none). A second one stops at once, as outside the
+    block (KeyboardInterrupt, or common.Terminated for SIGTERM). Left by ``Interrupted`` (the clean stop), both
+    signals are ignored from then on: the process is on its way out, and under torchrun the other ranks' ends
+    signal it again."""
+
+    def __enter__(self):
+        self.received, self.owner = 0, os.getpid()
+        self.previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
+        return self
+
+    def _handle(self, signum, frame):
+        if os.getpid() != self.owner:  # a forked child that kept the handler: end as by default
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        if self.received:
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        self.received = int(signum)
+
+    def __exit__(self, kind, error, trace):
+        stopping = kind is not None and issubclass(kind, Interrupted)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, signal.SIG_IGN if stopping else signal.SIG_DFL if handler is None else handler)
+        return False
+
+
+def agree(stop, world_size, device, save_due=False):
+    """(signal number or 0, whether to save now) that every process acts on at this step: the highest signal any
+    process received, and rank 0's ``save_due``. Without DDP nothing is communicated."""
+    if world_size == 1:
+        return stop.received, save_due
+    flags = torch.tensor([float(stop.received), float(save_due)], device=device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    signum, save = flags.tolist()
+    return int(signum), bool(save)
+
+
+def exit_status(signum):
+    """The shell's status for a process ended by ``signum``: 130 for SIGINT, 143 for SIGTERM."""
+    return 128 + int(signum)
