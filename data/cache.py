@@ -7,30 +7,38 @@
         manifest.json  written last: what the cache was built from, and each data file's bytes, mtime_ns and a
                        fingerprint of sampled blocks
         build.lock     serialises builds of this folder (DDP ranks, parallel runs)
+        in_use.lock    held (shared) by every process that reads the cache; its mtime is the cache's last use
 
 The folder name keys the resolved dataset root, split name, size and the split's image list (so a subset gets
 its own cache). The manifest's ``dataset`` digest covers every source image's and mask's size and mtime_ns,
 the image count and FORMAT_VERSION: a replaced or touched image rebuilds the cache. On open, each data file
 is checked against the manifest (size, mtime_ns, sampled-block fingerprint): a truncated, altered or replaced
-cache file rebuilds the cache, announced in one line saying why; it is never read. A build deletes the old
-manifest first, writes temp files, ``os.replace``s them into place and writes the manifest last, so a killed
-build leaves no manifest and is rebuilt on the next open. Building a cache deletes the caches of datasets that
-no longer exist.
+cache file rebuilds the cache, announced in one line saying why; it is never read. A build computes the bytes it
+will write and refuses, in one line, when the file system has fewer free (before it creates anything); it
+deletes the old manifest and data files first, writes temp files, ``os.replace``s them into place and writes the
+manifest last, so a killed build leaves no manifest and is rebuilt on the next open; a build that fails (a full
+disk, a corrupt image, Ctrl-C) removes its folder. Building a cache deletes the caches of datasets that no
+longer exist.
+
+    python -m data.cache --list                       # every cache: dataset, split, size, images, GB, last used
+    python -m data.cache --clear --all                # or --dataset NAME and/or --unused-days N (both must hold)
 """
+import argparse
 import hashlib
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import time
 from contextlib import ExitStack, contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from common import CACHE_ROOT, PROJECT_ROOT, UserError, atomic_write, remove_stale_temps
+from common import CACHE_ROOT, PROJECT_ROOT, UserError, atomic_write, check_minimums, cli, progress, remove_stale_temps
 from data.dataset import HandDataset, decode_image, decode_mask, input_labels
 
 try:
@@ -40,16 +48,25 @@ except ImportError:  # not POSIX: builds are not serialised; each writes its own
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+IN_USE = "in_use.lock"
+BUILD_LOCK = "build.lock"
 DATA_FILES = ("images.npy", "masks.npy", "meta.npz")
+FOLDER_NAME = re.compile(r"^(?P<dataset>.+)-(?P<split>[^-]+)-(?P<size>\d+)px-[0-9a-f]{16}$")
 FINGERPRINT_BLOCKS = 32          # sampled blocks per data file, first and last included
 FINGERPRINT_BLOCK_BYTES = 1 << 16
 CHUNK = 64                       # images per build task
 WITHOUT = "or do without the cache (train.py --set cache=false, predict.py --no-cache)"
+MAKE_ROOM = "`python -m data.cache --list` shows the caches and `--clear` removes them"
 
 
 def _shown(path):
     path = Path(path).resolve()
     return path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path
+
+
+def _amount(n_bytes):
+    """Bytes in words: GB from 1 GB up, else MB."""
+    return f"{n_bytes / 1e9:.2f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.1f} MB"
 
 
 def _cores():
@@ -144,7 +161,7 @@ def stale_reason(folder, digest, count):
 @contextmanager
 def _build_lock(folder):
     """Exclusive lock on ``folder``/build.lock (no-op where fcntl is missing)."""
-    with open(folder / "build.lock", "a") as f:
+    with open(folder / BUILD_LOCK, "a") as f:
         if fcntl is not None:
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
@@ -196,7 +213,7 @@ def _decode_all(split, size, has_mask, files, workers, desc):
     affines = np.empty((len(split), 2, 3), dtype=np.float64)
     tasks = list(_tasks(split, size, has_mask, files))
     workers = max(1, min(workers or _cores(), len(tasks)))
-    with tqdm(total=len(split), desc=desc, unit="img", leave=False, dynamic_ncols=True, mininterval=1) as bar:
+    with progress(total=len(split), desc=desc, unit="img") as bar:
         def record(result):
             start, chunk = result
             affines[start:start + len(chunk)] = chunk
@@ -215,17 +232,35 @@ def _decode_all(split, size, has_mask, files, workers, desc):
     return affines
 
 
+def needed_bytes(split, size):
+    """What a build of ``split`` at ``size`` px writes: the pixels, the masks, the affines and mask rows, and a
+    little for the file headers and the manifest."""
+    n, n_masks = len(split), int(_has_mask(split).sum())
+    return n * size * size * 3 + n_masks * size * size + n * (6 + 1) * 8 + 3 * 4096
+
+
+def check_space(folder, split, size):
+    """A UserError naming both numbers and the ways out when the file system that holds (or will hold) ``folder``
+    has less free space than a build of ``split`` at ``size`` px writes."""
+    where = Path(folder)
+    while not where.exists():
+        where = where.parent
+    needed, free = needed_bytes(split, size), shutil.disk_usage(where).free
+    if needed > free:
+        raise UserError(f"the decoded-image cache of {len(split)} {split.name} images at {size} px needs "
+                        f"{_amount(needed)} in {_shown(Path(folder).parent)}/ and {_amount(free)} are free there: "
+                        f"free space ({MAKE_ROOM}) {WITHOUT}")
+
+
 def build(folder, split, size, digest, workers=None):
-    """Decode ``split`` into ``folder`` (see the module docstring for the order of writes)."""
+    """Decode ``split`` into ``folder`` (see the module docstring for the order of writes). Returns seconds."""
     n, size, has_mask = len(split), int(size), _has_mask(split)
     n_masks = int(has_mask.sum())
-    needed = n * size * size * 3 + n_masks * size * size
-    free = shutil.disk_usage(folder).free
-    if needed > free:
-        raise UserError(f"the decoded-image cache of {split.name} at {size} px needs {needed / 1e9:.1f} GB in "
-                        f"{_shown(folder)}, {free / 1e9:.1f} GB are free: free space {WITHOUT}")
     (folder / MANIFEST).unlink(missing_ok=True)             # from here on the folder never reads as complete
     remove_stale_temps(folder)                              # left by a killed build (we hold the build lock)
+    for name in DATA_FILES:                                 # stale: never read again, and their room is needed
+        (folder / name).unlink(missing_ok=True)
+    check_space(folder, split, size)
     names = [name for name in DATA_FILES if name != "masks.npy" or n_masks]
     started = time.perf_counter()
     with ExitStack() as replaced_on_success:      # each file replaces its target when all are written
@@ -237,14 +272,37 @@ def build(folder, split, size, digest, workers=None):
         mask_rows = np.where(has_mask, np.cumsum(has_mask) - 1, -1).astype(np.int64)
         with open(tmp["meta.npz"], "wb") as f:
             np.savez(f, affines=affines, mask_rows=mask_rows)
-    if not n_masks:
-        (folder / "masks.npy").unlink(missing_ok=True)
+    seconds = time.perf_counter() - started
     manifest = {"format": FORMAT_VERSION, "root": str(Path(split.root).resolve()), "layout": split.layout,
                 "split": split.name, "size": size, "count": n, "masks": n_masks, "dataset": digest,
-                "seconds": round(time.perf_counter() - started, 2),
-                "files": {name: file_record(folder / name) for name in names}}
+                "seconds": round(seconds, 2), "files": {name: file_record(folder / name) for name in names}}
     with atomic_write(folder / MANIFEST) as tmp_manifest:
         tmp_manifest.write_text(json.dumps(manifest, indent=1))
+    return seconds
+
+
+def _build_announced(folder, split, size, digest, reason, workers, announce):
+    """Build ``folder`` with a line before (what, why, how many GB of how many free, what other caches hold) and
+    one after (time, GB on disk). A build that fails leaves nothing: its folder is removed."""
+    prune_orphans(folder.parent, announce)
+    n_masks = int(_has_mask(split).sum())
+    others = [row["bytes"] for row in list_caches(folder.parent) if row["folder"] != folder]
+    held = f"; {len(others)} other caches hold {_amount(sum(others))}" if others else ""
+    what = (f"decoding {len(split)} {split.name} images{f' and {n_masks} masks' if n_masks else ''} of "
+            f"{_shown(split.root)} once into {_shown(folder)}/ ({size} px, {_amount(needed_bytes(split, size))} "
+            f"of the {_amount(shutil.disk_usage(folder).free)} free{held})")
+    announce(what if reason == "not built" else f"cache {_shown(folder)}/ is stale ({reason}): rebuilding; {what}")
+    try:
+        seconds = build(folder, split, size, digest, workers)
+    except BaseException as err:
+        shutil.rmtree(folder, ignore_errors=True)  # no manifest: nothing in it could be read
+        if isinstance(err, OSError):
+            raise UserError(f"cannot write the decoded-image cache {_shown(folder)}/ ({err.strerror or err}); the "
+                            f"partial cache was removed; free space ({MAKE_ROOM}), make it writable "
+                            f"{WITHOUT}") from None
+        raise
+    announce(f"cache {_shown(folder)}/ built in {seconds:.1f} s ({len(split) / max(seconds, 1e-9):.0f} images/s): "
+             f"{_amount(_disk_bytes(folder))} on disk; {MAKE_ROOM}")
 
 
 def prune_orphans(cache_root, announce=print):
@@ -272,6 +330,7 @@ class DecodedCache:
 
     def __init__(self, folder, count, size):
         self.folder, self.count, self.size = Path(folder), count, size
+        self._in_use = _hold_in_use(self.folder)  # `--clear` leaves the cache alone while this object lives
         with np.load(self.folder / "meta.npz") as meta:
             self.affines, self.mask_rows = meta["affines"], meta["mask_rows"]
         self._maps = None
@@ -297,36 +356,126 @@ class DecodedCache:
         return self._maps[1]
 
     def __getstate__(self):  # to a loader worker: the folder and small arrays, never the mapped pixels
-        return {**self.__dict__, "_maps": None}
+        return {**self.__dict__, "_maps": None, "_in_use": None}
 
 
 def open_cache(split, size, cache_root=CACHE_ROOT, workers=None, announce=print):
     """The checked cache of ``split`` at ``size`` px; built first when missing, incomplete or stale (one line
-    says which and why). ``workers``: build processes (default: all cores)."""
+    says which and why, one what it took). ``workers``: build processes (default: all cores)."""
     size = int(size)
     folder = cache_folder(split, size, cache_root)
+    digest = dataset_digest(split, size)
+    if not folder.exists():
+        check_space(folder, split, size)  # before anything is made
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create the decoded-image cache {folder} ({err.strerror}); make it writable "
                         f"{WITHOUT}") from None
-    digest = dataset_digest(split, size)
     with _build_lock(folder):
         reason = stale_reason(folder, digest, len(split))
         if reason is not None:
-            prune_orphans(folder.parent, announce)
-            n_masks = int(_has_mask(split).sum())
-            gb = (len(split) * 3 + n_masks) * size * size / 1e9
-            what = (f"decoding {len(split)} {split.name} images{f' and {n_masks} masks' if n_masks else ''} of "
-                    f"{_shown(split.root)} once into {_shown(folder)}/ ({size} px, {gb:.2f} GB)")
-            announce(what if reason == "not built" else f"cache {_shown(folder)}/ is stale ({reason}): rebuilding;"
-                                                        f" {what}")
-            try:
-                build(folder, split, size, digest, workers)
-            except OSError as err:
-                raise UserError(f"cannot write the decoded-image cache {folder} ({err}); free space or make it "
-                                f"writable {WITHOUT}") from None
+            _build_announced(folder, split, size, digest, reason, workers, announce)
     return DecodedCache(folder, len(split), size)
+
+
+def _hold_in_use(folder):
+    """Mark the cache in ``folder`` as used now (the mtime of IN_USE) and in use by this process until the returned
+    file is closed (a shared lock on it, which ``clear_caches`` respects)."""
+    handle = open(folder / IN_USE, "a")
+    os.utime(folder / IN_USE)
+    if fcntl is not None:
+        fcntl.flock(handle, fcntl.LOCK_SH)
+    return handle
+
+
+# --- listing and clearing ----------------------------------------------------------------------------------------
+
+def _disk_bytes(folder):
+    """Bytes the files in ``folder`` take on disk (allocated blocks: a sparse file counts what it holds)."""
+    return sum(p.stat().st_blocks * 512 for p in Path(folder).iterdir() if p.is_file())
+
+
+def _manifest(folder):
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):  # not built, being replaced, or damaged
+        return None
+
+
+def list_caches(cache_root=CACHE_ROOT):
+    """One dict per cache folder in ``cache_root``: folder, dataset (its root), split, size, images (None when the
+    build is incomplete), bytes on disk, last_used (POSIX time: the last open, else the build)."""
+    rows = []
+    for folder in sorted(Path(cache_root).glob("*")):
+        match = FOLDER_NAME.match(folder.name)
+        if match is None or not folder.is_dir():
+            continue
+        manifest = _manifest(folder)
+        stamp = next((folder / name for name in (IN_USE, MANIFEST) if (folder / name).is_file()), folder)
+        rows.append({"folder": folder, "dataset": manifest["root"] if manifest else match["dataset"],
+                     "split": match["split"], "size": int(match["size"]),
+                     "images": manifest["count"] if manifest else None, "bytes": _disk_bytes(folder),
+                     "last_used": stamp.stat().st_mtime})
+    return rows
+
+
+def format_caches(rows, cache_root):
+    """The table ``python -m data.cache --list`` prints."""
+    if not rows:
+        return f"no decoded-image caches in {_shown(cache_root)}/"
+    now, width = time.time(), max(len("dataset"), *(len(str(_shown(row["dataset"]))) for row in rows))
+    lines = [f"{'dataset':<{width}} {'split':<10} {'size':>5} {'images':>10} {'GB':>8}  last used"]
+    for row in rows:
+        hours = (now - row["last_used"]) / 3600
+        ago = f"{hours:.0f} h ago" if hours < 48 else f"{hours / 24:.0f} days ago"
+        images = f"{row['images']}" if row["images"] is not None else "incomplete"
+        lines.append(f"{str(_shown(row['dataset'])):<{width}} {row['split']:<10} {row['size']:>5} {images:>10} "
+                     f"{row['bytes'] / 1e9:>8.2f}  {datetime.fromtimestamp(row['last_used']):%Y-%m-%d %H:%M} ({ago})")
+    lines.append(f"{len(rows)} cache{'s' * (len(rows) > 1)}, {sum(r['bytes'] for r in rows) / 1e9:.2f} GB in "
+                 f"{_shown(cache_root)}/")
+    return "\n".join(lines)
+
+
+def _selected(row, dataset, unused_days):
+    if dataset is not None and dataset not in (Path(row["dataset"]).name, str(row["dataset"])) and \
+            Path(dataset).resolve() != Path(row["dataset"]).resolve():
+        return False
+    return unused_days is None or time.time() - row["last_used"] >= unused_days * 86400
+
+
+@contextmanager
+def _unused(folder):
+    """Yields True, holding the folder's locks, when no process builds or reads the cache in ``folder``."""
+    with ExitStack() as held:
+        for name in (BUILD_LOCK, IN_USE):
+            if fcntl is None or not (folder / name).is_file():
+                continue
+            handle = held.enter_context(open(folder / name, "a"))
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+        yield True
+
+
+def clear_caches(cache_root=CACHE_ROOT, dataset=None, unused_days=None, announce=print):
+    """Remove the caches of ``dataset`` (its folder name or path; None: any) not used for ``unused_days`` days
+    (None: whenever used), except those a process builds or reads now. Returns the bytes freed."""
+    removed, freed, busy = 0, 0, []
+    for row in list_caches(cache_root):
+        if not _selected(row, dataset, unused_days):
+            continue
+        with _unused(row["folder"]) as free:
+            if not free:
+                busy.append(row["folder"].name)
+                continue
+            shutil.rmtree(row["folder"])
+        removed, freed = removed + 1, freed + row["bytes"]
+    announce(f"removed {removed} cache{'s' * (removed != 1)} ({_amount(freed)}) from {_shown(cache_root)}/"
+             + (f"; kept {len(busy)} in use by a running process: {', '.join(busy)}" if busy else ""))
+    return freed
 
 
 # --- the Dataset ---------------------------------------------------------------------------------------------
@@ -389,3 +538,33 @@ def make_dataset(split, img_size, cache=False, announce=print, cache_root=None):
     if not cache:
         return HandDataset(split, img_size)
     return CachedHandDataset(split, img_size, announce=announce, cache_root=cache_root)
+
+
+@cli
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="List or clear the decoded-image caches (data/cache/): one per "
+                                                 "dataset, split and image size.")
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--list", action="store_true", help="print every cache: dataset, split, size, images, GB, "
+                                                            "last used")
+    action.add_argument("--clear", action="store_true", help="remove the caches chosen by --all, --dataset and "
+                                                             "--unused-days (caches in use are kept)")
+    parser.add_argument("--all", action="store_true", help="with --clear: every cache")
+    parser.add_argument("--dataset", help="with --clear: the caches of this dataset (its folder name or path)")
+    parser.add_argument("--unused-days", type=float, help="with --clear: the caches not used for this many days")
+    args = parser.parse_args(argv)
+    check_minimums(args, {"unused_days": 0})
+    chosen = args.dataset is not None or args.unused_days is not None
+    if args.list and (args.all or chosen):
+        raise UserError("--all, --dataset and --unused-days choose what --clear removes; --list shows every cache")
+    if args.clear and args.all == chosen:
+        raise UserError("say which caches --clear removes: --all, or --dataset NAME and/or --unused-days N "
+                        "(`python -m data.cache --list` shows them)")
+    if args.list:
+        print(format_caches(list_caches(CACHE_ROOT), CACHE_ROOT))
+    else:
+        clear_caches(CACHE_ROOT, args.dataset, args.unused_days)
+
+
+if __name__ == "__main__":
+    main()

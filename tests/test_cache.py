@@ -1,6 +1,9 @@
 """The decoded-image cache: the same samples as the JPEG path, rebuilt (never read) when the dataset or a cache
 file changed, nothing read after a killed build, one-line errors from build workers; the batched loader."""
+import errno
+import gc
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,6 +23,7 @@ from data.dataset import HandDataset
 from data.loader import make_loader
 from data.readers import load_split
 from tests.markers import write_marker_dataset
+from tests.scripts import run_main
 
 SIZE = 64
 
@@ -52,8 +56,10 @@ def assert_matches_jpegs(split, dataset):
 
 
 def open_dataset(root, cache_root, lines, split="train", workers=1):
+    """The cached dataset; ``lines`` gets the lines announced before each build (those after it are checked in
+    test_a_build_announces_what_it_takes)."""
     return CachedHandDataset(load_split(root, split), SIZE, cache_root=cache_root, workers=workers,
-                             announce=lines.append)
+                             announce=lambda line: None if " built in " in line else lines.append(line))
 
 
 # --- same samples ---------------------------------------------------------------------------------------------
@@ -248,3 +254,120 @@ def test_out_of_range_indices_raise(markers, tmp_path):
     dataset = CachedHandDataset(load_split(markers, "evaluation"), SIZE, cache_root=tmp_path, announce=print)
     with pytest.raises(IndexError):
         dataset.__getitems__([0, len(dataset)])
+
+
+# --- room on disk, listing and clearing ---------------------------------------------------------------------------
+
+def test_a_build_announces_what_it_takes(fresh):
+    """Before: how many GB of how many free (and what the other caches hold); after: the time and the GB on disk."""
+    root, cache_root, _ = fresh
+    lines = []
+    for split in ("train", "evaluation"):
+        CachedHandDataset(load_split(root, split), SIZE, cache_root=cache_root, workers=1, announce=lines.append)
+    need = cache_module.needed_bytes(load_split(root, "evaluation"), SIZE)
+    train_mb = cache_module.needed_bytes(load_split(root, "train"), SIZE) / 1e6
+    assert re.search(rf"\(64 px, {train_mb:.1f} MB of the [\d.]+ [GM]B free\)$", lines[0]), lines[0]
+    assert re.search(r"; 1 other caches hold 0\.\d MB\)$", lines[2]), lines[2]
+    assert lines[3].startswith("cache ") and " built in " in lines[3] and " MB on disk; " in lines[3]
+    assert "python -m data.cache --list" in lines[3]
+    folder = cache_folder(load_split(root, "evaluation"), SIZE, cache_root)
+    assert need >= sum((folder / name).stat().st_size for name in ("images.npy", "meta.npz")) > need - 3 * 4096
+
+
+def _no_room(monkeypatch, free):
+    usage = shutil.disk_usage("/")
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: usage._replace(free=free))
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["new", "stale_rebuild"])
+def test_a_build_without_room_is_refused_in_one_line_leaving_nothing(fresh, monkeypatch, stale):
+    root, cache_root, lines = fresh
+    split = load_split(root, "train")
+    if stale:
+        open_dataset(root, cache_root, lines)
+        _touch(root / "training/rgb/00000002.jpg")
+    _no_room(monkeypatch, 1000)
+    with pytest.raises(UserError) as info:
+        open_dataset(root, cache_root, lines)
+    message = str(info.value)
+    assert "\n" not in message and f"needs {cache_module.needed_bytes(split, SIZE) / 1e6:.1f} MB" in message
+    assert "0.0 MB are free" in message and "python -m data.cache --list" in message and "cache=false" in message
+    assert not cache_folder(split, SIZE, cache_root).exists()
+
+
+def test_a_full_disk_during_a_build_is_one_line_and_leaves_no_partial_cache(fresh, monkeypatch):
+    root, cache_root, lines = fresh
+    real, written = cache_module._write_rows, []
+
+    def fill_up(file, first_row, rows):
+        if written:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), file[0])
+        written.append(first_row)
+        real(file, first_row, rows)
+    monkeypatch.setattr(cache_module, "_write_rows", fill_up)
+    monkeypatch.setattr(cache_module, "CHUNK", 2)
+    with pytest.raises(UserError) as info:
+        open_dataset(root, cache_root, lines)
+    assert "No space left on device" in str(info.value) and "the partial cache was removed" in str(info.value)
+    assert "\n" not in str(info.value) and written
+    assert not cache_folder(load_split(root, "train"), SIZE, cache_root).exists()
+
+
+def test_list_and_clear_caches(fresh, tmp_path, monkeypatch, capsys):
+    """--list: one row per cache (dataset, split, px, images, GB, last used); --clear --unused-days, --dataset and
+    --all remove what they choose, never a cache a process reads."""
+    root, cache_root, lines = fresh
+    other = shutil.copytree(root, tmp_path / "other")
+    monkeypatch.setattr(cache_module, "CACHE_ROOT", cache_root)
+    train_set = open_dataset(root, cache_root, lines)
+    folders = {name: open_dataset(r, cache_root, lines, split=s).cache.folder
+               for name, r, s in (("eval", root, "evaluation"), ("other", other, "train"))}
+    old = time.time() - 10 * 86400
+    os.utime(folders["eval"] / cache_module.IN_USE, (old, old))
+    code, out, _ = run_main(cache_module.main, ["--list"], capsys)
+    rows = out.splitlines()
+    assert code == 0 and rows[0].split() == ["dataset", "split", "size", "images", "GB", "last", "used"]
+    assert len(rows) == 5 and rows[-1].startswith("3 caches, ")
+    n_eval = len(load_split(root, "evaluation"))
+    assert any(row.split()[:4] == [str(root), "evaluation", "64", str(n_eval)] and "(10 days ago)" in row
+               for row in rows)
+
+    code, out, _ = run_main(cache_module.main, ["--clear", "--unused-days", "5"], capsys)
+    assert code == 0 and out.startswith("removed 1 cache ") and not folders["eval"].exists()
+    code, out, _ = run_main(cache_module.main, ["--clear", "--dataset", "other"], capsys)
+    assert out.startswith("removed 1 cache ") and not folders["other"].exists()
+    code, out, _ = run_main(cache_module.main, ["--clear", "--all"], capsys)
+    assert "removed 0 caches" in out and "kept 1 in use" in out and train_set.cache.folder.exists()
+    folder = train_set.cache.folder
+    del train_set
+    gc.collect()
+    code, out, _ = run_main(cache_module.main, ["--clear", "--all"], capsys)
+    assert out.startswith("removed 1 cache ") and not folder.exists()
+    code, out, _ = run_main(cache_module.main, ["--list"], capsys)
+    assert out.strip() == f"no decoded-image caches in {cache_root}/"
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--clear"], "say which caches --clear removes"),
+    (["--clear", "--all", "--dataset", "x"], "say which caches --clear removes"),
+    (["--list", "--all"], "--list shows every cache"),
+    (["--clear", "--unused-days", "-1"], "--unused-days -1.0: must be at least 0"),
+])
+def test_cache_command_line_errors_are_one_line(args, fragment, capsys):
+    code, _, err = run_main(cache_module.main, args, capsys)
+    assert code == 2 and err.count("\n") == 1 and fragment in err, err
+
+
+def test_the_sampler_starts_an_epoch_part_way_without_reading_the_skipped(markers):
+    """set_epoch(epoch, skip=n): the epoch's order (per shard) without its first n indices."""
+    data = load_split(markers, "train")
+    for rank in range(2):
+        loader = make_loader(HandDataset(data, SIZE), 2, train=True, seed=3, rank=rank, world_size=2, workers=0)
+        loader.sampler.set_epoch(4)
+        order = list(loader.sampler)
+        loader.sampler.set_epoch(4, skip=4)
+        assert list(loader.sampler) == order[4:] and len(loader.sampler) == len(order) - 4
+        assert [b["id"].tolist() for b in loader] == [data.image_ids[order[i:i + 2]].tolist() for i in (4, 6, 8)
+                                                      if i + 2 <= len(order)]
+        loader.sampler.set_epoch(5)
+        assert len(list(loader.sampler)) == len(order)
