@@ -14,6 +14,7 @@ Hand frame (before the view rotation), metres, wrist at the origin: x radial (to
     python -m data.synthetic --out DIR --train N --eval M --seed S [--size 224] [--versions V] [--workers W]
 """
 import argparse
+import contextlib
 import functools
 import json
 import multiprocessing
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from common import UserError, atomic_write, cli
+from common import UserError, atomic_write, cli, progress
 from data.joints import BONES
 from geometry import ROOT_JOINT, SCALE_BONE, bone_length, project
 
@@ -314,7 +315,7 @@ def make_sample(rng, size, versions=1):
 
 def _write_sample(task):
     """Worker: render hand (split, index) into ``root``, its version v as image v * count + index (FreiHAND's
-    numbering), and return its K and xyz as lists."""
+    numbering). Returns (split, index, K (3, 3), xyz (21, 3), images written)."""
     root, split, index, count, versions, seed, size = task
     rng = np.random.default_rng(np.random.SeedSequence([seed, SPLIT_IDS[split], index]))
     rgbs, mask, K, xyz = make_sample(rng, size, versions)
@@ -322,7 +323,7 @@ def _write_sample(task):
         Image.fromarray(rgb).save(root / split / "rgb" / f"{version * count + index:08d}.jpg", quality=JPEG_QUALITY)
     if split == "training":
         Image.fromarray(mask).save(root / split / "mask" / f"{index:08d}.jpg", quality=JPEG_QUALITY)
-    return K.tolist(), xyz.tolist()
+    return split, index, K, xyz, len(rgbs)
 
 
 def _write_json(path, value):
@@ -367,25 +368,30 @@ def generate(out_dir, n_train, n_eval, seed=0, size=224, workers=None, versions=
 
 
 def _fill(partial, n_train, n_eval, seed, size, versions, workers):
-    """Write the whole set into the folder ``partial``."""
-    tasks = [(partial, split, i, n, v, seed, size)
-             for split, n, v in (("training", n_train, versions), ("evaluation", n_eval, 1)) for i in range(n)]
+    """Write the whole set into the folder ``partial``: images by worker processes as they are drawn (none is
+    kept in memory), labels gathered into arrays, a progress bar over the images."""
+    counts = {"training": (n_train, versions), "evaluation": (n_eval, 1)}
+    tasks = ((partial, split, i, n, v, seed, size) for split, (n, v) in counts.items() for i in range(n))
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = min(workers or available, max(1, len(tasks) // 8))
+    workers = min(workers or available, max(1, (n_train + n_eval) // 8))
     for folder in ("training/rgb", "training/mask", "evaluation/rgb"):
         (partial / folder).mkdir(parents=True)
-    if workers == 1:
-        results = list(map(_write_sample, tasks))
-    else:
-        fork = "fork" if "fork" in multiprocessing.get_all_start_methods() else None   # no re-imports
-        with multiprocessing.get_context(fork).Pool(workers) as pool:
-            results = pool.map(_write_sample, tasks, chunksize=8)
-    for split, part in (("training", results[:n_train]), ("evaluation", results[n_train:])):
-        xyz = [joints for _, joints in part]
-        _write_json(partial / f"{split}_K.json", [K for K, _ in part])
-        _write_json(partial / f"{split}_xyz.json", xyz)
-        _write_json(partial / f"{split}_scale.json",
-                    np.round(bone_length(np.array(xyz).reshape(-1, 21, 3), SCALE_BONE), 8).tolist())
+    labels = {split: (np.empty((n, 3, 3)), np.empty((n, 21, 3))) for split, (n, _) in counts.items()}
+    with contextlib.ExitStack() as stack:
+        if workers == 1:
+            results = map(_write_sample, tasks)
+        else:
+            fork = "fork" if "fork" in multiprocessing.get_all_start_methods() else None   # no re-imports
+            pool = stack.enter_context(multiprocessing.get_context(fork).Pool(workers))
+            results = pool.imap_unordered(_write_sample, tasks, chunksize=8)
+        bar = stack.enter_context(progress(desc="generating", total=n_train * versions + n_eval, unit="img"))
+        for split, index, K, xyz, images in results:
+            labels[split][0][index], labels[split][1][index] = K, xyz
+            bar.update(images)
+    for split, (K, xyz) in labels.items():
+        _write_json(partial / f"{split}_K.json", K.tolist())
+        _write_json(partial / f"{split}_xyz.json", xyz.tolist())
+        _write_json(partial / f"{split}_scale.json", np.round(bone_length(xyz, SCALE_BONE), 8).tolist())
     _write_json(partial / SETTINGS_FILE, settings(n_train, n_eval, seed, size, versions))
 
 

@@ -1,12 +1,16 @@
 """The synthetic generator: FreiHAND v2 layout, geometry that matches the pictures, anatomy, determinism."""
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import common
 from common import PROJECT_ROOT
 from data import synthetic
 from data.joints import BONES
@@ -235,6 +239,36 @@ def test_an_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         synthetic.generate(tmp_path / "out", 5, 0, workers=1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_is_one_line_exit_143_and_leaves_nothing(tmp_path):
+    """SIGTERM (a scheduler's) to the generator and its worker processes mid-way: one line, exit 143, no folder."""
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "data.synthetic", "--out", str(out), "--train", "3000", "--eval",
+                                "0", "--size", "64", "--workers", "2"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".out.tmp-*/training/rgb/*.jpg")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143 and err.splitlines() == [
+        "interrupted (SIGTERM); nothing was written after the last message above"], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_progress_counts_the_images(tmp_path, monkeypatch, capsys):
+    """The progress bar counts images (V per training hand); without a terminal a plain line at most every
+    PROGRESS_LOG_SECONDS (here 0: every update), none for a step that ends sooner."""
+    monkeypatch.setattr(common, "PROGRESS_LOG_SECONDS", 0.0)
+    synthetic.main(["--out", str(tmp_path / "a"), "--train", "6", "--eval", "2", "--size", "64", "--versions", "3",
+                    "--workers", "1"])
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and all("\r" not in line and line.startswith("generating: ") for line in lines)
+    assert "20/20 [" in lines[-1] and "img/s" in lines[-1]
+    monkeypatch.setattr(common, "PROGRESS_LOG_SECONDS", 60.0)
+    synthetic.main(["--out", str(tmp_path / "b"), "--train", "6", "--eval", "2", "--size", "64", "--workers", "1"])
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("args", [["--train", "-1", "--eval", "2"], ["--train", "2", "--eval", "2", "--size", "32"],
