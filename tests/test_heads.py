@@ -4,6 +4,8 @@ import pytest
 import torch
 
 import models
+import recipes
+import train
 from models.heads import HeatmapLifting, PoseHead
 from models.heatmaps import gaussian_heatmaps
 from models.losses import pose_loss
@@ -92,3 +94,17 @@ def test_paper_heads_stay_the_defaults():
     assert models.create_model("resnet34").head_kind == "regression"
     assert models.create_model("hg_mlp").head == "mlp"
     assert models.create_model("ghost_lite").head == "attention"
+
+
+@pytest.mark.parametrize("name", recipes.recipe_names())
+def test_every_recipe_is_a_valid_config(name):
+    """Recipe keys, loss terms and model options are checked as train.py checks a run's config (the model built on
+    the meta device), so a recipe with a head option its arch does not take fails here, not in a user's run."""
+    train.validate_config(recipes.recipe_config(name))
+
+
+def test_the_gpu_recipes_use_the_head_at_224_px():
+    for name in ("effb4_1d_plus", "resnet34_plus"):
+        config = recipes.recipe_config(name)
+        assert config["img_size"] == 224 and config["model"]["head"] == "unet" and config["loss"]["heatmap2d"] > 0
+        assert config["amp"] and config["channels_last"] and config["ema_decay"] > 0 and config["warmup_epochs"] > 0

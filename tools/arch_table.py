@@ -1,0 +1,121 @@
+"""Every registered arch at one CPU budget: the README's arch table, one row per recipe, each row one command.
+
+    python tools/arch_table.py --minutes 10 --out runs/arch_table          # all rows, about 10 minutes each
+    python tools/arch_table.py --rows effb0_cpu,effb0_1d_cpu --minutes 10
+
+For each row: bench.py times the recipe's training step; the epochs that fill 85 % of --minutes at that rate
+(the rest goes to loading, validation and the top-k average) are given to ``train.py --recipe ROW --epochs E``;
+``predict.py --tta 10`` scores the evaluation split. Rows already in OUT/table.json are kept (a killed table
+continues where it stopped). Writes OUT/table.json and OUT/table.md after every row.
+"""
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import recipes  # noqa: E402
+from data import resolve_data_root  # noqa: E402
+from data.readers import load_split  # noqa: E402
+
+# seed 000's family with the shared head and with its paper head, then every other arch at its best
+ROWS = ("effb0_cpu", "effb0_1d_cpu", "effb4_cpu", "resnet34_cpu", "resnet101_cpu", "res50x2_res34_cpu",
+        "ghost_lite_cpu", "synthetic_cpu", "hg_mlp_cpu")
+TIME_SHARE = 0.85
+VAL_SHARE = 0.05   # the hold-out of the training hands
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", default=",".join(ROWS), help="comma-separated recipes")
+    p.add_argument("--minutes", type=float, default=10.0, help="CPU budget of each row")
+    p.add_argument("--tta", type=int, default=10)
+    p.add_argument("--out", default="runs/arch_table")
+    args = p.parse_args(argv)
+    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in args.rows if r not in recipes.RECIPES]
+    if unknown:
+        p.error(f"--rows {unknown[0]}: no such recipe in recipes.py")
+    if not args.minutes > 0 or args.tta < 1:
+        p.error("--minutes must be > 0 and --tta >= 1")
+    return args
+
+
+def run(command):
+    done = subprocess.run([str(c) for c in command], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, command))} failed:\n{done.stderr[-2000:]}")
+    return done
+
+
+def step_rates(rows, out):
+    """recipe -> training images/s of its step (bench.py, the recipe's own input size and batch)."""
+    rates = {}
+    for row in rows:
+        config = recipes.recipe_config(row)
+        result = out / f"bench_{row}.json"
+        run([sys.executable, "bench.py", "--device", "cpu", "--archs", "none", "--recipes", row, "--img-size",
+             config["img_size"], "--batch-size", config["batch_size"], "--steps", 5, "--tta", 1, "--loader-batches",
+             2, "--loader-seconds", 0, "--out", result])
+        rates[row] = json.loads(result.read_text())["stages"][f"train_step/{row}"]
+    return rates
+
+
+def train_row(row, minutes, rate, train_images, tta, out):
+    epochs = max(1, math.floor(60 * minutes * TIME_SHARE * rate / train_images))
+    run_dir = out / row
+    train_command = ["python", "train.py", "--recipe", row, "--epochs", epochs, "--out", run_dir]
+    start = time.perf_counter()
+    run([sys.executable, *train_command[1:]])
+    wall = time.perf_counter() - start
+    prefix = out / f"{row}_evaluation_tta{tta}"
+    run([sys.executable, "predict.py", "--ckpt", run_dir / "best.pt", "--split", "evaluation", "--tta", tta,
+         "--out", prefix])
+    scores = json.loads(prefix.with_suffix(".metrics.json").read_text())["reflections_allowed"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    config = recipes.recipe_config(row)
+    return {"recipe": row, "arch": config["arch"], "head": head_of(config), "epochs": epochs,
+            "train_minutes": round(wall / 60, 1), "train_images_per_s": round(summary["train_images_per_s"], 1),
+            "eval_pa_mpjpe_mm": round(scores["pa_mpjpe_mm"], 2), "of_constant_shape": round(scores["of_constant_shape"], 3),
+            "command": " ".join(map(str, train_command)) + f" && python predict.py --tta {tta}"}
+
+
+def head_of(config):
+    model = config["model"]
+    if "head" in model or "depth_head" in model:
+        return model.get("head") or f"2D heatmaps + {model['depth_head']}"
+    return "paper"
+
+
+def write_table(rows, out, minutes):
+    (out / "table.json").write_text(json.dumps(rows, indent=2))
+    lines = [f"| recipe | arch | head | epochs in {minutes:g} min | train min | train img/s | eval PA-MPJPE mm "
+             f"(tta 10) | of constant shape | command |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| `{r['recipe']}` | {r['arch']} | {r['head']} | {r['epochs']} | {r['train_minutes']} | "
+                     f"{r['train_images_per_s']} | {r['eval_pa_mpjpe_mm']} | {100 * r['of_constant_shape']:.1f} % | "
+                     f"`{r['command']}` |")
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = (ROOT / args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    done = json.loads((out / "table.json").read_text()) if (out / "table.json").is_file() else []
+    todo = [r for r in args.rows if r not in {d["recipe"] for d in done}]
+    train_images = round(len(load_split(resolve_data_root(None), "train")) * (1 - VAL_SHARE))
+    rates = step_rates(todo, out)
+    for row in todo:
+        done.append(train_row(row, args.minutes, rates[row], train_images, args.tta, out))
+        write_table(done, out, args.minutes)
+        print(json.dumps(done[-1]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
