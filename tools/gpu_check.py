@@ -30,9 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 NOT_CARRIED = re.compile(r"^(torch|torchvision|torchaudio|triton|nvidia-.*|pip|setuptools|wheel)$")
 FULL = {"device": "cuda", "img_size": 224, "batch_size": 64, "bench_steps": 10, "train": 20000, "eval": 3960,
         "recipe": "effb4_1d_plus", "archs": "all", "bench_recipes": "effb4_1d_plus,resnet34_plus", "tta": 10,
-        "workers": 8}
+        "workers": 8, "max_epochs": None}
 DRY = {"device": "cpu", "img_size": 64, "batch_size": 4, "bench_steps": 1, "train": 24, "eval": 8,
-       "recipe": "effb0_cpu", "archs": "ghost_lite", "bench_recipes": "effb0_cpu", "tta": 2, "workers": 0}
+       "recipe": "effb0_cpu", "archs": "ghost_lite", "bench_recipes": "effb0_cpu", "tta": 2, "workers": 0,
+       "max_epochs": 1}
 
 
 def parse_args(argv=None):
@@ -144,7 +145,7 @@ def epochs_for(minutes, rate, images):
 def train_and_predict(out, sizes, minutes, rate):
     run, data = out / "run", out / "synthetic"
     # 5 % of the hands are held out for validation; 15 % of the time left for loading, validation and averaging
-    epochs = epochs_for(0.85 * minutes, rate, 0.95 * sizes["train"])
+    epochs = min(epochs_for(0.85 * minutes, rate, 0.95 * sizes["train"]), sizes["max_epochs"] or math.inf)
     train_s, code = run_logged([sys.executable, "train.py", "--recipe", sizes["recipe"], "--data-root", data,
                                 "--img-size", sizes["img_size"], "--device", sizes["device"], "--epochs", epochs,
                                 "--workers", sizes["workers"], "--out", run], out / "train.log")
