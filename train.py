@@ -248,8 +248,20 @@ def check_position(state, folder):
     if position and position["world_size"] != world_size:
         raise UserError(f"{folder / 'last.pt'} stopped inside epoch {position['epoch']} of a run of "
                         f"{position['world_size']} processes, and this is {world_size}; resume it with "
-                        f"{position['world_size']} (torchrun --nproc_per_node {position['world_size']} train.py ..."
-                        f" --resume, or plain python for 1)")
+                        f"{position['world_size']}: {continue_command(folder, position['world_size'])}")
+
+
+def continue_command(folder, world_size, local_world_size=None):
+    """The command that continues the run in ``folder`` over ``world_size`` processes (a state written inside an
+    epoch resumes only over as many): plain python for one, torchrun for more (``local_world_size`` of them per
+    node; with several nodes each runs torchrun as it did)."""
+    if world_size == 1:
+        return f"python train.py --out {folder} --resume"
+    local = local_world_size or world_size
+    if local == world_size:
+        return f"torchrun --nproc_per_node {world_size} train.py --out {folder} --resume"
+    return (f"torchrun --nnodes {world_size // local} --nproc_per_node {local} (and the rendezvous options it had, "
+            f"on each node) train.py --out {folder} --resume")
 
 
 def validate_config(config):
@@ -403,15 +415,14 @@ def claim_run_folder(folder):
     return lock
 
 
-def resume_hint(folder):
+def resume_hint(folder, world_size):
     """What last.pt holds and the command that continues the run."""
     last = folder / "last.pt"
     if not last.is_file():
         return "no epoch had finished, so nothing was kept; run the same command again to start over"
-    state = torch.load(last, map_location="cpu", weights_only=False)
+    state = load_checkpoint(last)
     position = runstate.EpochPosition.from_dict(state["position"]) if state.get("position") else None
-    holds = last_pt_holds(last, state["epoch"], state["config"], position)
-    return f"{holds}; continue with: python train.py --out {folder} --resume"
+    return last_pt_holds(last, state["epoch"], state["config"], world_size, position)
 
 
 # --- reproducibility ---------------------------------------------------------------------------------------
@@ -531,18 +542,18 @@ def stop(ctx, signum, epochs_done, position=None):
     ctx["tb"].close()
     line = ""
     if ctx["rank"] == 0:
-        holds = last_pt_holds(ctx["folder"] / "last.pt", epochs_done, ctx["config"], position)
-        line = (f"stopped by {runstate.SIGNAL_NAMES[signum]}; {holds}; continue with: python train.py --out "
-                f"{ctx['folder']} --resume")
+        holds = last_pt_holds(ctx["folder"] / "last.pt", epochs_done, ctx["config"], ctx["world_size"], position)
+        line = f"stopped by {runstate.SIGNAL_NAMES[signum]}; {holds}"
     raise Interrupted(line, status=runstate.exit_status(signum))
 
 
-def last_pt_holds(path, epochs_done, config, position=None):
-    """What a last.pt holds, in words."""
+def last_pt_holds(path, epochs_done, config, world_size, position=None):
+    """What a last.pt holds, in words, and the command that continues the run (over ``world_size`` processes)."""
+    command = continue_command(path.parent, world_size, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
     if position is None:
-        return f"{path} holds epoch {epochs_done} of {config['epochs']}"
+        return f"{path} holds epoch {epochs_done} of {config['epochs']}; continue with: {command}"
     return (f"{path} holds {position.describe(config['accumulate'])} of {config['epochs']} (weights, EMA, optimiser, "
-            f"schedule, scaler, random streams and the place in the epoch's order)")
+            f"schedule, scaler, random streams and the place in the epoch's order); continue with: {command}")
 
 
 def check_finite(losses, epoch, step, ctx):
@@ -841,9 +852,10 @@ def main(argv=None):
         if ctx["rank"] == 0 and new_folder and not (folder / "last.pt").exists():
             lock.close()
             shutil.rmtree(folder, ignore_errors=True)  # nothing worth keeping: leave no half-made run behind
-        if isinstance(err, KeyboardInterrupt):  # a second signal, or one outside the epochs
-            raise Interrupted(f"training stopped; {resume_hint(folder)}",
-                              status=EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED) from None
+        if isinstance(err, KeyboardInterrupt):  # a second signal, or one outside the epochs: rank 0 says it
+            line = f"training stopped; {resume_hint(folder, ctx['world_size'])}" if ctx["rank"] == 0 else ""
+            raise Interrupted(line, status=EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED) \
+                from None
         raise
     finally:
         for loader in (ctx["train_loader"], ctx["val_loader"]):

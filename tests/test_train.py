@@ -250,6 +250,31 @@ def test_checkpoint_minutes_saves_inside_the_epoch_and_a_crash_resumes_exactly(s
     assert_same_run(straight_runs(FEATURES), folder)
 
 
+@pytest.mark.parametrize("saved, running, command", [
+    (2, None, "torchrun --nproc_per_node 2 train.py --out {folder} --resume"),
+    (1, "2", "python train.py --out {folder} --resume"),
+], ids=["ddp_state_resumed_by_python", "single_state_resumed_by_torchrun"])
+def test_a_state_inside_an_epoch_resumes_over_as_many_processes_and_says_the_command(saved, running, command,
+                                                                                      tmp_path, monkeypatch, capsys):
+    """A last.pt written inside an epoch of a run of ``saved`` processes, resumed over another number: one line
+    giving the command that resumes it, runnable as written (torchrun for a DDP run)."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    save_checkpoint({"config": recipes.recipe_config("ghost_lite"), "model": {}, "epoch": 0,
+                     "position": {"epoch": 1, "world_size": saved}}, folder / "last.pt")
+    if running:
+        monkeypatch.setenv("WORLD_SIZE", running)
+    with pytest.raises(train.UserError) as info:
+        train.resume_config(train.parse_args(["--out", str(folder), "--resume"]), folder)
+    assert str(info.value).endswith(f"resume it with {saved}: {command.format(folder=folder)}"), str(info.value)
+
+
+def test_the_command_that_continues_names_torchrun_for_a_ddp_run():
+    assert train.continue_command("runs/a", 1) == "python train.py --out runs/a --resume"
+    assert train.continue_command("runs/a", 4, 4) == "torchrun --nproc_per_node 4 train.py --out runs/a --resume"
+    assert train.continue_command("runs/a", 8, 4).startswith("torchrun --nnodes 2 --nproc_per_node 4 ")
+
+
 def test_resume_of_a_run_from_an_older_train_py_is_one_line(tmp_path, capsys):
     folder = tmp_path / "old"
     folder.mkdir()
@@ -389,10 +414,11 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_resume_matches(ddp
     lines = [line for line in stopped.stderr.splitlines() if line.startswith("interrupted:")]
     assert lines == [f"interrupted: stopped by SIGTERM; {folder / 'last.pt'} holds step 1 of 2 of epoch 2 of 2 "
                      f"(weights, EMA, optimiser, schedule, scaler, random streams and the place in the epoch's order); "
-                     f"continue with: python train.py --out {folder} --resume"], stopped.stderr[-3000:]
+                     f"continue with: torchrun --nproc_per_node 2 train.py --out {folder} --resume"], \
+        stopped.stderr[-3000:]
     position = load_checkpoint(folder / "last.pt")["position"]
     assert (position["world_size"], position["batches"], len(position["streams"])) == (2, 2, 2)
-    resumed = torchrun(*args, "--out", folder, "--resume", port=29537)
+    resumed = torchrun("--out", folder, "--resume", port=29537)  # the command the line gives
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "after epoch 1 of 2, at step 1 of 2 of epoch 2" in resumed.stdout
     assert_same_run(straight, folder)
