@@ -18,7 +18,8 @@ will write and refuses, in one line, when the file system has fewer free (before
 deletes the old manifest and data files first, writes temp files, ``os.replace``s them into place and writes the
 manifest last, so a killed build leaves no manifest and is rebuilt on the next open; a build that fails (a full
 disk, a corrupt image, Ctrl-C) removes its folder. Building a cache deletes the caches of datasets that no
-longer exist.
+longer exist (not one a process still reads). A process that opens a cache while ``--clear`` removes it makes it
+again.
 
     python -m data.cache --list                       # every cache: dataset, split, size, images, GB, last used
     python -m data.cache --clear --all                # or --dataset NAME and/or --unused-days N (both must hold)
@@ -67,6 +68,13 @@ def _shown(path):
 def _amount(n_bytes):
     """Bytes in words: GB from 1 GB up, else MB."""
     return f"{n_bytes / 1e9:.2f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.1f} MB"
+
+
+def _amounts(needed, free):
+    """``needed`` and ``free`` bytes in words that differ when the numbers do (exact bytes when rounding would show
+    the same amount twice)."""
+    shown = _amount(needed), _amount(free)
+    return shown if shown[0] != shown[1] or needed == free else (f"{needed:,} bytes", f"{free:,} bytes")
 
 
 def _cores():
@@ -160,15 +168,27 @@ def stale_reason(folder, digest, count):
 
 @contextmanager
 def _build_lock(folder):
-    """Exclusive lock on ``folder``/build.lock (no-op where fcntl is missing)."""
+    """Exclusive lock on ``folder``/build.lock (no-op where fcntl is missing). Yields False when the folder was
+    removed while this process waited for the lock (``--clear``, a failed build): the lock is then on a deleted
+    file and guards nothing."""
     with open(folder / BUILD_LOCK, "a") as f:
         if fcntl is not None:
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
+            yield _same_file(f, folder / BUILD_LOCK)
         finally:
             if fcntl is not None:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _same_file(handle, path):
+    """Whether the open file ``handle`` is still the file at ``path``."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(handle.fileno())
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _decode_chunk(task):
@@ -247,8 +267,9 @@ def check_space(folder, split, size):
         where = where.parent
     needed, free = needed_bytes(split, size), shutil.disk_usage(where).free
     if needed > free:
+        needed_shown, free_shown = _amounts(needed, free)
         raise UserError(f"the decoded-image cache of {len(split)} {split.name} images at {size} px needs "
-                        f"{_amount(needed)} in {_shown(Path(folder).parent)}/ and {_amount(free)} are free there: "
+                        f"{needed_shown} in {_shown(Path(folder).parent)}/ and {free_shown} are free there: "
                         f"free space ({MAKE_ROOM}) {WITHOUT}")
 
 
@@ -307,16 +328,19 @@ def _build_announced(folder, split, size, digest, reason, workers, announce):
 
 def prune_orphans(cache_root, announce=print):
     """Delete the caches under ``cache_root`` whose dataset root no longer exists (a moved dataset, a test's
-    temporary folder): they can never be read again."""
+    temporary folder): they can never be built again. One that a process still reads or builds is kept."""
     removed = 0
     for manifest in Path(cache_root).glob(f"*/{MANIFEST}"):
         try:
             root = json.loads(manifest.read_text()).get("root")
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):  # being replaced, or unreadable: not ours to judge
             continue
-        if root and not Path(root).exists():
-            shutil.rmtree(manifest.parent, ignore_errors=True)
-            removed += 1
+        if not root or Path(root).exists() or manifest.parent.is_symlink():
+            continue
+        with _unused(manifest.parent) as free:
+            if free:
+                shutil.rmtree(manifest.parent, ignore_errors=True)
+                removed += 1
     if removed:
         announce(f"removed {removed} decoded-image cache{'s' * (removed > 1)} of datasets that no longer exist "
                  f"from {_shown(cache_root)}/")
@@ -365,18 +389,21 @@ def open_cache(split, size, cache_root=CACHE_ROOT, workers=None, announce=print)
     size = int(size)
     folder = cache_folder(split, size, cache_root)
     digest = dataset_digest(split, size)
-    if not folder.exists():
-        check_space(folder, split, size)  # before anything is made
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create the decoded-image cache {folder} ({err.strerror}); make it writable "
-                        f"{WITHOUT}") from None
-    with _build_lock(folder):
-        reason = stale_reason(folder, digest, len(split))
-        if reason is not None:
-            _build_announced(folder, split, size, digest, reason, workers, announce)
-    return DecodedCache(folder, len(split), size)
+    while True:
+        if not folder.exists():
+            check_space(folder, split, size)  # before anything is made
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create the decoded-image cache {folder} ({err.strerror}); make it writable "
+                            f"{WITHOUT}") from None
+        with _build_lock(folder) as current:
+            if not current:  # removed while this process waited: make it again
+                continue
+            reason = stale_reason(folder, digest, len(split))
+            if reason is not None:
+                _build_announced(folder, split, size, digest, reason, workers, announce)
+            return DecodedCache(folder, len(split), size)  # in use before the build lock is released
 
 
 def _hold_in_use(folder):
@@ -404,12 +431,13 @@ def _manifest(folder):
 
 
 def list_caches(cache_root=CACHE_ROOT):
-    """One dict per cache folder in ``cache_root``: folder, dataset (its root), split, size, images (None when the
-    build is incomplete), bytes on disk, last_used (POSIX time: the last open, else the build)."""
+    """One dict per cache folder in ``cache_root`` (not a link to a folder elsewhere: --clear removes only what lies
+    in the root): folder, dataset (its root), split, size, images (None when the build is incomplete), bytes on
+    disk, last_used (POSIX time: the last open, else the build)."""
     rows = []
     for folder in sorted(Path(cache_root).glob("*")):
         match = FOLDER_NAME.match(folder.name)
-        if match is None or not folder.is_dir():
+        if match is None or folder.is_symlink() or not folder.is_dir():  # a link is not a cache this module made
             continue
         manifest = _manifest(folder)
         stamp = next((folder / name for name in (IN_USE, MANIFEST) if (folder / name).is_file()), folder)

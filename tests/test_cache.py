@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -345,6 +346,65 @@ def test_list_and_clear_caches(fresh, tmp_path, monkeypatch, capsys):
     assert out.startswith("removed 1 cache ") and not folder.exists()
     code, out, _ = run_main(cache_module.main, ["--list"], capsys)
     assert out.strip() == f"no decoded-image caches in {cache_root}/"
+
+
+def test_a_run_that_opens_a_cache_while_clear_removes_it_builds_it_again(fresh):
+    """--clear holds a cache's locks while it removes the folder; a run opening that cache meanwhile waits, then
+    finds its lock on a deleted file and makes the cache again (it does not build into a folder that is gone)."""
+    root, cache_root, lines = fresh
+    split = load_split(root, "train")
+    folder = open_dataset(root, cache_root, lines).cache.folder
+    gc.collect()  # the dataset above no longer reads it
+    opened = {}
+
+    def run_opens():
+        try:
+            opened["cache"] = open_cache(split, SIZE, cache_root, workers=1, announce=lambda *_: None)
+        except (UserError, OSError) as err:
+            opened["error"] = err
+    with cache_module._unused(folder) as free:  # what clear_caches holds while it removes a cache
+        assert free
+        run = threading.Thread(target=run_opens)
+        run.start()
+        time.sleep(0.5)  # the run waits for the build lock
+        shutil.rmtree(folder)
+    run.join()
+    assert "error" not in opened, opened
+    assert (folder / MANIFEST).is_file() and opened["cache"].images.shape == (len(split), SIZE, SIZE, 3)
+    with cache_module._unused(folder) as free:  # and the new cache is in use by the run from the start
+        assert not free
+
+
+def test_a_cache_in_use_or_a_link_is_never_removed(fresh, tmp_path, capsys):
+    """Pruning the caches of vanished datasets keeps one a process still reads; --list and --clear leave a link
+    to a folder outside the cache root alone."""
+    root, cache_root, lines = fresh
+    gone = shutil.copytree(root, tmp_path / "gone")
+    reading = open_dataset(gone, cache_root, lines)
+    shutil.rmtree(gone)
+    open_dataset(root, cache_root, lines)  # a build prunes orphans
+    assert reading.cache.folder.is_dir() and reading[0]["image"].shape == (3, SIZE, SIZE)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "images.npy").write_bytes(b"not a cache")
+    (cache_root / "linked-train-64px-0123456789abcdef").symlink_to(outside, target_is_directory=True)
+    assert [row["folder"].name for row in cache_module.list_caches(cache_root)] == sorted(
+        p.name for p in cache_root.iterdir() if not p.is_symlink())
+    del reading
+    gc.collect()
+    cache_module.clear_caches(cache_root, announce=lambda *_: None)
+    assert [p.name for p in cache_root.iterdir()] == ["linked-train-64px-0123456789abcdef"]
+    assert (outside / "images.npy").read_bytes() == b"not a cache"
+
+
+def test_a_shortfall_smaller_than_the_rounding_reads_as_two_amounts(fresh, monkeypatch):
+    root, cache_root, _ = fresh
+    split = load_split(root, "train")
+    needed = cache_module.needed_bytes(split, SIZE)
+    _no_room(monkeypatch, needed - 1)
+    with pytest.raises(UserError) as info:
+        cache_module.check_space(cache_root / "x", split, SIZE)
+    assert f"needs {needed:,} bytes in " in str(info.value) and f"and {needed - 1:,} bytes are free" in str(info.value)
 
 
 @pytest.mark.parametrize("args, fragment", [
