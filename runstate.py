@@ -100,11 +100,14 @@ class StopSignals:
     next optimiser step: ``stop.received`` holds its number (0: none). A second one stops at once, as outside the
     block (KeyboardInterrupt, or common.Terminated for SIGTERM). Left by ``Interrupted`` (the clean stop), both
     signals are ignored from then on: the process is on its way out, and under torchrun the other ranks' ends
-    signal it again."""
+    signal it again. A signal that the process was started ignoring (SIGINT for a background job of a script, as
+    Python itself leaves it) stays ignored."""
 
     def __enter__(self):
         self.received, self.owner = 0, os.getpid()
-        self.previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
+        ignored = {signum for signum in STOP_SIGNALS if signal.getsignal(signum) == signal.SIG_IGN}
+        self.previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS
+                         if signum not in ignored}
         return self
 
     def _handle(self, signum, frame):

@@ -288,6 +288,22 @@ def test_ctrl_c_is_one_line_with_the_command_to_continue_and_exit_130(data_root,
     assert lines[-1].endswith(f"; continue with: python train.py --out {folder} --resume")
 
 
+def test_a_signal_the_process_was_started_ignoring_stays_ignored_in_the_epochs():
+    """A background job of a script starts with SIGINT ignored (the script's Ctrl-C is not for it): the epochs'
+    stop handler leaves it so, and still turns SIGTERM into a stop at the next step."""
+    import runstate
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with runstate.StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.received == 0 and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.received == signal.SIGTERM
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_sigterm_to_every_process_with_loader_workers_is_one_line_and_exit_143(data_root, tmp_path):
     """A scheduler's SIGTERM reaches the training process and its loader workers at once (a process group): the
     workers keep serving until the step ends, last.pt is written, one line, exit 143, no worker left behind."""
