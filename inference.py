@@ -10,9 +10,11 @@ import contextlib
 import inspect
 import pickle
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
+from PIL import Image
 
 import geometry
 import models
@@ -109,7 +111,17 @@ def predict_loader(model, loader, device, tta=1, amp=False, channels_last=False,
 SCALE_PAIRS = BONES              # (20, 2) the joint pairs whose expected lengths fix the root depth: every bone
 PREDICTION_NOISE_M = 0.01        # a trained model's error per joint and axis (metres): how far a drawn bone may be off
 REFERENCE_RATIO_SD = 0.1         # spread of a bone's length over the scale bone's, where the training labels gave none
-ROOT_DEPTH_SPAN = 4.0            # root depths searched: the training mean root depth divided or multiplied by this
+ROOT_DEPTH_SPAN = 4.0            # uncalibrated: root depths searched within the training mean divided or times this
+FRAMING_SPAN = 3.0               # calibrated: root depths searched within this many spreads of the framing's depth
+
+
+class Calibration(NamedTuple):
+    """What a run's labelled validation predictions say about its root depths (``validation_calibration``)."""
+    bone_factor: np.ndarray      # (20,) median of each bone's drawn length (at the true root depth) over the expected
+    bone_spread: np.ndarray      # (20,) robust spread (1.4826 MAD) of that ratio: how steadily the model draws it
+    framing: float               # median over the labels of log(root depth / (input focal px * scale bone))
+    framing_spread: float        # its standard deviation: how far the crops' framing tells a hand's depth
+    bones_weight: float          # weight of the bones' log depth against the framing's, least squares on validation
 
 
 def bone_ratios(xyz):
@@ -125,8 +137,7 @@ def expected_bones(stats, scale, calibration=None):
     Lengths: the training labels' ratios to the scale bone (stats), else the reference hand's
     (data.joints.REFERENCE_BONES_MM, spread REFERENCE_RATIO_SD). A bone weighs by how sure its length is: its
     spread in the training hands and a model's error at either end (PREDICTION_NOISE_M). With a ``calibration``
-    (``bone_calibration``: factor, spread (20,)) the lengths are those the model draws, and the weights follow
-    how steadily it draws them.
+    the lengths are those the model draws, and the weights follow how steadily it draws them.
     """
     if "bone_ratio_mean" in stats:
         mean, sd = np.asarray(stats["bone_ratio_mean"]), np.asarray(stats["bone_ratio_sd"])
@@ -137,8 +148,8 @@ def expected_bones(stats, scale, calibration=None):
     lengths = scale[:, None] * mean                                                  # (N, 20) metres
     if calibration is None:
         return lengths, 1.0 / ((scale[:, None] * sd) ** 2 + 2.0 * PREDICTION_NOISE_M ** 2)
-    factor, spread = calibration
-    return lengths * factor, 1.0 / (lengths * np.maximum(spread, 1e-3)) ** 2
+    return (lengths * calibration.bone_factor,
+            1.0 / (lengths * np.maximum(calibration.bone_spread, 1e-3)) ** 2)
 
 
 def scale_bones(predictions, stats):
@@ -146,10 +157,55 @@ def scale_bones(predictions, stats):
     return np.where(np.isnan(predictions["bone_length"]), stats["bone_length_m"], predictions["bone_length"])
 
 
+def framed_depths(predictions, stats, calibration):
+    """Log root depth (N,) the crop's framing gives: the depth at which a hand with this scale bone fills the input
+    as the validation hands did (``Calibration.framing``), from the input camera's focal length alone."""
+    return calibration.framing + np.log(predictions["K"][:, 0, 0] * scale_bones(predictions, stats))
+
+
+def bone_depths(predictions, stats, calibration=None):
+    """(root depth (N,) metres at which the predicted bones come closest to their expected lengths, undetermined
+    (N,) bool): geometry.root_depth_from_bones, searched within FRAMING_SPAN spreads of the framing's depth when
+    calibrated, else within ROOT_DEPTH_SPAN of the training mean root depth (stats['root_depth_m'])."""
+    lengths, weights = expected_bones(stats, scale_bones(predictions, stats), calibration)
+    if calibration is None:
+        bracket = (stats["root_depth_m"] / ROOT_DEPTH_SPAN, stats["root_depth_m"] * ROOT_DEPTH_SPAN)
+    else:
+        framed, span = framed_depths(predictions, stats, calibration), FRAMING_SPAN * calibration.framing_spread
+        bracket = (np.exp(framed - span), np.exp(framed + span))
+    return geometry.root_depth_from_bones(predictions["uvd"], predictions["K"], SCALE_PAIRS, lengths, weights,
+                                          bracket)
+
+
+def root_depths(predictions, stats, calibration=None):
+    """(root depth (N,) metres, fell_back (N,) bool) of predictions (``predict_loader``'s dict).
+
+    The bones' depth (``bone_depths``), for hands whose scale bone has the length of *_scale.json where known, else
+    the training mean (stats['bone_length_m']). With a ``calibration`` it is blended in log with the framing's
+    depth (``framed_depths``) by the weight fitted on validation. Where no depth fits the bones better than
+    another (every joint on one camera ray, as when an untrained model puts them all at the centre): fell_back
+    True and the framing's depth, else the training mean root depth (stats['root_depth_m']).
+    """
+    depth, fell_back = bone_depths(predictions, stats, calibration)
+    if calibration is None:
+        return np.where(fell_back, stats["root_depth_m"], depth), fell_back
+    framed = framed_depths(predictions, stats, calibration)
+    blended = calibration.bones_weight * np.log(depth) + (1.0 - calibration.bones_weight) * framed
+    return np.exp(np.where(fell_back, framed, blended)), fell_back
+
+
+def camera_joints(predictions, stats, calibration=None):
+    """xyz (N, 21, 3) metres from predicted uvd, the root depth from ``root_depths``."""
+    depth, _ = root_depths(predictions, stats, calibration)
+    return geometry.uvd_to_xyz(predictions["uvd"], predictions["K"], depth)
+
+
+# --- calibration on the run's validation predictions ---------------------------------------------------------
+
 def bone_calibration(predictions, stats):
-    """How a model draws each bone, measured on labelled predictions (``predict_loader``'s dict, with xyz): factor
-    and spread (20,), the median and robust spread (1.4826 MAD) over the hands of each predicted bone's length at
-    the true root depth over the length ``expected_bones`` expects. Read-outs that average (soft-argmax, TTA) draw
+    """How a model draws each bone, on labelled predictions (``predict_loader``'s dict, with xyz): factor and
+    spread (20,), the median and robust spread (1.4826 MAD) over the hands of each predicted bone's length at the
+    true root depth over the length ``expected_bones`` expects. Read-outs that average (soft-argmax, TTA) draw
     the fingers short, the distal bones most, which alone would put every hand too far away."""
     truth = predictions["xyz"]
     drawn = geometry.uvd_to_xyz(predictions["uvd"], predictions["K"], truth[:, geometry.ROOT_JOINT, 2])
@@ -158,49 +214,57 @@ def bone_calibration(predictions, stats):
     return factor, 1.4826 * np.median(np.abs(ratio - factor), 0)
 
 
+def calibrate(predictions, stats):
+    """``Calibration`` from labelled predictions (``predict_loader``'s dict with xyz, K of the network input).
+    The blend weight is the least-squares one for the log depth errors of the bones (e_b) and the framing
+    (e_f): (var e_f - cov) / (var e_b + var e_f - 2 cov), within [0, 1]; 1 (the bones alone) where they do
+    not err."""
+    factor, spread = bone_calibration(predictions, stats)
+    truth = np.log(predictions["xyz"][:, geometry.ROOT_JOINT, 2])
+    framing = truth - np.log(predictions["K"][:, 0, 0] * scale_bones(predictions, stats))
+    partial = Calibration(factor, spread, float(np.median(framing)), float(framing.std()), 1.0)
+    errors = np.stack([np.log(bone_depths(predictions, stats, partial)[0]) - truth,
+                       framed_depths(predictions, stats, partial) - truth])            # (2, N)
+    (var_b, cov), (_, var_f) = np.cov(errors, bias=True)
+    denominator = var_b + var_f - 2.0 * cov
+    weight = float(np.clip((var_f - cov) / denominator, 0.0, 1.0)) if denominator > 1e-12 else 1.0
+    return partial._replace(bones_weight=weight)
+
+
+def input_cameras(split, rows, size):
+    """K (B, 3, 3) of the images ``rows`` of ``split`` as a size-pixel network input sees them (the square fit
+    of data.dataset.decode_image; only the image headers are read)."""
+    affines = []
+    for row in rows:
+        with Image.open(split.image_paths[row]) as image:
+            affines.append(geometry.crop_resize_affine(geometry.square_box(*image.size), size))
+    return geometry.transform_K(np.stack(affines), split.K[rows])
+
+
 def validation_calibration(run_dir, config, stats):
-    """(``bone_calibration`` of a run's validation predictions, its val_pred.npz written with best.pt, against the
-    labels of the data it trained on, or None; a line saying which)."""
+    """(``calibrate`` on a run's validation predictions, its val_pred.npz written with best.pt, against the labels
+    of the data it trained on, or None; a line saying which)."""
     path, root = Path(run_dir) / "val_pred.npz", config.get("data_root")
+    plain = "bone lengths as the training labels have them"
     if not path.is_file() or not root or detect_layout(root) is None:
-        missing = path if not path.is_file() else f"its training data {root}"
-        return None, f"bone lengths as the training labels have them ({missing} not found to calibrate them)"
+        return None, f"{plain} ({path if not path.is_file() else f'its training data {root}'} not found to calibrate)"
     with np.load(path) as saved:
         xyz, ids = saved["xyz"], saved["ids"]
     try:
         split = load_split(root, "val", config.get("folds", 0), config.get("fold", 0))
     except UserError as err:
-        return None, f"bone lengths as the training labels have them (no validation labels: {err})"
+        return None, f"{plain} (no validation labels: {err})"
     rows = {image_id: row for row, image_id in enumerate(split.image_ids)}
     if not split.labelled or any(int(i) not in rows for i in ids):
-        return None, f"bone lengths as the training labels have them ({path} does not match the val split of {root})"
+        return None, f"{plain} ({path} does not match the val split of {root})"
     rows = np.array([rows[int(i)] for i in ids])
-    K = split.K[rows]
+    K = input_cameras(split, rows, config["img_size"])
     scale = np.full(len(rows), np.nan) if split.scale is None else split.scale[rows]
     labelled = {"uvd": geometry.xyz_to_uvd(xyz, K), "K": K, "bone_length": scale, "xyz": split.xyz[rows]}
-    line = f"bone lengths as this model draws them ({len(rows)} validation images of {path})"
-    return bone_calibration(labelled, stats), line
-
-
-def root_depths(predictions, stats, calibration=None):
-    """(root depth (N,) metres, fell_back (N,) bool). The depth at which every predicted bone comes closest to its
-    expected length (``expected_bones``; geometry.root_depth_from_bones) for hands whose scale bone has the length
-    of *_scale.json where known, else the training set's mean (stats['bone_length_m']), searched within
-    ROOT_DEPTH_SPAN of the training mean root depth (stats['root_depth_m']). Where no depth is better than another
-    (every joint on one camera ray, as when an untrained model puts them all at the centre), that mean, and
-    fell_back True."""
-    lengths, weights = expected_bones(stats, scale_bones(predictions, stats), calibration)
-    mean_depth = stats["root_depth_m"]
-    bracket = (mean_depth / ROOT_DEPTH_SPAN, mean_depth * ROOT_DEPTH_SPAN)
-    depth, fell_back = geometry.root_depth_from_bones(predictions["uvd"], predictions["K"], SCALE_PAIRS, lengths,
-                                                      weights, bracket)
-    return np.where(fell_back, mean_depth, depth), fell_back
-
-
-def camera_joints(predictions, stats, calibration=None):
-    """xyz (N, 21, 3) metres from predicted uvd, the root depth from ``root_depths``."""
-    depth, _ = root_depths(predictions, stats, calibration)
-    return geometry.uvd_to_xyz(predictions["uvd"], predictions["K"], depth)
+    calibration = calibrate(labelled, stats)
+    return calibration, (f"calibrated on {len(rows)} validation images of {path}: bone lengths as this model "
+                         f"draws them, blended {calibration.bones_weight:.2f} : {1 - calibration.bones_weight:.2f} "
+                         f"with the crop's framing")
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------------

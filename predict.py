@@ -35,8 +35,10 @@ Policies
   least-squares problem, inference.root_depths), scaled by the known bone of *_scale.json where the split has
   it, else by the checkpoint's training mean bone length (stats['bone_length_m']); the lengths are those the model
   draws, measured on its run's validation predictions (val_pred.npz) where that file and the training data are
-  there; the run prints which. Where no depth fits better than another (every joint predicted on one camera
-  ray: in practice only an untrained model), the training mean root depth (stats['root_depth_m']), with a
+  there, and the result is then blended with the depth the crop's framing gives (the depth at which a hand of
+  that scale fills the input as the validation hands did), by a weight fitted there; the run prints which.
+  Where no depth fits the bones better than another (every joint predicted on one camera ray: in practice only
+  an untrained model), the framing's depth, else the training mean root depth (stats['root_depth_m']), with a
   warning.
 * AMP on CUDA (bf16 where supported, else fp16) and channels_last, as the checkpoint's config says (both on by
   default); --no-amp predicts in fp32. The CPU always runs fp32.
@@ -85,8 +87,8 @@ def resolve_root(data_root, config, announce=print):
 def root_depth_source(split, stats):
     """One line saying where the root depth comes from."""
     if split.scale is not None:
-        return f"root depth from every bone and the known bone scale (*_scale.json of the {split.name} split)"
-    return (f"root depth from every bone and the checkpoint's training mean bone length "
+        return f"root depth: every bone against the known bone scale (*_scale.json of the {split.name} split)"
+    return (f"root depth: every bone against the checkpoint's training mean bone length "
             f"({stats['bone_length_m'] * 1000:.2f} mm): the {split.name} split has no *_scale.json")
 
 
@@ -158,16 +160,18 @@ def main(argv=None):
     split = load_split(root, args.split or submission_split(detect_layout(root)))
     fmt, joint_order = resolve_format(args.format, args.joint_order, split.layout)
     prefix = output_prefix(args.out, f"{ckpt.resolve().parent.name}_{split.name}_tta{args.tta}")
-    calibration, drawn = validation_calibration(ckpt.resolve().parent, config, stats)
-    print(f"data: the {split.name} split of {shown(root)} ({split.layout} layout); {root_depth_source(split, stats)}, "
-          f"{drawn}")
+    calibration, calibration_line = validation_calibration(ckpt.resolve().parent, config, stats)
+    print(f"data: the {split.name} split of {shown(root)} ({split.layout} layout)\n"
+          f"{root_depth_source(split, stats)}; {calibration_line}")
 
     predictions = predict_split(model, split, config, args, resolve_device(args.device))
     depth, fell_back = root_depths(predictions, stats, calibration)
     xyz = geometry.uvd_to_xyz(predictions["uvd"], predictions["K"], depth)
     if fell_back.any():
+        fallback = ("the depth the crop's framing gives" if calibration
+                    else f"the training mean, {stats['root_depth_m']:.3f} m")
         print(f"warning: {fell_back.sum()} of {len(xyz)} predictions put every joint on one camera ray (an untrained "
-              f"model?); their root depth is the training mean, {stats['root_depth_m']:.3f} m")
+              f"model?); their root depth is {fallback}")
     record = {"xyz": xyz, "ids": predictions["ids"], "split": split.name, "layout": split.layout,
               "data_root": str(Path(root).resolve()), "arch": config["arch"], "ckpt": str(ckpt.resolve()),
               "run_dir": str(ckpt.resolve().parent), "tta": args.tta, "bone_length_m": stats["bone_length_m"],

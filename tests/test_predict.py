@@ -532,7 +532,7 @@ def test_predict_runs_on_a_checkpoint_of_every_arch(arch, markers, tmp_path, cap
     assert submission.read_freihand_zip(tmp_path / "sub.zip")[0].shape == (3, 21, 3)
     scores = json.loads((tmp_path / "sub.metrics.json").read_text())
     assert np.isfinite(scores["reflections_allowed"]["pa_mpjpe_mm"])
-    assert "root depth from every bone and the known bone scale" in out and str(ckpt.name) in out
+    assert "root depth: every bone against the known bone scale" in out and str(ckpt.name) in out
     if viz:
         pictures = sorted((tmp_path / "sub_viz").glob("*.png"))
         assert [p.name for p in pictures] == ["0000.png", "0002.png"]
@@ -644,7 +644,8 @@ def drawn_short(xyz):
 
 def test_calibration_takes_out_the_lengths_a_model_draws_short():
     """Fingertips drawn at half their length push every hand away; the factors measured on labelled validation
-    hands (half for the five distal bones, one elsewhere) bring the others' depths back."""
+    hands (half for the five distal bones, one elsewhere) bring the others' depths back, and the bones, exact
+    but for that, outweigh the crop's framing."""
     from tests.hands import synthetic_hands
     val, val_K = synthetic_hands(60, seed=11)
     test, test_K = synthetic_hands(60, seed=12)
@@ -652,9 +653,10 @@ def test_calibration_takes_out_the_lengths_a_model_draws_short():
     stats = {"bone_length_m": 0.04, "root_depth_m": 0.7, "bone_ratio_mean": mean.tolist(), "bone_ratio_sd": sd.tolist()}
     labelled = {"uvd": geometry.xyz_to_uvd(drawn_short(val), val_K), "K": val_K,
                 "bone_length": geometry.bone_length(val), "xyz": val}
-    calibration = inference.bone_calibration(labelled, stats)
-    np.testing.assert_allclose(calibration[0][3::4] / np.median(calibration[0][[0, 1, 2, 5, 6, 9, 10]]), 0.5,
-                               atol=0.05)
+    calibration = inference.calibrate(labelled, stats)
+    factor = calibration.bone_factor
+    np.testing.assert_allclose(factor[3::4] / np.median(factor[[0, 1, 2, 5, 6, 9, 10]]), 0.5, atol=0.05)
+    assert calibration.bones_weight > 0.9 and 0.05 < calibration.framing_spread < 0.3
     predictions = {"uvd": geometry.xyz_to_uvd(drawn_short(test), test_K), "K": test_K,
                    "bone_length": geometry.bone_length(test)}
     truth = test[:, geometry.ROOT_JOINT, 2]
@@ -663,15 +665,49 @@ def test_calibration_takes_out_the_lengths_a_model_draws_short():
     assert np.median(plain) > 0.03 and np.median(calibrated) < 0.01 and calibrated.max() < 0.1
 
 
+def noisy_predictions(xyz, K, seed, collapsed=0.1):
+    """uvd (N, 21, 3) of hands seen with a trained model's noise (2 px, 1 cm), a share ``collapsed`` of them drawn
+    at 30 % of their size about their centre (an unsure model's average hand); and which."""
+    rng = np.random.default_rng(seed)
+    uvd = geometry.xyz_to_uvd(xyz, K)
+    uvd[..., :2] += rng.normal(0.0, 2.0, uvd[..., :2].shape)
+    uvd[..., 2] += rng.normal(0.0, 0.01, uvd[..., 2].shape) / geometry.DEPTH_RANGE_M
+    shrunk = rng.uniform(size=len(xyz)) < collapsed
+    centre = uvd[shrunk, :, :2].mean(1, keepdims=True)
+    uvd[shrunk, :, :2] = centre + 0.3 * (uvd[shrunk, :, :2] - centre)
+    uvd[shrunk, :, 2] *= 0.3
+    return uvd, shrunk
+
+
+def test_calibration_keeps_hands_drawn_too_small_within_the_framing():
+    """A hand drawn at a third of its size fits its bones metres away; the crop's framing, weighed against the
+    bones on validation hands drawn alike, keeps every root within half a metre."""
+    from tests.hands import synthetic_hands
+    val, val_K = synthetic_hands(100, seed=21)
+    test, test_K = synthetic_hands(200, seed=22)
+    stats = {"bone_length_m": 0.04, "root_depth_m": 0.7}
+    labelled = {"uvd": noisy_predictions(val, val_K, 1)[0], "K": val_K, "bone_length": geometry.bone_length(val),
+                "xyz": val}
+    calibration = inference.calibrate(labelled, stats)
+    assert 0.1 < calibration.bones_weight < 0.9
+    uvd, shrunk = noisy_predictions(test, test_K, 2)
+    predictions = {"uvd": uvd, "K": test_K, "bone_length": geometry.bone_length(test)}
+    truth = test[:, geometry.ROOT_JOINT, 2]
+    plain = np.abs(inference.root_depths(predictions, stats)[0] - truth)
+    calibrated = np.abs(inference.root_depths(predictions, stats, calibration)[0] - truth)
+    assert np.sum(plain > 0.5) >= 10 and plain[shrunk].min() > 0.5
+    assert calibrated.max() < 0.5 and calibrated.mean() < 0.1
+
+
 def test_calibration_needs_the_runs_validation_predictions_and_their_labels(markers, tmp_path):
     stats = train.training_stats(load_split(markers, "train"))
-    config = {"data_root": str(markers)}
+    config = {"data_root": str(markers), "img_size": IMG_SIZE}
     calibration, line = inference.validation_calibration(tmp_path, config, stats)
     assert calibration is None and "val_pred.npz not found" in line
     val = load_split(markers, "val")
     np.savez(tmp_path / "val_pred.npz", xyz=val.xyz, ids=val.image_ids, split="val")
     calibration, line = inference.validation_calibration(tmp_path, config, stats)
-    assert "validation images" in line and calibration[0].shape == (20,)
+    assert "validation images" in line and calibration.bone_factor.shape == (20,)
     np.savez(tmp_path / "val_pred.npz", xyz=val.xyz, ids=val.image_ids + 10_000, split="val")
     calibration, line = inference.validation_calibration(tmp_path, config, stats)
     assert calibration is None and "does not match the val split" in line
