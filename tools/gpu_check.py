@@ -32,7 +32,7 @@ FULL = {"device": "cuda", "img_size": 224, "batch_size": 64, "bench_steps": 10, 
         "recipe": "effb4_1d_plus", "archs": "all", "bench_recipes": "effb4_1d_plus,resnet34_plus", "tta": 10,
         "workers": 8, "max_epochs": None}
 DRY = {"device": "cpu", "img_size": 64, "batch_size": 4, "bench_steps": 1, "train": 24, "eval": 8,
-       "recipe": "effb0_cpu", "archs": "ghost_lite", "bench_recipes": "effb0_cpu", "tta": 2, "workers": 0,
+       "recipe": "effb0_cpu", "archs": "none", "bench_recipes": "effb0_cpu", "tta": 2, "workers": 0,
        "max_epochs": 1}
 
 
@@ -108,7 +108,7 @@ def run_logged(command, log, timeout=None):
 def cuda_tests(out, sizes):
     junit = out / "pytest_cuda.xml"
     seconds, code = run_logged([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
-                                f"--junitxml={junit}"], out / "pytest_cuda.log")
+                                f"--junitxml={junit}", "tests/test_cuda.py"], out / "pytest_cuda.log")
     text = junit.read_text() if junit.is_file() else ""
     counts = {key: int(m.group(1)) if (m := re.search(rf'{key}="(\d+)"', text)) else None
               for key in ("tests", "failures", "errors", "skipped")}
