@@ -66,12 +66,14 @@ def step_rates(rows, out):
     return rates
 
 
-def train_row(row, minutes, rate, train_images, tta, out):
+def train_row(row, minutes, rate, train_images, tta, out, shown_out):
+    """One row: train for the epochs that fill the budget, predict with TTA, read the figures. ``shown_out``: the
+    --out folder as the user gave it, for the row's command."""
     epochs = max(1, math.floor(60 * minutes * TIME_SHARE * rate / train_images))
     run_dir = out / row
-    train_command = ["python", "train.py", "--recipe", row, "--epochs", epochs, "--out", run_dir]
+    train_command = ["python", "train.py", "--recipe", row, "--epochs", epochs, "--out", Path(shown_out) / row]
     start = time.perf_counter()
-    run([sys.executable, *train_command[1:]])
+    run([sys.executable, *train_command[1:-1], run_dir])
     wall = time.perf_counter() - start
     prefix = out / f"{row}_evaluation_tta{tta}"
     run([sys.executable, "predict.py", "--ckpt", run_dir / "best.pt", "--split", "evaluation", "--tta", tta,
@@ -112,7 +114,7 @@ def main(argv=None):
     train_images = round(len(load_split(resolve_data_root(None), "train")) * (1 - VAL_SHARE))
     rates = step_rates(todo, out)
     for row in todo:
-        done.append(train_row(row, args.minutes, rates[row], train_images, args.tta, out))
+        done.append(train_row(row, args.minutes, rates[row], train_images, args.tta, out, args.out))
         write_table(done, out, args.minutes)
         print(json.dumps(done[-1]), flush=True)
 
