@@ -2,7 +2,7 @@
 
     python tools/gpu_check.py --download-wheels tools/wheels --python-version 3.12   # on a machine with internet
     tools/gpu_check.sh                                                               # on the GPU machine
-    python tools/gpu_check.py --dry-run --out /tmp/check                             # the same steps, tiny, on a CPU
+    python tools/gpu_check.py --dry-run --out check                                 # the same steps, tiny, on a CPU
 
 On a bare machine with NVIDIA's PyTorch and no internet it
 1. installs the distributions the project needs that the machine lacks, from the wheels in --wheels (without
