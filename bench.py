@@ -157,8 +157,7 @@ def device_batch(dataset, batch_size, device):
     return to_device(dataset.__getitems__(rows), device)
 
 
-def augment_rate(names, batch, size, args, device, options=None):
-    augmenter = augment.Augmenter(names, augment.resolve_options(options or {}), size, device, seed=0)
+def augment_rate(augmenter, batch, args, device):
     seconds = median_seconds(lambda: augmenter(batch), args.steps, args.warmup, synchronizer(device))
     return batch["image"].shape[0] / seconds
 
@@ -243,16 +242,16 @@ def run(args):
     record("loader_jpeg", loader_rate(dataset(size, cache=False), args, device), size, b, "JPEG decode per sample")
     record("loader_cache", loader_rate(dataset(size), args, device), size, b, "decoded uint8 cache")
     batch = device_batch(dataset(size), b, device)
-    record("augment_default", augment_rate(augment.TRAIN_DEFAULT_AUGS, batch, size, args, device), size, b,
-           ",".join(augment.TRAIN_DEFAULT_AUGS))
-    record("augment_full", augment_rate(augment.AUG_NAMES, batch, size, args, device), size, b, "all, default p")
+    for stage, names, detail in (("augment_default", augment.TRAIN_DEFAULT_AUGS, ",".join(augment.TRAIN_DEFAULT_AUGS)),
+                                 ("augment_full", augment.AUG_NAMES, "all, default p")):
+        augmenter = augment.Augmenter(names, augment.resolve_options(), size, device, seed=0)
+        record(stage, augment_rate(augmenter, batch, args, device), size, b, detail)
     for name, config in entries:
         config["img_size"] = model_size = args.model_size or config["img_size"]
         data = device_batch(dataset(model_size), b, device)
         augmenter = augment.Augmenter(config["augs"], augment.resolve_options(config["aug"]), model_size, device,
                                       seed=0)
-        record(f"augment/{name}", augment_rate(config["augs"], data, model_size, args, device, config["aug"]),
-               model_size, b, config["augs"])
+        record(f"augment/{name}", augment_rate(augmenter, data, args, device), model_size, b, config["augs"])
         rate, model = train_step_rate(config["arch"], config, augmenter(data), args, device)
         record(f"train_step/{name}", rate, model_size, b, f"{config['arch']}, {config['optimizer']}, loss "
                                                           f"{','.join(config['loss'])}")
@@ -301,9 +300,10 @@ def main(argv=None):
     table = pd.DataFrame(rows)
     print()
     print(table.to_string(index=False))
+    shares = augment_share(rows)
     for name, times in loader_headroom(rows).items():
         print(f"{name}: the cached loader feeds its training step {times:g} times over; augmentation takes "
-              f"{100 * augment_share(rows)[name]:.1f} % of a step")
+              f"{100 * shares[name]:.1f} % of a step")
     write_json(args.out, rows, info, args)
     print(f"wrote {args.out} (load average {info['load_average_start']} at the start, {info['load_average_end']} "
           f"at the end)")

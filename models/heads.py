@@ -25,6 +25,11 @@ MIN_PEAK = 0.1  # below this a map holds no peak worth sharpening
 
 # --- 2D read-out ------------------------------------------------------------------------------------------
 
+def check_readout(readout):
+    if readout not in READOUTS:
+        raise ValueError(f"readout={readout!r}: choose one of {', '.join(READOUTS)}")
+
+
 def read_out(heatmaps, readout="peak", sharpness=15.0):
     """Heatmaps (B, J, h, w) -> attention maps M (B, J, h, w), each summing to 1.
 
@@ -34,8 +39,7 @@ def read_out(heatmaps, readout="peak", sharpness=15.0):
     differentiable argmax whatever the height of the peak. 'softmax': the plain spatial softmax (integral
     regression). The soft-argmax of M_j gives u, v; M_j also pools the features of joint j.
     """
-    if readout not in READOUTS:
-        raise ValueError(f"readout={readout!r}: choose one of {', '.join(READOUTS)}")
+    check_readout(readout)
     if readout == "softmax":
         return spatial_softmax(heatmaps)
     peak = heatmaps.amax((-2, -1), keepdim=True).clamp(min=MIN_PEAK)
@@ -105,7 +109,7 @@ class HeatmapLifting(nn.Module):
 
     def __init__(self, channels, readout="peak", sharpness=15.0, refine_uv=False, num_joints=NUM_JOINTS):
         super().__init__()
-        read_out(torch.zeros(1, 1, 1, 1), readout)  # a bad read-out name fails when the model is built
+        check_readout(readout)  # a bad read-out name fails when the model is built
         self.readout, self.sharpness = readout, sharpness
         self.lifting = LiftingHead(channels, refine_uv, num_joints)
 
@@ -121,7 +125,8 @@ class HeatmapLifting(nn.Module):
 def build_decoder(encoder_channels, decoder, width):
     """smp's decoder from features [input, stride 2, 4, ..., 2^D] (channels ``encoder_channels``, D+1 entries)
     to one stride-4 map: (decoder module, its channels). U-Net: D - 2 blocks of 4w, 2w, w channels (the
-    deepest first); FPN: pyramid of 2w channels merged into w (needs D = 5, as smp's FPN reads strides 4-32, and w a multiple of 32)."""
+    deepest first); FPN: pyramid of 2w channels merged into w (needs D = 5, as smp's FPN reads strides 4-32, and
+    w a multiple of 32)."""
     depth = len(encoder_channels) - 1
     if decoder == "unet":
         if depth < 3:

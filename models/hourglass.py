@@ -23,7 +23,7 @@ from torch import nn
 
 from common import UserError
 from geometry import NUM_JOINTS, denormalize_uvd
-from models.heads import HeatmapLifting, LiftingHead, attention_pool, read_out
+from models.heads import HeatmapLifting, LiftingHead, attention_pool, check_readout, read_out
 from models.heatmaps import soft_argmax_2d
 from models.pretrained import load_local_weights
 from models.registry import register_model
@@ -165,7 +165,7 @@ class HourglassAttention(nn.Module):
                  depth_source="shallow", stem_stride=2, depth_head="attention", readout="peak",
                  refine_uv=False, num_joints=NUM_JOINTS):
         super().__init__()
-        read_out(torch.zeros(1, 1, 1, 1), readout)  # a bad read-out name fails when the model is built
+        check_readout(readout)  # a bad read-out name fails when the model is built
         self.readout = readout
         if depth_source not in ("shallow", "final"):
             raise UserError(f"hourglass_attn: depth_source={depth_source!r}; choose 'shallow' or 'final'")

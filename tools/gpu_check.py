@@ -105,7 +105,7 @@ def run_logged(command, log, timeout=None):
     return time.perf_counter() - start, done.returncode
 
 
-def cuda_tests(out, sizes):
+def cuda_tests(out):
     junit = out / "pytest_cuda.xml"
     seconds, code = run_logged([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
                                 f"--junitxml={junit}", "tests/test_cuda.py"], out / "pytest_cuda.log")
@@ -191,7 +191,7 @@ def main(argv=None):
         return figures
 
     step("install", lambda: (install_missing(args.wheels, out / "install.log"), True))
-    step("pytest_cuda", cuda_tests, out, sizes)
+    step("pytest_cuda", cuda_tests, out)
     step("synthetic_set", make_data, out, sizes)
     figures = step("bench", bench, out, sizes, out / "synthetic")
     rate = ((figures.get("stages") or {}).get(f"train_step/{sizes['recipe']}"))
