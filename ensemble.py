@@ -40,6 +40,7 @@ import metrics
 from common import SUBMISSIONS_ROOT, UserError, atomic_write, cli, progress
 from data import resolve_data_root
 from data.joints import detect_order
+from geometry import ROOT_JOINT
 from data.readers import detect_layout, load_all_training, load_split
 from pictures import save_pictures
 from submission import (MP21_ORDER, check_joint_order, labels_for, load_predictions, output_prefix, report_scores,
@@ -84,6 +85,14 @@ def check_joint_orders(records, paths):
 def blend(xyz_stack, weights):
     """Weighted mean (N, 21, 3) of member predictions (M, N, 21, 3) with weights (M,) summing to 1."""
     return np.tensordot(np.asarray(weights, np.float64), xyz_stack, axes=1)
+
+
+def member_spread_mm(xyz_stack, weights):
+    """(N,) how far the members disagree: the weighted RMS distance (mm) of each member's root-relative joints
+    (M, N, 21, 3) from the blend's, over members and joints (data/pseudo.py ranks pseudo-labels by it)."""
+    relative = xyz_stack - xyz_stack[:, :, ROOT_JOINT:ROOT_JOINT + 1]
+    squared = ((relative - blend(relative, weights)) ** 2).sum(-1).mean(-1)          # (M, N)
+    return np.sqrt(np.tensordot(np.asarray(weights, np.float64), squared, axes=1)) * 1000.0
 
 
 def normalised(weights, count):
@@ -290,8 +299,8 @@ def default_name(paths):
 
 def blended_record(records, report, layout, split):
     """The ensemble's prediction record: the blend, the members' ids and split, members and weights."""
-    weights = np.asarray(report["weights"])
-    record = {"xyz": blend(np.stack([r["xyz"] for r in records]), weights), "ids": records[0]["ids"],
+    weights, stack = np.asarray(report["weights"]), np.stack([r["xyz"] for r in records])
+    record = {"xyz": blend(stack, weights), "ids": records[0]["ids"], "spread_mm": member_spread_mm(stack, weights),
               "split": records[0]["split"], "layout": layout or "", "arch": "ensemble",
               "data_root": str(split.root.resolve()) if split is not None else records[0].get("data_root", ""),
               "members": report["members"], "weights": weights}

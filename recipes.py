@@ -51,6 +51,9 @@ DEFAULTS = {
     "fold": 0,                      # the fold validated when folds > 0
     "average_top_k": 0,             # at the end, average the weights of the k best epochs (0/1 = off)
     "checkpoint_minutes": 30.0,     # also write last.pt inside an epoch this often (0 = at epoch ends only)
+    "pseudo_labels": "",            # a prediction .npz of an unlabelled split: its images join training (data/pseudo.py)
+    "pseudo_weight": 1.0,           # the loss weight of a pseudo-labelled image (a labelled one weighs 1)
+    "pseudo_keep": 1.0,             # the share of pseudo-labelled images kept, the surest first (an ensemble's spread)
 }
 
 _SEED000 = {"img_size": 224, "batch_size": 32, "epochs": 145, "optimizer": "adam", "lr": 1e-4,
@@ -105,8 +108,11 @@ RECIPES = {
                       "loss": {"heatmap2d": 30.0, "uv_l1": 1.0, "depth_l1": 1.0}, "augs": "rotate",
                       "aug": {"rotate": {"max_deg": 30.0}}, "short_on_cpu": False},
     # ours, the CPU recipe of seed 000's family: the effb0 encoder with the shared head (models/heads.py), the
-    # settings that made the hourglass learn (_CPU_HEAD)
-    "effb0_cpu": {**_CPU_HEAD, "arch": "effb0_1d", "epochs": 16, "model": {"head": "unet", "drop_connect": 0.0}},
+    # settings that made the hourglass learn (_CPU_HEAD); the encoder stops at stride 16 (at 64 px the stride-32
+    # stage sees a 2x2 map yet holds most of the weights: without it a step takes half the time and learns as
+    # much), and twice _CPU_HEAD's lr (README, "Learning on a CPU")
+    "effb0_cpu": {**_CPU_HEAD, "arch": "effb0_1d", "epochs": 32, "lr": 4e-3,
+                  "model": {"head": "unet", "drop_connect": 0.0, "encoder_depth": 4}},
     # ours, the same head on the other encoders and hourglasses, for the table of every arch at one CPU budget
     # (README); their epochs are set by that budget
     "effb4_cpu": {**_CPU_HEAD, "arch": "effb4_1d", "model": {"head": "unet", "drop_connect": 0.0}},

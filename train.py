@@ -42,9 +42,11 @@ from common import (EXIT_INTERRUPTED, EXIT_TERMINATED, RUNS_ROOT, SYNTHETIC_ROOT
 from data import resolve_data_root
 from data.cache import make_dataset
 from data.loader import make_loader, shut_down, to_device
+from data.pseudo import WeightedUnion, pseudo_split
 from data.readers import load_split
 from models.losses import split_weights
 from engine import forward_loss, optimizer_step
+from submission import load_predictions
 from inference import camera_joints, predict_loader
 
 # The laptop default: the synthetic set on the CPU with none of these keys given gets this short run, which
@@ -56,7 +58,9 @@ SHORT_RUN_NOTE = ("; this was the short check that everything runs, too short to
                   "on validation after 23 minutes on 2 cores, 73 % on evaluation with `predict.py --tta 10` "
                   "(README, Measured figures)")
 CLI_KEYS = ("data_root", "epochs", "batch_size", "img_size", "lr", "pretrained", "device", "seed", "augs",
-            "backgrounds", "workers", "folds", "fold")
+            "backgrounds", "workers", "folds", "fold", "pseudo_labels")
+PATH_KEYS = ("data_root", "backgrounds", "pseudo_labels")
+NEWER_KEYS = ("pseudo_labels", "pseudo_weight", "pseudo_keep")  # absent from older runs' configs: their defaults
 RESUMABLE_OVERRIDES = ("device", "workers", "lr")   # what --resume may change: where it runs, the lr (scaled with
 # its schedule) and clipping (after a NaN loss), how often a mid-epoch last.pt is written, and whether the images
 # come from the decoded cache (the same pixels as the JPEGs)
@@ -87,6 +91,9 @@ def parse_args(argv=None):
     p.add_argument("--folds", type=int, help="K-fold cross-validation by hand: K folds (default 0: the saved 5 %% "
                                             "hold-out)")
     p.add_argument("--fold", type=int, help="which fold (0..K-1) is validated; its val_pred.npz is out-of-fold")
+    p.add_argument("--pseudo-labels", metavar="PRED.npz",
+                   help="add the images of the split a predict.py or ensemble.py file predicts, its joints as "
+                        "their labels (--set pseudo_weight=W, pseudo_keep=SHARE)")
     p.add_argument("--out", help="run folder (default: runs/ARCH_YYYYmmdd-HHMMSS)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (default: the newest run "
                                                          "of --arch) from its last.pt")
@@ -175,7 +182,7 @@ def resume_config(args, folder):
                         f"--resume: python train.py --out {folder} --arch ARCH ...")
     state = load_checkpoint(folder / "last.pt")
     config = copy.deepcopy(state["config"])
-    for key in RESUMABLE_SET_KEYS:  # keys newer than the run; none of them changes its course
+    for key in RESUMABLE_SET_KEYS + NEWER_KEYS:  # keys newer than the run, at the values it ran with
         config.setdefault(key, recipes.DEFAULTS[key])
     missing = sorted(set(recipes.DEFAULTS) - set(config))
     if missing:
@@ -223,7 +230,7 @@ def command_line_changes(args, config):
 
 def same_value(key, saved, given):
     """Whether the command line's ``given`` value of ``key`` is the one the run saved (resolved)."""
-    if key in ("data_root", "backgrounds"):
+    if key in PATH_KEYS:
         return bool(saved) == bool(given) and (not given or Path(given).resolve() == Path(saved).resolve())
     if key == "augs":
         return augment.parse_augs(given) == augment.parse_augs(saved)
@@ -285,7 +292,8 @@ def validate_config(config):
                            ("grad_clip", 0.0, math.inf), ("momentum", 0.0, 0.999), ("gamma", 1e-6, 1.0),
                            ("workers", -1, 256), ("seed", 0, 2 ** 31), ("max_train_images", 0, math.inf),
                            ("max_val_images", 0, math.inf), ("folds", 0, 1000), ("average_top_k", 0, 1000),
-                           ("checkpoint_minutes", 0.0, math.inf)):
+                           ("checkpoint_minutes", 0.0, math.inf), ("pseudo_weight", 1e-6, 1e6),
+                           ("pseudo_keep", 1e-6, 1.0)):
         if not (math.isfinite(config[key]) and low <= config[key] <= high):
             raise UserError(f"{key}={config[key]}: must lie in [{low}, {high}]")
     if not all(isinstance(m, (int, float)) and 0 < m <= 1 for m in config["milestones"]):
@@ -672,10 +680,25 @@ def load_datasets(config, data_root, world_size, announce):
         raise UserError(f"{data_root}: the train and val splits need *_xyz.json labels")
     train_set, val_set = (make_dataset(split, config["img_size"], cache=config["cache"], announce=announce)
                           for split in (train_split, val_split))
+    if config["pseudo_labels"]:
+        train_set = with_pseudo_labels(train_set, config, data_root, announce)
     if len(train_set) < config["batch_size"] * world_size:
         raise UserError(f"{len(train_set)} training images are fewer than one batch of {config['batch_size']} "
                         f"per process; lower --batch-size")
     return train_split, val_split, train_set, val_set
+
+
+def with_pseudo_labels(train_set, config, data_root, announce):
+    """The training set joined by the pseudo-labelled images of config['pseudo_labels'] (data/pseudo.py)."""
+    path = config["pseudo_labels"]
+    split, info = pseudo_split(load_predictions(path), path, data_root, config["pseudo_keep"])
+    announce(f"pseudo-labels: {info['kept']} of {info['images']} images of the {info['split']} split labelled by "
+             f"{path} (sha256 {info['sha256'][:12]}), loss weight {config['pseudo_weight']:g}")
+    if config.setdefault("pseudo_labels_sha256", info["sha256"]) != info["sha256"]:  # a resumed run's file changed
+        raise UserError(f"--pseudo-labels {path} changed since this run began (sha256 {info['sha256'][:12]}, was "
+                        f"{config['pseudo_labels_sha256'][:12]}): restore that file, or start a new run")
+    pseudo_set = make_dataset(split, config["img_size"], cache=config["cache"], announce=announce)
+    return WeightedUnion([train_set, pseudo_set], [1.0, config["pseudo_weight"]])
 
 
 def build_context(args):

@@ -79,11 +79,12 @@ def submission_split(layout):
     return {"freihand": "evaluation", "mp21": "test"}[layout]
 
 
-def load_split(root, name, folds=0, fold=0):
+def load_split(root, name, folds=0, fold=0, labels=True):
     """Read split ``name`` of the dataset at ``root``; a missing or inconsistent file is a UserError.
 
     FreiHAND 'train' / 'val' are the saved 5 % hold-out, or with ``folds`` K > 0 the complement / fold ``fold``
-    of a K-fold split by hand (``fold_val_ids``)."""
+    of a K-fold split by hand (``fold_val_ids``). ``labels`` False: the split's *_xyz.json is not opened
+    (pseudo-labelling must not read what it predicts)."""
     root = Path(root)
     layout = detect_layout(root)
     if layout is None:
@@ -96,11 +97,12 @@ def load_split(root, name, folds=0, fold=0):
     if layout == "mp21":
         if folds:
             raise UserError(f"{root}: the MP21 layout has its own val/ split; --folds needs the FreiHAND layout")
-        return _read_folder(root, name, layout, image_dir=root / name, prefix=name)
+        return _read_folder(root, name, layout, image_dir=root / name, prefix=name, labels=labels)
     if name == "evaluation":
-        return _read_folder(root, name, layout, image_dir=root / "evaluation" / "rgb", prefix="evaluation")
+        return _read_folder(root, name, layout, image_dir=root / "evaluation" / "rgb", prefix="evaluation",
+                            labels=labels)
     training = _read_folder(root, name, layout, image_dir=root / "training" / "rgb", prefix="training",
-                            mask_dir=root / "training" / "mask")
+                            mask_dir=root / "training" / "mask", labels=labels)
     held_out = (fold_val_ids(training.ann_ids, folds, fold) if folds
                 else load_or_make_val_split(root, training.num_annotations))
     in_val = np.isin(training.ann_ids, held_out)
@@ -118,11 +120,12 @@ def check_cameras(K, path):
                         f"it needs positive focal lengths and a last row 0 0 1; fix or re-download the file")
 
 
-def _read_folder(root, name, layout, image_dir, prefix, mask_dir=None):
+def _read_folder(root, name, layout, image_dir, prefix, mask_dir=None, labels=True):
     K = _read_json_array(root / f"{prefix}_K.json", (3, 3))
     check_cameras(K, root / f"{prefix}_K.json")
     n_ann = len(K)
-    xyz = _read_json_array(root / f"{prefix}_xyz.json", (21, 3), optional=True, expect_len=n_ann, K_file=prefix)
+    xyz = (_read_json_array(root / f"{prefix}_xyz.json", (21, 3), optional=True, expect_len=n_ann, K_file=prefix)
+           if labels else None)
     scale = _read_json_array(root / f"{prefix}_scale.json", (), optional=True, expect_len=n_ann, K_file=prefix)
     image_ids = _list_images(image_dir)
     if len(image_ids) % n_ann:

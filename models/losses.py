@@ -53,8 +53,16 @@ EPS = 1e-8
 # --- terms on normalised uvd -------------------------------------------------------------------------------
 
 def masked_mean(values, mask):
-    """Mean of ``values`` where ``mask`` (same shape, 0/1) is set."""
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+    """Mean of ``values`` where ``mask`` (same shape) is set, weighted by it: 0/1, or the samples' loss weights
+    (pseudo-labels) times 0/1."""
+    return (values * mask).sum() / mask.sum().clamp(min=EPS)
+
+
+def batch_mean(per_sample, weight=None):
+    """Mean over the batch of per-sample values (B,), weighted by the samples' loss weights (B,) when given."""
+    if weight is None:
+        return per_sample.mean()
+    return (per_sample * weight).sum() / weight.sum().clamp(min=EPS)
 
 
 def coord_mse(pred, true, mask):
@@ -70,8 +78,8 @@ def uv_l1(pred, true, mask):
     return masked_mean((pred[..., :2] - true[..., :2]).abs(), mask[..., :2])
 
 
-def depth_l1(pred, true):
-    return (pred[..., 2] - true[..., 2]).abs().mean()
+def depth_l1(pred, true, weight=None):
+    return batch_mean((pred[..., 2] - true[..., 2]).abs().mean(-1), weight)
 
 
 # --- terms on heatmaps -------------------------------------------------------------------------------------
@@ -116,23 +124,24 @@ def bone_vectors(joints):
     return joints[:, BONES[:, 1]] - joints[:, BONES[:, 0]]
 
 
-def pose_l2(pred, true):
-    return ((pred - true) ** 2).sum((-2, -1)).mean()
+def pose_l2(pred, true, weight=None):
+    return batch_mean(((pred - true) ** 2).sum((-2, -1)), weight)
 
 
-def bone_length(pred, true):
-    return (bone_vectors(pred).norm(dim=-1) - bone_vectors(true).norm(dim=-1)).abs().sum(-1).mean()
+def bone_length(pred, true, weight=None):
+    return batch_mean((bone_vectors(pred).norm(dim=-1) - bone_vectors(true).norm(dim=-1)).abs().sum(-1), weight)
 
 
-def bone_direction(pred, true):
+def bone_direction(pred, true, weight=None):
     pred_dir = F.normalize(bone_vectors(pred), dim=-1, eps=EPS)
     true_dir = F.normalize(bone_vectors(true), dim=-1, eps=EPS)
-    return (pred_dir - true_dir).norm(dim=-1).sum(-1).mean()
+    return batch_mean((pred_dir - true_dir).norm(dim=-1).sum(-1), weight)
 
 
-def bone_cosine(pred, true):
+def bone_cosine(pred, true, weight=None):
     """1 - mean cos_sim; cos_sim = x.y / max(|x| |y|, 1e-8)."""
-    return 1.0 - F.cosine_similarity(bone_vectors(pred), bone_vectors(true), dim=-1, eps=EPS).mean()
+    cosine = F.cosine_similarity(bone_vectors(pred), bone_vectors(true), dim=-1, eps=EPS)   # (B, 20)
+    return 1.0 - batch_mean(cosine.mean(-1), weight)
 
 
 def asm_target(true, num_components):
@@ -150,8 +159,8 @@ def asm_target(true, num_components):
     return (mean + coefficients @ components.T).reshape(true.shape)
 
 
-def asm(pred, true, num_components):
-    return ((pred - asm_target(true.detach(), num_components)) ** 2).sum((-2, -1)).mean()
+def asm(pred, true, num_components, weight=None):
+    return batch_mean(((pred - asm_target(true.detach(), num_components)) ** 2).sum((-2, -1)), weight)
 
 
 # --- the combined loss -------------------------------------------------------------------------------------
@@ -164,10 +173,17 @@ class _Batch:
         self.size = target["size"]
 
     @cached_property
+    def weight(self):
+        """(B,) the samples' loss weights (pseudo-labels), or None: all 1."""
+        weight = self.target.get("weight")
+        return None if weight is None else weight.to(self.uvd.dtype)
+
+    @cached_property
     def mask(self):
-        """(B, 21, 3): u, v of visible joints, d of all joints."""
+        """(B, 21, 3): u, v of visible joints, d of all joints, times the sample's loss weight."""
         visible = self.target["visible"].to(self.uvd.dtype)
-        return torch.stack([visible, visible, torch.ones_like(visible)], -1)
+        mask = torch.stack([visible, visible, torch.ones_like(visible)], -1)
+        return mask if self.weight is None else mask * self.weight[:, None, None]
 
     @cached_property
     def pred_norm(self):
@@ -200,18 +216,18 @@ TERMS = {
     "coord_mse": lambda b: coord_mse(b.pred_norm, b.true_norm, b.mask),
     "coord_l1": lambda b: coord_l1(b.pred_norm, b.true_norm, b.mask),
     "uv_l1": lambda b: uv_l1(b.pred_norm, b.true_norm, b.mask),
-    "depth_l1": lambda b: depth_l1(b.pred_norm, b.true_norm),
+    "depth_l1": lambda b: depth_l1(b.pred_norm, b.true_norm, b.weight),
     "heatmap2d": lambda b: heatmap2d(b.aux_output("heatmaps2d", "heatmap2d"), b.target["uvd"][..., :2],
                                      b.mask[..., 0], b.size, b.options["heatmap_sigma"]),
     "js1d": lambda b: js1d(b.aux_output("heatmaps1d", "js1d"), b.target["uvd"], b.mask, b.size,
                            b.options["js_variance"]),
     "simcc_kl": lambda b: simcc_kl(b.aux_output("logits1d", "simcc_kl"), b.target["uvd"], b.mask, b.size,
                                    b.options["kl_sigma"], b.options["kl_tau"]),
-    "pose_l2": lambda b: pose_l2(b.pred_xyz, b.true_xyz),
-    "bone_length": lambda b: bone_length(b.pred_xyz, b.true_xyz),
-    "bone_direction": lambda b: bone_direction(b.pred_xyz, b.true_xyz),
-    "bone_cosine": lambda b: bone_cosine(b.pred_xyz, b.true_xyz),
-    "asm": lambda b: asm(b.pred_xyz, b.true_xyz, b.options["asm_components"]),
+    "pose_l2": lambda b: pose_l2(b.pred_xyz, b.true_xyz, b.weight),
+    "bone_length": lambda b: bone_length(b.pred_xyz, b.true_xyz, b.weight),
+    "bone_direction": lambda b: bone_direction(b.pred_xyz, b.true_xyz, b.weight),
+    "bone_cosine": lambda b: bone_cosine(b.pred_xyz, b.true_xyz, b.weight),
+    "asm": lambda b: asm(b.pred_xyz, b.true_xyz, b.options["asm_components"], b.weight),
 }
 AUX_TERMS = {"heatmap2d", "js1d", "simcc_kl"}
 LOSS_TERMS = frozenset(TERMS) | frozenset(OPTIONS)  # every key a weights dict may hold: term names and options
@@ -255,8 +271,11 @@ def term_weight(name, weight, options, progress):
 
 def loss_target(batch, size):
     """The loss's view of an augmented batch (``augment.Augmenter``'s output) at input size ``size``."""
-    return {"uvd": batch["uvd"], "visible": batch["visible"], "K": batch["K"],
-            "root_depth": batch["xyz"][:, ROOT_JOINT, 2], "size": size}
+    target = {"uvd": batch["uvd"], "visible": batch["visible"], "K": batch["K"],
+              "root_depth": batch["xyz"][:, ROOT_JOINT, 2], "size": size}
+    if "weight" in batch:  # pseudo-labelled samples weigh pseudo_weight, the labelled 1
+        target["weight"] = batch["weight"]
+    return target
 
 
 def pose_loss(uvd, aux, target, weights, progress=0.0):
@@ -264,7 +283,8 @@ def pose_loss(uvd, aux, target, weights, progress=0.0):
 
     uvd: prediction (B, 21, 3) in model space; aux: the model's aux dict ({} when it has none);
     target: 'uvd' (B, 21, 3) model space of the input, 'visible' (B, 21) joints inside the input,
-    'K' (B, 3, 3) camera matrix of the input, 'root_depth' (B,) metres, 'size' (int) input side in pixels;
+    'K' (B, 3, 3) camera matrix of the input, 'root_depth' (B,) metres, 'size' (int) input side in pixels,
+    optionally 'weight' (B,): each sample's loss weight (every term is then a weighted mean);
     weights: term -> weight, plus OPTIONS; progress: fraction of training done, in [0, 1].
     Returns (total, parts): the scalar to minimise, and term -> unweighted detached value.
     """
