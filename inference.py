@@ -63,12 +63,16 @@ TTA_IMAGES_PER_FORWARD = 256  # rotated copies per forward: any --tta runs at bo
 
 
 @torch.no_grad()
-def predict_batch(model, images, tta=1, amp=False, channels_last=False, max_deg=180.0):
+def predict_batch(model, images, tta=1, amp=False, channels_last=False, max_deg=180.0, mirror=False):
     """uint8 images (B, 3, S, S) on the model's device -> uvd (B, 21, 3) float32, averaged over ``tta``
     rotations (``tta_angles``), each mapped back to the unrotated input by its inverse affine. The rotations
-    run in chunks of at most TTA_IMAGES_PER_FORWARD images (at least one rotation of the batch) per forward."""
+    run in chunks of at most TTA_IMAGES_PER_FORWARD images (at least one rotation of the batch) per forward.
+    ``mirror``: the images hold left hands; each is mirrored left-right, predicted as a right hand, and its
+    joints mirrored back (u -> S - 1 - u)."""
     batch, size = images.shape[0], images.shape[-1]
     x = images.float() / 255.0
+    if mirror:
+        x = x.flip(-1)
     affines = tta_affines(tta, size, images.device, max_deg)                      # (T, 2, 3)
     chunk = max(1, TTA_IMAGES_PER_FORWARD // max(batch, 1))
     total = torch.zeros(batch, 21, 3, device=images.device)
@@ -86,10 +90,14 @@ def predict_batch(model, images, tta=1, amp=False, channels_last=False, max_deg=
             uvd = model(xs).float()                                                # (B*t, 21, 3)
         uv = geometry.apply_affine(geometry.invert_affine(per_image), uvd[..., :2])
         total += torch.cat([uv, uvd[..., 2:]], -1).view(batch, t, 21, 3).sum(1)
-    return total / tta
+    total = total / tta
+    if mirror:
+        total[..., 0] = size - 1 - total[..., 0]
+    return total
 
 
-def predict_loader(model, loader, device, tta=1, amp=False, channels_last=False, desc="predict", max_deg=180.0):
+def predict_loader(model, loader, device, tta=1, amp=False, channels_last=False, desc="predict", max_deg=180.0,
+                   mirror=False):
     """Predictions for every sample of ``loader``, as float64 numpy arrays in the loader's order:
     uvd (N, 21, 3), K (N, 3, 3) of the input images, ids (N,), bone_length (N,) (NaN where unknown) and
     xyz (N, 21, 3) ground truth when the split is labelled, else None."""
@@ -97,7 +105,8 @@ def predict_loader(model, loader, device, tta=1, amp=False, channels_last=False,
     outputs = {"uvd": [], "K": [], "ids": [], "bone_length": [], "xyz": []}
     for batch in progress(loader, desc=desc, unit="batch"):
         batch = to_device(batch, device)
-        outputs["uvd"].append(predict_batch(model, batch["image"], tta, amp, channels_last, max_deg).cpu())
+        outputs["uvd"].append(predict_batch(model, batch["image"], tta, amp, channels_last, max_deg,
+                                                  mirror).cpu())
         for key, name in (("K", "K"), ("ids", "id"), ("bone_length", "bone_length"), ("xyz", "xyz")):
             if name in batch:
                 outputs[key].append(batch[name].cpu())

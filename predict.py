@@ -4,6 +4,9 @@
                       [--joint-order ait|mano|freihand] [--out PREFIX] [--batch-size B] [--device auto|cpu|cuda]
                       [--viz K] [--workers W] [--no-amp]
     python predict.py --check FILE [--joint-order ait|mano|freihand] [--data-root DIR] [--split NAME]
+    python predict.py --export onnx [--ckpt PATH]          # best.onnx beside best.pt, kept if it agrees with PyTorch
+    python predict.py --backend onnxruntime [...]          # the same prediction and files, the network in onnxruntime
+    python predict.py --images DIR|FILE... [--focal PX | --camera K.json] [--hand left] [--tta N] [--viz K]
 
 Defaults: the newest runs/*/best.pt; --data-root, else the data root the checkpoint was trained on when it still
 holds a dataset, else data.resolve_data_root(); the layout's submission split (FreiHAND 'evaluation', MP21
@@ -22,6 +25,11 @@ Files (PREFIX = --out):
   PREFIX.metrics.json  when the split has labels: both Procrustes variants, each also as a fraction of the
                        constant-shape baseline (one hand for all, see metrics.constant_shape_baseline)
   PREFIX_viz/NNNN.png  --viz K: K images (NNNN the image id) with the 2D skeleton beside a 3D view
+  --images: PREFIX.json and PREFIX.npz (own_images.write_joints): per picture the 2D joints in its own pixels, the
+  root-relative 3D joints in metres, and with --focal or --camera the camera-space joints (default PREFIX:
+  submissions/<run>_<folder>_<hand>_tta<N>)
+  --export onnx: CKPT.onnx beside the checkpoint (onnx_backend.py), kept only when onnxruntime's joints on the
+  split's first images agree with PyTorch's within 0.01 px (u, v) and 0.1 mm (depth)
 
 Policies
 * Mesh: we predict joints, no MANO mesh. verts_list holds, per sample, 778 copies of the centroid of that
@@ -63,11 +71,16 @@ from data.cache import make_dataset
 from data.loader import make_loader
 from data.readers import detect_layout, load_split, submission_split
 from checkpoints import newest_checkpoint
-from inference import (load_model, predict_loader, read_checkpoint, root_depths, training_rotation,
+from inference import (load_model, predict_batch, predict_loader, read_checkpoint, root_depths, training_rotation,
                        validation_calibration)
+from onnx_backend import PARITY_IMAGES, TOLERANCE_DEPTH_MM, TOLERANCE_UV_PX, export_with_parity, load_onnx
+from own_images import (DEFAULT_FOCAL_PER_SIDE, centred_cameras, list_pictures, picture_sizes, pictures_split,
+                        read_cameras, write_joints)
 from pictures import save_pictures
 from submission import (MP21_ORDER, check_file, output_prefix, report_scores, resolve_format, shown, write_outputs,
                         written_line)
+
+BACKENDS = ("torch", "onnxruntime")
 
 
 # --- data and options ------------------------------------------------------------------------------------------
@@ -116,6 +129,21 @@ def parse_args(argv=None):
     p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA (default: AMP as the checkpoint trained)")
     p.add_argument("--viz", type=int, default=0, metavar="K", help="save K pictures to PREFIX_viz/")
     p.add_argument("--check", metavar="FILE", help="validate an upload (.zip, .json.gz) or .npz file and exit")
+    p.add_argument("--backend", default="torch", choices=BACKENDS,
+                   help="torch, or onnxruntime on the CPU (the file --export onnx wrote beside the checkpoint)")
+    p.add_argument("--export", choices=("onnx",), help="write the checkpoint's network as ONNX beside it (best.pt "
+                                                       "-> best.onnx), kept only if onnxruntime's joints on the "
+                                                       "split's images agree with PyTorch's, and exit")
+    p.add_argument("--images", nargs="+", metavar="PATH",
+                   help="predict one's own pictures instead of a split: folders of JPEG/PNG files and/or files, "
+                        "one hand per picture; writes PREFIX.json and PREFIX.npz")
+    p.add_argument("--focal", type=float, metavar="PX", help="with --images: the focal length in the pictures' "
+                                                             "pixels (principal point at the centre)")
+    p.add_argument("--camera", metavar="K.json", help="with --images: a JSON 3x3 camera matrix, or a list of one "
+                                                      "per picture")
+    p.add_argument("--hand", default="right", choices=("right", "left"),
+                   help="with --images: left mirrors each picture, predicts a right hand and mirrors the joints "
+                        "back")
     return p.parse_args(argv)
 
 
@@ -123,26 +151,91 @@ def check_numbers(args):
     check_minimums(args, {"tta": 1, "batch_size": 1, "viz": 0})
     if args.tta_range is not None and not 0.0 < args.tta_range <= 180.0:
         raise UserError(f"--tta-range {args.tta_range}: must be a number of degrees in (0, 180]")
+    if args.focal is not None and not args.focal > 0:
+        raise UserError(f"--focal {args.focal}: must be a positive number of pixels")
+    picture_only = [name for name, given in (("--focal", args.focal is not None), ("--camera", args.camera),
+                                             ("--hand left", args.hand == "left")) if given]
+    if picture_only and not args.images:
+        raise UserError(f"{', '.join(picture_only)}: only read with --images")
+    if args.focal is not None and args.camera:
+        raise UserError("--focal and --camera both give the camera: pass one")
+    if args.backend == "onnxruntime" and args.device not in ("auto", "cpu"):
+        raise UserError(f"--backend onnxruntime runs on the CPU; drop --device {args.device} or use --backend torch")
 
 
-def predict_split(model, split, config, args, device):
-    """Predictions of every image of ``split`` (``predict_loader``'s dict), the model moved to ``device``."""
+def predict_split(model, split, config, args, device, mirror=False):
+    """Predictions of every image of ``split`` (``predict_loader``'s dict), the model moved to ``device``
+    (an onnxruntime model runs where it is)."""
     cuda = device.type == "cuda"
-    channels_last = config.get("channels_last", True)
+    channels_last = config.get("channels_last", True) and isinstance(model, torch.nn.Module)
     amp = cuda and config.get("amp", True) and not args.no_amp
     if cuda:
         torch.backends.cudnn.benchmark = True  # one input size throughout
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    dataset = make_dataset(split, config["img_size"], cache=config.get("cache", True) and not args.no_cache)
+    if isinstance(model, torch.nn.Module):
+        model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    cache = config.get("cache", True) and not args.no_cache and split.layout != "images"
+    dataset = make_dataset(split, config["img_size"], cache=cache)
     loader = make_loader(dataset, args.batch_size or config["batch_size"],
                          train=False, workers=args.workers, pin_memory=cuda)
     max_deg = args.tta_range if args.tta_range is not None else training_rotation(config)
     spread = "the full circle" if max_deg >= 180.0 else f"+-{max_deg:g} degrees"
-    print(f"predicting {len(split)} images on {device} ({'AMP' if amp else 'fp32'}"
-          f"{', channels_last' if channels_last else ''}), TTA over {args.tta} rotation{'s' * (args.tta > 1)}"
-          + (f" spread over {spread}" if args.tta > 1 else ""))
+    engine = "onnxruntime" if args.backend == "onnxruntime" else ("AMP" if amp else "fp32")
+    print(f"predicting {len(split)} images on {device} ({engine}{', channels_last' if channels_last else ''}), "
+          f"TTA over {args.tta} rotation{'s' * (args.tta > 1)}" + (f" spread over {spread}" if args.tta > 1 else ""))
     return predict_loader(model, loader, device, args.tta, amp, channels_last, desc=f"predict {split.name}",
-                          max_deg=max_deg)
+                          max_deg=max_deg, mirror=mirror)
+
+
+def camera_joints_of(predictions, stats, calibration):
+    """Camera joints (N, 21, 3) of predictions, with a warning for those whose root depth fell back."""
+    depth, fell_back = root_depths(predictions, stats, calibration)
+    if fell_back.any():
+        fallback = ("the depth the crop's framing gives" if calibration
+                    else f"the training mean, {stats['root_depth_m']:.3f} m")
+        print(f"warning: {fell_back.sum()} of {len(depth)} predictions put every joint on one camera ray (an "
+              f"untrained model?); their root depth is {fallback}")
+    return geometry.uvd_to_xyz(predictions["uvd"], predictions["K"], depth)
+
+
+def export_onnx(model, ckpt, config, args):
+    """--export onnx: the file beside the checkpoint, kept only when it agrees with PyTorch on real images."""
+    root = resolve_root(args.data_root, config)
+    split = load_split(root, args.split or submission_split(detect_layout(root)))
+    split = split.subset(np.arange(min(PARITY_IMAGES, len(split))))
+    images = torch.stack([make_dataset(split, config["img_size"])[i]["image"] for i in range(len(split))])
+    predict = lambda net, x: predict_batch(net, x, channels_last=False).numpy()
+    path, uv_px, depth_mm = export_with_parity(model.float().eval(), ckpt, config["img_size"], images, predict)
+    print(f"wrote {shown(path)}: onnxruntime agrees with PyTorch on {len(images)} images of the {split.name} split "
+          f"within {uv_px:.2g} px (u, v) and {depth_mm:.2g} mm (depth); tolerance {TOLERANCE_UV_PX} px, "
+          f"{TOLERANCE_DEPTH_MM} mm")
+
+
+def predict_pictures(model, ckpt, config, stats, args):
+    """--images: joints of one's own pictures in PREFIX.json / PREFIX.npz, pictures with --viz."""
+    files = list_pictures(args.images)
+    sizes = picture_sizes(files)
+    camera_known = args.focal is not None or bool(args.camera)
+    K = read_cameras(args.camera, len(files)) if args.camera else centred_cameras(sizes, args.focal)
+    split = pictures_split(files, K)
+    name = Path(args.images[0]).stem if len(args.images) == 1 else "images"
+    prefix = output_prefix(args.out, f"{ckpt.resolve().parent.name}_{name}_{args.hand}_tta{args.tta}")
+    calibration, calibration_line = validation_calibration(ckpt.resolve().parent, config, stats)
+    print(f"{len(files)} pictures, {args.hand} hand{'s' * (len(files) > 1)}; camera: "
+          + ("given" if camera_known else f"unknown (focal {DEFAULT_FOCAL_PER_SIDE} x the longer side, centred; "
+                                          f"no camera-space joints)") + f"; {calibration_line}")
+    predictions = predict_split(model, split, config, args, resolve_device(args.device), mirror=args.hand == "left")
+    xyz = camera_joints_of(predictions, stats, calibration)
+    written = write_joints(prefix, files, geometry.project(xyz, K), xyz, K, camera_known, args.hand)
+    print(f"wrote {' and '.join(str(shown(p)) for p in written)}")
+    if args.viz:
+        print(f"wrote {min(args.viz, len(files))} pictures to {save_pictures(prefix, split, xyz, args.viz)}/")
+
+
+def load_backend(state, ckpt, args):
+    """The network to predict with: the checkpoint's PyTorch model, or its exported ONNX file."""
+    if args.backend == "onnxruntime":
+        return load_onnx(ckpt)
+    return load_model(state, ckpt)
 
 
 @cli
@@ -154,8 +247,13 @@ def main(argv=None):
     check_numbers(args)
     ckpt = Path(args.ckpt) if args.ckpt else newest_checkpoint("best.pt", RUNS_ROOT)
     state = read_checkpoint(ckpt)
-    model, config, stats = load_model(state, ckpt), state["config"], state["stats"]
+    config, stats = state["config"], state["stats"]
     print(f"checkpoint {shown(ckpt)}: {config['arch']}, {config['img_size']} px, epoch {state.get('epoch', '?')}")
+    if args.export:
+        return export_onnx(load_model(state, ckpt), ckpt, config, args)
+    model = load_backend(state, ckpt, args)
+    if args.images:
+        return predict_pictures(model, ckpt, config, stats, args)
     root = resolve_root(args.data_root, config)
     split = load_split(root, args.split or submission_split(detect_layout(root)))
     fmt, joint_order = resolve_format(args.format, args.joint_order, split.layout)
@@ -165,21 +263,17 @@ def main(argv=None):
           f"{root_depth_source(split, stats)}; {calibration_line}")
 
     predictions = predict_split(model, split, config, args, resolve_device(args.device))
-    depth, fell_back = root_depths(predictions, stats, calibration)
-    xyz = geometry.uvd_to_xyz(predictions["uvd"], predictions["K"], depth)
-    if fell_back.any():
-        fallback = ("the depth the crop's framing gives" if calibration
-                    else f"the training mean, {stats['root_depth_m']:.3f} m")
-        print(f"warning: {fell_back.sum()} of {len(xyz)} predictions put every joint on one camera ray (an untrained "
-              f"model?); their root depth is {fallback}")
+    xyz = camera_joints_of(predictions, stats, calibration)
     record = {"xyz": xyz, "ids": predictions["ids"], "split": split.name, "layout": split.layout,
               "data_root": str(Path(root).resolve()), "arch": config["arch"], "ckpt": str(ckpt.resolve()),
               "run_dir": str(ckpt.resolve().parent), "tta": args.tta, "bone_length_m": stats["bone_length_m"],
+              "backend": args.backend,
               **({"constant_shape_m": np.asarray(stats["constant_shape_m"])} if "constant_shape_m" in stats else {})}
     npz, upload, notes = write_outputs(prefix, record, fmt, joint_order, expected_ids=split.image_ids)
     print(written_line(f"wrote {npz} and the upload file {upload}", fmt, joint_order, notes))
     if split.labelled:
-        info = {"split": split.name, "arch": config["arch"], "ckpt": str(ckpt), "tta": args.tta}
+        info = {"split": split.name, "arch": config["arch"], "ckpt": str(ckpt), "tta": args.tta,
+                "backend": args.backend}
         print(f"wrote {report_scores(prefix, xyz, split.xyz, stats.get('constant_shape_m'), info)}")
     if args.viz:
         print(f"wrote {args.viz} pictures to {save_pictures(prefix, split, xyz, args.viz)}/")

@@ -27,7 +27,6 @@ from data.readers import load_split  # noqa: E402
 ROWS = ("effb0_cpu", "effb0_1d_cpu", "effb4_cpu", "resnet34_cpu", "resnet101_cpu", "res50x2_res34_cpu",
         "ghost_lite_cpu", "synthetic_cpu", "hg_mlp_cpu")
 TIME_SHARE = 0.85
-VAL_SHARE = 0.05   # the hold-out of the training hands
 
 
 def parse_args(argv=None):
@@ -61,7 +60,7 @@ def step_rates(rows, out):
         result = out / f"bench_{row}.json"
         run([sys.executable, "bench.py", "--device", "cpu", "--archs", "none", "--recipes", row, "--img-size",
              config["img_size"], "--batch-size", config["batch_size"], "--steps", 5, "--tta", 1, "--loader-batches",
-             2, "--loader-seconds", 0, "--out", result])
+             2, "--loader-seconds", 0, *(["--channels-last"] if config["channels_last"] else []), "--out", result])
         rates[row] = json.loads(result.read_text())["stages"][f"train_step/{row}"]
     return rates
 
@@ -111,7 +110,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     done = json.loads((out / "table.json").read_text()) if (out / "table.json").is_file() else []
     todo = [r for r in args.rows if r not in {d["recipe"] for d in done}]
-    train_images = round(len(load_split(resolve_data_root(None), "train")) * (1 - VAL_SHARE))
+    train_images = len(load_split(resolve_data_root(None), "train"))  # the hold-out already left out
     rates = step_rates(todo, out)
     for row in todo:
         done.append(train_row(row, args.minutes, rates[row], train_images, args.tta, out, args.out))
