@@ -48,7 +48,9 @@ def save_pictures(prefix, split, xyz, count):
             draw_skeleton_2d(ax_image, geometry.project(joints, split.K[row]), style)
             draw_skeleton_3d(ax_3d, (joints - joints[geometry.ROOT_JOINT]) * 1000.0, style)
         ax_image.set_axis_off()
-        ax_image.set_title(f"{split.name} image {split.image_ids[row]}: prediction solid"
+        name = (Path(split.image_paths[row]).name if split.layout == "images"
+                else f"{split.name} image {split.image_ids[row]}")
+        ax_image.set_title(f"{name}: prediction solid"
                            + (", ground truth dashed" if split.xyz is not None else ""), fontsize=9)
         ax_3d.set_title("root-relative, mm", fontsize=9)
         ax_3d.set(xlabel="x", ylabel="z (depth)", zlabel="-y", xlim=(-110, 110), ylim=(-110, 110), zlim=(-110, 110))
