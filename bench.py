@@ -36,7 +36,8 @@ import torch
 import augment
 import models
 import recipes
-from common import CACHE_ROOT, UserError, atomic_write, check_minimums, check_writable, cli, resolve_device
+from common import (CACHE_ROOT, UserError, atomic_write, check_minimums, check_writable, cli, resolve_device,
+                    usable_cores)
 from data import resolve_data_root
 from data.cache import make_dataset
 from data.loader import make_loader, to_device
@@ -98,7 +99,7 @@ def machine(device):
         names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                  if line.startswith("model name")]
         cpu = names[0] if names else cpu
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     return {"device": str(device), "cpu": cpu, "cores": cores, "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "torch": torch.__version__, "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
             "load_average_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}

@@ -2,6 +2,7 @@
 atomic writer, the writability checks made before any work starts, and progress bars."""
 import contextlib
 import functools
+import hashlib
 import os
 import shutil
 import signal
@@ -212,6 +213,20 @@ def remove_stale_temps(folder):
     for stale in Path(folder).glob(f".*{TEMP_MARK}*"):
         with contextlib.suppress(OSError):
             stale.unlink()
+
+
+def usable_cores():
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def file_sha256(path):
+    """Hex SHA-256 of a file's bytes, read in 1 MB blocks."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
 
 
 def resolve_device(name):

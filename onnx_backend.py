@@ -6,14 +6,13 @@ dynamic. Everything around it (TTA rotations and their inverse transforms, root 
 stays in the project, so both backends share it. The file sits beside its checkpoint (best.pt -> best.onnx) and
 records the checkpoint's SHA-256, so a file exported from other weights is refused, not used.
 """
-import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import UserError, atomic_write
+from common import UserError, atomic_write, file_sha256, usable_cores
+from data.cache import make_dataset
 from geometry import DEPTH_RANGE_M
 
 OPSET = 18
@@ -28,18 +27,16 @@ def onnx_path(ckpt):
     return Path(ckpt).with_suffix(".onnx")
 
 
-def file_digest(path):
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
-
-
 def uvd_differences(a, b):
     """Largest differences of two uvd arrays (N, 21, 3): (u, v in pixels, depth in mm)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a[..., :2] - b[..., :2]).max()), float(np.abs(a[..., 2] - b[..., 2]).max() * DEPTH_RANGE_M * 1e3)
+
+
+def input_images(split, img_size):
+    """Every image of ``split`` as the network input sees it: uint8 (N, 3, S, S), decoded from the files."""
+    dataset = make_dataset(split, img_size)
+    return torch.stack([dataset[i]["image"] for i in range(len(split))])
 
 
 def within_tolerance(uv_px, depth_mm):
@@ -72,7 +69,7 @@ class OnnxModel:
     def __init__(self, path, threads=None):
         import onnxruntime
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+        options.intra_op_num_threads = threads or usable_cores()
         options.log_severity_level = 3
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.metadata = self.session.get_modelmeta().custom_metadata_map
@@ -92,7 +89,7 @@ def load_onnx(ckpt, threads=None):
     if not path.is_file():
         raise UserError(f"{path} not found: export the checkpoint first with `{export_line}`")
     model = OnnxModel(path, threads)
-    if model.metadata.get(CHECKPOINT_KEY) != file_digest(ckpt):
+    if model.metadata.get(CHECKPOINT_KEY) != file_sha256(ckpt):
         raise UserError(f"{path} was not exported from the current {ckpt} (its weights changed since): export it "
                         f"again with `{export_line}`")
     return model
@@ -105,7 +102,7 @@ def export_with_parity(model, ckpt, img_size, images, predict):
     path = onnx_path(ckpt)
     with atomic_write(path) as tmp:
         export_graph(model, tmp, img_size)
-        stamp(tmp, file_digest(ckpt))
+        stamp(tmp, file_sha256(ckpt))
         uv_px, depth_mm = uvd_differences(predict(model, images), predict(OnnxModel(tmp), images))
         if not within_tolerance(uv_px, depth_mm):
             raise UserError(f"onnxruntime disagrees with PyTorch on {len(images)} images of the split (u, v up to "

@@ -73,7 +73,8 @@ from data.readers import detect_layout, load_split, submission_split
 from checkpoints import newest_checkpoint
 from inference import (load_model, predict_batch, predict_loader, read_checkpoint, root_depths, training_rotation,
                        validation_calibration)
-from onnx_backend import PARITY_IMAGES, TOLERANCE_DEPTH_MM, TOLERANCE_UV_PX, export_with_parity, load_onnx
+from onnx_backend import (PARITY_IMAGES, TOLERANCE_DEPTH_MM, TOLERANCE_UV_PX, export_with_parity, input_images,
+                          load_onnx)
 from own_images import (DEFAULT_FOCAL_PER_SIDE, centred_cameras, list_pictures, picture_sizes, pictures_split,
                         read_cameras, write_joints)
 from pictures import save_pictures
@@ -202,7 +203,7 @@ def export_onnx(model, ckpt, config, args):
     root = resolve_root(args.data_root, config)
     split = load_split(root, args.split or submission_split(detect_layout(root)))
     split = split.subset(np.arange(min(PARITY_IMAGES, len(split))))
-    images = torch.stack([make_dataset(split, config["img_size"])[i]["image"] for i in range(len(split))])
+    images = input_images(split, config["img_size"])
     predict = lambda net, x: predict_batch(net, x, channels_last=False).numpy()
     path, uv_px, depth_mm = export_with_parity(model.float().eval(), ckpt, config["img_size"], images, predict)
     print(f"wrote {shown(path)}: onnxruntime agrees with PyTorch on {len(images)} images of the {split.name} split "

@@ -133,11 +133,11 @@ RECIPES = {
                             "encoder_depth": 4, "skips": True},
                   "loss": {"coord_mse": 1.0, "simcc_kl": 0.1}, "augs": "rotate", "pretrained": "none",
                   "short_on_cpu": False},
-    # ours, for a GPU: seed 000's EfficientNet-B4 at 224 px under the shared head, which won on the CPU (README:
-    # effb0_cpu 77 % of the constant shape in 19 minutes against 96 % for the 1D decoder with its CPU options in
-    # 20): stride-4 heatmaps, the peak read-out, lifting depth; the whole encoder (at 224 px its stride-32 stage
-    # sees 7x7), stochastic depth as the paper; the _GPU_HEAD schedule (AdamW, warm-up, cosine per step, EMA, the
-    # 3 best epochs averaged), bf16 AMP and channels_last (the defaults), ImageNet weights on real data
+    # ours, for a GPU: seed 000's EfficientNet-B4 at 224 px under the shared head, which beat the 1D decoder with
+    # its CPU options at equal CPU time (README, "Learning on a CPU" and the arch table): stride-4 heatmaps, the
+    # peak read-out, lifting depth; the whole encoder (at 224 px its stride-32 stage sees 7x7), stochastic depth
+    # as the paper; the _GPU_HEAD schedule (AdamW, warm-up, cosine per step, EMA, the 3 best epochs averaged),
+    # bf16 AMP and channels_last (the defaults), ImageNet weights on real data
     "effb4_1d_plus": {**_GPU_HEAD, "arch": "effb4_1d", "model": {"head": "unet"}},
     # ours, for a GPU: seed 001's ResNet34 as a feature extractor under the shared head (stride-4 heatmaps: 2D
     # accuracy was the lever of the CPU recipe; the direct regression of 63 values stays above the constant shape

@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import CACHE_ROOT, PROJECT_ROOT, UserError, atomic_write, check_minimums, cli, progress, remove_stale_temps
+from common import (CACHE_ROOT, PROJECT_ROOT, UserError, atomic_write, check_minimums, cli, progress, remove_stale_temps,
+                    usable_cores)
 from data.dataset import HandDataset, decode_image, decode_mask, input_labels
 
 try:
@@ -75,10 +76,6 @@ def _amounts(needed, free):
     the same amount twice)."""
     shown = _amount(needed), _amount(free)
     return shown if shown[0] != shown[1] or needed == free else (f"{needed:,} bytes", f"{free:,} bytes")
-
-
-def _cores():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 # --- identity of a split: folder key and dataset digest ---------------------------------------------------
@@ -232,7 +229,7 @@ def _decode_all(split, size, has_mask, files, workers, desc):
     (corrupt or missing JPEG) arrives as the same one-line UserError."""
     affines = np.empty((len(split), 2, 3), dtype=np.float64)
     tasks = list(_tasks(split, size, has_mask, files))
-    workers = max(1, min(workers or _cores(), len(tasks)))
+    workers = max(1, min(workers or usable_cores(), len(tasks)))
     with progress(total=len(split), desc=desc, unit="img") as bar:
         def record(result):
             start, chunk = result

@@ -5,23 +5,18 @@ A batched dataset (``batched = True``: ``data.cache.CachedHandDataset``) fetches
 ``__getitems__``; its batch dict is passed through, not collated sample by sample.
 """
 import itertools
-import os
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
-from common import ignore_stop_signals
-
-
-def _cores():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+from common import ignore_stop_signals, usable_cores
 
 
 def default_workers(batched=False):
     """Loader processes sized to the machine. Decoding JPEGs: all cores but one for the training process, at
     most 8. From the cache a batch is one memory copy, cheaper than handing it between processes on a small
     machine: no workers below 4 cores, else a quarter of the cores (at most 4) to hide disk reads."""
-    cores = _cores()
+    cores = usable_cores()
     if batched:
         return 0 if cores < 4 else min(4, cores // 4)
     return max(1, min(8, cores - 1))

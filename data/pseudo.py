@@ -7,21 +7,16 @@ those on which an ensemble's members agree best (``spread_mm``, written by ensem
 members' root-relative joints from the blend's), since members that differ in seed and architecture rarely make
 the same mistake. ``WeightedUnion`` joins them to the training set, each sample carrying its loss weight.
 """
-import hashlib
-from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from common import UserError
+from common import UserError, file_sha256
 from data.readers import detect_layout, load_split
 
 LABELLED_SPLITS = ("train", "val")   # never pseudo-labelled: their labels train and validate
-
-
-def file_sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def confident_rows(record, keep, path):
@@ -52,9 +47,8 @@ def pseudo_split(record, path, data_root, keep=1.0):
                         f"{name} split of {data_root}; predict that split of this dataset again")
     kept = confident_rows(record, keep, path)
     split = split.subset([rows[int(i)] for i in record["ids"][kept]])
-    split = split.__class__(**{**split.__dict__, "xyz": np.asarray(record["xyz"], np.float64)[kept]})
-    info = {"file": str(Path(path).resolve()), "sha256": file_sha256(path), "split": name,
-            "images": int(len(record["ids"])), "kept": int(len(kept))}
+    split = replace(split, xyz=np.asarray(record["xyz"], np.float64)[kept])
+    info = {"sha256": file_sha256(path), "split": name, "images": int(len(record["ids"])), "kept": int(len(kept))}
     return split, info
 
 

@@ -18,14 +18,13 @@ import contextlib
 import functools
 import json
 import multiprocessing
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from common import UserError, atomic_write, cli, progress
+from common import UserError, atomic_write, cli, progress, usable_cores
 from data.joints import BONES
 from geometry import ROOT_JOINT, SCALE_BONE, bone_length, project
 
@@ -372,8 +371,7 @@ def _fill(partial, n_train, n_eval, seed, size, versions, workers):
     kept in memory), labels gathered into arrays, a progress bar over the images."""
     counts = {"training": (n_train, versions), "evaluation": (n_eval, 1)}
     tasks = ((partial, split, i, n, v, seed, size) for split, (n, v) in counts.items() for i in range(n))
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = min(workers or available, max(1, (n_train + n_eval) // 8))
+    workers = min(workers or usable_cores(), max(1, (n_train + n_eval) // 8))
     for folder in ("training/rgb", "training/mask", "evaluation/rgb"):
         (partial / folder).mkdir(parents=True)
     labels = {split: (np.empty((n, 3, 3)), np.empty((n, 21, 3))) for split, (n, _) in counts.items()}

@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,10 +24,9 @@ sys.path.insert(0, str(ROOT))
 import models  # noqa: E402
 import recipes  # noqa: E402
 from data import resolve_data_root  # noqa: E402
-from data.cache import make_dataset  # noqa: E402
 from data.readers import load_split  # noqa: E402
 from inference import load_model, predict_batch, read_checkpoint  # noqa: E402
-from onnx_backend import OnnxModel, export_graph, uvd_differences, within_tolerance  # noqa: E402
+from onnx_backend import OnnxModel, export_graph, input_images, uvd_differences, within_tolerance  # noqa: E402
 
 BATCH = 16
 
@@ -37,11 +35,6 @@ def cpu_recipe(arch):
     """The recipe a CPU run of ``arch`` uses: a *_cpu recipe training it, else the arch's own."""
     names = [n for n in recipes.RECIPES if n.endswith("_cpu") and recipes.RECIPES[n].get("arch") == arch]
     return recipes.recipe_config(sorted(names, key=len)[0] if names else arch)
-
-
-def images_of(split, size):
-    dataset = make_dataset(split, size)
-    return torch.stack([dataset[i]["image"] for i in range(len(split))])                 # (N, 3, S, S) uint8
 
 
 def untrained(arch, images):
@@ -64,7 +57,7 @@ def predict_all(net, images):
 
 
 def parity_row(name, model, size, split):
-    images = images_of(split, size)
+    images = input_images(split, size)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"
         started = time.perf_counter()
@@ -99,7 +92,7 @@ def main(argv=None):
     for arch in models.list_models():
         if arch not in trained:
             size = cpu_recipe(arch)["img_size"]
-            rows.append(parity_row(f"{arch} (untrained)", untrained(arch, images_of(split, size)), size, split))
+            rows.append(parity_row(f"{arch} (untrained)", untrained(arch, input_images(split, size)), size, split))
             print(json.dumps(rows[-1]), flush=True)
     Path(args.out).write_text(json.dumps(rows, indent=2))
 
