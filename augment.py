@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageOps
 
-import geometry
-from common import (UserError, atomic_write, check_minimums, check_writable, cli, ensure_writable_folder,
+from core import geometry
+from core.common import (UserError, atomic_write, check_minimums, check_writable, cli, ensure_writable_folder,
                     resolve_device)
 from data import resolve_data_root
 from data.dataset import HandDataset

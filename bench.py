@@ -35,16 +35,16 @@ import torch
 
 import augment
 import models
-import recipes
-from common import (CACHE_ROOT, UserError, atomic_write, check_minimums, check_writable, cli, resolve_device,
+from training import recipes
+from core.common import (CACHE_ROOT, UserError, atomic_write, check_minimums, check_writable, cli, resolve_device,
                     usable_cores)
 from data import resolve_data_root
 from data.cache import make_dataset
 from data.loader import make_loader, to_device
 from data.readers import load_split
-from engine import forward_loss, optimizer_step
-from inference import predict_batch
-from optimization import make_optimizer
+from training.engine import forward_loss, optimizer_step
+from prediction.inference import predict_batch
+from training.optimization import make_optimizer
 
 
 def parse_args(argv=None):

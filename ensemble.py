@@ -36,14 +36,14 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize
 
-import metrics
-from common import SUBMISSIONS_ROOT, UserError, atomic_write, cli, progress
+from scoring import metrics
+from core.common import SUBMISSIONS_ROOT, UserError, atomic_write, cli, progress
 from data import resolve_data_root
 from data.joints import detect_order
-from geometry import ROOT_JOINT
+from core.geometry import ROOT_JOINT
 from data.readers import detect_layout, load_all_training, load_split
-from pictures import save_pictures
-from submission import (MP21_ORDER, check_joint_order, labels_for, load_predictions, output_prefix, report_scores,
+from core.pictures import save_pictures
+from uploads.submission import (MP21_ORDER, check_joint_order, labels_for, load_predictions, output_prefix, report_scores,
                         resolve_format, rows_of, write_outputs, written_line)
 
 

@@ -64,21 +64,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import geometry
-from common import RUNS_ROOT, UserError, check_minimums, cli, resolve_device
+from core import geometry
+from core.common import RUNS_ROOT, UserError, check_minimums, cli, resolve_device
 from data import resolve_data_root
 from data.cache import make_dataset
 from data.loader import make_loader
 from data.readers import detect_layout, load_split, submission_split
-from checkpoints import newest_checkpoint
-from inference import (load_model, predict_batch, predict_loader, read_checkpoint, root_depths, training_rotation,
+from training.checkpoints import newest_checkpoint
+from prediction.inference import (load_model, predict_batch, predict_loader, read_checkpoint, root_depths, training_rotation,
                        validation_calibration)
-from onnx_backend import (PARITY_IMAGES, TOLERANCE_DEPTH_MM, TOLERANCE_UV_PX, export_with_parity, input_images,
+from prediction.onnx_backend import (PARITY_IMAGES, TOLERANCE_DEPTH_MM, TOLERANCE_UV_PX, export_with_parity, input_images,
                           load_onnx)
-from own_images import (DEFAULT_FOCAL_PER_SIDE, centred_cameras, list_pictures, picture_sizes, pictures_split,
+from prediction.own_images import (DEFAULT_FOCAL_PER_SIDE, centred_cameras, list_pictures, picture_sizes, pictures_split,
                         read_cameras, write_joints)
-from pictures import save_pictures
-from submission import (MP21_ORDER, check_file, output_prefix, report_scores, resolve_format, shown, write_outputs,
+from core.pictures import save_pictures
+from uploads.submission import (MP21_ORDER, check_file, output_prefix, report_scores, resolve_format, shown, write_outputs,
                         written_line)
 
 BACKENDS = ("torch", "onnxruntime")

@@ -28,15 +28,15 @@ from torch.distributed.rendezvous import rendezvous
 from tqdm import tqdm
 
 import augment
-import geometry
-import metrics
+from core import geometry
+from scoring import metrics
 import models
-import optimization
-import recipes
-import runlog
-import runstate
-from checkpoints import average_state_dicts, load_checkpoint, newest_checkpoint, save_checkpoint
-from common import (EXIT_INTERRUPTED, EXIT_TERMINATED, RUNS_ROOT, SYNTHETIC_ROOT, Interrupted, Terminated, UserError,
+from training import optimization
+from training import recipes
+from training import runlog
+from training import runstate
+from training.checkpoints import average_state_dicts, load_checkpoint, newest_checkpoint, save_checkpoint
+from core.common import (EXIT_INTERRUPTED, EXIT_TERMINATED, RUNS_ROOT, SYNTHETIC_ROOT, Interrupted, Terminated, UserError,
                     atomic_write, check_writable, cli, ensure_writable_folder, progress, remove_stale_temps,
                     resolve_device)
 from data import resolve_data_root
@@ -45,9 +45,9 @@ from data.loader import make_loader, shut_down, to_device
 from data.pseudo import WeightedUnion, pseudo_split
 from data.readers import load_split
 from models.losses import split_weights
-from engine import forward_loss, optimizer_step
-from submission import load_predictions
-from inference import camera_joints, predict_loader
+from training.engine import forward_loss, optimizer_step
+from uploads.submission import load_predictions
+from prediction.inference import camera_joints, predict_loader
 
 # The laptop default: the synthetic set on the CPU with none of these keys given gets this short run, which
 # ends in minutes; giving any of them on the command line hands the whole budget back to the recipe.

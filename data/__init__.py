@@ -2,7 +2,7 @@
 import shutil
 from pathlib import Path
 
-from common import DEFAULT_DATA_ROOT, PROJECT_ROOT, SYNTHETIC_ROOT, UserError
+from core.common import DEFAULT_DATA_ROOT, PROJECT_ROOT, SYNTHETIC_ROOT, UserError
 from data.readers import FREIHAND_HINT, detect_layout
 
 # The embedded default: generated into SYNTHETIC_ROOT on first use when no dataset is at DEFAULT_DATA_ROOT.

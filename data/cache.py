@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import (CACHE_ROOT, PROJECT_ROOT, UserError, atomic_write, check_minimums, cli, progress, remove_stale_temps,
+from core.common import (CACHE_ROOT, PROJECT_ROOT, UserError, atomic_write, check_minimums, cli, progress, remove_stale_temps,
                     usable_cores)
 from data.dataset import HandDataset, decode_image, decode_mask, input_labels
 

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-import geometry
-from common import UserError
+from core import geometry
+from core.common import UserError
 
 
 def decode_image(path, size, mode="RGB"):

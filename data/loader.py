@@ -9,7 +9,7 @@ import itertools
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
-from common import ignore_stop_signals, usable_cores
+from core.common import ignore_stop_signals, usable_cores
 
 
 def default_workers(batched=False):

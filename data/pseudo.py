@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from common import UserError, file_sha256
+from core.common import UserError, file_sha256
 from data.readers import detect_layout, load_split
 
 LABELLED_SPLITS = ("train", "val")   # never pseudo-labelled: their labels train and validate

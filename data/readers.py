@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import UserError, atomic_write
+from core.common import UserError, atomic_write
 
 VAL_SPLIT_FILE = "val_split.json"
 VAL_FRACTION = 0.05

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from common import UserError, atomic_write, cli, progress, usable_cores
+from core.common import UserError, atomic_write, cli, progress, usable_cores
 from data.joints import BONES
-from geometry import ROOT_JOINT, SCALE_BONE, bone_length, project
+from core.geometry import ROOT_JOINT, SCALE_BONE, bone_length, project
 
 # --- Anatomy: every sampled angle is clipped to these limits (degrees) --------------------------------------
 # FLEX_LIMITS_DEG[finger, k] = (min, max) flexion before bone k of the chain starting at the finger's base.

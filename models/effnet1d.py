@@ -18,7 +18,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from geometry import NUM_JOINTS
+from core.geometry import NUM_JOINTS
 from models.heads import DECODERS, PoseHead
 from models.heatmaps import soft_argmax_1d
 from models.pretrained import build_backbone

@@ -25,7 +25,7 @@ from timm.models.ghostnet import GhostBottleneck
 from timm.models.mobilevit import LinearSelfAttention
 from torch import nn
 
-from geometry import NUM_JOINTS
+from core.geometry import NUM_JOINTS
 from models.heatmaps import soft_argmax_2d, spatial_softmax
 from models.heads import HeatmapLifting
 from models.hourglass import Hourglass, conv_bn_relu, load_weights

@@ -15,7 +15,7 @@ from segmentation_models_pytorch.decoders.fpn.decoder import FPNDecoder
 from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
 from torch import nn
 
-from geometry import NUM_JOINTS, ROOT_JOINT
+from core.geometry import NUM_JOINTS, ROOT_JOINT
 from models.heatmaps import soft_argmax_2d, spatial_softmax
 
 READOUTS = ("peak", "softmax")

@@ -6,7 +6,7 @@ encoded at a point decodes back to that point (tests/test_heatmaps.py).
 """
 import torch
 
-from geometry import depth_bin_centres, heatmap_bin_centres
+from core.geometry import depth_bin_centres, heatmap_bin_centres
 
 
 # --- 1D: per-axis heatmaps --------------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ from timm.layers import SqueezeExcite
 from timm.models.resnet import BasicBlock
 from torch import nn
 
-from common import UserError
-from geometry import NUM_JOINTS, denormalize_uvd
+from core.common import UserError
+from core.geometry import NUM_JOINTS, denormalize_uvd
 from models.heads import HeatmapLifting, LiftingHead, attention_pool, check_readout, read_out
 from models.heatmaps import soft_argmax_2d
 from models.pretrained import load_local_weights

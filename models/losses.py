@@ -33,9 +33,9 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
-from common import UserError
+from core.common import UserError
 from data.joints import BONES
-from geometry import DEPTH_RANGE_M, ROOT_JOINT, normalize_uvd, uvd_to_xyz
+from core.geometry import DEPTH_RANGE_M, ROOT_JOINT, normalize_uvd, uvd_to_xyz
 from models.heatmaps import gaussian_1d_targets, gaussian_heatmaps
 
 OPTIONS = {

@@ -22,7 +22,7 @@ from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 
-from common import UserError
+from core.common import UserError
 
 # What smp and timm raise when the weights cannot be fetched: no connection or offline mode
 # (LocalEntryNotFoundError), an HTTP error from the hub (HfHubHTTPError), a plain URL download

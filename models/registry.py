@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from common import UserError
+from core.common import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

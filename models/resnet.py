@@ -17,7 +17,7 @@ from collections import OrderedDict
 import timm
 from torch import nn
 
-from geometry import NUM_JOINTS, denormalize_uvd
+from core.geometry import NUM_JOINTS, denormalize_uvd
 from models.heads import DECODERS, PoseHead
 from models.pretrained import build_backbone
 from models.registry import register_model

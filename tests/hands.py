@@ -1,7 +1,7 @@
 """Hands of the synthetic generator as a small network input sees them, for codec and root-depth tests."""
 import numpy as np
 
-import geometry
+from core import geometry
 from data.synthetic import place_hand, sample_camera, sample_hand, sample_view
 
 

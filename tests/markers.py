@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-import geometry
+from core import geometry
 
 BLOB_SIGMA = 2.0     # px
 MIN_SPACING = 16.0   # px between marks, so blobs never merge

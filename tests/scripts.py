@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from common import PROJECT_ROOT
+from core.common import PROJECT_ROOT
 
 
 def make_synthetic_set(root, train, evaluation, seed, size):

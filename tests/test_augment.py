@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 import augment
-import geometry
-from common import PROJECT_ROOT, UserError
+from core import geometry
+from core.common import PROJECT_ROOT, UserError
 from data.dataset import HandDataset
 from data.readers import load_split
 from tests.markers import label_errors, write_marker_dataset

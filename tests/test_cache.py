@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from common import PROJECT_ROOT, UserError
+from core.common import PROJECT_ROOT, UserError
 from data import cache as cache_module
 from data.cache import MANIFEST, CachedHandDataset, cache_folder, open_cache
 from data.cache import make_dataset

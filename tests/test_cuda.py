@@ -15,18 +15,18 @@ import pytest
 import torch
 
 import augment
-import inference
+from prediction import inference
 import models
-import recipes
-import runstate
+from training import recipes
+from training import runstate
 import train
-from checkpoints import load_checkpoint
-from common import PROJECT_ROOT
+from training.checkpoints import load_checkpoint
+from core.common import PROJECT_ROOT
 from data.cache import make_dataset
 from data.loader import make_loader, to_device
 from data.readers import load_split
-from engine import forward_loss, optimizer_step
-from optimization import make_optimizer
+from training.engine import forward_loss, optimizer_step
+from training.optimization import make_optimizer
 from tests.markers import write_marker_dataset
 from tests.scripts import make_synthetic_set, run_main
 from tests.test_augment import SIZE, assert_on_marks

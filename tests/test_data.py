@@ -5,8 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-import geometry
-from common import PROJECT_ROOT, UserError
+from core import geometry
+from core.common import PROJECT_ROOT, UserError
 from data import joints, resolve_data_root, synthetic
 from data.dataset import HandDataset
 from data.readers import VAL_SPLIT_FILE, detect_layout, load_split

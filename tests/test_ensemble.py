@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import ensemble
-import metrics
+from scoring import metrics
 import predict
-import submission
+from uploads import submission
 import train
-from common import PROJECT_ROOT, UserError
+from core.common import PROJECT_ROOT, UserError
 from data import synthetic
 from data.joints import ORDERS
 from data.readers import load_split

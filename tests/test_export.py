@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-import onnx_backend
+from prediction import onnx_backend
 import predict
-from checkpoints import load_checkpoint, save_checkpoint
+from training.checkpoints import load_checkpoint, save_checkpoint
 from tests.markers import write_marker_dataset
 from tests.test_predict import assert_one_line_error, leftovers, run_cli, write_checkpoint
 

@@ -16,13 +16,13 @@ import pytest
 
 import augment
 import bench
-import common
-import engine
-import inference
+from core import common
+from training import engine
+from prediction import inference
 import predict
 import train
-from checkpoints import load_checkpoint
-from common import PROJECT_ROOT, UserError
+from training.checkpoints import load_checkpoint
+from core.common import PROJECT_ROOT, UserError
 from data.readers import load_split
 from tests.scripts import make_synthetic_set, run_main
 from tests.test_train import TINY, log_epochs, run_train
@@ -207,7 +207,7 @@ def test_nan_advice_command_is_accepted_by_resume(finished_run, tmp_path):
     subprocess.run(["cp", "-r", str(finished_run), str(folder)], check=True)
     state = load_checkpoint(folder / "last.pt")
     state["config"]["epochs"] = 3
-    from checkpoints import save_checkpoint
+    from training.checkpoints import save_checkpoint
     save_checkpoint(state, folder / "last.pt")
     result = run_train("--out", folder, "--resume", "--lr", "3e-4", "--set", "grad_clip=1.0")
     assert result.returncode == 0, result.stderr
@@ -291,7 +291,7 @@ def test_ctrl_c_is_one_line_with_the_command_to_continue_and_exit_130(data_root,
 def test_a_signal_the_process_was_started_ignoring_stays_ignored_in_the_epochs():
     """A background job of a script starts with SIGINT ignored (the script's Ctrl-C is not for it): the epochs'
     stop handler leaves it so, and still turns SIGTERM into a stop at the next step."""
-    import runstate
+    from training import runstate
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         with runstate.StopSignals() as stop:

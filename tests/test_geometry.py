@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-import geometry
+from core import geometry
 from data.joints import BONES, REFERENCE_BONES_MM, bone_lengths
 from tests.hands import synthetic_hands
 from tests.markers import label_errors, make_sample

@@ -4,7 +4,7 @@ import math
 import subprocess
 import sys
 
-from common import PROJECT_ROOT
+from core.common import PROJECT_ROOT
 from tools import gpu_check
 
 

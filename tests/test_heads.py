@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import models
-import recipes
+from training import recipes
 import train
 from models.heads import HeatmapLifting, PoseHead
 from models.heatmaps import gaussian_heatmaps

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from common import UserError
+from core.common import UserError
 from data.joints import BONES
-from geometry import DEPTH_RANGE_M, ROOT_JOINT, xyz_to_uvd
+from core.geometry import DEPTH_RANGE_M, ROOT_JOINT, xyz_to_uvd
 from models import heatmaps, losses
 from models.losses import pose_loss
 

@@ -3,7 +3,7 @@ import pytest
 from scipy.linalg import orthogonal_procrustes
 from scipy.spatial.transform import Rotation
 
-import metrics
+from scoring import metrics
 
 
 def freihand_align_w_scale(gt, pred):

@@ -5,7 +5,7 @@ import timm
 import torch
 
 import models
-from common import UserError
+from core.common import UserError
 from models.heatmaps import soft_argmax_1d
 from models.losses import pose_loss
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import UserError
+from core.common import UserError
 from models import create_model
 from models.flops import count_gflops
 from models.ghost import SeparableSelfAttention

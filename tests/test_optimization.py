@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-import optimization
-import recipes
+from training import optimization
+from training import recipes
 
 STEPS_PER_EPOCH = 10
 

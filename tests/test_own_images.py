@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-import own_images
+from prediction import own_images
 from tests.markers import write_marker_dataset
 from tests.test_export import TINY_HOURGLASS
 from tests.test_predict import assert_one_line_error, run_cli, write_checkpoint

@@ -13,16 +13,16 @@ import pytest
 import torch
 from PIL import Image
 
-import geometry
-import inference
-import metrics
+from core import geometry
+from prediction import inference
+from scoring import metrics
 import models
 import predict
-import recipes
-import submission
+from training import recipes
+from uploads import submission
 import train
-from checkpoints import load_checkpoint, save_checkpoint
-from common import PROJECT_ROOT, UserError
+from training.checkpoints import load_checkpoint, save_checkpoint
+from core.common import PROJECT_ROOT, UserError
 from data.joints import ORDERS, to_freihand
 from data.readers import load_split
 from tests.markers import centred_marker_image, find_marks, write_marker_dataset

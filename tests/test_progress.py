@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-import common
+from core import common
 import ensemble
-import inference
+from prediction import inference
 from data.cache import CachedHandDataset
 from data.readers import load_split
 from tests.markers import write_marker_dataset

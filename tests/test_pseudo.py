@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import ensemble
-from checkpoints import load_checkpoint
-from common import UserError
+from training.checkpoints import load_checkpoint
+from core.common import UserError
 from data.pseudo import WeightedUnion, confident_rows, pseudo_split
 from data.readers import load_split
 from models.losses import pose_loss
-from submission import load_predictions, save_record
+from uploads.submission import load_predictions, save_record
 from tests.scripts import make_synthetic_set
 from tests.test_train import TINY, run_train
 

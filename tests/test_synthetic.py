@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import common
-from common import PROJECT_ROOT
+from core import common
+from core.common import PROJECT_ROOT
 from data import synthetic
 from data.joints import BONES
-from geometry import SCALE_BONE, bone_length, project
+from core.geometry import SCALE_BONE, bone_length, project
 
 N_TRAIN, N_EVAL, SEED, SIZE = 24, 8, 1, 224
 FINGER_BASES = (5, 9, 13, 17)   # index..pinky MCP; each finger is base..base+3

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-import engine
-import recipes
-import runlog
+from training import engine
+from training import recipes
+from training import runlog
 import train
-from checkpoints import build_model, load_checkpoint, save_checkpoint
-from common import PROJECT_ROOT
+from training.checkpoints import build_model, load_checkpoint, save_checkpoint
+from core.common import PROJECT_ROOT
 from data.readers import load_split
 from tests.scripts import make_synthetic_set, run_main
 

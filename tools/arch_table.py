@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import recipes  # noqa: E402
+from training import recipes  # noqa: E402
 from data import resolve_data_root  # noqa: E402
 from data.readers import load_split  # noqa: E402
 

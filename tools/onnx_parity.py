@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import models  # noqa: E402
-import recipes  # noqa: E402
+from training import recipes  # noqa: E402
 from data import resolve_data_root  # noqa: E402
 from data.readers import load_split  # noqa: E402
-from inference import load_model, predict_batch, read_checkpoint  # noqa: E402
-from onnx_backend import OnnxModel, export_graph, input_images, uvd_differences, within_tolerance  # noqa: E402
+from prediction.inference import load_model, predict_batch, read_checkpoint  # noqa: E402
+from prediction.onnx_backend import OnnxModel, export_graph, input_images, uvd_differences, within_tolerance  # noqa: E402
 
 BATCH = 16
 

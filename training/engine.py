@@ -2,7 +2,7 @@
 an augmented batch, then the optimiser step with clipping, the per-step lr schedule and the EMA."""
 import torch
 
-from inference import autocast
+from prediction.inference import autocast
 from models import prepare_images
 from models.losses import loss_target, pose_loss
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-import geometry
-import metrics
-from common import PROJECT_ROOT, SUBMISSIONS_ROOT, UserError, atomic_write, check_writable
+from core import geometry
+from scoring import metrics
+from core.common import PROJECT_ROOT, SUBMISSIONS_ROOT, UserError, atomic_write, check_writable
 from data.joints import ORDERS, detect_order, from_freihand
 from data import resolve_data_root
 from data.readers import detect_layout, load_split, submission_split

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-PROJECT_ROOT = Path(__file__).resolve().parent
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = PROJECT_ROOT / "data" / "freihand"   # where a downloaded dataset goes (git-ignored)
 SYNTHETIC_ROOT = PROJECT_ROOT / "data" / "synthetic"     # the embedded default, generated on first use
 CACHE_ROOT = PROJECT_ROOT / "data" / "cache"             # decoded-image caches

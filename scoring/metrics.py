@@ -10,7 +10,7 @@ scored, that is ``camera_mpjpe_mm`` / 10.
 """
 import numpy as np
 
-from geometry import ROOT_JOINT
+from core.geometry import ROOT_JOINT
 
 AUC_THRESHOLDS_MM = np.linspace(0.0, 50.0, 100)
 F_THRESHOLDS_MM = (5.0, 15.0)

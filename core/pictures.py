@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-import geometry
+from core import geometry
 from augment import FINGER_COLOURS
 from data.joints import BONES
 

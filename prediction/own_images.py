@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import geometry
-from common import UserError, atomic_write
+from core import geometry
+from core.common import UserError, atomic_write
 from data.readers import Split, check_cameras
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-import geometry
+from core import geometry
 import models
 from augment import parse_augs, resolve_options, warp_images
-from checkpoints import build_model, load_checkpoint
-from common import UserError, progress
+from training.checkpoints import build_model, load_checkpoint
+from core.common import UserError, progress
 from data.joints import BONES, REFERENCE_BONES_MM, bone_lengths
 from data.loader import to_device
 from data.readers import detect_layout, load_split

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from common import STOP_SIGNALS, Interrupted, Terminated
+from core.common import STOP_SIGNALS, Interrupted, Terminated
 
 SIGNAL_NAMES = {signal.SIGINT: "SIGINT (Ctrl-C)", signal.SIGTERM: "SIGTERM"}
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import UserError, atomic_write, file_sha256, usable_cores
+from core.common import UserError, atomic_write, file_sha256, usable_cores
 from data.cache import make_dataset
-from geometry import DEPTH_RANGE_M
+from core.geometry import DEPTH_RANGE_M
 
 OPSET = 18
 PARITY_IMAGES = 64         # real inputs compared at export

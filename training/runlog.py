@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from common import atomic_write
+from core.common import atomic_write
 from data.joints import BONES
 
 TB_IMAGES = 4          # validation images drawn in TensorBoard each epoch

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import models
-from common import RUNS_ROOT, UserError, atomic_write
+from core.common import RUNS_ROOT, UserError, atomic_write
 
 FORMAT_VERSION = 1
 

@@ -1,0 +1,1 @@
+"""The metric, the constant-shape yardstick and the scoring of prediction files."""

@@ -1,0 +1,1 @@
+"""Upload files: the file kinds, their writers and readers, and the prediction records."""
