@@ -3,6 +3,7 @@ atomic writer, the writability checks made before any work starts, and progress 
 import contextlib
 import functools
 import hashlib
+import multiprocessing
 import os
 import shutil
 import signal
@@ -218,6 +219,24 @@ def remove_stale_temps(folder):
 def usable_cores():
     """The CPU cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _pool_worker_signals():
+    """In a pool worker: Ctrl-C is the parent's to handle, SIGTERM ends the worker (what Pool.terminate sends; a
+    handler inherited from the parent that does not exit would leave terminate() waiting forever)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def fork_pool(workers):
+    """A pool of ``workers`` processes forked from this one (no re-imports where fork exists). Leaving the block
+    normally waits for the workers to finish; leaving it by an exception terminates them."""
+    fork = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    with multiprocessing.get_context(fork).Pool(workers, initializer=_pool_worker_signals) as pool:
+        yield pool
+        pool.close()
+        pool.join()
 
 
 def file_sha256(path):

@@ -27,7 +27,6 @@ again.
 import argparse
 import hashlib
 import json
-import multiprocessing
 import os
 import re
 import shutil
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 
 from core.common import (CACHE_ROOT, PROJECT_ROOT, UserError, atomic_write, check_minimums, cli, progress, remove_stale_temps,
-                    usable_cores)
+                    fork_pool, usable_cores)
 from data.dataset import HandDataset, decode_image, decode_mask, input_labels
 
 try:
@@ -239,8 +238,7 @@ def _decode_all(split, size, has_mask, files, workers, desc):
             for task in tasks:
                 record(_decode_chunk(task))
             return affines
-        fork = "fork" if "fork" in multiprocessing.get_all_start_methods() else None  # no re-imports
-        with multiprocessing.get_context(fork).Pool(workers) as pool:
+        with fork_pool(workers) as pool:
             try:
                 for result in pool.imap_unordered(_decode_chunk, tasks):
                     record(result)

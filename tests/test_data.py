@@ -202,7 +202,7 @@ def test_corrupt_jpeg_is_a_clear_error(tmp_path):
 
 def test_scripts_print_one_line_for_a_missing_dataset(tmp_path):
     """The CLI wrapper: a user error is one line on stderr and exit status 2, no traceback."""
-    code = ("import sys; from common import cli; from data.readers import load_split\n"
+    code = ("import sys; from core.common import cli; from data.readers import load_split\n"
             f"cli(lambda: load_split({str(tmp_path)!r}, 'train'))()")
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert result.returncode == 2
