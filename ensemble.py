@@ -38,7 +38,7 @@ from scipy.optimize import minimize
 
 from scoring import metrics
 from core.common import SUBMISSIONS_ROOT, UserError, atomic_write, cli, progress
-from data import resolve_data_root
+from data import existing_data_root, resolve_or_generate_data_root
 from data.joints import detect_order
 from core.geometry import ROOT_JOINT
 from data.readers import detect_layout, load_all_training, load_split
@@ -181,7 +181,7 @@ def validation_set(records, paths, val_paths, data_root):
         common = np.intersect1d(common, member["ids"])
     if len(common) == 0:
         raise UserError(f"--fit-weights: {', '.join(map(str, files))} share no validation image")
-    root = resolve_data_root(data_root or records[0].get("data_root") or None)
+    root = resolve_or_generate_data_root(data_root or records[0].get("data_root") or None)
     labelled = load_all_training(root) if detect_layout(root) == "freihand" else load_split(root, "val")
     if not labelled.labelled:
         raise UserError(f"--fit-weights: the val split of {root} has no labels")
@@ -273,7 +273,7 @@ def target_split(records, data_root):
         data_root = records[0].get("data_root")
         if not data_root or detect_layout(data_root) is None:
             return None
-    return load_split(resolve_data_root(data_root), records[0]["split"])
+    return load_split(existing_data_root(data_root), records[0]["split"])
 
 
 def choose_weights(args, records, paths):

@@ -9,8 +9,9 @@
     python predict.py --images DIR|FILE... [--focal PX | --camera K.json] [--hand left] [--tta N] [--viz K]
 
 Defaults: the newest runs/*/best.pt; --data-root, else the data root the checkpoint was trained on when it still
-holds a dataset, else data.resolve_data_root(); the layout's submission split (FreiHAND 'evaluation', MP21
-'test'); --format freihand on the FreiHAND layout, mp21 on MP21; --out submissions/<run>_<split>_tta<N>.
+holds a dataset, else data.resolve_or_generate_data_root() (the synthetic set, made on first use); the layout's
+submission split (FreiHAND 'evaluation', MP21 'test'); --format freihand on the FreiHAND layout, mp21 on MP21;
+--out submissions/<run>_<split>_tta<N>. --check only reads: it never makes a dataset.
 img_size, arch and model options always come from the checkpoint's config.
 
 Files (PREFIX = --out):
@@ -65,8 +66,8 @@ import numpy as np
 import torch
 
 from core import geometry
-from core.common import RUNS_ROOT, UserError, check_minimums, cli, resolve_device
-from data import resolve_data_root
+from core.common import RUNS_ROOT, UserError, check_minimums, cli, resolve_device, shown
+from data import resolve_or_generate_data_root
 from data.cache import make_dataset
 from data.loader import make_loader
 from data.readers import detect_layout, load_split, submission_split
@@ -78,7 +79,7 @@ from prediction.onnx_backend import (PARITY_IMAGES, TOLERANCE_DEPTH_MM, TOLERANC
 from prediction.own_images import (DEFAULT_FOCAL_PER_SIDE, centred_cameras, list_pictures, picture_sizes, pictures_split,
                         read_cameras, write_joints)
 from core.pictures import save_pictures
-from uploads.submission import (MP21_ORDER, check_file, output_prefix, report_scores, resolve_format, shown, write_outputs,
+from uploads.submission import (MP21_ORDER, check_file, output_prefix, report_scores, resolve_format, write_outputs,
                         written_line)
 
 BACKENDS = ("torch", "onnxruntime")
@@ -89,13 +90,13 @@ BACKENDS = ("torch", "onnxruntime")
 def resolve_root(data_root, config, announce=print):
     """--data-root, else the checkpoint's training data root while it holds a dataset, else the default."""
     if data_root:
-        return resolve_data_root(data_root)
+        return resolve_or_generate_data_root(data_root)
     trained_on = config.get("data_root")
     if trained_on and detect_layout(trained_on) is not None:
         return Path(trained_on)
     if trained_on:
         announce(f"the checkpoint's data root {trained_on} holds no dataset now; using the default")
-    return resolve_data_root(None, announce)
+    return resolve_or_generate_data_root(None, announce)
 
 
 def root_depth_source(split, stats):

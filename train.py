@@ -39,7 +39,7 @@ from training.checkpoints import average_state_dicts, load_checkpoint, newest_ch
 from core.common import (EXIT_INTERRUPTED, EXIT_TERMINATED, RUNS_ROOT, SYNTHETIC_ROOT, Interrupted, Terminated, UserError,
                     atomic_write, check_writable, cli, ensure_writable_folder, progress, remove_stale_temps,
                     resolve_device)
-from data import resolve_data_root
+from data import resolve_or_generate_data_root
 from data.cache import make_dataset
 from data.loader import make_loader, shut_down, to_device
 from data.pseudo import WeightedUnion, pseudo_split
@@ -649,10 +649,10 @@ def resolve_run(args):
 def locate_data(config, rank, world_size, announce):
     """The dataset folder; the synthetic default is generated once, by rank 0, while the others wait."""
     if rank == 0:
-        data_root = resolve_data_root(config["data_root"] or None, announce)
+        data_root = resolve_or_generate_data_root(config["data_root"] or None, announce)
     barrier(world_size)
     if rank:
-        data_root = resolve_data_root(config["data_root"] or None, announce=lambda *_: None)
+        data_root = resolve_or_generate_data_root(config["data_root"] or None, announce=lambda *_: None)
     return data_root
 
 

@@ -1,8 +1,10 @@
-"""Shared by every module: project paths, the error types and the command-line error boundary (`cli`), the one
-atomic writer, the writability checks made before any work starts, and progress bars."""
+"""Shared by every module: project paths and how they are shown, the error types and the command-line error boundary
+(`cli`), the one atomic writer, the writability checks made before any work starts, progress bars, the worker pool and
+images as floats."""
 import contextlib
 import functools
 import hashlib
+import multiprocessing
 import os
 import shutil
 import signal
@@ -19,6 +21,12 @@ SYNTHETIC_ROOT = PROJECT_ROOT / "data" / "synthetic"     # the embedded default,
 CACHE_ROOT = PROJECT_ROOT / "data" / "cache"             # decoded-image caches
 RUNS_ROOT = PROJECT_ROOT / "runs"                        # one folder per training run
 SUBMISSIONS_ROOT = PROJECT_ROOT / "submissions"          # upload files and raw predictions
+
+
+def shown(path):
+    """A path relative to the project when it lies inside it (shorter output lines), else absolute."""
+    path = Path(path).resolve()
+    return path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path
 
 
 TEMP_MARK = ".tmp-"   # temp files are ".<name>.tmp-<pid>" beside the file they become
@@ -218,6 +226,17 @@ def remove_stale_temps(folder):
 def usable_cores():
     """The CPU cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def fork_pool(workers):
+    """A multiprocessing pool of ``workers`` processes, forked where the platform can (no re-imports)."""
+    fork = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    return multiprocessing.get_context(fork).Pool(workers)
+
+
+def unit_float(images):
+    """uint8 images -> float32 in [0, 1]; float images -> float32, values as they are. Same device."""
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
 
 
 def file_sha256(path):

@@ -17,14 +17,13 @@ import argparse
 import contextlib
 import functools
 import json
-import multiprocessing
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from core.common import UserError, atomic_write, cli, progress, usable_cores
+from core.common import UserError, atomic_write, cli, fork_pool, progress, usable_cores
 from data.joints import BONES
 from core.geometry import ROOT_JOINT, SCALE_BONE, bone_length, project
 
@@ -379,8 +378,7 @@ def _fill(partial, n_train, n_eval, seed, size, versions, workers):
         if workers == 1:
             results = map(_write_sample, tasks)
         else:
-            fork = "fork" if "fork" in multiprocessing.get_all_start_methods() else None   # no re-imports
-            pool = stack.enter_context(multiprocessing.get_context(fork).Pool(workers))
+            pool = stack.enter_context(fork_pool(workers))
             results = pool.imap_unordered(_write_sample, tasks, chunksize=8)
         bar = stack.enter_context(progress(desc="generating", total=n_train * versions + n_eval, unit="img"))
         for split, index, K, xyz, images in results:

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from core.common import UserError
+from core.common import UserError, unit_float
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -57,7 +57,7 @@ def create_model(name, pretrained="none", **options):
 
 def prepare_images(images):
     """(B, 3, H, W) uint8, or float in [0, 1], on any device -> float32 normalised network input, same device."""
-    images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    images = unit_float(images)
     mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
     return (images - mean) / std

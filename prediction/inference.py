@@ -20,7 +20,7 @@ from core import geometry
 import models
 from augment import parse_augs, resolve_options, warp_images
 from training.checkpoints import build_model, load_checkpoint
-from core.common import UserError, progress
+from core.common import UserError, progress, unit_float
 from data.joints import BONES, REFERENCE_BONES_MM, bone_lengths
 from data.loader import to_device
 from data.readers import detect_layout, load_split
@@ -70,7 +70,7 @@ def predict_batch(model, images, tta=1, amp=False, channels_last=False, max_deg=
     ``mirror``: the images hold left hands; each is mirrored left-right, predicted as a right hand, and its
     joints mirrored back (u -> S - 1 - u)."""
     batch, size = images.shape[0], images.shape[-1]
-    x = images.float() / 255.0
+    x = unit_float(images)
     if mirror:
         x = x.flip(-1)
     affines = tta_affines(tta, size, images.device, max_deg)                      # (T, 2, 3)

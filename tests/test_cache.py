@@ -235,7 +235,7 @@ def test_cli_prints_a_build_error_as_one_line(fresh):
     root, cache_root, _ = fresh
     path = root / "training/rgb/00000004.jpg"
     path.write_bytes(path.read_bytes()[:300])
-    code = ("import sys; from common import cli; from data.readers import load_split; from data.cache import "
+    code = ("import sys; from core.common import cli; from data.readers import load_split; from data.cache import "
             f"open_cache\ncli(lambda: open_cache(load_split({str(root)!r}, 'train'), 64, {str(cache_root)!r}, "
             "workers=2))()")
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True)

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from training import recipes  # noqa: E402
-from data import resolve_data_root  # noqa: E402
+from data import resolve_or_generate_data_root  # noqa: E402
 from data.readers import load_split  # noqa: E402
 
 # seed 000's family with the shared head and with its paper head, then every other arch at its best
@@ -110,7 +110,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     done = json.loads((out / "table.json").read_text()) if (out / "table.json").is_file() else []
     todo = [r for r in args.rows if r not in {d["recipe"] for d in done}]
-    train_images = len(load_split(resolve_data_root(None), "train"))  # the hold-out already left out
+    train_images = len(load_split(resolve_or_generate_data_root(None), "train"))  # the hold-out already left out
     rates = step_rates(todo, out)
     for row in todo:
         done.append(train_row(row, args.minutes, rates[row], train_images, args.tta, out, args.out))

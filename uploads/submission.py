@@ -12,9 +12,9 @@ import numpy as np
 
 from core import geometry
 from scoring import metrics
-from core.common import PROJECT_ROOT, SUBMISSIONS_ROOT, UserError, atomic_write, check_writable
+from core.common import SUBMISSIONS_ROOT, UserError, atomic_write, check_writable
 from data.joints import ORDERS, detect_order, from_freihand
-from data import resolve_data_root
+from data import existing_data_root
 from data.readers import detect_layout, load_split, submission_split
 
 FORMATS = ("freihand", "mp21")
@@ -55,12 +55,6 @@ def output_prefix(out, default_name):
     check_writable(prefix.parent, "the folder of --out")
     prefix.parent.mkdir(parents=True, exist_ok=True)
     return prefix
-
-
-def shown(path):
-    """A path relative to the project when it lies inside it (shorter output lines)."""
-    path = Path(path).resolve()
-    return path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path
 
 
 # --- prediction records (.npz) -----------------------------------------------------------------------------
@@ -323,7 +317,7 @@ def expected_split(data_root, split_name, record=None):
     """The split an uploaded file must cover: --data-root / --split when given; for an .npz, the split it records
     while its data root holds a dataset; else None."""
     if data_root or split_name:
-        root = resolve_data_root(data_root)
+        root = existing_data_root(data_root)
         return load_split(root, split_name or submission_split(detect_layout(root)))
     if record is not None and record.get("data_root") and detect_layout(record["data_root"]) is not None:
         return load_split(record["data_root"], record["split"])
