@@ -43,8 +43,12 @@ from data.joints import detect_order
 from core.geometry import ROOT_JOINT
 from data.readers import detect_layout, load_all_training, load_split
 from core.pictures import save_pictures
-from uploads.submission import (MP21_ORDER, check_joint_order, labels_for, load_predictions, output_prefix, report_scores,
-                        resolve_format, rows_of, write_outputs, written_line)
+from scoring.report import labels_for, report_scores, rows_of
+from uploads.joint_checks import check_joint_order
+from uploads.kinds import MP21_ORDER
+from uploads.naming import output_prefix, resolve_format
+from uploads.records import load_predictions
+from uploads.writing import write_outputs, written_line
 
 
 # --- members ------------------------------------------------------------------------------------------------

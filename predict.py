@@ -79,8 +79,11 @@ from prediction.onnx_backend import (PARITY_IMAGES, TOLERANCE_DEPTH_MM, TOLERANC
 from prediction.own_images import (DEFAULT_FOCAL_PER_SIDE, centred_cameras, list_pictures, picture_sizes, pictures_split,
                         read_cameras, write_joints)
 from core.pictures import save_pictures
-from uploads.submission import (MP21_ORDER, check_file, output_prefix, report_scores, resolve_format, write_outputs,
-                        written_line)
+from scoring.report import report_scores
+from uploads.check import check_file
+from uploads.kinds import MP21_ORDER
+from uploads.naming import output_prefix, resolve_format
+from uploads.writing import write_outputs, written_line
 
 BACKENDS = ("torch", "onnxruntime")
 

@@ -46,7 +46,7 @@ from data.pseudo import WeightedUnion, pseudo_split
 from data.readers import load_split
 from models.losses import split_weights
 from training.engine import forward_loss, optimizer_step
-from uploads.submission import load_predictions
+from uploads.records import load_predictions
 from prediction.inference import camera_joints, predict_loader
 
 # The laptop default: the synthetic set on the CPU with none of these keys given gets this short run, which
@@ -715,7 +715,7 @@ def build_context(args):
            "channels_last": config["channels_last"], "history": [], "best": math.inf, "start_epoch": 1,
            "stats": training_stats(train_split), "val_set": val_set}
     ctx["model"] = build_training(ctx, train_set, resume_state)
-    ctx["baseline"] = metrics.constant_pa_mpjpe_mm(ctx["stats"]["constant_shape_m"], val_split.xyz)
+    ctx["baseline"] = metrics.constant_shape_mm(ctx["stats"]["constant_shape_m"], val_split.xyz)
     announce(f"{config['recipe']}: {config['arch']} ({ctx['params'] / 1e6:.2f} M params), {len(train_set)} training "
              f"/ {len(val_set)} validation images from {data_root}, {config['img_size']} px, batch "
              f"{config['batch_size']}{f' x {world_size} processes' if world_size > 1 else ''}, {device}, run folder "
