@@ -311,11 +311,10 @@ def validate_config(config):
 
 
 def check_model_options(config):
-    """Build the model on the meta device (no memory, no weights) so that a bad model option is one line now."""
+    """A bad model option is one line now (``models.check_model_options``)."""
     try:
-        with torch.device("meta"):
-            models.create_model(config["arch"], pretrained="none", **config["model"])
-    except (TypeError, ValueError) as err:
+        models.check_model_options(config["arch"], config["model"])
+    except ValueError as err:
         raise UserError(f"model options {config['model']} for {config['arch']}: {err}") from None
 
 

@@ -7,7 +7,6 @@ TTA: ``--tta N`` rotations about the input centre, spread over the range the mod
 few at a time (``TTA_IMAGES_PER_FORWARD``), so any N runs at bounded memory.
 """
 import contextlib
-import inspect
 import pickle
 from pathlib import Path
 from typing import NamedTuple
@@ -299,10 +298,9 @@ def load_model(state, path):
     not fit the weights (another arch's checkpoint, an edited config.json) is a UserError naming the file."""
     config = state["config"]
     try:
-        builder = models.model_entry(config["arch"]).builder
         try:
-            inspect.signature(builder).bind(pretrained="none", **config["model"])
-        except TypeError as err:  # bind() raises TypeError exactly when the options do not fit the builder
+            models.check_model_options(config["arch"], config["model"])
+        except ValueError as err:
             raise UserError(f"model options {config['model']} do not fit arch {config['arch']!r} ({err})") from None
         return build_model(state)
     except UserError as err:
