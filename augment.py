@@ -39,9 +39,9 @@ from PIL import Image, ImageDraw, ImageOps
 from core import geometry
 from core.common import (UserError, atomic_write, check_minimums, check_writable, cli, ensure_writable_folder,
                     resolve_device, unit_float)
+from core.pictures import draw_skeleton
 from data import resolve_or_generate_data_root
 from data.dataset import HandDataset
-from data.joints import BONES
 from data.readers import load_split
 
 AUG_NAMES = ("flip", "scale", "rotate", "translate", "background", "occlude", "color", "blur", "noise")
@@ -495,9 +495,6 @@ class Augmenter:
 
 # --- preview and benchmark ------------------------------------------------------------------------------
 
-FINGER_COLOURS = [(255, 70, 70), (255, 200, 0), (70, 220, 70), (0, 190, 255), (210, 100, 255)]
-
-
 def draw_grid(images, uv, visible, path):
     """Save a grid of (N, H, W, 3) uint8 images with their joints (N, 21, 2) and bones drawn."""
     n, h, w = images.shape[:3]
@@ -506,15 +503,8 @@ def draw_grid(images, uv, visible, path):
     for i in range(n):
         canvas.paste(Image.fromarray(images[i]), ((i % cols) * w, (i // cols) * h))
     draw = ImageDraw.Draw(canvas)
-    colour = lambda j: (255, 255, 255) if j == 0 else FINGER_COLOURS[(j - 1) // 4]
     for i in range(n):
-        pts = uv[i] + np.array([(i % cols) * w, (i // cols) * h])
-        for parent, child in BONES:
-            if visible[i, parent] and visible[i, child]:
-                draw.line([tuple(pts[parent]), tuple(pts[child])], fill=colour(child), width=1)
-        for j in np.flatnonzero(visible[i]):
-            x, y = pts[j]
-            draw.ellipse([x - 1.5, y - 1.5, x + 1.5, y + 1.5], fill=colour(j))
+        draw_skeleton(draw, uv[i], visible[i], offset=((i % cols) * w, (i // cols) * h))
     canvas.save(path)
 
 
