@@ -36,13 +36,13 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize
 
-from scoring import metrics
 from core.common import SUBMISSIONS_ROOT, UserError, atomic_write, cli, progress
+from core.geometry import ROOT_JOINT
+from core.pictures import save_pictures
 from data import existing_data_root, resolve_or_generate_data_root
 from data.joints import detect_order
-from core.geometry import ROOT_JOINT
 from data.readers import detect_layout, load_all_training, load_split
-from core.pictures import save_pictures
+from scoring import metrics
 from scoring.report import labels_for, report_scores, rows_of
 from uploads.joint_checks import check_joint_order
 from uploads.kinds import MP21_ORDER

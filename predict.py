@@ -23,8 +23,9 @@ Files (PREFIX = --out):
                        --format mp21, the course upload, named as the course template writes it, one folder per
                        PREFIX: a gzipped JSON list N x 21 x 3 in millimetres, the split's order, joints in
                        --joint-order (default ait: the course template's order, which the course scores slot by slot)
-  PREFIX.metrics.json  when the split has labels: both Procrustes variants, each also as a fraction of the
-                       constant-shape baseline (one hand for all, see metrics.constant_shape_baseline)
+  PREFIX.metrics.json  when the split has labels: both Procrustes variants, each with the constant shape's PA-MPJPE
+                       (constant_shape_mm: one hand for all, see metrics.constant_shape_mm) and the fraction of it
+                       (fraction_of_constant_shape)
   PREFIX_viz/NNNN.png  --viz K: K images (NNNN the image id) with the 2D skeleton beside a 3D view
   --images: PREFIX.json and PREFIX.npz (own_images.write_joints): per picture the 2D joints in its own pixels, the
   root-relative 3D joints in metres, and with --focal or --camera the camera-space joints (default PREFIX:
@@ -67,19 +68,19 @@ import torch
 
 from core import geometry
 from core.common import RUNS_ROOT, UserError, check_minimums, cli, resolve_device, shown
+from core.pictures import save_pictures
 from data import resolve_or_generate_data_root
 from data.cache import make_dataset
 from data.loader import make_loader
 from data.readers import detect_layout, load_split, submission_split
-from training.checkpoints import newest_checkpoint
-from prediction.inference import (load_model, predict_batch, predict_loader, read_checkpoint, root_depths, training_rotation,
-                       validation_calibration)
-from prediction.onnx_backend import (PARITY_IMAGES, TOLERANCE_DEPTH_MM, TOLERANCE_UV_PX, export_with_parity, input_images,
-                          load_onnx)
-from prediction.own_images import (DEFAULT_FOCAL_PER_SIDE, centred_cameras, list_pictures, picture_sizes, pictures_split,
-                        read_cameras, write_joints)
-from core.pictures import save_pictures
+from prediction.inference import (load_model, predict_batch, predict_loader, read_checkpoint, root_depths,
+                                  training_rotation, validation_calibration)
+from prediction.onnx_backend import (PARITY_IMAGES, TOLERANCE_DEPTH_MM, TOLERANCE_UV_PX, export_with_parity,
+                                     input_images, load_onnx)
+from prediction.own_images import (DEFAULT_FOCAL_PER_SIDE, centred_cameras, list_pictures, picture_sizes,
+                                   pictures_split, read_cameras, write_joints)
 from scoring.report import report_scores
+from training.checkpoints import newest_checkpoint
 from uploads.check import check_file
 from uploads.kinds import MP21_ORDER
 from uploads.naming import output_prefix, resolve_format

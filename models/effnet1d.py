@@ -1,9 +1,11 @@
 """Seed 000: EfficientNet encoder + 1D-heatmap decoder (Schneider et al., after I2L-MeshNet's lixel heatmaps).
 
 The encoder is segmentation-models-pytorch's ``efficientnet-b4`` / ``-b0`` (the lukemelas implementation the
-paper used); only its deepest feature map is decoded (448 channels at stride 32 for b4, 320 for b0; with
-``encoder_depth`` 4 the stride-16 map, and the encoder stops there). The decoder has two branches, xy and z, each N transposed-convolution blocks doubling the resolution (the first
-dense, the others depthwise-separable), C channels, BN + ReLU: 7 -> 112 at 224 px, 4 -> 64 at 128 px. The xy
+paper used). The decoder reads its deepest feature map (448 channels at stride 32 for b4, 320 for b0; with
+``encoder_depth`` 4 the stride-16 map, and the encoder stops there); with ``skips`` (off in the paper) the
+shallower maps are added too, one after each block of the xy branch. The decoder has two branches, xy and z, each
+N transposed-convolution blocks doubling the resolution (the first dense, the others depthwise-separable), C
+channels, BN + ReLU: 7 -> 112 at 224 px, 4 -> 64 at 128 px. The xy
 map is averaged over rows (x profile) and over columns (y profile), the z map over rows; Conv1d(k=1) turns
 each profile into 21 heatmaps of length L, and a soft-argmax over each gives u, v in input pixels and d in
 [-1, 1].

@@ -1,6 +1,6 @@
 """Inference: a model's predictions for a batch or a loader, rotation TTA with the inverse transforms, and the
 camera joints they give; and reading a checkpoint for prediction. Used by predict.py, train.py (validation),
-ensemble.py and bench.py.
+the training step (``autocast``), bench.py and tools/onnx_parity.py.
 
 TTA: ``--tta N`` rotations about the input centre, spread over the range the model was trained on
 (``training_rotation``), each prediction mapped back by its inverse affine and averaged; the rotations run a

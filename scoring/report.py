@@ -10,8 +10,9 @@ from core.common import UserError, atomic_write
 from scoring import metrics
 
 METRIC_COLUMNS = {"pa_mpjpe_mm": "PA-MPJPE mm", "auc_0_50mm": "AUC 0-50mm", "f@5mm": "F@5mm",
-                  "f@15mm": "F@15mm", "mpjpe_mm": "root-rel. MPJPE mm", "fraction_of_constant_shape": "of constant shape",
-                  "camera_mpjpe_mm": "camera MPJPE mm", metrics.ROOT_OFF_KEY: f"root >{metrics.ROOT_OFF_MM / 10:g}cm"}
+                  "f@15mm": "F@15mm", "mpjpe_mm": "root-rel. MPJPE mm",
+                  "fraction_of_constant_shape": "of constant shape", "camera_mpjpe_mm": "camera MPJPE mm",
+                  metrics.ROOT_OFF_KEY: f"root >{metrics.ROOT_OFF_MM / 10:g}cm"}
 VARIANTS = {"reflections_allowed": "reflections allowed (FreiHAND)",
             "reflections_corrected": "reflections corrected (MP21)"}
 # The constant shape's keys as earlier versions wrote them in metrics.json (and tools in their tables).

@@ -1,9 +1,11 @@
+import json
+
 import numpy as np
 import pytest
 from scipy.linalg import orthogonal_procrustes
 from scipy.spatial.transform import Rotation
 
-from scoring import metrics
+from scoring import metrics, report
 
 
 def freihand_align_w_scale(gt, pred):
@@ -139,3 +141,12 @@ def test_constant_shape_beats_the_unaligned_mean_and_every_training_pose():
     constant = metrics.constant_shape_mm(metrics.generalized_procrustes_mean(train), evaluation)
     assert constant < 0.5 * metrics.unaligned_mean_baseline(train, evaluation)
     assert constant <= min(metrics.constant_shape_mm(pose, evaluation) for pose in train[:20])
+
+
+def test_metrics_files_of_earlier_versions_read_under_the_current_keys(tmp_path):
+    """Earlier versions wrote the constant shape as constant_shape_pa_mpjpe_mm and of_constant_shape."""
+    path = tmp_path / "old.metrics.json"
+    path.write_text(json.dumps({"n": 3, "reflections_allowed": {"pa_mpjpe_mm": 30.0, "constant_shape_pa_mpjpe_mm": 20.0,
+                                                                "of_constant_shape": 1.5}}))
+    assert report.read_scores(path)["reflections_allowed"] == {"pa_mpjpe_mm": 30.0, "constant_shape_mm": 20.0,
+                                                                "fraction_of_constant_shape": 1.5}

@@ -83,7 +83,8 @@ def train_row(row, minutes, rate, train_images, tta, out, shown_out):
     config = recipes.recipe_config(row)
     return {"recipe": row, "arch": config["arch"], "head": head_of(config), "epochs": epochs,
             "train_minutes": round(wall / 60, 1), "train_images_per_s": round(summary["train_images_per_s"], 1),
-            "eval_pa_mpjpe_mm": round(scores["pa_mpjpe_mm"], 2), "fraction_of_constant_shape": round(scores["fraction_of_constant_shape"], 3),
+            "eval_pa_mpjpe_mm": round(scores["pa_mpjpe_mm"], 2),
+            "fraction_of_constant_shape": round(scores["fraction_of_constant_shape"], 3),
             "command": " ".join(map(str, train_command)) + f" && python predict.py --tta {tta}"}
 
 
@@ -100,8 +101,8 @@ def write_table(rows, out, minutes):
              f"(tta 10) | of constant shape | command |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| `{r['recipe']}` | {r['arch']} | {r['head']} | {r['epochs']} | {r['train_minutes']} | "
-                     f"{r['train_images_per_s']} | {r['eval_pa_mpjpe_mm']} | {100 * r['fraction_of_constant_shape']:.1f} % | "
-                     f"`{r['command']}` |")
+                     f"{r['train_images_per_s']} | {r['eval_pa_mpjpe_mm']} | "
+                     f"{100 * r['fraction_of_constant_shape']:.1f} % | `{r['command']}` |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
 
 
