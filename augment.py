@@ -38,10 +38,10 @@ from PIL import Image, ImageDraw, ImageOps
 
 from core import geometry
 from core.common import (UserError, atomic_write, check_minimums, check_writable, cli, ensure_writable_folder,
-                    resolve_device)
-from data import resolve_data_root
+                    resolve_device, unit_float)
+from core.pictures import draw_skeleton
+from data import resolve_or_generate_data_root
 from data.dataset import HandDataset
-from data.joints import BONES
 from data.readers import load_split
 
 AUG_NAMES = ("flip", "scale", "rotate", "translate", "background", "occlude", "color", "blur", "noise")
@@ -136,7 +136,7 @@ def warp_images(images, affines, size=None, mode="bilinear"):
     The one place images are warped (training augmentation, TTA). Integer pixel centres on both sides
     (align_corners=True), zeros outside the source. uint8 input is scaled to [0, 1].
     """
-    images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    images = unit_float(images)
     dsize = (images.shape[-2], images.shape[-1]) if size is None else (size, size)
     return kornia.geometry.transform.warp_affine(images, affines.to(images), dsize, mode=mode,
                                                  padding_mode="zeros", align_corners=True)
@@ -362,8 +362,7 @@ class Augmenter:
         of the hand covered; other keys passed through (xyz stays valid: K moves with the image)."""
         g = self.generator if generator is None else generator
         out = dict(batch)
-        image = batch["image"]
-        image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()  # (B, 3, S, S)
+        image = unit_float(batch["image"])                                                # (B, 3, S, S)
         mask = batch["mask"].bool()                                                       # (B, S, S)
         has_mask = batch["has_mask"].bool()
         n, size = image.shape[0], image.shape[-1]
@@ -417,7 +416,7 @@ class Augmenter:
         """(R, 3, S, S) backgrounds for ``rows``: bank images, or generated on the device by ``sources``."""
         n, size, dev = len(rows), image.shape[-1], self.device
         if self.bank is not None:  # a random bank image, mirrored half of the time
-            pick = self.bank[torch.randint(0, len(self.bank), (n,), generator=g, device=dev)].float() / 255.0
+            pick = unit_float(self.bank[torch.randint(0, len(self.bank), (n,), generator=g, device=dev)])
             return torch.where(torch.rand(n, 1, 1, 1, generator=g, device=dev) < 0.5, pick.flip(-1), pick)
         weights = torch.tensor([self.opt["background"]["sources"][k] for k in BACKGROUND_KINDS], device=dev)
         kind = torch.multinomial(weights.expand(n, -1), 1, generator=g)[:, 0]       # (R,) per sample
@@ -496,9 +495,6 @@ class Augmenter:
 
 # --- preview and benchmark ------------------------------------------------------------------------------
 
-FINGER_COLOURS = [(255, 70, 70), (255, 200, 0), (70, 220, 70), (0, 190, 255), (210, 100, 255)]
-
-
 def draw_grid(images, uv, visible, path):
     """Save a grid of (N, H, W, 3) uint8 images with their joints (N, 21, 2) and bones drawn."""
     n, h, w = images.shape[:3]
@@ -507,15 +503,8 @@ def draw_grid(images, uv, visible, path):
     for i in range(n):
         canvas.paste(Image.fromarray(images[i]), ((i % cols) * w, (i // cols) * h))
     draw = ImageDraw.Draw(canvas)
-    colour = lambda j: (255, 255, 255) if j == 0 else FINGER_COLOURS[(j - 1) // 4]
     for i in range(n):
-        pts = uv[i] + np.array([(i % cols) * w, (i // cols) * h])
-        for parent, child in BONES:
-            if visible[i, parent] and visible[i, child]:
-                draw.line([tuple(pts[parent]), tuple(pts[child])], fill=colour(child), width=1)
-        for j in np.flatnonzero(visible[i]):
-            x, y = pts[j]
-            draw.ellipse([x - 1.5, y - 1.5, x + 1.5, y + 1.5], fill=colour(j))
+        draw_skeleton(draw, uv[i], visible[i], offset=((i % cols) * w, (i // cols) * h))
     canvas.save(path)
 
 
@@ -543,7 +532,7 @@ def run_preview(args):
     names = parse_augs(args.augs)
     options = forced_options(names, _json_options(args.options))
     device = resolve_device(args.device)
-    root = resolve_data_root(args.data_root)
+    root = resolve_or_generate_data_root(args.data_root)
     split = load_split(root, args.split)
     if not split.labelled:
         raise UserError(f"split {split.name!r} at {root} has no labels; preview a labelled split (train, val)")

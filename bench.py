@@ -38,7 +38,7 @@ import models
 from training import recipes
 from core.common import (CACHE_ROOT, UserError, atomic_write, check_minimums, check_writable, cli, resolve_device,
                     usable_cores)
-from data import resolve_data_root
+from data import resolve_or_generate_data_root
 from data.cache import make_dataset
 from data.loader import make_loader, to_device
 from data.readers import load_split
@@ -216,7 +216,7 @@ def run(args):
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one input size per stage
     entries = timed_configs(args)
-    split = load_split(resolve_data_root(args.data_root), args.split)
+    split = load_split(resolve_or_generate_data_root(args.data_root), args.split)
     if args.max_images and len(split) > args.max_images:
         split = split.subset(np.arange(args.max_images))
     datasets = {}

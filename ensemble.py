@@ -36,15 +36,19 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize
 
-from scoring import metrics
 from core.common import SUBMISSIONS_ROOT, UserError, atomic_write, cli, progress
-from data import resolve_data_root
-from data.joints import detect_order
 from core.geometry import ROOT_JOINT
-from data.readers import detect_layout, load_all_training, load_split
 from core.pictures import save_pictures
-from uploads.submission import (MP21_ORDER, check_joint_order, labels_for, load_predictions, output_prefix, report_scores,
-                        resolve_format, rows_of, write_outputs, written_line)
+from data import existing_data_root, resolve_or_generate_data_root
+from data.joints import detect_order
+from data.readers import detect_layout, load_all_training, load_split
+from scoring import metrics
+from scoring.report import labels_for, report_scores, rows_of
+from uploads.joint_checks import check_joint_order
+from uploads.kinds import MP21_ORDER
+from uploads.naming import output_prefix, resolve_format
+from uploads.records import load_predictions
+from uploads.writing import write_outputs, written_line
 
 
 # --- members ------------------------------------------------------------------------------------------------
@@ -181,7 +185,7 @@ def validation_set(records, paths, val_paths, data_root):
         common = np.intersect1d(common, member["ids"])
     if len(common) == 0:
         raise UserError(f"--fit-weights: {', '.join(map(str, files))} share no validation image")
-    root = resolve_data_root(data_root or records[0].get("data_root") or None)
+    root = resolve_or_generate_data_root(data_root or records[0].get("data_root") or None)
     labelled = load_all_training(root) if detect_layout(root) == "freihand" else load_split(root, "val")
     if not labelled.labelled:
         raise UserError(f"--fit-weights: the val split of {root} has no labels")
@@ -273,7 +277,7 @@ def target_split(records, data_root):
         data_root = records[0].get("data_root")
         if not data_root or detect_layout(data_root) is None:
             return None
-    return load_split(resolve_data_root(data_root), records[0]["split"])
+    return load_split(existing_data_root(data_root), records[0]["split"])
 
 
 def choose_weights(args, records, paths):

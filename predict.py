@@ -9,8 +9,9 @@
     python predict.py --images DIR|FILE... [--focal PX | --camera K.json] [--hand left] [--tta N] [--viz K]
 
 Defaults: the newest runs/*/best.pt; --data-root, else the data root the checkpoint was trained on when it still
-holds a dataset, else data.resolve_data_root(); the layout's submission split (FreiHAND 'evaluation', MP21
-'test'); --format freihand on the FreiHAND layout, mp21 on MP21; --out submissions/<run>_<split>_tta<N>.
+holds a dataset, else data.resolve_or_generate_data_root() (the synthetic set, made on first use); the layout's
+submission split (FreiHAND 'evaluation', MP21 'test'); --format freihand on the FreiHAND layout, mp21 on MP21;
+--out submissions/<run>_<split>_tta<N>. --check only reads: it never makes a dataset.
 img_size, arch and model options always come from the checkpoint's config.
 
 Files (PREFIX = --out):
@@ -22,8 +23,9 @@ Files (PREFIX = --out):
                        --format mp21, the course upload, named as the course template writes it, one folder per
                        PREFIX: a gzipped JSON list N x 21 x 3 in millimetres, the split's order, joints in
                        --joint-order (default ait: the course template's order, which the course scores slot by slot)
-  PREFIX.metrics.json  when the split has labels: both Procrustes variants, each also as a fraction of the
-                       constant-shape baseline (one hand for all, see metrics.constant_shape_baseline)
+  PREFIX.metrics.json  when the split has labels: both Procrustes variants, each with the constant shape's PA-MPJPE
+                       (constant_shape_mm: one hand for all, see metrics.constant_shape_mm) and the fraction of it
+                       (fraction_of_constant_shape)
   PREFIX_viz/NNNN.png  --viz K: K images (NNNN the image id) with the 2D skeleton beside a 3D view
   --images: PREFIX.json and PREFIX.npz (own_images.write_joints): per picture the 2D joints in its own pixels, the
   root-relative 3D joints in metres, and with --focal or --camera the camera-space joints (default PREFIX:
@@ -65,21 +67,24 @@ import numpy as np
 import torch
 
 from core import geometry
-from core.common import RUNS_ROOT, UserError, check_minimums, cli, resolve_device
-from data import resolve_data_root
+from core.common import RUNS_ROOT, UserError, check_minimums, cli, resolve_device, shown
+from core.pictures import save_pictures
+from data import resolve_or_generate_data_root
 from data.cache import make_dataset
 from data.loader import make_loader
 from data.readers import detect_layout, load_split, submission_split
+from prediction.inference import (load_model, predict_batch, predict_loader, read_checkpoint, root_depths,
+                                  training_rotation, validation_calibration)
+from prediction.onnx_backend import (PARITY_IMAGES, TOLERANCE_DEPTH_MM, TOLERANCE_UV_PX, export_with_parity,
+                                     input_images, load_onnx)
+from prediction.own_images import (DEFAULT_FOCAL_PER_SIDE, centred_cameras, list_pictures, picture_sizes,
+                                   pictures_split, read_cameras, write_joints)
+from scoring.report import report_scores
 from training.checkpoints import newest_checkpoint
-from prediction.inference import (load_model, predict_batch, predict_loader, read_checkpoint, root_depths, training_rotation,
-                       validation_calibration)
-from prediction.onnx_backend import (PARITY_IMAGES, TOLERANCE_DEPTH_MM, TOLERANCE_UV_PX, export_with_parity, input_images,
-                          load_onnx)
-from prediction.own_images import (DEFAULT_FOCAL_PER_SIDE, centred_cameras, list_pictures, picture_sizes, pictures_split,
-                        read_cameras, write_joints)
-from core.pictures import save_pictures
-from uploads.submission import (MP21_ORDER, check_file, output_prefix, report_scores, resolve_format, shown, write_outputs,
-                        written_line)
+from uploads.check import check_file
+from uploads.kinds import MP21_ORDER
+from uploads.naming import output_prefix, resolve_format
+from uploads.writing import write_outputs, written_line
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -89,13 +94,13 @@ BACKENDS = ("torch", "onnxruntime")
 def resolve_root(data_root, config, announce=print):
     """--data-root, else the checkpoint's training data root while it holds a dataset, else the default."""
     if data_root:
-        return resolve_data_root(data_root)
+        return resolve_or_generate_data_root(data_root)
     trained_on = config.get("data_root")
     if trained_on and detect_layout(trained_on) is not None:
         return Path(trained_on)
     if trained_on:
         announce(f"the checkpoint's data root {trained_on} holds no dataset now; using the default")
-    return resolve_data_root(None, announce)
+    return resolve_or_generate_data_root(None, announce)
 
 
 def root_depth_source(split, stats):

@@ -39,14 +39,14 @@ from training.checkpoints import average_state_dicts, load_checkpoint, newest_ch
 from core.common import (EXIT_INTERRUPTED, EXIT_TERMINATED, RUNS_ROOT, SYNTHETIC_ROOT, Interrupted, Terminated, UserError,
                     atomic_write, check_writable, cli, ensure_writable_folder, progress, remove_stale_temps,
                     resolve_device)
-from data import resolve_data_root
+from data import resolve_or_generate_data_root
 from data.cache import make_dataset
 from data.loader import make_loader, shut_down, to_device
 from data.pseudo import WeightedUnion, pseudo_split
 from data.readers import load_split
 from models.losses import split_weights
 from training.engine import forward_loss, optimizer_step
-from uploads.submission import load_predictions
+from uploads.records import load_predictions
 from prediction.inference import camera_joints, predict_loader
 
 # The laptop default: the synthetic set on the CPU with none of these keys given gets this short run, which
@@ -311,11 +311,10 @@ def validate_config(config):
 
 
 def check_model_options(config):
-    """Build the model on the meta device (no memory, no weights) so that a bad model option is one line now."""
+    """A bad model option is one line now (``models.check_model_options``)."""
     try:
-        with torch.device("meta"):
-            models.create_model(config["arch"], pretrained="none", **config["model"])
-    except (TypeError, ValueError) as err:
+        models.check_model_options(config["arch"], config["model"])
+    except ValueError as err:
         raise UserError(f"model options {config['model']} for {config['arch']}: {err}") from None
 
 
@@ -649,10 +648,10 @@ def resolve_run(args):
 def locate_data(config, rank, world_size, announce):
     """The dataset folder; the synthetic default is generated once, by rank 0, while the others wait."""
     if rank == 0:
-        data_root = resolve_data_root(config["data_root"] or None, announce)
+        data_root = resolve_or_generate_data_root(config["data_root"] or None, announce)
     barrier(world_size)
     if rank:
-        data_root = resolve_data_root(config["data_root"] or None, announce=lambda *_: None)
+        data_root = resolve_or_generate_data_root(config["data_root"] or None, announce=lambda *_: None)
     return data_root
 
 
@@ -715,7 +714,7 @@ def build_context(args):
            "channels_last": config["channels_last"], "history": [], "best": math.inf, "start_epoch": 1,
            "stats": training_stats(train_split), "val_set": val_set}
     ctx["model"] = build_training(ctx, train_set, resume_state)
-    ctx["baseline"] = metrics.constant_pa_mpjpe_mm(ctx["stats"]["constant_shape_m"], val_split.xyz)
+    ctx["baseline"] = metrics.constant_shape_mm(ctx["stats"]["constant_shape_m"], val_split.xyz)
     announce(f"{config['recipe']}: {config['arch']} ({ctx['params'] / 1e6:.2f} M params), {len(train_set)} training "
              f"/ {len(val_set)} validation images from {data_root}, {config['img_size']} px, batch "
              f"{config['batch_size']}{f' x {world_size} processes' if world_size > 1 else ''}, {device}, run folder "

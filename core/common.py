@@ -1,5 +1,6 @@
-"""Shared by every module: project paths, the error types and the command-line error boundary (`cli`), the one
-atomic writer, the writability checks made before any work starts, and progress bars."""
+"""Shared by every module: project paths and how they are shown, the error types and the command-line error boundary
+(`cli`), the one atomic writer, the writability checks made before any work starts, progress bars, the worker pool and
+images as floats."""
 import contextlib
 import functools
 import hashlib
@@ -20,6 +21,12 @@ SYNTHETIC_ROOT = PROJECT_ROOT / "data" / "synthetic"     # the embedded default,
 CACHE_ROOT = PROJECT_ROOT / "data" / "cache"             # decoded-image caches
 RUNS_ROOT = PROJECT_ROOT / "runs"                        # one folder per training run
 SUBMISSIONS_ROOT = PROJECT_ROOT / "submissions"          # upload files and raw predictions
+
+
+def shown(path):
+    """A path relative to the project when it lies inside it (shorter output lines), else absolute."""
+    path = Path(path).resolve()
+    return path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path
 
 
 TEMP_MARK = ".tmp-"   # temp files are ".<name>.tmp-<pid>" beside the file they become
@@ -237,6 +244,11 @@ def fork_pool(workers):
         yield pool
         pool.close()
         pool.join()
+
+
+def unit_float(images):
+    """uint8 images -> float32 in [0, 1]; float images -> float32, values as they are. Same device."""
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
 
 
 def file_sha256(path):

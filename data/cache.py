@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.common import (CACHE_ROOT, PROJECT_ROOT, UserError, atomic_write, check_minimums, cli, progress, remove_stale_temps,
-                    fork_pool, usable_cores)
+from core.common import (CACHE_ROOT, UserError, atomic_write, check_minimums, cli, fork_pool, progress,
+                         remove_stale_temps, shown, usable_cores)
 from data.dataset import HandDataset, decode_image, decode_mask, input_labels
 
 try:
@@ -60,11 +60,6 @@ WITHOUT = "or do without the cache (train.py --set cache=false, predict.py --no-
 MAKE_ROOM = "`python -m data.cache --list` shows the caches and `--clear` removes them"
 
 
-def _shown(path):
-    path = Path(path).resolve()
-    return path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path
-
-
 def _amount(n_bytes):
     """Bytes in words: GB from 1 GB up, else MB."""
     return f"{n_bytes / 1e9:.2f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.1f} MB"
@@ -73,8 +68,8 @@ def _amount(n_bytes):
 def _amounts(needed, free):
     """``needed`` and ``free`` bytes in words that differ when the numbers do (exact bytes when rounding would show
     the same amount twice)."""
-    shown = _amount(needed), _amount(free)
-    return shown if shown[0] != shown[1] or needed == free else (f"{needed:,} bytes", f"{free:,} bytes")
+    words = _amount(needed), _amount(free)
+    return words if words[0] != words[1] or needed == free else (f"{needed:,} bytes", f"{free:,} bytes")
 
 
 # --- identity of a split: folder key and dataset digest ---------------------------------------------------
@@ -264,7 +259,7 @@ def check_space(folder, split, size):
     if needed > free:
         needed_shown, free_shown = _amounts(needed, free)
         raise UserError(f"the decoded-image cache of {len(split)} {split.name} images at {size} px needs "
-                        f"{needed_shown} in {_shown(Path(folder).parent)}/ and {free_shown} are free there: "
+                        f"{needed_shown} in {shown(Path(folder).parent)}/ and {free_shown} are free there: "
                         f"free space ({MAKE_ROOM}) {WITHOUT}")
 
 
@@ -305,19 +300,19 @@ def _build_announced(folder, split, size, digest, reason, workers, announce):
     others = [row["bytes"] for row in list_caches(folder.parent) if row["folder"] != folder]
     held = f"; {len(others)} other caches hold {_amount(sum(others))}" if others else ""
     what = (f"decoding {len(split)} {split.name} images{f' and {n_masks} masks' if n_masks else ''} of "
-            f"{_shown(split.root)} once into {_shown(folder)}/ ({size} px, {_amount(needed_bytes(split, size))} "
+            f"{shown(split.root)} once into {shown(folder)}/ ({size} px, {_amount(needed_bytes(split, size))} "
             f"of the {_amount(shutil.disk_usage(folder).free)} free{held})")
-    announce(what if reason == "not built" else f"cache {_shown(folder)}/ is stale ({reason}): rebuilding; {what}")
+    announce(what if reason == "not built" else f"cache {shown(folder)}/ is stale ({reason}): rebuilding; {what}")
     try:
         seconds = build(folder, split, size, digest, workers)
     except BaseException as err:
         shutil.rmtree(folder, ignore_errors=True)  # no manifest: nothing in it could be read
         if isinstance(err, OSError):
-            raise UserError(f"cannot write the decoded-image cache {_shown(folder)}/ ({err.strerror or err}); the "
+            raise UserError(f"cannot write the decoded-image cache {shown(folder)}/ ({err.strerror or err}); the "
                             f"partial cache was removed; free space ({MAKE_ROOM}), make it writable "
                             f"{WITHOUT}") from None
         raise
-    announce(f"cache {_shown(folder)}/ built in {seconds:.1f} s ({len(split) / max(seconds, 1e-9):.0f} images/s): "
+    announce(f"cache {shown(folder)}/ built in {seconds:.1f} s ({len(split) / max(seconds, 1e-9):.0f} images/s): "
              f"{_amount(_disk_bytes(folder))} on disk; {MAKE_ROOM}")
 
 
@@ -338,7 +333,7 @@ def prune_orphans(cache_root, announce=print):
                 removed += 1
     if removed:
         announce(f"removed {removed} decoded-image cache{'s' * (removed > 1)} of datasets that no longer exist "
-                 f"from {_shown(cache_root)}/")
+                 f"from {shown(cache_root)}/")
 
 
 # --- opening -------------------------------------------------------------------------------------------------
@@ -446,17 +441,17 @@ def list_caches(cache_root=CACHE_ROOT):
 def format_caches(rows, cache_root):
     """The table ``python -m data.cache --list`` prints."""
     if not rows:
-        return f"no decoded-image caches in {_shown(cache_root)}/"
-    now, width = time.time(), max(len("dataset"), *(len(str(_shown(row["dataset"]))) for row in rows))
+        return f"no decoded-image caches in {shown(cache_root)}/"
+    now, width = time.time(), max(len("dataset"), *(len(str(shown(row["dataset"]))) for row in rows))
     lines = [f"{'dataset':<{width}} {'split':<10} {'size':>5} {'images':>10} {'GB':>8}  last used"]
     for row in rows:
         hours = (now - row["last_used"]) / 3600
         ago = f"{hours:.0f} h ago" if hours < 48 else f"{hours / 24:.0f} days ago"
         images = f"{row['images']}" if row["images"] is not None else "incomplete"
-        lines.append(f"{str(_shown(row['dataset'])):<{width}} {row['split']:<10} {row['size']:>5} {images:>10} "
+        lines.append(f"{str(shown(row['dataset'])):<{width}} {row['split']:<10} {row['size']:>5} {images:>10} "
                      f"{row['bytes'] / 1e9:>8.2f}  {datetime.fromtimestamp(row['last_used']):%Y-%m-%d %H:%M} ({ago})")
     lines.append(f"{len(rows)} cache{'s' * (len(rows) > 1)}, {sum(r['bytes'] for r in rows) / 1e9:.2f} GB in "
-                 f"{_shown(cache_root)}/")
+                 f"{shown(cache_root)}/")
     return "\n".join(lines)
 
 
@@ -496,7 +491,7 @@ def clear_caches(cache_root=CACHE_ROOT, dataset=None, unused_days=None, announce
                 continue
             shutil.rmtree(row["folder"])
         removed, freed = removed + 1, freed + row["bytes"]
-    announce(f"removed {removed} cache{'s' * (removed != 1)} ({_amount(freed)}) from {_shown(cache_root)}/"
+    announce(f"removed {removed} cache{'s' * (removed != 1)} ({_amount(freed)}) from {shown(cache_root)}/"
              + (f"; kept {len(busy)} in use by a running process: {', '.join(busy)}" if busy else ""))
     return freed
 

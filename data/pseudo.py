@@ -32,7 +32,7 @@ def confident_rows(record, keep, path):
 
 def pseudo_split(record, path, data_root, keep=1.0):
     """(the predicted split, labelled by ``record``'s joints, info for the run's config): ``record`` is a
-    prediction file's dict (submission.load_predictions) of a split of the dataset at ``data_root``."""
+    prediction file's dict (uploads.records.load_predictions) of a split of the dataset at ``data_root``."""
     name = str(record.get("split", ""))
     if name in LABELLED_SPLITS or not name:
         raise UserError(f"--pseudo-labels {path}: predicts the {name or 'unnamed'} split; pseudo-labels come from "

@@ -1,9 +1,11 @@
 """Seed 000: EfficientNet encoder + 1D-heatmap decoder (Schneider et al., after I2L-MeshNet's lixel heatmaps).
 
 The encoder is segmentation-models-pytorch's ``efficientnet-b4`` / ``-b0`` (the lukemelas implementation the
-paper used); only its deepest feature map is decoded (448 channels at stride 32 for b4, 320 for b0; with
-``encoder_depth`` 4 the stride-16 map, and the encoder stops there). The decoder has two branches, xy and z, each N transposed-convolution blocks doubling the resolution (the first
-dense, the others depthwise-separable), C channels, BN + ReLU: 7 -> 112 at 224 px, 4 -> 64 at 128 px. The xy
+paper used). The decoder reads its deepest feature map (448 channels at stride 32 for b4, 320 for b0; with
+``encoder_depth`` 4 the stride-16 map, and the encoder stops there); with ``skips`` (off in the paper) the
+shallower maps are added too, one after each block of the xy branch. The decoder has two branches, xy and z, each
+N transposed-convolution blocks doubling the resolution (the first dense, the others depthwise-separable), C
+channels, BN + ReLU: 7 -> 112 at 224 px, 4 -> 64 at 128 px. The xy
 map is averaged over rows (x profile) and over columns (y profile), the z map over rows; Conv1d(k=1) turns
 each profile into 21 heatmaps of length L, and a soft-argmax over each gives u, v in input pixels and d in
 [-1, 1].
@@ -155,27 +157,20 @@ class EffNet1D(nn.Module):
         return (uvd, {"heatmaps1d": probs, "logits1d": logits}) if return_aux else uvd
 
 
-def check_head_options(options):
-    """The options, unless they give the 1D decoder's options to another head (which would ignore them)."""
-    head = options.get("head", "1d")
-    wasted = [key for key in HEAD_1D_OPTIONS if key in options] if head != "1d" else []
-    if head == "1d" and "decoder_width" in options:
-        wasted = ["decoder_width"]
-    if wasted:
-        raise ValueError(f"{', '.join(wasted)}: not read by head={head!r}")
-    return options
+# The options only some heads read: the 1D decoder's, and the shared head's width.
+HEAD_OPTIONS = {**{key: ("1d",) for key in HEAD_1D_OPTIONS}, "decoder_width": DECODERS}
 
 
-@register_model("effb4_1d", seed="000",
+@register_model("effb4_1d", seed="000", head_options=HEAD_OPTIONS, default_head="1d",
                 summary="EfficientNet-B4 encoder + separable 1D-heatmap decoder, soft-argmax (19.5M in the paper)")
 def effb4_1d(pretrained="none", **options):
     """options: channels, num_blocks, drop_connect, z_readout, depth_bins, encoder_depth, skips, head,
     decoder_width (EffNet1D)."""
-    return EffNet1D("effb4_1d", "efficientnet-b4", pretrained, **check_head_options(options))
+    return EffNet1D("effb4_1d", "efficientnet-b4", pretrained, **options)
 
 
-@register_model("effb0_1d", seed="000",
+@register_model("effb0_1d", seed="000", head_options=HEAD_OPTIONS, default_head="1d",
                 summary="EfficientNet-B0 encoder + separable 1D-heatmap decoder, soft-argmax (5.4M in the paper)")
 def effb0_1d(pretrained="none", **options):
     """options: as effb4_1d."""
-    return EffNet1D("effb0_1d", "efficientnet-b0", pretrained, **check_head_options(options))
+    return EffNet1D("effb0_1d", "efficientnet-b0", pretrained, **options)

@@ -8,12 +8,12 @@ The contract every registered model keeps (training, TTA and ensembling rely on 
   ``heatmaps1d`` (B, 21, 3, L) per-axis probabilities and ``logits1d`` their logits, ``heatmaps2d`` list of (B, 21, h, w) maps, one per
   supervised stage.
 """
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import torch
 
-from core.common import UserError
+from core.common import UserError, unit_float
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -25,17 +25,20 @@ class ModelEntry:
     builder: Callable[..., torch.nn.Module]
     seed: str          # the seed paper it comes from, e.g. "000"
     summary: str       # one line for --list-archs and the README
+    head_options: dict = field(default_factory=dict)   # option -> the heads that read it (the others would not)
+    default_head: Optional[str] = None                 # the head when the options name none
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name, *, seed, summary):
-    """Decorator for ``builder(pretrained='none', **options) -> nn.Module``."""
+def register_model(name, *, seed, summary, head_options=None, default_head=None):
+    """Decorator for ``builder(pretrained='none', **options) -> nn.Module``. ``head_options``: the options only some
+    heads read, each with those heads (``options['head']``, else ``default_head``); given to another, a ValueError."""
     def decorate(builder):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = ModelEntry(name, builder, seed, summary)
+        _REGISTRY[name] = ModelEntry(name, builder, seed, summary, dict(head_options or {}), default_head)
         return builder
     return decorate
 
@@ -50,14 +53,37 @@ def model_entry(name):
     return _REGISTRY[name]
 
 
+def check_head_options(entry, options):
+    """A ValueError when ``options`` give an option to a head that would not read it (``entry.head_options``). A head
+    the arch does not know is left to its builder to refuse."""
+    head = options.get("head", entry.default_head)
+    known = {entry.default_head, *(h for heads in entry.head_options.values() for h in heads)}
+    unread = [key for key, heads in entry.head_options.items() if key in options and head not in heads]
+    if head in known and unread:
+        raise ValueError(f"{', '.join(unread)}: not read by head={head!r}")
+
+
 def create_model(name, pretrained="none", **options):
     """Build a registered model. ``pretrained``: 'none', 'imagenet' or a path to a local weights file."""
-    return model_entry(name).builder(pretrained=pretrained, **options)
+    entry = model_entry(name)
+    check_head_options(entry, options)
+    return entry.builder(pretrained=pretrained, **options)
+
+
+def check_model_options(name, options):
+    """The one check that model ``options`` fit arch ``name``: the model built on the meta device (no memory, no
+    weights). An option its builder does not take, one its head would not read or a value it refuses is a ValueError
+    saying which; an unknown arch a UserError."""
+    try:
+        with torch.device("meta"):
+            create_model(name, pretrained="none", **options)
+    except TypeError as err:  # an option the builder does not take
+        raise ValueError(str(err)) from None
 
 
 def prepare_images(images):
     """(B, 3, H, W) uint8, or float in [0, 1], on any device -> float32 normalised network input, same device."""
-    images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    images = unit_float(images)
     mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
     return (images - mean) / std

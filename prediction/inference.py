@@ -1,13 +1,12 @@
 """Inference: a model's predictions for a batch or a loader, rotation TTA with the inverse transforms, and the
 camera joints they give; and reading a checkpoint for prediction. Used by predict.py, train.py (validation),
-ensemble.py and bench.py.
+the training step (``autocast``), bench.py and tools/onnx_parity.py.
 
 TTA: ``--tta N`` rotations about the input centre, spread over the range the model was trained on
 (``training_rotation``), each prediction mapped back by its inverse affine and averaged; the rotations run a
 few at a time (``TTA_IMAGES_PER_FORWARD``), so any N runs at bounded memory.
 """
 import contextlib
-import inspect
 import pickle
 from pathlib import Path
 from typing import NamedTuple
@@ -20,7 +19,7 @@ from core import geometry
 import models
 from augment import parse_augs, resolve_options, warp_images
 from training.checkpoints import build_model, load_checkpoint
-from core.common import UserError, progress
+from core.common import UserError, progress, unit_float
 from data.joints import BONES, REFERENCE_BONES_MM, bone_lengths
 from data.loader import to_device
 from data.readers import detect_layout, load_split
@@ -70,7 +69,7 @@ def predict_batch(model, images, tta=1, amp=False, channels_last=False, max_deg=
     ``mirror``: the images hold left hands; each is mirrored left-right, predicted as a right hand, and its
     joints mirrored back (u -> S - 1 - u)."""
     batch, size = images.shape[0], images.shape[-1]
-    x = images.float() / 255.0
+    x = unit_float(images)
     if mirror:
         x = x.flip(-1)
     affines = tta_affines(tta, size, images.device, max_deg)                      # (T, 2, 3)
@@ -299,10 +298,9 @@ def load_model(state, path):
     not fit the weights (another arch's checkpoint, an edited config.json) is a UserError naming the file."""
     config = state["config"]
     try:
-        builder = models.model_entry(config["arch"]).builder
         try:
-            inspect.signature(builder).bind(pretrained="none", **config["model"])
-        except TypeError as err:  # bind() raises TypeError exactly when the options do not fit the builder
+            models.check_model_options(config["arch"], config["model"])
+        except ValueError as err:
             raise UserError(f"model options {config['model']} do not fit arch {config['arch']!r} ({err})") from None
         return build_model(state)
     except UserError as err:

@@ -3,8 +3,8 @@
 Each picture is fitted into the network input as the datasets are (data.dataset.decode_image: centred, padded
 to a square, resized), so the pictures become a ``data.readers.Split`` without labels and go through the same
 prediction as a dataset split. The camera: ``--focal PX`` (principal point at the picture's centre) or a K file;
-else DEFAULT_FOCAL_PER_SIDE times the picture's longer side, a FreiHAND-like crop (its 224 px crops have a median
-focal length of about 2.5 x 224 px), which gives root-relative joints but no trustworthy camera-space ones.
+else DEFAULT_FOCAL_PER_SIDE times the picture's longer side, as in a FreiHAND-like crop, which gives root-relative
+joints but no trustworthy camera-space ones.
 """
 import json
 from pathlib import Path

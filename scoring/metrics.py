@@ -82,8 +82,9 @@ def f_score(pred, gt, threshold):
 def generalized_procrustes_mean(poses, rounds=5):
     """The constant hand shape (21, 3) that fits ``poses`` (N, 21, 3) best in the least-squares sense under
     similarity alignment: their generalised-Procrustes mean (PA-MPJPE averages unsquared distances, so it is a
-    strong constant answer rather than a proven optimum). Start from the first pose; each round aligns every pose to the current mean (centre, scale,
-    rotation; no reflection) and averages them, rescaled to the poses' mean Frobenius norm."""
+    strong constant answer rather than a proven optimum). Start from the first pose; each round aligns every pose
+    to the current mean (centre, scale, rotation; no reflection) and averages them, rescaled to the poses' mean
+    Frobenius norm."""
     poses = np.asarray(poses, np.float64)
     centred = poses - poses.mean(1, keepdims=True)
     size = np.linalg.norm(centred, axis=(1, 2)).mean()
@@ -95,17 +96,12 @@ def generalized_procrustes_mean(poses, rounds=5):
     return mean
 
 
-def constant_pa_mpjpe_mm(shape, gt, allow_reflection=True):
-    """PA-MPJPE (mm) of predicting one ``shape`` (21, 3) metres for every sample of ``gt`` (N, 21, 3) metres."""
+def constant_shape_mm(shape, gt, allow_reflection=True):
+    """PA-MPJPE (mm) of answering every sample of ``gt`` (N, 21, 3) metres with one ``shape`` (21, 3) metres. With
+    the constant shape (``generalized_procrustes_mean`` of the training poses): the yardstick for "it learns"."""
     gt = np.asarray(gt, np.float64)
     prediction = np.broadcast_to(np.asarray(shape, np.float64), gt.shape)
     return float(pa_mpjpe(prediction, gt, allow_reflection).mean() * 1000.0)
-
-
-def constant_shape_baseline(train_xyz, eval_xyz, allow_reflection=True):
-    """The yardstick for "it learns": PA-MPJPE (mm) on ``eval_xyz`` of the constant-shape answer, the
-    generalised-Procrustes mean of the training poses ``train_xyz`` (both (N, 21, 3) metres)."""
-    return constant_pa_mpjpe_mm(generalized_procrustes_mean(train_xyz), eval_xyz, allow_reflection)
 
 
 def unaligned_mean_baseline(train_xyz, eval_xyz):
@@ -113,7 +109,7 @@ def unaligned_mean_baseline(train_xyz, eval_xyz):
     training poses, without any alignment."""
     train_xyz = np.asarray(train_xyz, np.float64)
     relative = train_xyz - train_xyz[:, ROOT_JOINT:ROOT_JOINT + 1]
-    return constant_pa_mpjpe_mm(relative.mean(0), eval_xyz)
+    return constant_shape_mm(relative.mean(0), eval_xyz)
 
 
 def evaluate(pred, gt, allow_reflection=True):

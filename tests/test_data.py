@@ -7,7 +7,7 @@ import pytest
 
 from core import geometry
 from core.common import PROJECT_ROOT, UserError
-from data import joints, resolve_data_root, synthetic
+from data import joints, resolve_or_generate_data_root, synthetic
 from data.dataset import HandDataset
 from data.readers import VAL_SPLIT_FILE, detect_layout, load_split
 from tests.markers import label_errors, write_marker_dataset
@@ -167,7 +167,7 @@ def _error(root, split="train"):
 def test_missing_dataset_is_a_clear_error(tmp_path):
     assert "no dataset at" in _error(tmp_path) and "training_K.json" in _error(tmp_path)
     with pytest.raises(UserError, match="no dataset at"):
-        resolve_data_root(tmp_path / "nowhere")
+        resolve_or_generate_data_root(tmp_path / "nowhere")
 
 
 def test_partial_dataset_is_a_clear_error(tmp_path):

@@ -8,12 +8,14 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 import ensemble
 from scoring import metrics
 import predict
-from uploads import submission
+from uploads.check import check_file
+from uploads.records import load_predictions
+from uploads.upload_files import read_freihand_zip
+from uploads.writing import save_record
 import train
 from core.common import PROJECT_ROOT, UserError
 from data import synthetic
@@ -30,7 +32,7 @@ def noisy(xyz, sigma_m, seed):
 
 def write_member(path, xyz, ids, split, **extra):
     path.parent.mkdir(parents=True, exist_ok=True)
-    submission.save_record(path, {"xyz": xyz, "ids": ids, "split": split, **extra})
+    save_record(path, {"xyz": xyz, "ids": ids, "split": split, **extra})
     return path
 
 
@@ -87,16 +89,16 @@ def test_cli_ensemble_scores_no_worse_than_its_members_and_writes_predicts_files
     for suffix in (".npz", ".zip", ".metrics.json", ".ensemble.json"):
         assert (tmp_path / f"ens{suffix}").is_file(), suffix
     blended = json.loads((tmp_path / "ens.metrics.json").read_text())["reflections_allowed"]["pa_mpjpe_mm"]
-    members = [pa_mpjpe_mm(submission.load_predictions(p)["xyz"], split.xyz) for p in (a, b)]
+    members = [pa_mpjpe_mm(load_predictions(p)["xyz"], split.xyz) for p in (a, b)]
     assert blended <= np.mean(members)
-    record = submission.load_predictions(tmp_path / "ens.npz")
-    np.testing.assert_allclose(record["xyz"], (submission.load_predictions(a)["xyz"]
-                                               + submission.load_predictions(b)["xyz"]) / 2)
+    record = load_predictions(tmp_path / "ens.npz")
+    np.testing.assert_allclose(record["xyz"], (load_predictions(a)["xyz"]
+                                               + load_predictions(b)["xyz"]) / 2)
     assert record["arch"] == "ensemble" and list(record["weights"]) == [0.5, 0.5]
     report = json.loads((tmp_path / "ens.ensemble.json").read_text())
     assert report["name"] == "pair" and report["weights_source"] == "equal"
     assert report["members"] == [str(a), str(b)]
-    assert submission.read_freihand_zip(tmp_path / "ens.zip")[0].shape == (20, 21, 3)
+    assert read_freihand_zip(tmp_path / "ens.zip")[0].shape == (20, 21, 3)
     assert "constant-shape baseline" in out and "camera MPJPE mm" in out and "root >10cm" in out
 
 
@@ -105,8 +107,8 @@ def test_given_weights_are_normalised_and_recorded(evaluation_members, tmp_path,
     code, _, err = run_cli([a, b, "--weights", "3", "1", "--out", tmp_path / "ens", "--format", "mp21",
                             "--joint-order", "ait"], capsys)
     assert code == 0, err
-    expected = 0.75 * submission.load_predictions(a)["xyz"] + 0.25 * submission.load_predictions(b)["xyz"]
-    np.testing.assert_allclose(submission.load_predictions(tmp_path / "ens.npz")["xyz"], expected)
+    expected = 0.75 * load_predictions(a)["xyz"] + 0.25 * load_predictions(b)["xyz"]
+    np.testing.assert_allclose(load_predictions(tmp_path / "ens.npz")["xyz"], expected)
     report = json.loads((tmp_path / "ens.ensemble.json").read_text())
     assert report["weights"] == [0.75, 0.25] and report["weights_source"] == "given"
     assert (tmp_path / "ens" / "test_preds.json.gz").is_file() and not (tmp_path / "ens.zip").exists()
@@ -194,12 +196,12 @@ def test_members_whose_data_is_gone_still_make_an_upload(evaluation_members, tmp
     (a, b), _ = evaluation_members
     moved = []
     for path in (a, b):
-        record = submission.load_predictions(path)
+        record = load_predictions(path)
         moved.append(write_member(tmp_path / path.name, **{**record, "data_root": str(tmp_path / "gone")}))
     code, out, err = run_cli([*moved, "--out", tmp_path / "ens"], capsys)
     assert code == 0, err
     assert (tmp_path / "ens.zip").is_file() and not (tmp_path / "ens.metrics.json").exists()
-    assert submission.check_file(tmp_path / "ens.npz").startswith("OK: ")
+    assert check_file(tmp_path / "ens.npz").startswith("OK: ")
 
 
 def test_without_members_the_newest_prediction_of_each_run_in_submissions_is_used(freihand, tmp_path):
@@ -242,7 +244,7 @@ def assert_one_line_error(code, err, *fragments):
 def test_members_that_do_not_match_fail_with_one_line_naming_both(evaluation_members, tmp_path, capsys, change,
                                                                   fragment):
     (a, _), _ = evaluation_members
-    record = submission.load_predictions(a)
+    record = load_predictions(a)
     xyz, ids, split = record["xyz"], record["ids"].copy(), record["split"]
     if change == "split":
         split = "val"
@@ -301,8 +303,8 @@ def test_ensemble_of_hands_writes_an_ait_upload_that_passes_the_check(hand_membe
     assert code == 0, err
     assert "mp21 format, ait joint order; joints in ait order (recognised from the bones)" in out
     upload = tmp_path / "ens" / "test_preds.json.gz"
-    assert "joints in ait order" in submission.check_file(upload, data_root=split.root)
-    blend = (submission.load_predictions(a)["xyz"] + submission.load_predictions(b)["xyz"]) / 2
+    assert "joints in ait order" in check_file(upload, data_root=split.root)
+    blend = (load_predictions(a)["xyz"] + load_predictions(b)["xyz"]) / 2
     with gzip.open(upload, "rt") as f:
         np.testing.assert_allclose(np.array(json.load(f)), blend[:, ORDERS["ait"]] * 1000.0, atol=1e-3)
 
@@ -310,7 +312,7 @@ def test_ensemble_of_hands_writes_an_ait_upload_that_passes_the_check(hand_membe
 @pytest.mark.parametrize("order", ["ait", "mano"])
 def test_members_in_different_joint_orders_are_one_line_naming_both(hand_members, tmp_path, capsys, order):
     (a, _), split = hand_members
-    record = submission.load_predictions(a)
+    record = load_predictions(a)
     other = tmp_path / f"{order}.npz"
     np.savez(other, **{**record, "xyz": record["xyz"][:, ORDERS[order]]})   # not a writer of ours: it would refuse
     code, _, err = run_cli([a, other, "--out", tmp_path / "ens"], capsys)
@@ -321,7 +323,7 @@ def test_members_in_different_joint_orders_are_one_line_naming_both(hand_members
 def test_a_member_in_another_order_is_refused_when_the_other_shows_none(hand_members, tmp_path, capsys):
     """The other member's joints form no hand (noise): the one in mano order is still refused, naming both orders."""
     (a, _), split = hand_members
-    record = submission.load_predictions(a)
+    record = load_predictions(a)
     shapeless = write_member(tmp_path / "noise.npz", noisy(np.full_like(record["xyz"], 0.6), 0.03, 1),
                              record["ids"], "evaluation", layout="freihand")
     mano = tmp_path / "mano.npz"
@@ -363,5 +365,5 @@ def test_train_predict_with_tta_and_ensemble_end_to_end(tmp_path, capsys):
     report = json.loads((tmp_path / "ens.ensemble.json").read_text())
     assert report["validation"]["files"] == [str(run / "val_pred.npz") for run in runs]
     assert report["validation"]["blend_pa_mpjpe_mm"] <= min(report["validation"]["members_pa_mpjpe_mm"]) + 1e-9
-    assert submission.check_file(tmp_path / "ens.zip", data_root=data).startswith("OK: ")
+    assert check_file(tmp_path / "ens.zip", data_root=data).startswith("OK: ")
     capsys.readouterr()

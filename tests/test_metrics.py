@@ -1,9 +1,11 @@
+import json
+
 import numpy as np
 import pytest
 from scipy.linalg import orthogonal_procrustes
 from scipy.spatial.transform import Rotation
 
-from scoring import metrics
+from scoring import metrics, report
 
 
 def freihand_align_w_scale(gt, pred):
@@ -125,7 +127,7 @@ def similar_copies(shape, n, seed):
 def test_procrustes_mean_of_similar_copies_is_the_shape():
     shape = np.random.default_rng(0).normal(scale=0.05, size=(21, 3))
     mean = metrics.generalized_procrustes_mean(similar_copies(shape, 30, seed=1))
-    assert metrics.constant_pa_mpjpe_mm(mean, shape[None]) < 1e-4
+    assert metrics.constant_shape_mm(mean, shape[None]) < 1e-4
 
 
 def test_constant_shape_beats_the_unaligned_mean_and_every_training_pose():
@@ -136,6 +138,15 @@ def test_constant_shape_beats_the_unaligned_mean_and_every_training_pose():
     base = rng.normal(scale=0.05, size=(21, 3))
     train = similar_copies(base, 200, seed=3) + rng.normal(scale=0.004, size=(200, 21, 3))
     evaluation = similar_copies(base, 50, seed=4) + rng.normal(scale=0.004, size=(50, 21, 3))
-    constant = metrics.constant_shape_baseline(train, evaluation)
+    constant = metrics.constant_shape_mm(metrics.generalized_procrustes_mean(train), evaluation)
     assert constant < 0.5 * metrics.unaligned_mean_baseline(train, evaluation)
-    assert constant <= min(metrics.constant_pa_mpjpe_mm(pose, evaluation) for pose in train[:20])
+    assert constant <= min(metrics.constant_shape_mm(pose, evaluation) for pose in train[:20])
+
+
+def test_metrics_files_of_earlier_versions_read_under_the_current_keys(tmp_path):
+    """Earlier versions wrote the constant shape as constant_shape_pa_mpjpe_mm and of_constant_shape."""
+    path = tmp_path / "old.metrics.json"
+    path.write_text(json.dumps({"n": 3, "reflections_allowed": {"pa_mpjpe_mm": 30.0, "constant_shape_pa_mpjpe_mm": 20.0,
+                                                                "of_constant_shape": 1.5}}))
+    assert report.read_scores(path)["reflections_allowed"] == {"pa_mpjpe_mm": 30.0, "constant_shape_mm": 20.0,
+                                                                "fraction_of_constant_shape": 1.5}

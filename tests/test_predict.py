@@ -19,7 +19,13 @@ from scoring import metrics
 import models
 import predict
 from training import recipes
-from uploads import submission
+from scoring.report import report_scores
+from uploads import naming, upload_files
+from uploads.check import check_file
+from uploads.kinds import FORMATS
+from uploads.records import load_predictions
+from uploads.upload_files import read_freihand_zip, read_mp21_json_gz
+from uploads.writing import write_outputs
 import train
 from training.checkpoints import load_checkpoint, save_checkpoint
 from core.common import PROJECT_ROOT, UserError
@@ -262,7 +268,7 @@ def test_predict_loader_keeps_tta_equal_to_plain_over_batches():
 
 def test_freihand_zip_holds_xyz_and_placeholder_verts(tmp_path):
     xyz = random_hands(5)
-    npz, upload, _ = submission.write_outputs(tmp_path / "sub", record_of(xyz), "freihand", "freihand")
+    npz, upload, _ = write_outputs(tmp_path / "sub", record_of(xyz), "freihand", "freihand")
     assert upload == tmp_path / "sub.zip" and npz == tmp_path / "sub.npz"
     with zipfile.ZipFile(upload) as archive:
         assert archive.namelist() == ["pred.json"]
@@ -272,7 +278,7 @@ def test_freihand_zip_holds_xyz_and_placeholder_verts(tmp_path):
     verts = np.array(verts_list)
     assert verts.shape == (5, 778, 3)
     np.testing.assert_allclose(verts, np.broadcast_to(xyz.mean(1, keepdims=True), verts.shape), atol=1e-7)
-    record = submission.load_predictions(npz)
+    record = load_predictions(npz)
     np.testing.assert_array_equal(record["xyz"], xyz)
     assert record["split"] == "evaluation" and list(record["ids"]) == [0, 1, 2, 3, 4]
 
@@ -280,7 +286,7 @@ def test_freihand_zip_holds_xyz_and_placeholder_verts(tmp_path):
 @pytest.mark.parametrize("order", list(ORDERS))
 def test_mp21_file_is_millimetres_in_the_joint_order_and_converts_back(tmp_path, order):
     xyz = random_hands(4, seed=1)
-    _, upload, _ = submission.write_outputs(tmp_path / "sub", record_of(xyz, split="test"), "mp21", order)
+    _, upload, _ = write_outputs(tmp_path / "sub", record_of(xyz, split="test"), "mp21", order)
     assert upload == tmp_path / "sub" / "test_preds.json.gz"                # the course template's name
     with gzip.open(upload, "rt") as f:
         written = np.array(json.load(f))
@@ -288,7 +294,7 @@ def test_mp21_file_is_millimetres_in_the_joint_order_and_converts_back(tmp_path,
     np.testing.assert_allclose(to_freihand(written / 1000.0, order), xyz, atol=1e-7)
     index_mcp = {"freihand": 5, "mano": 1, "ait": 2}[order]                 # FreiHAND joint 5 in each order
     np.testing.assert_allclose(written[:, index_mcp] / 1000.0, xyz[:, 5], atol=1e-7)
-    np.testing.assert_allclose(submission.read_mp21_json_gz(upload), written)
+    np.testing.assert_allclose(read_mp21_json_gz(upload)[0], written)
 
 
 @pytest.mark.parametrize("case, message", [
@@ -306,7 +312,7 @@ def test_writers_refuse_bad_predictions_and_write_nothing(tmp_path, case, messag
     if case == "ids":
         ids[2] = 7
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        submission.write_outputs(tmp_path / "sub", record_of(xyz, ids), "freihand", "freihand", expected_ids=expected)
+        write_outputs(tmp_path / "sub", record_of(xyz, ids), "freihand", "freihand", expected_ids=expected)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -319,9 +325,9 @@ def test_an_error_while_writing_leaves_no_partial_upload(tmp_path, monkeypatch):
         yield "[[ half a file"
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(submission, "freihand_json_chunks", failing_chunks)
+    monkeypatch.setattr(upload_files, "freihand_json_chunks", failing_chunks)
     with pytest.raises(OSError):
-        submission.write_outputs(tmp_path / "sub", record_of(random_hands(3)), "freihand", "freihand")
+        write_outputs(tmp_path / "sub", record_of(random_hands(3)), "freihand", "freihand")
     assert (tmp_path / "sub.zip").read_bytes() == b"an earlier, complete upload"
     assert leftovers(tmp_path) == []
 
@@ -363,21 +369,21 @@ def test_check_says_what_is_wrong_with_a_freihand_zip(tmp_path, case, message):
         write_zip(path, [xyz, verts])
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
                        .replace("]", r"\]")):
-        submission.check_file(path)
+        check_file(path)
 
 
 def test_check_accepts_complete_files_and_counts_against_the_data(tmp_path, markers):
     xyz = random_hands(3)
-    submission.write_outputs(tmp_path / "sub", {**record_of(xyz), "data_root": str(markers)}, "freihand", "freihand")
-    assert submission.check_file(tmp_path / "sub.zip", data_root=markers).startswith("OK: ")
-    assert "3 predictions" in submission.check_file(tmp_path / "sub.npz")        # its recorded data root and split
+    write_outputs(tmp_path / "sub", {**record_of(xyz), "data_root": str(markers)}, "freihand", "freihand")
+    assert check_file(tmp_path / "sub.zip", data_root=markers).startswith("OK: ")
+    assert "3 predictions" in check_file(tmp_path / "sub.npz")        # its recorded data root and split
     with pytest.raises(UserError, match="expected 1 for the val split"):
-        submission.check_file(tmp_path / "sub.zip", data_root=markers, split_name="val")
-    submission.write_outputs(tmp_path / "mp", record_of(xyz, split="test"), "mp21")
-    assert "mp21 upload, 3 samples" in submission.check_file(tmp_path / "mp" / "test_preds.json.gz")
+        check_file(tmp_path / "sub.zip", data_root=markers, split_name="val")
+    write_outputs(tmp_path / "mp", record_of(xyz, split="test"), "mp21")
+    assert "mp21 upload, 3 samples" in check_file(tmp_path / "mp" / "test_preds.json.gz")
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(UserError, match="not a .zip, .json.gz or .npz"):
-        submission.check_file(tmp_path / "notes.txt")
+        check_file(tmp_path / "notes.txt")
 
 
 def test_check_of_a_broken_zip_is_one_line_from_the_command_line(tmp_path):
@@ -402,7 +408,7 @@ def test_labels_written_as_mp21_with_the_defaults_score_zero_on_the_course_metri
     """The course's template turns the labels into AIT order (x 1000) and scores slot against slot: the labels
     written by the default writer score 0.000 mm, --check names the order it recognised."""
     split = load_split(hand_set, "evaluation")
-    _, upload, notes = submission.write_outputs(tmp_path / "labels", record_of(split.xyz, split.image_ids), "mp21")
+    _, upload, notes = write_outputs(tmp_path / "labels", record_of(split.xyz, split.image_ids), "mp21")
     assert upload == tmp_path / "labels" / "test_preds.json.gz"
     assert f"{course_pa_mpjpe_mm(read_upload(upload), split.xyz[:, COURSE_AIT] * 1000.0):.3f}" == "0.000"
     assert notes == ["joints in ait order (recognised from the bones)"]
@@ -414,7 +420,7 @@ def test_labels_written_as_mp21_with_the_defaults_score_zero_on_the_course_metri
 @pytest.mark.parametrize("order", ["mano", "freihand"])
 def test_labels_written_in_another_order_score_badly_and_check_names_that_order(hand_set, tmp_path, capsys, order):
     split = load_split(hand_set, "evaluation")
-    _, upload, _ = submission.write_outputs(tmp_path / order, record_of(split.xyz, split.image_ids), "mp21", order)
+    _, upload, _ = write_outputs(tmp_path / order, record_of(split.xyz, split.image_ids), "mp21", order)
     assert course_pa_mpjpe_mm(read_upload(upload), split.xyz[:, COURSE_AIT] * 1000.0) > 20.0
     code, _, err = run_cli(["--check", upload], capsys)
     assert_one_line_error(code, err, str(upload), f"the joints are in {order} order, not ait", "--joint-order ait")
@@ -426,37 +432,37 @@ def test_check_accepts_the_expected_order_and_rejects_the_other_two(hand_set, tm
     """Each order written (labels, or a weak model's noisy mean hands) and checked against each order."""
     split = load_split(hand_set, "evaluation")
     xyz = split.xyz if kind == "labels" else imperfect_predictions(split.xyz)
-    _, upload, notes = submission.write_outputs(tmp_path / "sub", record_of(xyz, split.image_ids), "mp21", written)
+    _, upload, notes = write_outputs(tmp_path / "sub", record_of(xyz, split.image_ids), "mp21", written)
     assert notes[0].startswith(f"joints in {written} order")
     for expected in ORDERS:
         if expected == written:
-            assert f"joints in {written} order" in submission.check_file(upload, joint_order=expected)
+            assert f"joints in {written} order" in check_file(upload, joint_order=expected)
         else:
             with pytest.raises(UserError, match=f"the joints are in {written} order, not {expected} "):
-                submission.check_file(upload, joint_order=expected)
+                check_file(upload, joint_order=expected)
 
 
-@pytest.mark.parametrize("fmt", submission.FORMATS)
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_writers_refuse_predictions_that_are_not_in_freihand_order(hand_set, tmp_path, fmt):
     """Predictions already in AIT order (a model trained on the course's AIT labels, taken as FreiHAND order): no
     writer writes a file that --check would reject."""
     split = load_split(hand_set, "evaluation")
     in_ait = split.xyz[:, COURSE_AIT]
     with pytest.raises(UserError, match="in ait order, not freihand .*nothing was written"):
-        submission.write_outputs(tmp_path / "sub", record_of(in_ait, split.image_ids), fmt)
+        write_outputs(tmp_path / "sub", record_of(in_ait, split.image_ids), fmt)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_npz_and_zip_checks_name_the_freihand_order_and_refuse_others(hand_set, tmp_path):
     split = load_split(hand_set, "evaluation")
-    submission.write_outputs(tmp_path / "sub", record_of(split.xyz, split.image_ids), "freihand")
-    assert "joints in freihand order" in submission.check_file(tmp_path / "sub.npz")
-    assert "joints in freihand order" in submission.check_file(tmp_path / "sub.zip", data_root=hand_set)
+    write_outputs(tmp_path / "sub", record_of(split.xyz, split.image_ids), "freihand")
+    assert "joints in freihand order" in check_file(tmp_path / "sub.npz")
+    assert "joints in freihand order" in check_file(tmp_path / "sub.zip", data_root=hand_set)
     with pytest.raises(UserError, match="is a freihand file, always in FreiHAND order"):
-        submission.check_file(tmp_path / "sub.zip", data_root=hand_set, joint_order="ait")
+        check_file(tmp_path / "sub.zip", data_root=hand_set, joint_order="ait")
     np.savez(tmp_path / "mano.npz", xyz=split.xyz[:, ORDERS["mano"]], ids=split.image_ids, split="evaluation")
     with pytest.raises(UserError, match="in mano order, not freihand"):
-        submission.check_file(tmp_path / "mano.npz")
+        check_file(tmp_path / "mano.npz")
 
 
 def test_check_reports_far_away_hands_as_implausible_depths_not_as_another_unit(hand_set, tmp_path):
@@ -465,21 +471,21 @@ def test_check_reports_far_away_hands_as_implausible_depths_not_as_another_unit(
     split = load_split(hand_set, "evaluation")
     far = split.xyz.copy()
     far[..., 2] += 312.0 - split.xyz[:, :1, 2]                                # every wrist 312 m away
-    _, zip_path, zip_notes = submission.write_outputs(tmp_path / "far", record_of(far, split.image_ids), "freihand")
-    _, gz_path, gz_notes = submission.write_outputs(tmp_path / "far", record_of(far, split.image_ids), "mp21")
-    for text in ("\n".join(zip_notes), "\n".join(gz_notes), submission.check_file(zip_path, data_root=hand_set),
-                 submission.check_file(gz_path)):
+    _, zip_path, zip_notes = write_outputs(tmp_path / "far", record_of(far, split.image_ids), "freihand")
+    _, gz_path, gz_notes = write_outputs(tmp_path / "far", record_of(far, split.image_ids), "mp21")
+    for text in ("\n".join(zip_notes), "\n".join(gz_notes), check_file(zip_path, data_root=hand_set),
+                 check_file(gz_path)):
         assert "wrist depths up to 312 m (12 of 12 outside 0.05-5 m): implausible for a hand in front of a camera" \
             in text
         assert "look like" not in text
 
 
 def test_check_of_the_upload_folder_checks_the_file_in_it_and_a_file_in_its_place_is_one_line(tmp_path):
-    submission.write_outputs(tmp_path / "sub", record_of(random_hands(3), split="test"), "mp21")
-    assert submission.check_file(tmp_path / "sub").startswith(f"OK: {tmp_path / 'sub' / 'test_preds.json.gz'}: mp21")
+    write_outputs(tmp_path / "sub", record_of(random_hands(3), split="test"), "mp21")
+    assert check_file(tmp_path / "sub").startswith(f"OK: {tmp_path / 'sub' / 'test_preds.json.gz'}: mp21")
     (tmp_path / "taken").write_text("a file where the upload's folder goes")
     with pytest.raises(UserError, match="taken is a file where the upload's folder should be"):
-        submission.write_outputs(tmp_path / "taken", record_of(random_hands(3), split="test"), "mp21")
+        write_outputs(tmp_path / "taken", record_of(random_hands(3), split="test"), "mp21")
 
 
 def test_check_still_catches_an_mp21_file_in_metres(hand_set, tmp_path):
@@ -488,7 +494,7 @@ def test_check_still_catches_an_mp21_file_in_metres(hand_set, tmp_path):
     with gzip.open(path, "wt") as f:
         json.dump(split.xyz[:, COURSE_AIT].tolist(), f)
     with pytest.raises(UserError, match="the hands look like metres .*the course wants millimetres"):
-        submission.check_file(path)
+        check_file(path)
 
 
 # --- scores -----------------------------------------------------------------------------------------------------
@@ -497,16 +503,16 @@ def test_scores_offer_both_reflection_variants_and_the_constant_shape_baseline(t
     gt = random_hands(6, seed=2)
     mirrored = gt * np.array([-1.0, 1.0, 1.0])
     shape = metrics.generalized_procrustes_mean(random_hands(20, seed=3))
-    path = submission.report_scores(tmp_path / "sub", mirrored, gt, shape, {"tta": 1})
+    path = report_scores(tmp_path / "sub", mirrored, gt, shape, {"tta": 1})
     scores = json.loads(path.read_text())
     allowed, corrected = scores["reflections_allowed"], scores["reflections_corrected"]
     assert allowed["pa_mpjpe_mm"] < 1e-6
     assert corrected["pa_mpjpe_mm"] > 1.0
-    assert allowed["constant_shape_pa_mpjpe_mm"] == pytest.approx(metrics.constant_pa_mpjpe_mm(shape, gt))
-    assert corrected["constant_shape_pa_mpjpe_mm"] == pytest.approx(
-        metrics.constant_pa_mpjpe_mm(shape, gt, allow_reflection=False))
-    assert corrected["of_constant_shape"] == pytest.approx(
-        corrected["pa_mpjpe_mm"] / corrected["constant_shape_pa_mpjpe_mm"])
+    assert allowed["constant_shape_mm"] == pytest.approx(metrics.constant_shape_mm(shape, gt))
+    assert corrected["constant_shape_mm"] == pytest.approx(
+        metrics.constant_shape_mm(shape, gt, allow_reflection=False))
+    assert corrected["fraction_of_constant_shape"] == pytest.approx(
+        corrected["pa_mpjpe_mm"] / corrected["constant_shape_mm"])
     assert scores["tta"] == 1 and scores["n"] == 6
     # unaligned, camera space: the mirror moves every joint by twice its x; no alignment undoes that
     camera = np.linalg.norm(mirrored - gt, axis=-1).mean() * 1000.0
@@ -526,10 +532,10 @@ def test_predict_runs_on_a_checkpoint_of_every_arch(arch, markers, tmp_path, cap
     code, out, err = run_cli(["--ckpt", ckpt, "--tta", 2, "--out", tmp_path / "sub", "--workers", 0,
                               "--device", "cpu", "--viz", viz], capsys)
     assert code == 0, err
-    record = submission.load_predictions(tmp_path / "sub.npz")
+    record = load_predictions(tmp_path / "sub.npz")
     assert record["arch"] == arch and record["tta"] == 2 and record["split"] == "evaluation"
     np.testing.assert_array_equal(record["ids"], [0, 1, 2])
-    assert submission.read_freihand_zip(tmp_path / "sub.zip")[0].shape == (3, 21, 3)
+    assert read_freihand_zip(tmp_path / "sub.zip")[0].shape == (3, 21, 3)
     scores = json.loads((tmp_path / "sub.metrics.json").read_text())
     assert np.isfinite(scores["reflections_allowed"]["pa_mpjpe_mm"])
     assert "root depth: every bone against the known bone scale" in out and str(ckpt.name) in out
@@ -548,7 +554,7 @@ def test_defaults_newest_checkpoint_its_data_root_and_the_submission_split(marke
     write_checkpoint(runs / "older" / "best.pt", "ghost_lite", markers)
     write_checkpoint(runs / "newer" / "best.pt", "ghost_lite", markers)
     monkeypatch.setattr(predict, "RUNS_ROOT", runs)
-    monkeypatch.setattr(submission, "SUBMISSIONS_ROOT", tmp_path / "submissions")
+    monkeypatch.setattr(naming, "SUBMISSIONS_ROOT", tmp_path / "submissions")
     code, out, err = run_cli(["--workers", 0], capsys)
     assert code == 0, err
     prefix = tmp_path / "submissions" / "newer_evaluation_tta1"
@@ -564,7 +570,7 @@ def test_mp21_layout_defaults_to_its_test_split_and_ait_test_preds_json_gz(tmp_p
     ckpt = write_checkpoint(tmp_path / "run" / "best.pt", "ghost_lite", root)
     code, out, err = run_cli(["--ckpt", ckpt, "--out", tmp_path / "sub", "--workers", 0], capsys)
     assert code == 0, err
-    record = submission.load_predictions(tmp_path / "sub.npz")
+    record = load_predictions(tmp_path / "sub.npz")
     assert record["split"] == "test" and record["layout"] == "mp21"
     with gzip.open(tmp_path / "sub" / "test_preds.json.gz", "rt") as f:
         written = np.array(json.load(f))

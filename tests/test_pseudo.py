@@ -13,7 +13,8 @@ from core.common import UserError
 from data.pseudo import WeightedUnion, confident_rows, pseudo_split
 from data.readers import load_split
 from models.losses import pose_loss
-from uploads.submission import load_predictions, save_record
+from uploads.records import load_predictions
+from uploads.writing import save_record
 from tests.scripts import make_synthetic_set
 from tests.test_train import TINY, run_train
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from core import common
-from core.common import PROJECT_ROOT
+from core.common import PROJECT_ROOT, UserError
 from data import synthetic
 from data.joints import BONES
 from core.geometry import SCALE_BONE, bone_length, project
@@ -206,16 +206,27 @@ def test_the_default_set_is_made_once_and_again_when_an_older_generator_made_it(
     monkeypatch.setattr(data, "SYNTHETIC_ROOT", root)
     monkeypatch.setattr(data, "SYNTHETIC_DEFAULT", {"n_train": 3, "n_eval": 1, "seed": 0, "size": 64, "versions": 1})
     said = []
-    assert data.resolve_data_root(announce=said.append) == root and "generating" in said[-1]
+    assert data.resolve_or_generate_data_root(announce=said.append) == root and "generating" in said[-1]
     first = (root / "training_xyz.json").stat().st_mtime_ns
-    assert data.resolve_data_root(announce=said.append) == root and "using" in said[-1]
+    assert data.resolve_or_generate_data_root(announce=said.append) == root and "using" in said[-1]
     assert (root / "training_xyz.json").stat().st_mtime_ns == first
     (root / synthetic.SETTINGS_FILE).unlink()                     # as a set of the previous generator
     (root / "stale.txt").write_text("from the old set")
-    assert data.resolve_data_root(announce=said.append) == root
+    assert data.resolve_or_generate_data_root(announce=said.append) == root
     assert "another version of the generator" in said[-2] and "generating" in said[-1]
     assert not (root / "stale.txt").exists()
     assert synthetic.read_settings(root)["generator"] == synthetic.GENERATOR_VERSION
+
+
+def test_the_read_only_resolution_never_makes_or_deletes_the_set(tmp_path, monkeypatch):
+    """predict.py --check reads a file: it resolves the data root without generating the synthetic set."""
+    import data
+    root = tmp_path / "synthetic"
+    monkeypatch.setattr(data, "DEFAULT_DATA_ROOT", tmp_path / "freihand")
+    monkeypatch.setattr(data, "SYNTHETIC_ROOT", root)
+    with pytest.raises(UserError, match="no current synthetic set"):
+        data.existing_data_root()
+    assert not root.exists()
 
 
 def test_small_images_and_an_existing_empty_folder(tmp_path):

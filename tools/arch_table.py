@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from training import recipes  # noqa: E402
-from data import resolve_data_root  # noqa: E402
+from data import resolve_or_generate_data_root  # noqa: E402
 from data.readers import load_split  # noqa: E402
+from scoring.report import current_keys  # noqa: E402
 
 # seed 000's family with the shared head and with its paper head, then every other arch at its best
 ROWS = ("effb0_cpu", "effb0_1d_cpu", "effb4_cpu", "resnet34_cpu", "resnet101_cpu", "res50x2_res34_cpu",
@@ -82,7 +83,8 @@ def train_row(row, minutes, rate, train_images, tta, out, shown_out):
     config = recipes.recipe_config(row)
     return {"recipe": row, "arch": config["arch"], "head": head_of(config), "epochs": epochs,
             "train_minutes": round(wall / 60, 1), "train_images_per_s": round(summary["train_images_per_s"], 1),
-            "eval_pa_mpjpe_mm": round(scores["pa_mpjpe_mm"], 2), "of_constant_shape": round(scores["of_constant_shape"], 3),
+            "eval_pa_mpjpe_mm": round(scores["pa_mpjpe_mm"], 2),
+            "fraction_of_constant_shape": round(scores["fraction_of_constant_shape"], 3),
             "command": " ".join(map(str, train_command)) + f" && python predict.py --tta {tta}"}
 
 
@@ -99,8 +101,8 @@ def write_table(rows, out, minutes):
              f"(tta 10) | of constant shape | command |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| `{r['recipe']}` | {r['arch']} | {r['head']} | {r['epochs']} | {r['train_minutes']} | "
-                     f"{r['train_images_per_s']} | {r['eval_pa_mpjpe_mm']} | {100 * r['of_constant_shape']:.1f} % | "
-                     f"`{r['command']}` |")
+                     f"{r['train_images_per_s']} | {r['eval_pa_mpjpe_mm']} | "
+                     f"{100 * r['fraction_of_constant_shape']:.1f} % | `{r['command']}` |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
 
 
@@ -108,9 +110,10 @@ def main(argv=None):
     args = parse_args(argv)
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    done = json.loads((out / "table.json").read_text()) if (out / "table.json").is_file() else []
+    done = ([current_keys(row) for row in json.loads((out / "table.json").read_text())]
+            if (out / "table.json").is_file() else [])  # rows of earlier versions under the current keys
     todo = [r for r in args.rows if r not in {d["recipe"] for d in done}]
-    train_images = len(load_split(resolve_data_root(None), "train"))  # the hold-out already left out
+    train_images = len(load_split(resolve_or_generate_data_root(None), "train"))  # the hold-out already left out
     rates = step_rates(todo, out)
     for row in todo:
         done.append(train_row(row, args.minutes, rates[row], train_images, args.tta, out, args.out))

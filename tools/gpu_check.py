@@ -160,7 +160,8 @@ def train_and_predict(out, sizes, minutes, rate):
     if code == 0:
         scores = json.loads(prefix.with_suffix(".metrics.json").read_text())["reflections_allowed"]
         summary = json.loads((run / "summary.json").read_text())
-        figures.update(pa_mpjpe_mm=scores["pa_mpjpe_mm"], of_constant_shape=scores["of_constant_shape"],
+        figures.update(pa_mpjpe_mm=scores["pa_mpjpe_mm"],
+                       fraction_of_constant_shape=scores["fraction_of_constant_shape"],
                        predict_images_per_s=round(sizes["eval"] / predict_s, 1), tta=sizes["tta"],
                        train_images_per_s=summary.get("train_images_per_s"))
     return figures, code == 0

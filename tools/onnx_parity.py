@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import models  # noqa: E402
 from training import recipes  # noqa: E402
-from data import resolve_data_root  # noqa: E402
+from data import resolve_or_generate_data_root  # noqa: E402
 from data.readers import load_split  # noqa: E402
 from prediction.inference import load_model, predict_batch, read_checkpoint  # noqa: E402
 from prediction.onnx_backend import OnnxModel, export_graph, input_images, uvd_differences, within_tolerance  # noqa: E402
@@ -44,7 +44,7 @@ def untrained(arch, images):
     model = models.create_model(arch, pretrained="none", **config["model"]).train()
     with torch.no_grad():
         for first in range(0, min(len(images), 4 * BATCH), BATCH):
-            model(models.prepare_images(images[first:first + BATCH].float() / 255.0))
+            model(models.prepare_images(images[first:first + BATCH]))
     return model.eval()
 
 
@@ -81,7 +81,7 @@ def main(argv=None):
     p.add_argument("--split", default="evaluation")
     p.add_argument("--out", default="runs/onnx_parity.json")
     args = p.parse_args(argv)
-    split = load_split(resolve_data_root(None), args.split)
+    split = load_split(resolve_or_generate_data_root(None), args.split)
     rows, trained = [], set()
     for ckpt in args.ckpt:
         state = read_checkpoint(ckpt)

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from core.common import atomic_write
-from data.joints import BONES
+from core.pictures import draw_skeleton
 
 TB_IMAGES = 4          # validation images drawn in TensorBoard each epoch
 TB_STEP_EVERY = 10     # optimiser steps between scalar points of the training curves
@@ -53,14 +53,13 @@ def plot_curves(folder, history, baseline_mm):
 
 
 def skeleton_panel(images, uv_pred, uv_true):
-    """(N, H, W, 3) uint8 images with predicted (red) and true (green) skeletons, side by side: (H, N*W, 3)."""
+    """(N, H, W, 3) uint8 images with predicted (solid) and true (dashed) skeletons, side by side: (H, N*W, 3)."""
     panels = []
     for image, pred, true in zip(images, uv_pred, uv_true):
         canvas = Image.fromarray(np.ascontiguousarray(image))
         draw = ImageDraw.Draw(canvas)
-        for points, colour in ((true, (40, 220, 40)), (pred, (255, 40, 40))):
-            for parent, child in BONES:
-                draw.line([tuple(points[parent]), tuple(points[child])], fill=colour, width=1)
+        draw_skeleton(draw, true, dashed=True)
+        draw_skeleton(draw, pred)
         panels.append(np.asarray(canvas))
     return np.concatenate(panels, 1)
 
