@@ -24,6 +24,12 @@ NUM_JOINTS = 21
 ROOT_JOINT = 9  # middle-finger MCP: central, so every root-relative depth of a hand stays well inside the range
 DEPTH_RANGE_M = 0.15  # d = +-1 is +-0.15 m from the root (the I2L-MeshNet hand range)
 SCALE_BONE = (9, 10)  # FreiHAND's *_scale.json holds the length of this bone (middle MCP -> PIP), metres
+# The hand's skeleton in FreiHAND order. PARENTS[j]: the joint each bone of the kinematic tree starts from (the
+# wrist has none).
+FINGERS = {"thumb": [1, 2, 3, 4], "index": [5, 6, 7, 8], "middle": [9, 10, 11, 12],
+           "ring": [13, 14, 15, 16], "pinky": [17, 18, 19, 20]}
+PARENTS = np.array([-1, 0, 1, 2, 3, 0, 5, 6, 7, 0, 9, 10, 11, 0, 13, 14, 15, 0, 17, 18, 19])
+BONES = np.array([(PARENTS[j], j) for j in range(1, 21)])  # (20, 2) parent -> child
 
 
 def _xp(a):

@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from core import geometry
-from data.joints import BONES
+from core.geometry import BONES
 
 FINGER_COLOURS = [(255, 70, 70), (255, 200, 0), (70, 220, 70), (0, 190, 255), (210, 100, 255)]  # thumb .. pinky
 WRIST_COLOUR = (255, 255, 255)

@@ -10,12 +10,8 @@ thumb's chain, base to tip, plays MCP, PIP, DIP, tip).
 import numpy as np
 from scipy.optimize import nnls
 
-FINGERS = {"thumb": [1, 2, 3, 4], "index": [5, 6, 7, 8], "middle": [9, 10, 11, 12],
-           "ring": [13, 14, 15, 16], "pinky": [17, 18, 19, 20]}
+from core.geometry import BONES, FINGERS
 
-# PARENTS[j]: the joint each bone of the kinematic tree starts from (the wrist has none).
-PARENTS = np.array([-1, 0, 1, 2, 3, 0, 5, 6, 7, 0, 9, 10, 11, 0, 13, 14, 15, 0, 17, 18, 19])
-BONES = np.array([(PARENTS[j], j) for j in range(1, 21)])  # (20, 2) parent -> child
 
 # ORDERS[name][k] = the FreiHAND index of the k-th joint of that order.
 ORDERS = {

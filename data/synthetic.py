@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from core.common import UserError, atomic_write, cli, fork_pool, progress, usable_cores
-from data.joints import BONES
+from core.geometry import BONES
 from core.geometry import ROOT_JOINT, SCALE_BONE, bone_length, project
 
 # --- Anatomy: every sampled angle is clipped to these limits (degrees) --------------------------------------

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from core.common import UserError
-from data.joints import BONES
+from core.geometry import BONES
 from core.geometry import DEPTH_RANGE_M, ROOT_JOINT, normalize_uvd, uvd_to_xyz
 from models.heatmaps import gaussian_1d_targets, gaussian_heatmaps
 

@@ -20,7 +20,8 @@ import models
 from augment import parse_augs, resolve_options, warp_images
 from training.checkpoints import build_model, load_checkpoint
 from core.common import UserError, progress, unit_float
-from data.joints import BONES, REFERENCE_BONES_MM, bone_lengths
+from core.geometry import BONES
+from data.joints import REFERENCE_BONES_MM, bone_lengths
 from data.loader import to_device
 from data.readers import detect_layout, load_split
 from models import prepare_images

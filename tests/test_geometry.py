@@ -4,7 +4,8 @@ import torch
 from PIL import Image
 
 from core import geometry
-from data.joints import BONES, REFERENCE_BONES_MM, bone_lengths
+from core.geometry import BONES
+from data.joints import REFERENCE_BONES_MM, bone_lengths
 from tests.hands import synthetic_hands
 from tests.markers import label_errors, make_sample
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from core.common import UserError
-from data.joints import BONES
+from core.geometry import BONES
 from core.geometry import DEPTH_RANGE_M, ROOT_JOINT, xyz_to_uvd
 from models import heatmaps, losses
 from models.losses import pose_loss

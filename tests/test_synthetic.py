@@ -13,7 +13,7 @@ from PIL import Image
 from core import common
 from core.common import PROJECT_ROOT, UserError
 from data import synthetic
-from data.joints import BONES
+from core.geometry import BONES
 from core.geometry import SCALE_BONE, bone_length, project
 
 N_TRAIN, N_EVAL, SEED, SIZE = 24, 8, 1, 224
