@@ -22,6 +22,7 @@ from core.common import PROJECT_ROOT, UserError
 from data.readers import load_split
 from training.config import resolve_config, resume_config
 from training.rundir import continue_command
+from training.setup import restored_progress
 from tests.scripts import make_synthetic_set, run_main
 
 TINY = ["--arch", "ghost_lite", "--img-size", "64", "--batch-size", "4", "--pretrained", "none", "--workers", "0",
@@ -115,13 +116,14 @@ def test_a_short_run_writes_the_run_folder(synthetic_root, tmp_path):
     assert summary["arch"] == "ghost_lite" and summary["epochs"] == 2 and summary["train_images_per_s"] > 0
     assert summary["best_val_pa_mpjpe_mm"] > 0 and summary["params"] < 1_000_000
     assert summary["best_val_fraction_of_constant_shape"] == pytest.approx(
-        summary["best_val_pa_mpjpe_mm"] / summary["val_constant_shape_pa_mpjpe_mm"])
+        summary["best_val_pa_mpjpe_mm"] / summary["val_constant_shape_mm"])
     assert "of the constant-shape baseline" in result.stdout.splitlines()[-1]
     assert log_epochs(folder) == [1, 2]
     fold_ids = load_split(synthetic_root, "val", 4, 1).image_ids
     assert sorted(np.load(folder / "val_pred.npz")["ids"]) == sorted(fold_ids) and len(fold_ids) == 10
     table = runlog.list_runs(tmp_path)
-    assert list(table["run"]) == ["run"] and table["of_constant"][0] == pytest.approx(
+    assert list(table["run"]) == ["run"]
+    assert table["best_val_fraction_of_constant_shape"][0] == pytest.approx(
         summary["best_val_fraction_of_constant_shape"], abs=1e-3)
     config = json.loads((folder / "config.json").read_text())
     assert config["img_size"] == 64 and config["data_root"] == str(synthetic_root)
@@ -270,6 +272,25 @@ def test_a_state_inside_an_epoch_resumes_over_as_many_processes_and_says_the_com
     with pytest.raises(UserError) as info:
         resume_config(train.parse_args(["--out", str(folder), "--resume"]), folder)
     assert str(info.value).endswith(f"resume it with {saved}: {command.format(folder=folder)}"), str(info.value)
+
+
+def test_an_older_run_s_yardstick_keys_read_under_the_current_names(tmp_path):
+    """log.csv columns and last.pt history rows of older runs go through runlog.RENAMED_KEYS."""
+    old_row = {"epoch": 1, "val_pa_mpjpe_mm": 20.0, "val_of_constant": 0.8, "val_constant_shape_mm": 25.0,
+               "train_images_per_s": 100.0}
+    config = recipes.recipe_config("ghost_lite")
+    progress = restored_progress({"epoch": 1, "best_val_pa_mpjpe_mm": 20.0, "history": [old_row], "config": config},
+                                 config, steps_per_epoch=1, folder=tmp_path)
+    assert progress.history[0]["val_fraction_of_constant_shape"] == 0.8 and "val_of_constant" not in progress.history[0]
+    folder = tmp_path / "old_run"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    with open(folder / "log.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(old_row))
+        writer.writeheader()
+        writer.writerow(old_row)
+    table = runlog.list_runs(tmp_path)
+    assert table["best_val_fraction_of_constant_shape"][0] == pytest.approx(0.8)
 
 
 def test_the_command_that_continues_names_torchrun_for_a_ddp_run():

@@ -17,6 +17,7 @@ from data.pseudo import WeightedUnion, pseudo_split
 from data.readers import load_split
 from scoring import metrics
 from training import optimization
+from training import runlog
 from training.config import apply_cpu_budget, resolve_config, resume_config
 from training.distributed import barrier, init_distributed
 from training.rundir import check_new_run_folder, elastic_restart, run_folder
@@ -194,7 +195,8 @@ def restore_parts(parts, state, config):
 def restored_progress(state, config, steps_per_epoch, folder):
     """The Progress last.pt's ``state`` holds; written inside an epoch, its place there (checked against the
     epoch the training split now makes), from which the trainer continues it."""
-    progress = Progress(epoch=state["epoch"], best_mm=state["best_val_pa_mpjpe_mm"], history=state["history"])
+    progress = Progress(epoch=state["epoch"], best_mm=state["best_val_pa_mpjpe_mm"],
+                        history=[runlog.current_keys(row) for row in state["history"]])
     if state.get("position"):
         position = progress.position = EpochPosition.from_dict(state["position"])
         position.lr *= config["lr"] / state["config"]["lr"]

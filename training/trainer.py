@@ -244,7 +244,7 @@ class Trainer:
         history.append({"epoch": epoch, "lr": row.pop("lr"), "train_loss": row.pop("train_loss"),
                         **{k: v for k, v in row.items() if k.startswith("loss_")},
                         "val_pa_mpjpe_mm": result["pa_mpjpe_mm"],
-                        "val_of_constant": result["pa_mpjpe_mm"] / baseline,
+                        "val_fraction_of_constant_shape": result["pa_mpjpe_mm"] / baseline,
                         "val_constant_shape_mm": baseline, "val_auc": result["auc_0_50mm"],
                         "val_mpjpe_mm": result["mpjpe_mm"], "train_images_per_s": row["train_images_per_s"],
                         "epoch_seconds": time.perf_counter() - started})
@@ -296,7 +296,7 @@ class Trainer:
         summary = {"arch": config["arch"], "recipe": config["recipe"], "params": self.parts.params,
                    "epochs": len(history), "best_epoch": best["epoch"],
                    "best_val_pa_mpjpe_mm": best["val_pa_mpjpe_mm"],
-                   "val_constant_shape_pa_mpjpe_mm": baseline,
+                   "val_constant_shape_mm": baseline,
                    "best_val_fraction_of_constant_shape": best["val_pa_mpjpe_mm"] / baseline,
                    "train_images_per_s": float(np.mean(speeds)) if speeds else None,
                    "img_size": config["img_size"], "world_size": setup.world_size, **extra}
