@@ -18,6 +18,7 @@ LOCK_FILE = ".lock"
 
 
 def run_folder(args, config):
+    """--out; on --resume without it the newest run (of --arch); else runs/RECIPE[_foldKofN]_STAMP."""
     if args.out:
         return Path(args.out)
     if args.resume:
