@@ -191,6 +191,7 @@ def check_position(state, folder):
 
 
 def validate_config(config):
+    """Every key of a resolved config checked, before any data is read: a UserError naming the key and its range."""
     models.model_entry(config["arch"])
     split_weights(config["loss"])  # weights and options of the loss terms
     augment.parse_augs(config["augs"])
