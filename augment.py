@@ -27,7 +27,6 @@ import argparse
 import copy
 import json
 import math
-import time
 from pathlib import Path
 
 import kornia
@@ -38,7 +37,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from core import geometry
 from core.common import (UserError, atomic_write, check_minimums, check_writable, cli, ensure_writable_folder,
-                    resolve_device, unit_float)
+                         median_seconds, resolve_device, synchronizer, unit_float)
 from core.pictures import draw_skeleton
 from data import resolve_or_generate_data_root
 from data.dataset import HandDataset
@@ -50,7 +49,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 BACKGROUND_KINDS = ("noise", "gradient", "shapes", "other")
 
 # One visible place for every option; recipes override with resolve_options({...}). p = chance per sample.
-DEFAULTS = {
+AUG_DEFAULTS = {
     "flip": {"p": 0.5},                                    # mirror -> a left hand (see Policies)
     "scale": {"p": 1.0, "range": (0.85, 1.15)},            # zoom factor about the centre, uniform
     "rotate": {"p": 1.0, "max_deg": 180.0},                # uniform in [-max_deg, max_deg] (seed 000)
@@ -120,12 +119,12 @@ def _merge(where, defaults, overrides):
 
 
 def resolve_options(overrides=None):
-    """DEFAULTS deep-merged with ``overrides`` ({'rotate': {'max_deg': 30}, ...}); checked keys and types."""
+    """AUG_DEFAULTS deep-merged with ``overrides`` ({'rotate': {'max_deg': 30}, ...}); checked keys and types."""
     if overrides is None:
-        return copy.deepcopy(DEFAULTS)
+        return copy.deepcopy(AUG_DEFAULTS)
     if not isinstance(overrides, dict):
         raise UserError(f"augment options must be a dict of dicts, got {overrides!r}")
-    return _merge("", DEFAULTS, overrides)
+    return _merge("", AUG_DEFAULTS, overrides)
 
 
 # --- warps and random draws -----------------------------------------------------------------------------
@@ -572,7 +571,7 @@ def run_bench(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     batch = bench_batch(args.batch_size, args.img_size, device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = synchronizer(device)
     print(f"augmentation cost on {device} ({torch.get_num_threads()} threads), batch {args.batch_size} x "
           f"{args.img_size} px, median of {args.iters} batches; named augmentations at p=1 unless noted")
     cases = [("none (uint8 -> float only)", (), None)] + [(name, (name,), None) for name in AUG_NAMES]
@@ -580,15 +579,8 @@ def run_bench(args):
               ("full set", AUG_NAMES, None), ("full set, default p", AUG_NAMES, resolve_options())]
     for label, names, options in cases:
         augmenter = Augmenter(names, options or forced_options(names), args.img_size, device, seed=0)
-        augmenter(batch)  # warm-up
-        seconds = []
-        for _ in range(args.iters):
-            sync()
-            start = time.perf_counter()
-            augmenter(batch)
-            sync()
-            seconds.append(time.perf_counter() - start)
-        print(f"  {label:<30} {args.batch_size / np.median(seconds):9.1f} images/s")
+        seconds = median_seconds(lambda: augmenter(batch), args.iters, 1, sync)  # after one warm-up batch
+        print(f"  {label:<30} {args.batch_size / seconds:9.1f} images/s")
 
 
 @cli
@@ -603,7 +595,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="picks the samples and the augmentation draws")
     parser.add_argument("--augs", default=",".join(TRAIN_DEFAULT_AUGS),
                         help=f"comma-separated from {', '.join(AUG_NAMES)}, or 'none'")
-    parser.add_argument("--options", default=None, help="JSON overrides of DEFAULTS, e.g. "
+    parser.add_argument("--options", default=None, help="JSON overrides of AUG_DEFAULTS, e.g. "
                                                         "'{\"occlude\": {\"cover\": [0.2, 0.3]}}'")
     parser.add_argument("--backgrounds", default=None, help="folder of background images (default: generated)")
     parser.add_argument("--img-size", type=int, default=224)

@@ -10,12 +10,13 @@ Stages (one figure each, written to bench.json with the machine and the settings
                               --loader-seconds), after --warmup batches
   augment_default, augment_full
                               augment.Augmenter on a device batch: the training default set and every
-                              augmentation, at the default chances (DEFAULTS p)
+                              augmentation, at the default chances (AUG_DEFAULTS p)
   augment/NAME                the recipe's own augmentations on a device batch at its input size
   train_step/NAME             forward + backward + optimizer step of the recipe (model options, loss
                               weights, optimizer) at its input size (or --model-size), median step; NAME is
                               an arch of --archs (its own recipe) or a recipe of --recipes
-  predict_tta/NAME            inference.predict_batch with --tta rotations (in chunks), per input image
+  predict_tta/NAME            inference.predict_batch with --tta rotations, run in chunks of at most
+                              inference.TTA_IMAGES_PER_FORWARD images per forward; per input image
 bench.json also gives, per NAME, the augmentation share of a training step (augment / (augment + train_step)
 time) and how many times over the cached loader feeds it.
 Timings on CUDA synchronise before the clock is read. --amp (bf16 where supported), --channels-last and
@@ -36,15 +37,16 @@ import torch
 import augment
 import models
 from training import recipes
-from core.common import (CACHE_ROOT, UserError, atomic_write, check_minimums, check_writable, cli, resolve_device,
-                    usable_cores)
+from core.common import (CACHE_ROOT, UserError, atomic_write, check_minimums, check_writable, cli, median_seconds,
+                         resolve_device, synchronizer, usable_cores)
 from data import resolve_or_generate_data_root
 from data.cache import make_dataset
 from data.loader import make_loader, to_device
 from data.readers import load_split
-from training.engine import forward_loss, optimizer_step
+from training.step import forward_loss, optimizer_step
 from prediction.inference import predict_batch
 from training.optimization import make_optimizer
+from training.setup import make_model
 
 
 def parse_args(argv=None):
@@ -100,27 +102,10 @@ def machine(device):
                  if line.startswith("model name")]
         cpu = names[0] if names else cpu
     cores = usable_cores()
-    return {"device": str(device), "cpu": cpu, "cores": cores, "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    return {"device": str(device), "cpu": cpu, "cores": cores,
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "torch": torch.__version__, "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
             "load_average_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
-
-
-def synchronizer(device):
-    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-
-
-def median_seconds(step, steps, warmup, sync):
-    """Median wall time of ``step()`` over ``steps`` calls after ``warmup``, the device synchronised around each."""
-    for _ in range(warmup):
-        step()
-    seconds = []
-    for _ in range(steps):
-        sync()
-        start = time.perf_counter()
-        step()
-        sync()
-        seconds.append(time.perf_counter() - start)
-    return float(np.median(seconds))
 
 
 # --- stages ------------------------------------------------------------------------------------------------
@@ -177,23 +162,17 @@ def timed_configs(args):
     return [(name, recipes.recipe_config(name)) for name in dict.fromkeys(names)]
 
 
-def build_model(arch, config, args, device):
-    model = models.create_model(arch, pretrained="none", **config["model"])
-    layout = torch.channels_last if args.channels_last else torch.preserve_format
-    return model.to(device, memory_format=layout)
-
-
-def train_step_rate(arch, config, batch, args, device):
-    """Images per second of one optimisation step of ``arch`` on a fixed augmented batch."""
-    model = build_model(arch, config, args, device).train()
+def train_step_rate(config, batch, args, device):
+    """Images per second of one optimisation step of ``config['arch']`` on a fixed augmented batch."""
+    model = make_model(config, device, args.channels_last).train()
     optimizer = make_optimizer(model, config)
     fp16 = device.type == "cuda" and args.amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=fp16)
-    net = torch.compile(model) if args.compile else model
+    wrapped = torch.compile(model) if args.compile else model
     config = {**config, "amp": args.amp}
 
-    def step():  # train.py's step: the same loss, clipping and optimiser step (no schedule, no EMA)
-        loss, _ = forward_loss(net, batch, config, device, args.channels_last)
+    def step():  # the trainer's step: the same loss, clipping and optimiser step (no schedule, no EMA)
+        loss, _ = forward_loss(wrapped, batch, config, device, args.channels_last)
         scaler.scale(loss).backward()
         optimizer_step(model, optimizer, scaler, config["grad_clip"])
 
@@ -202,8 +181,8 @@ def train_step_rate(arch, config, batch, args, device):
 
 
 def predict_rate(model, images, args, device):
-    net = torch.compile(model.eval()) if args.compile else model.eval()
-    step = lambda: predict_batch(net, images, tta=args.tta, amp=args.amp, channels_last=args.channels_last)
+    wrapped = torch.compile(model.eval()) if args.compile else model.eval()
+    step = lambda: predict_batch(wrapped, images, tta=args.tta, amp=args.amp, channels_last=args.channels_last)
     return images.shape[0] / median_seconds(step, args.steps, args.warmup, synchronizer(device))
 
 
@@ -253,7 +232,7 @@ def run(args):
         augmenter = augment.Augmenter(config["augs"], augment.resolve_options(config["aug"]), model_size, device,
                                       seed=0)
         record(f"augment/{name}", augment_rate(augmenter, data, args, device), model_size, b, config["augs"])
-        rate, model = train_step_rate(config["arch"], config, augmenter(data), args, device)
+        rate, model = train_step_rate(config, augmenter(data), args, device)
         record(f"train_step/{name}", rate, model_size, b, f"{config['arch']}, {config['optimizer']}, loss "
                                                           f"{','.join(config['loss'])}")
         record(f"predict_tta/{name}", predict_rate(model, data["image"], args, device), model_size, b,

@@ -8,8 +8,10 @@ import multiprocessing
 import os
 import shutil
 import signal
+import statistics
 import sys
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -272,6 +274,26 @@ def resolve_device(name):
 
 
 PROGRESS_LOG_SECONDS = 60.0  # without a terminal (a log file): at most one progress line this often
+
+
+def synchronizer(device):
+    """A call that waits for ``device``'s queued work (CUDA), or does nothing (CPU): read clocks after it."""
+    device = torch.device(device)
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
+def median_seconds(step, steps, warmup, sync):
+    """Median wall time of ``step()`` over ``steps`` calls after ``warmup`` untimed ones, ``sync()`` around each."""
+    for _ in range(warmup):
+        step()
+    seconds = []
+    for _ in range(steps):
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        seconds.append(time.perf_counter() - start)
+    return float(statistics.median(seconds))
 
 
 class _PlainLines:

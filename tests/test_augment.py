@@ -218,7 +218,7 @@ def test_names_and_options_are_checked():
     with pytest.raises(UserError, match="valid names: flip, scale, rotate"):
         augment.parse_augs("rotate,spin")
     assert augment.resolve_options({"rotate": {"max_deg": 30}})["rotate"] == {"p": 1.0, "max_deg": 30.0}
-    assert augment.resolve_options(None) == augment.DEFAULTS
+    assert augment.resolve_options(None) == augment.AUG_DEFAULTS
     for bad, match in [({"rotate": {"max_deg": "30"}}, "rotate.max_deg"), ({"spin": {}}, "spin"),
                        ({"rotate": {"angle": 3}}, "rotate.angle"), ({"occlude": {"cover": 0.3}}, "occlude.cover"),
                        ({"flip": {"p": 1.5}}, "flip.p"), ({"rotate": 30}, "rotate")]:

@@ -25,7 +25,7 @@ from core.common import PROJECT_ROOT
 from data.cache import make_dataset
 from data.loader import make_loader, to_device
 from data.readers import load_split
-from training.engine import forward_loss, optimizer_step
+from training.step import forward_loss, optimizer_step
 from training.optimization import make_optimizer
 from tests.markers import write_marker_dataset
 from tests.scripts import make_synthetic_set, run_main

@@ -17,10 +17,11 @@ import pytest
 import augment
 import bench
 from core import common
-from training import engine
+from training import step
 from prediction import inference
 import predict
 import train
+from training import rundir
 from training.checkpoints import load_checkpoint
 from core.common import PROJECT_ROOT, UserError
 from data.readers import load_split
@@ -194,7 +195,7 @@ def test_corrupt_config_json_when_resuming_by_arch_says_resume_by_out(finished_r
     broken = runs / "broken"
     subprocess.run(["cp", "-r", str(finished_run), str(broken)], check=True)
     (broken / "config.json").write_text("{not json")
-    monkeypatch.setattr(train, "RUNS_ROOT", runs)
+    monkeypatch.setattr(rundir, "RUNS_ROOT", runs)
     code, _, err = run_main(train.main, ["--arch", "ghost_lite", "--resume"], capsys)
     one_line_error(code, err, "config.json cannot be read", f"--out {broken} --resume")
 
@@ -218,8 +219,8 @@ def test_nan_advice_command_is_accepted_by_resume(finished_run, tmp_path):
 
 def test_nan_in_the_first_epoch_advises_a_new_run_and_keeps_no_empty_folder(data_root, tmp_path, monkeypatch,
                                                                              capsys):
-    real_loss = engine.pose_loss
-    monkeypatch.setattr(engine, "pose_loss", lambda *a, **k: (real_loss(*a, **k)[0] * float("nan"),
+    real_loss = step.pose_loss
+    monkeypatch.setattr(step, "pose_loss", lambda *a, **k: (real_loss(*a, **k)[0] * float("nan"),
                                                              real_loss(*a, **k)[1]))
     out = tmp_path / "run"
     code, _, err = run_main(train.main, [*FAST, "--data-root", data_root, "--out", out], capsys)

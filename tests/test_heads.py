@@ -5,7 +5,7 @@ import torch
 
 import models
 from training import recipes
-import train
+from training.config import validate_config
 from models.heads import HeatmapLifting, PoseHead
 from models.heatmaps import gaussian_heatmaps
 from models.losses import pose_loss
@@ -100,7 +100,7 @@ def test_paper_heads_stay_the_defaults():
 def test_every_recipe_is_a_valid_config(name):
     """Recipe keys, loss terms and model options are checked as train.py checks a run's config (the model built on
     the meta device), so a recipe with a head option its arch does not take fails here, not in a user's run."""
-    train.validate_config(recipes.recipe_config(name))
+    validate_config(recipes.recipe_config(name))
 
 
 def test_the_gpu_recipes_at_224_px():

@@ -12,7 +12,7 @@ STEPS_PER_EPOCH = 10
 
 
 def config(**overrides):
-    return {**copy.deepcopy(recipes.DEFAULTS), "epochs": 4, "lr": 1.0, **overrides}
+    return {**copy.deepcopy(recipes.CONFIG_DEFAULTS), "epochs": 4, "lr": 1.0, **overrides}
 
 
 def lrs(cfg):

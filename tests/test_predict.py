@@ -26,7 +26,7 @@ from uploads.kinds import FORMATS
 from uploads.records import load_predictions
 from uploads.upload_files import read_freihand_zip, read_mp21_json_gz
 from uploads.writing import write_outputs
-import train
+from training.setup import training_stats
 from training.checkpoints import load_checkpoint, save_checkpoint
 from core.common import PROJECT_ROOT, UserError
 from data.joints import ORDERS, to_freihand
@@ -81,13 +81,13 @@ def marker_batch(count=3, seed=0):
 
 def write_checkpoint(path, arch, data_root, **config_overrides):
     """An untrained ``arch`` saved as train.py would: its recipe's config at IMG_SIZE px, the data's stats."""
-    config = copy.deepcopy(recipes.DEFAULTS)
+    config = copy.deepcopy(recipes.CONFIG_DEFAULTS)
     config.update(copy.deepcopy(recipes.RECIPES.get(arch, {})))
     config.update(arch=arch, recipe=arch, img_size=IMG_SIZE, batch_size=2, pretrained="none",
                   data_root=str(data_root), **config_overrides)
     torch.manual_seed(0)
     model = models.create_model(arch, pretrained="none", **config["model"])
-    stats = train.training_stats(load_split(data_root, "train"))
+    stats = training_stats(load_split(data_root, "train"))
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint({"model": model.state_dict(), "config": config, "epoch": 0, "history": [], "stats": stats,
                      "best_val_pa_mpjpe_mm": math.inf}, path)
@@ -706,7 +706,7 @@ def test_calibration_keeps_hands_drawn_too_small_within_the_framing():
 
 
 def test_calibration_needs_the_runs_validation_predictions_and_their_labels(markers, tmp_path):
-    stats = train.training_stats(load_split(markers, "train"))
+    stats = training_stats(load_split(markers, "train"))
     config = {"data_root": str(markers), "img_size": IMG_SIZE}
     calibration, line = inference.validation_calibration(tmp_path, config, stats)
     assert calibration is None and "val_pred.npz not found" in line

@@ -12,13 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from training import engine
+from training import step
 from training import recipes
 from training import runlog
 import train
+from training import trainer
 from training.checkpoints import build_model, load_checkpoint, save_checkpoint
-from core.common import PROJECT_ROOT
+from core.common import PROJECT_ROOT, UserError
 from data.readers import load_split
+from training.config import resolve_config, resume_config
+from training.rundir import continue_command
+from training.setup import restored_progress
 from tests.scripts import make_synthetic_set, run_main
 
 TINY = ["--arch", "ghost_lite", "--img-size", "64", "--batch-size", "4", "--pretrained", "none", "--workers", "0",
@@ -76,7 +80,7 @@ def test_resume_without_checkpoint_is_one_clear_line(tmp_path, capsys):
 
 
 def test_config_resolution_layers_recipe_then_command_line():
-    config, given = train.resolve_config(train.parse_args(
+    config, given = resolve_config(train.parse_args(
         ["--arch", "effb4_1d", "--lr", "3e-4", "--set", "loss.js1d=0.1", "--set", "aug.rotate.max_deg=90",
          "--set", "milestones=[0.5, 0.9]"]))
     assert config["lr"] == 3e-4 and config["epochs"] == 145 and config["batch_size"] == 32  # recipe kept
@@ -112,13 +116,14 @@ def test_a_short_run_writes_the_run_folder(synthetic_root, tmp_path):
     assert summary["arch"] == "ghost_lite" and summary["epochs"] == 2 and summary["train_images_per_s"] > 0
     assert summary["best_val_pa_mpjpe_mm"] > 0 and summary["params"] < 1_000_000
     assert summary["best_val_fraction_of_constant_shape"] == pytest.approx(
-        summary["best_val_pa_mpjpe_mm"] / summary["val_constant_shape_pa_mpjpe_mm"])
+        summary["best_val_pa_mpjpe_mm"] / summary["val_constant_shape_mm"])
     assert "of the constant-shape baseline" in result.stdout.splitlines()[-1]
     assert log_epochs(folder) == [1, 2]
     fold_ids = load_split(synthetic_root, "val", 4, 1).image_ids
     assert sorted(np.load(folder / "val_pred.npz")["ids"]) == sorted(fold_ids) and len(fold_ids) == 10
     table = runlog.list_runs(tmp_path)
-    assert list(table["run"]) == ["run"] and table["of_constant"][0] == pytest.approx(
+    assert list(table["run"]) == ["run"]
+    assert table["best_val_fraction_of_constant_shape"][0] == pytest.approx(
         summary["best_val_fraction_of_constant_shape"], abs=1e-3)
     config = json.loads((folder / "config.json").read_text())
     assert config["img_size"] == 64 and config["data_root"] == str(synthetic_root)
@@ -189,15 +194,15 @@ def straight_runs(synthetic_root, tmp_path_factory):
 
 
 def act_at_forward(monkeypatch, call, action):
-    """train.forward_loss runs ``action()`` at the start of its ``call``-th call (1-based): mid-step."""
-    real, calls = train.forward_loss, {"n": 0}
+    """The trainer's forward_loss runs ``action()`` at the start of its ``call``-th call (1-based): mid-step."""
+    real, calls = trainer.forward_loss, {"n": 0}
 
     def forward(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == call:
             action()
         return real(*args, **kwargs)
-    monkeypatch.setattr(train, "forward_loss", forward)
+    monkeypatch.setattr(trainer, "forward_loss", forward)
 
 
 @pytest.mark.parametrize("signum, extra, call, place", [
@@ -264,21 +269,40 @@ def test_a_state_inside_an_epoch_resumes_over_as_many_processes_and_says_the_com
                      "position": {"epoch": 1, "world_size": saved}}, folder / "last.pt")
     if running:
         monkeypatch.setenv("WORLD_SIZE", running)
-    with pytest.raises(train.UserError) as info:
-        train.resume_config(train.parse_args(["--out", str(folder), "--resume"]), folder)
+    with pytest.raises(UserError) as info:
+        resume_config(train.parse_args(["--out", str(folder), "--resume"]), folder)
     assert str(info.value).endswith(f"resume it with {saved}: {command.format(folder=folder)}"), str(info.value)
 
 
+def test_an_older_run_s_yardstick_keys_read_under_the_current_names(tmp_path):
+    """log.csv columns and last.pt history rows of older runs go through runlog.RENAMED_KEYS."""
+    old_row = {"epoch": 1, "val_pa_mpjpe_mm": 20.0, "val_of_constant": 0.8, "val_constant_shape_mm": 25.0,
+               "train_images_per_s": 100.0}
+    config = recipes.recipe_config("ghost_lite")
+    progress = restored_progress({"epoch": 1, "best_val_pa_mpjpe_mm": 20.0, "history": [old_row], "config": config},
+                                 config, steps_per_epoch=1, folder=tmp_path)
+    assert progress.history[0]["val_fraction_of_constant_shape"] == 0.8 and "val_of_constant" not in progress.history[0]
+    folder = tmp_path / "old_run"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    with open(folder / "log.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(old_row))
+        writer.writeheader()
+        writer.writerow(old_row)
+    table = runlog.list_runs(tmp_path)
+    assert table["best_val_fraction_of_constant_shape"][0] == pytest.approx(0.8)
+
+
 def test_the_command_that_continues_names_torchrun_for_a_ddp_run():
-    assert train.continue_command("runs/a", 1) == "python train.py --out runs/a --resume"
-    assert train.continue_command("runs/a", 4, 4) == "torchrun --nproc_per_node 4 train.py --out runs/a --resume"
-    assert train.continue_command("runs/a", 8, 4).startswith("torchrun --nnodes 2 --nproc_per_node 4 ")
+    assert continue_command("runs/a", 1) == "python train.py --out runs/a --resume"
+    assert continue_command("runs/a", 4, 4) == "torchrun --nproc_per_node 4 train.py --out runs/a --resume"
+    assert continue_command("runs/a", 8, 4).startswith("torchrun --nnodes 2 --nproc_per_node 4 ")
 
 
 def test_resume_of_a_run_from_an_older_train_py_is_one_line(tmp_path, capsys):
     folder = tmp_path / "old"
     folder.mkdir()
-    config = {k: v for k, v in recipes.DEFAULTS.items() if k not in ("ema_decay", "accumulate")}
+    config = {k: v for k, v in recipes.CONFIG_DEFAULTS.items() if k not in ("ema_decay", "accumulate")}
     save_checkpoint({"config": config, "model": {}, "epoch": 1}, folder / "last.pt")
     code, _, err = run_main(train.main, ["--resume", "--out", folder], capsys)
     assert code == 2 and err.count("\n") == 1 and "older train.py" in err and "accumulate, ema_decay" in err
@@ -315,7 +339,7 @@ def test_resume_accepts_the_original_command_line_and_the_safe_changes(one_epoch
     folder, original = one_epoch_run
     fill = {"root": str(synthetic_root), "root_name": synthetic_root.name}
     argv = [*original, "--resume", *(item.format(**fill) for item in change)]
-    _, config = train.resume_config(train.parse_args(argv), folder)
+    _, config = resume_config(train.parse_args(argv), folder)
     assert config[key] == (value.format(**fill) if isinstance(value, str) else value)
 
 
@@ -338,7 +362,7 @@ def test_resume_refuses_a_real_change_naming_the_key_and_both_values(one_epoch_r
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_path, monkeypatch):
     folder = tmp_path / "run"
-    real_loss, calls = engine.pose_loss, {"n": 0}
+    real_loss, calls = step.pose_loss, {"n": 0}
     steps_per_epoch = 38 // 4  # 40 hands, 2 held out for validation, batch 4
 
     def loss_turning_nan(*args, **kwargs):
@@ -346,7 +370,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_p
         calls["n"] += 1
         return (total * float("nan") if calls["n"] > steps_per_epoch + 2 else total), parts
 
-    monkeypatch.setattr(engine, "pose_loss", loss_turning_nan)
+    monkeypatch.setattr(step, "pose_loss", loss_turning_nan)
     with pytest.raises(SystemExit) as exit_info:
         train.main([*TINY, "--data-root", str(synthetic_root), "--epochs", "3", "--out", str(folder)])
     assert exit_info.value.code == 2
@@ -385,13 +409,14 @@ STOPPING_SCRIPT = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
 import train
-real, calls = train.forward_loss, [0]
+from training import trainer
+real, calls = trainer.forward_loss, [0]
 def forward(*args, **kwargs):
     calls[0] += 1
     if calls[0] == {call} and os.environ.get("RANK") == "1":
         os.kill(os.getppid(), signal.SIGTERM)  # to torchrun, which passes it on to every process, as a scheduler
     return real(*args, **kwargs)
-train.forward_loss = forward
+trainer.forward_loss = forward
 try:
     train.main()
 except SystemExit as end:  # the exit status of each rank, for the test

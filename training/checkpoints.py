@@ -8,12 +8,15 @@ streams are re-seeded from the seed and the epoch at each epoch's start). A ``la
 stop signal, ``checkpoint_minutes``) also holds ``position``: ``runstate.EpochPosition.to_dict()``, the place in
 that epoch and every process's random streams. ``model`` is the evaluated weights (the EMA when the run keeps one)
 in ``best.pt`` and the raw trained weights in ``last.pt``. The weights of the best epochs kept for averaging are in
-``topk.pt`` (written at epoch ends only, so a state inside an epoch agrees with it).
+``topk.pt`` (written at epoch ends only, so a state inside an epoch agrees with it). ``CheckpointSaver`` keeps
+best.pt, last.pt and topk.pt of one run.
 """
+import copy
 import io
 import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import models
@@ -76,3 +79,64 @@ def newest_checkpoint(name="best.pt", runs_root=RUNS_ROOT, hint="or pass --ckpt 
         raise UserError(f"no {Path(runs_root).name}/*/{name} found; train a model first "
                         f"(`python train.py --arch effb4_1d`) {hint}")
     return candidates[-1]
+
+
+class CheckpointSaver:
+    """best.pt (with val_pred.npz), last.pt and topk.pt of the run in ``folder``, in the manner of timm's
+    CheckpointSaver: whether a validation is the best so far is decided here only (``progress.best_mm``), and the
+    weights of the ``average_top_k`` best epochs are kept in memory as [(val mm, epoch, weights)], best first, and
+    in topk.pt, from which a resumed run takes them up."""
+
+    def __init__(self, folder, config, stats, progress):
+        self.folder, self.config, self.stats, self.progress = Path(folder), config, stats, progress
+        self.top_k = config["average_top_k"]
+        path = self.folder / "topk.pt"
+        self.kept = load_checkpoint(path)["entries"] if self.top_k >= 2 and path.is_file() else []
+
+    def improves(self, val_mm, ties_win=True):
+        """Whether ``val_mm`` beats the best so far: a later epoch that ties it wins; an average must beat it."""
+        return val_mm <= self.progress.best_mm if ties_win else val_mm < self.progress.best_mm
+
+    def save_epoch(self, epoch, val_mm, weights, val_xyz, val_ids):
+        """After validating ``epoch``: best.pt and val_pred.npz when it is the best so far, and topk.pt when its
+        evaluated ``weights`` enter the top k (last.pt is ``save_last``'s)."""
+        if self.improves(val_mm):
+            self.progress.best_mm = val_mm
+            self.save_best({"model": weights, "config": self.config, "epoch": epoch, "history": self.progress.history,
+                            "stats": self.stats, "best_val_pa_mpjpe_mm": val_mm}, val_xyz, val_ids)
+        self.keep_top_k(epoch, val_mm, weights)
+
+    def save_last(self, state):
+        save_checkpoint(state, self.folder / "last.pt")
+
+    def save_best(self, state, val_xyz, val_ids):
+        save_checkpoint(state, self.folder / "best.pt")
+        with atomic_write(self.folder / "val_pred.npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, xyz=val_xyz, ids=val_ids, split="val")
+
+    def keep_top_k(self, epoch, val_mm, weights):
+        if self.top_k < 2:
+            return
+        kept = [e for e in self.kept if e[1] < epoch]  # a resumed run repeats the epoch it was killed in
+        weights = {key: value.detach().cpu().clone() for key, value in weights.items()}
+        self.kept = sorted(kept + [(val_mm, epoch, weights)], key=lambda e: e[0])[:self.top_k]
+        if any(e[1] == epoch for e in self.kept):
+            save_checkpoint({"entries": self.kept, "config": self.config}, self.folder / "topk.pt")
+
+    def average_top_k(self, model, validate):
+        """Validate a copy of ``model`` holding the mean of the kept epochs' weights (``validate(model)`` -> (metrics,
+        xyz, ids, ...)); when it beats best.pt, it becomes best.pt. Returns the summary's record of it, or None when
+        no epochs are kept."""
+        if self.top_k < 2 or not self.kept:
+            return None
+        averaged = copy.deepcopy(model)
+        averaged.load_state_dict(average_state_dicts([e[2] for e in self.kept]))
+        result, val_xyz, val_ids, _ = validate(averaged)
+        better = self.improves(result["pa_mpjpe_mm"], ties_win=False)
+        if better:
+            self.progress.best_mm = result["pa_mpjpe_mm"]
+            state = load_checkpoint(self.folder / "best.pt")
+            self.save_best({**state, "model": averaged.state_dict(), "best_val_pa_mpjpe_mm": self.progress.best_mm,
+                            "averaged_epochs": [e[1] for e in self.kept]}, val_xyz, val_ids)
+        epochs = sorted(e[1] for e in self.kept)
+        return {"epochs": epochs, "val_pa_mpjpe_mm": result["pa_mpjpe_mm"], "used": better}

@@ -1,13 +1,15 @@
-"""Training recipes, in one visible place: DEFAULTS, then one recipe per name (from the seed papers).
+"""Training recipes, in one visible place: CONFIG_DEFAULTS, then one recipe per name (from the seed papers).
 
-train.py starts from DEFAULTS, applies the recipe (``--recipe``, by default the one named like ``--arch``),
-then the command line. Every key here is a known key with a type; an override of an unknown key or of the
-wrong type is an error. ``milestones`` are fractions of the epochs, so a shortened run keeps the schedule's
+A run's config starts from CONFIG_DEFAULTS, then the recipe (``--recipe``, by default the one named like
+``--arch``), then the command line. Every key here is a known key with a type; an override of an unknown key or
+of the wrong type is an error. ``milestones`` are fractions of the epochs, so a shortened run keeps the schedule's
 shape (seed 000: x0.1 at epochs 100 and 140 of 145).
 """
 import copy
 
-DEFAULTS = {
+from augment import TRAIN_DEFAULT_AUGS
+
+CONFIG_DEFAULTS = {
     "arch": "",
     "recipe": "",
     "data_root": "",                # empty: data/freihand when it holds a dataset, else the synthetic set
@@ -29,10 +31,10 @@ DEFAULTS = {
     "ema_decay": 0.0,               # EMA of the weights (timm ModelEmaV3, warm-up ramp); 0 = off
     "grad_clip": 0.0,               # max gradient norm; 0 = off
     "loss": {"coord_mse": 1.0},     # term -> weight (and options), see models/losses.py
-    "augs": "rotate",               # augment.py names, comma-separated, or none
+    "augs": ",".join(TRAIN_DEFAULT_AUGS),  # augment.py names, comma-separated, or none
     "augs_final": "",               # RTMPose's stage 2: these augmentations in the last final_epochs ("" = augs)
     "final_epochs": 0,
-    "aug": {},                      # overrides of augment.DEFAULTS, e.g. {"rotate": {"max_deg": 90.0}}
+    "aug": {},                      # overrides of augment.AUG_DEFAULTS, e.g. {"rotate": {"max_deg": 90.0}}
     "model": {},                    # builder options of the arch
     "pretrained": "auto",           # auto (imagenet on real data, none on the synthetic set) | imagenet | none | PATH
     "backgrounds": "",              # folder of background images for the background swap; empty = generated
@@ -51,7 +53,8 @@ DEFAULTS = {
     "fold": 0,                      # the fold validated when folds > 0
     "average_top_k": 0,             # at the end, average the weights of the k best epochs (0/1 = off)
     "checkpoint_minutes": 30.0,     # also write last.pt inside an epoch this often (0 = at epoch ends only)
-    "pseudo_labels": "",            # a prediction .npz of an unlabelled split: its images join training (data/pseudo.py)
+    "pseudo_labels": "",            # a prediction .npz of an unlabelled split: its images join training
+                                    # (data/pseudo.py)
     "pseudo_weight": 1.0,           # the loss weight of a pseudo-labelled image (a labelled one weighs 1)
     "pseudo_keep": 1.0,             # the share of pseudo-labelled images kept, the surest first (an ensemble's spread)
 }
@@ -95,11 +98,11 @@ RECIPES = {
                          "augs": "none"},
     # ours, the CPU recipe: what learns the fingers fastest from random weights on the synthetic set on a 2-core
     # CPU (README, "Learning on a CPU"): seed 003's hourglass cut to one 64-channel stack of depth 3 run at a
-    # quarter of a 64 px input (250 img/s, twice the seed-000 net on this CPU), depth from a lifting network over
+    # quarter of a 64 px input (faster than the seed-000 net on a CPU), depth from a lifting network over
     # the canonical 2D pose and the heatmap-pooled features; the heatmap term weighted 30 (it, not the
     # coordinates, teaches where the fingers are), rotations within +-30 degrees (+-180 costs more than it
     # teaches in this budget; TTA spreads over the trained range), AdamW, warm-up + cosine per step, EMA,
-    # the 3 best epochs averaged; 60 epochs fill about 23 minutes.
+    # the 3 best epochs averaged.
     "synthetic_cpu": {**_SEED003, "img_size": 64, "batch_size": 16, "epochs": 60, "optimizer": "adamw", "lr": 3e-3,
                       "weight_decay": 0.05, "schedule": "cosine", "min_lr_ratio": 0.02, "warmup_epochs": 1.0,
                       "ema_decay": 0.999, "average_top_k": 3,
@@ -109,7 +112,7 @@ RECIPES = {
                       "aug": {"rotate": {"max_deg": 30.0}}, "short_on_cpu": False},
     # ours, the CPU recipe of seed 000's family: the effb0 encoder with the shared head (models/heads.py), the
     # settings that made the hourglass learn (_CPU_HEAD); the encoder stops at stride 16 (at 64 px the stride-32
-    # stage sees a 2x2 map yet holds most of the weights: without it a step takes half the time and learns as
+    # stage sees a 2x2 map yet holds most of the weights: without it a step is much cheaper and learns as
     # much), and twice _CPU_HEAD's lr; its 5 M weights overfit the synthetic set's 1900 poses sooner than the
     # hourglass, so the view also scales and shifts and stochastic depth 0.1 regularises (README, "Learning on a CPU")
     "effb0_cpu": {**_CPU_HEAD, "arch": "effb0_1d", "epochs": 36, "lr": 4e-3, "augs": "scale,rotate,translate",
@@ -172,8 +175,8 @@ def recipe_names():
 
 
 def recipe_config(name):
-    """DEFAULTS with the recipe ``name`` applied (a fresh copy; ``name`` must be a recipe), ``recipe`` set."""
-    config = copy.deepcopy(DEFAULTS)
+    """CONFIG_DEFAULTS with the recipe ``name`` applied (a fresh copy; ``name`` must be a recipe), ``recipe`` set."""
+    config = copy.deepcopy(CONFIG_DEFAULTS)
     config.update(copy.deepcopy(RECIPES[name]))
     config["recipe"] = name
     return config

@@ -19,6 +19,16 @@ from core.pictures import draw_skeleton
 
 TB_IMAGES = 4          # validation images drawn in TensorBoard each epoch
 TB_STEP_EVERY = 10     # optimiser steps between scalar points of the training curves
+# The yardstick's names in every file a run writes: constant_shape_mm (the constant shape's PA-MPJPE) and
+# fraction_of_constant_shape (a result divided by it), prefixed by split and stage. Older runs spelled them as
+# below; their log.csv rows and last.pt histories are read through this one mapping (old key -> new key).
+RENAMED_KEYS = {"val_of_constant": "val_fraction_of_constant_shape",
+                "val_constant_shape_pa_mpjpe_mm": "val_constant_shape_mm"}
+
+
+def current_keys(record):
+    """A log row or summary (dict) of any age with the current key names (``RENAMED_KEYS``)."""
+    return {RENAMED_KEYS.get(key, key): value for key, value in record.items()}
 
 
 def write_log(folder, history):
@@ -108,7 +118,8 @@ def list_runs(runs_root):
         row = run_row(folder)
         if row is not None:
             rows.append(row)
-    columns = ["run", "arch", "recipe", "epochs", "best_val_mm", "of_constant", "img_per_s", "date"]
+    columns = ["run", "arch", "recipe", "epochs", "best_val_mm", "best_val_fraction_of_constant_shape", "img_per_s",
+               "date"]
     table = pd.DataFrame(rows, columns=columns)
     return table.sort_values("date", ascending=False, ignore_index=True)
 
@@ -120,10 +131,11 @@ def run_row(folder):
     if not log.is_file():
         return None
     config = json.loads((folder / "config.json").read_text())
-    history = pd.read_csv(log)
+    history = pd.read_csv(log).rename(columns=RENAMED_KEYS)
     best = history["val_pa_mpjpe_mm"].min()
     baseline = history["val_constant_shape_mm"].iloc[0] if "val_constant_shape_mm" in history else float("nan")
     return {"run": folder.name, "arch": config["arch"], "recipe": config["recipe"],
             "epochs": f"{int(history['epoch'].max())}/{config['epochs']}", "best_val_mm": round(best, 2),
-            "of_constant": round(best / baseline, 3), "img_per_s": round(history["train_images_per_s"].mean(), 1),
+            "best_val_fraction_of_constant_shape": round(best / baseline, 3),
+            "img_per_s": round(history["train_images_per_s"].mean(), 1),
             "date": datetime.fromtimestamp(log.stat().st_mtime).strftime("%Y-%m-%d %H:%M")}

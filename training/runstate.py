@@ -1,5 +1,8 @@
-"""What a training run carries between optimiser steps beyond its weights: where inside an epoch it is, the random
-streams that continue it exactly, and the stop signals that end it cleanly.
+"""A training run's state, typed and split by lifetime: ``RunSetup`` (fixed once the run is set up), ``RunParts``
+(the built parts: the model and its wrapped twin, EMA, optimiser, schedule, scaler, loaders, augmenters) and
+``Progress`` (what last.pt holds beyond the parts' states: epochs done, the best validation, the log's rows, and
+the ``EpochPosition`` when it was written inside an epoch); the random streams that continue a run exactly, and
+the stop signals that end it cleanly.
 
 A run stops at an optimiser-step boundary: when SIGINT (Ctrl-C) or SIGTERM (a scheduler, torchrun, a notebook's
 end) arrives, the step in progress finishes, every process agrees on that step (``agree``), and rank 0 writes
@@ -8,10 +11,13 @@ and every process's random streams. The same is written every ``checkpoint_minut
 the epoch's order from the seeded sampler, skips the batches done (without loading them), restores the streams and
 so ends with the weights of a run never stopped.
 """
+import math
 import os
 import random
 import signal
 from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -59,6 +65,58 @@ class EpochPosition:
         return f"step {self.batches // accumulate} of {self.epoch_batches // accumulate} of epoch {self.epoch}"
 
 
+@dataclass(frozen=True)
+class RunSetup:
+    """What is fixed once a run is set up."""
+    config: dict
+    folder: Path
+    rank: int
+    world_size: int
+    device: torch.device
+    stats: dict                 # facts about the training labels that every checkpoint carries (setup.training_stats)
+    constant_shape_mm: float    # the yardstick: PA-MPJPE (mm) of the constant shape on the validation split
+    val_set: Any                # the validation dataset (its first images go to TensorBoard)
+
+
+@dataclass
+class RunParts:
+    """The built parts of a run. ``model`` is the bare nn.Module (optimiser, EMA, checkpoints); ``wrapped`` runs the
+    training forward passes: ``model`` inside DDP and/or torch.compile, or ``model`` itself."""
+    model: torch.nn.Module
+    wrapped: torch.nn.Module
+    ema: Any                    # timm ModelEmaV3, or None when ema_decay is 0
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    train_loader: Any
+    val_loader: Any
+    steps_per_epoch: int        # optimiser steps per epoch (batches // accumulate)
+    params: int
+    augmenter: Any = None
+    augmenter_final: Any = None  # the augmentations of the last final_epochs
+
+    @property
+    def evaluated(self):
+        """The weights that are validated, saved in best.pt and predicted with: the EMA when kept, else the model."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+@dataclass
+class Progress:
+    """What last.pt holds beyond the parts' states: ``epoch`` (epochs done), ``best_mm`` (the best validation
+    PA-MPJPE so far), ``history`` (log.csv's rows) and, when it was written inside an epoch, ``position``."""
+    epoch: int = 0
+    best_mm: float = math.inf
+    history: list = field(default_factory=list)
+    position: Optional[EpochPosition] = None
+
+    def describe(self, accumulate):
+        """What last.pt holds, in words (None before anything was kept)."""
+        if self.position is not None:
+            return self.position.describe(accumulate)
+        return f"epoch {self.epoch}" if self.epoch else None
+
+
 # --- random streams -------------------------------------------------------------------------------------------
 
 def random_streams(device, generator):
@@ -82,6 +140,15 @@ def restore_streams(streams, device, generator):
         torch.cuda.set_rng_state(streams["cuda"], device)
     generator.set_state(streams["augment"])
     return True
+
+
+def seed_everything(seed):
+    """Every RNG stream re-seeded; each epoch starts with ``seed * 1000 + epoch``, so a run resumed at an epoch's start
+    draws the same augmentations and dropout as one that never stopped (inside an epoch the saved streams are
+    restored instead)."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
 
 
 def gather_streams(streams, world_size):

@@ -1,5 +1,8 @@
-"""One training step, shared by train.py and bench.py (so the benchmark times the step that trains): the loss of
-an augmented batch, then the optimiser step with clipping, the per-step lr schedule and the EMA."""
+"""One training step, shared by the trainer and bench.py (so the benchmark times the step that trains): the loss of
+an augmented batch, then the optimiser step with clipping, the per-step lr schedule and the EMA.
+
+``wrapped`` is the module that runs the forward pass (DDP / torch.compile around the model, or the model itself);
+``model`` is the bare nn.Module whose parameters the optimiser and the EMA hold."""
 import torch
 
 from prediction.inference import autocast
@@ -12,27 +15,27 @@ def float_aux(aux):
     return {k: [t.float() for t in v] if isinstance(v, list) else v.float() for k, v in aux.items()}
 
 
-def forward_loss(model, batch, config, device, channels_last, progress=0.0):
+def forward_loss(wrapped, batch, config, device, channels_last, progress=0.0):
     """The loss of one augmented batch under ``config['loss']``: (scalar, unweighted parts). ``progress`` in
     [0, 1] is the share of training done (terms whose weight decays read it)."""
     x = prepare_images(batch["image"])                                   # (B, 3, S, S) float, normalised
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast(device, config["amp"]):
-        uvd, aux = model(x, return_aux=True)                             # (B, 21, 3), dict
+        uvd, aux = wrapped(x, return_aux=True)                             # (B, 21, 3), dict
     return pose_loss(uvd.float(), float_aux(aux), loss_target(batch, config["img_size"]), config["loss"], progress)
 
 
-def optimizer_step(net, optimizer, scaler, grad_clip, scheduler=None, ema=None, steps_done=0):
-    """Clip the gradients of ``net`` to ``grad_clip`` (0: off), step the optimiser, then the lr schedule and the
+def optimizer_step(model, optimizer, scaler, grad_clip, scheduler=None, ema=None, steps_done=0):
+    """Clip the gradients of ``model`` to ``grad_clip`` (0: off), step the optimiser, then the lr schedule and the
     EMA when given (``steps_done`` counts this step)."""
     if grad_clip > 0:
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     if scheduler is not None:
         scheduler.step()
     if ema is not None:
-        ema.update(net, step=steps_done)
+        ema.update(model, step=steps_done)

@@ -1,0 +1,114 @@
+"""The run folder: its name, the run to --resume, its lock while a process trains in it, and the words that say what
+its last.pt holds and the command that continues it.
+
+A run folder holds config.json (resolved), log.csv, curves.png, last.pt, best.pt, val_pred.npz, topk.pt (with
+average_top_k), the TensorBoard event files (events.out.tfevents.*), summary.json at the end, and .lock.
+"""
+import fcntl
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+
+from core.common import RUNS_ROOT, UserError, check_writable, ensure_writable_folder, remove_stale_temps
+from training import runstate
+from training.checkpoints import load_checkpoint, newest_checkpoint
+
+LOCK_FILE = ".lock"
+
+
+def run_folder(args, config):
+    """--out; on --resume without it the newest run (of --arch); else runs/RECIPE[_foldKofN]_STAMP."""
+    if args.out:
+        return Path(args.out)
+    if args.resume:
+        if not args.arch:
+            return newest_checkpoint("last.pt", RUNS_ROOT, hint="or pass --out RUN_FOLDER").parent
+        return _newest_run_of(args.arch)
+    fold = f"_fold{config['fold']}of{config['folds']}" if config["folds"] else ""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")  # torchrun --rdzv-id: the same after a restart
+    stamp = run_id if run_id != "none" else f"{datetime.now():%Y%m%d-%H%M%S}"
+    return RUNS_ROOT / f"{config['recipe']}{fold}_{stamp}"
+
+
+def _saved_arch(last_pt):
+    config_file = last_pt.parent / "config.json"
+    try:
+        return json.loads(config_file.read_text())["arch"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{config_file} cannot be read ({type(err).__name__}: {err}); resume that run by its "
+                        f"folder: python train.py --out {last_pt.parent} --resume") from None
+
+
+def _newest_run_of(arch):
+    runs = sorted((p for p in RUNS_ROOT.glob("*/last.pt") if _saved_arch(p) == arch), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise UserError(f"no run of {arch} with a last.pt in {RUNS_ROOT.name}/ to resume; start one without "
+                        f"--resume or pass --out RUN_FOLDER")
+    return runs[-1].parent
+
+
+def elastic_restart():
+    """True in a worker group that torchrun restarted (--max-restarts): the run continues from its last.pt."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
+def check_new_run_folder(folder):
+    """Before any work: ``folder`` must not hold a run that can be resumed, and must be creatable."""
+    if (folder / "last.pt").exists():
+        raise UserError(f"{folder} already holds a run (last.pt); continue it with `python train.py --out {folder} "
+                        f"--resume`, or choose another --out")
+    check_writable(folder, "run folder")
+
+
+def claim_run_folder(folder):
+    """Create ``folder`` and lock it for this process (the lock ends with the process, however it ends); a
+    folder another process trains in is a UserError. Temp files a killed run left behind are removed."""
+    ensure_writable_folder(folder, "run folder")
+    lock = open(folder / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise UserError(f"{folder} is in use by another training process (pid {holder}); wait for it to end or "
+                        f"choose another --out") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    remove_stale_temps(folder)
+    return lock
+
+
+def resume_hint(folder, world_size):
+    """What last.pt holds and the command that continues the run."""
+    last = folder / "last.pt"
+    if not last.is_file():
+        return "no epoch had finished, so nothing was kept; run the same command again to start over"
+    state = load_checkpoint(last)
+    position = runstate.EpochPosition.from_dict(state["position"]) if state.get("position") else None
+    return last_pt_holds(last, state["epoch"], state["config"], world_size, position)
+
+
+def continue_command(folder, world_size, local_world_size=None):
+    """The command that continues the run in ``folder`` over ``world_size`` processes (a state written inside an
+    epoch resumes only over as many): plain python for one, torchrun for more (``local_world_size`` of them per
+    node; with several nodes each runs torchrun as it did)."""
+    if world_size == 1:
+        return f"python train.py --out {folder} --resume"
+    local = local_world_size or world_size
+    if local == world_size:
+        return f"torchrun --nproc_per_node {world_size} train.py --out {folder} --resume"
+    return (f"torchrun --nnodes {world_size // local} --nproc_per_node {local} (and the rendezvous options it had, "
+            f"on each node) train.py --out {folder} --resume")
+
+
+def last_pt_holds(path, epochs_done, config, world_size, position=None):
+    """What a last.pt holds, in words, and the command that continues the run (over ``world_size`` processes)."""
+    command = continue_command(path.parent, world_size, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+    if position is None:
+        return f"{path} holds epoch {epochs_done} of {config['epochs']}; continue with: {command}"
+    return (f"{path} holds {position.describe(config['accumulate'])} of {config['epochs']} (weights, EMA, optimiser, "
+            f"schedule, scaler, random streams and the place in the epoch's order); continue with: {command}")

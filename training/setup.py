@@ -1,0 +1,208 @@
+"""Setting a run up: its config and folder (new, resumed, or restarted by torchrun), the data, the training-label
+facts every checkpoint carries, and the built parts, restored from last.pt on --resume. ``set_up(args)`` returns
+the typed run state (``runstate.RunSetup``, ``RunParts``, ``Progress``)."""
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import augment
+import models
+from core import geometry
+from core.common import SYNTHETIC_ROOT, UserError
+from data import resolve_or_generate_data_root
+from data.cache import make_dataset
+from data.loader import make_loader
+from data.pseudo import WeightedUnion, pseudo_split
+from data.readers import load_split
+from scoring import metrics
+from training import optimization
+from training import runlog
+from training.config import apply_cpu_budget, resolve_config, resume_config
+from training.distributed import barrier, init_distributed
+from training.rundir import check_new_run_folder, elastic_restart, run_folder
+from training.runstate import EpochPosition, Progress, RunParts, RunSetup, seed_everything
+from uploads.records import load_predictions
+
+
+def set_up(args):
+    """(RunSetup, RunParts, Progress) of the run ``args`` asks for: config, data, model, optimiser, folder; the
+    parts' states and the progress restored from last.pt when it resumes."""
+    config, folder, resume_state, given = resolve_run(args)
+    rank, world_size, device = init_distributed(config["device"])
+    announce = print if rank == 0 else (lambda *_: None)
+    data_root = locate_data(config, rank, world_size, announce)
+    if resume_state is None:
+        folder = settle_new_run(args, config, given, data_root, device, rank, announce)
+    seed_everything(config["seed"])
+    train_split, val_split, train_set, val_set = load_datasets(config, data_root, world_size, announce)
+    stats = training_stats(train_split)
+    parts, progress = build_parts(config, device, rank, world_size, train_set, val_set, resume_state, folder)
+    setup = RunSetup(config=config, folder=folder, rank=rank, world_size=world_size, device=device, stats=stats,
+                     constant_shape_mm=metrics.constant_shape_mm(stats["constant_shape_m"], val_split.xyz),
+                     val_set=val_set)
+    announce(f"{config['recipe']}: {config['arch']} ({parts.params / 1e6:.2f} M params), {len(train_set)} training "
+             f"/ {len(val_set)} validation images from {data_root}, {config['img_size']} px, batch "
+             f"{config['batch_size']}{f' x {world_size} processes' if world_size > 1 else ''}, {device}, run folder "
+             f"{folder}; the constant-shape baseline (one hand for all) scores {setup.constant_shape_mm:.2f} mm "
+             f"PA-MPJPE on validation")
+    if resume_state is not None:
+        inside = f", at {progress.describe(config['accumulate'])}" if progress.position else ""
+        announce(f"resuming {folder} after epoch {resume_state['epoch']} of {config['epochs']}{inside}")
+    return setup, parts, progress
+
+
+def limit(split, max_images, seed):
+    """A fixed random subset of at most ``max_images`` images (0 = all)."""
+    if not max_images or max_images >= len(split):
+        return split
+    return split.subset(np.sort(np.random.default_rng(seed).choice(len(split), max_images, replace=False)))
+
+
+def training_stats(split):
+    """Facts about the training labels that predictions need later (stored in every checkpoint): the mean bone
+    length, the constant shape (the yardstick's hand) and the mean root depth."""
+    bone = split.scale if split.scale is not None else geometry.bone_length(split.xyz)
+    hands = split.xyz[np.unique(split.ann_ids, return_index=True)[1]]  # one pose per hand, not per image version
+    return {"bone_length_m": float(np.mean(bone)),
+            "constant_shape_m": metrics.generalized_procrustes_mean(hands).tolist(),
+            "root_depth_m": float(np.mean(split.xyz[:, geometry.ROOT_JOINT, 2]))}
+
+
+def resolve_run(args):
+    """(config, run folder or None when it is still to be named, last.pt's state or None, keys given on the
+    command line) for a new run, a --resume, or a group torchrun restarted."""
+    if not args.resume and args.out and elastic_restart() and (Path(args.out) / "last.pt").is_file():
+        args.resume = True  # torchrun restarted the group with the same command line: continue from its last.pt
+    if args.resume:
+        folder = run_folder(args, None)
+        resume_state, config = resume_config(args, folder)
+        return config, folder, resume_state, set()
+    config, given = resolve_config(args)
+    return config, None, None, given
+
+
+def locate_data(config, rank, world_size, announce):
+    """The dataset folder; the synthetic default is generated once, by rank 0, while the others wait."""
+    if rank == 0:
+        data_root = resolve_or_generate_data_root(config["data_root"] or None, announce)
+    barrier(world_size)
+    if rank:
+        data_root = resolve_or_generate_data_root(config["data_root"] or None, announce=lambda *_: None)
+    return data_root
+
+
+def settle_new_run(args, config, given, data_root, device, rank, announce):
+    """A new run's last config decisions (the CPU budget on the synthetic set, which weights) and its folder,
+    checked before any work."""
+    synthetic = Path(data_root).resolve() == SYNTHETIC_ROOT.resolve()
+    if synthetic and device.type == "cpu":
+        apply_cpu_budget(config, given, announce)
+    if config["pretrained"] == "auto":
+        config["pretrained"] = "none" if synthetic else "imagenet"
+    config["data_root"] = str(data_root)
+    folder = run_folder(args, config)
+    if rank == 0:
+        check_new_run_folder(folder)
+    return folder
+
+
+def load_datasets(config, data_root, world_size, announce):
+    """(train split, val split, train dataset, val dataset) at the config's input size."""
+    train_split, val_split = (limit(load_split(data_root, name, config["folds"], config["fold"]), config[key],
+                                    config["seed"])
+                              for name, key in (("train", "max_train_images"), ("val", "max_val_images")))
+    if not train_split.labelled or not val_split.labelled:
+        raise UserError(f"{data_root}: the train and val splits need *_xyz.json labels")
+    train_set, val_set = (make_dataset(split, config["img_size"], cache=config["cache"], announce=announce)
+                          for split in (train_split, val_split))
+    if config["pseudo_labels"]:
+        train_set = with_pseudo_labels(train_set, config, data_root, announce)
+    if len(train_set) < config["batch_size"] * world_size:
+        raise UserError(f"{len(train_set)} training images are fewer than one batch of {config['batch_size']} "
+                        f"per process; lower --batch-size")
+    return train_split, val_split, train_set, val_set
+
+
+def with_pseudo_labels(train_set, config, data_root, announce):
+    """The training set joined by the pseudo-labelled images of config['pseudo_labels'] (data/pseudo.py)."""
+    path = config["pseudo_labels"]
+    split, info = pseudo_split(load_predictions(path), path, data_root, config["pseudo_keep"])
+    announce(f"pseudo-labels: {info['kept']} of {info['images']} images of the {info['split']} split labelled by "
+             f"{path} (sha256 {info['sha256'][:12]}), loss weight {config['pseudo_weight']:g}")
+    if config.setdefault("pseudo_labels_sha256", info["sha256"]) != info["sha256"]:  # a resumed run's file changed
+        raise UserError(f"--pseudo-labels {path} changed since this run began (sha256 {info['sha256'][:12]}, was "
+                        f"{config['pseudo_labels_sha256'][:12]}): restore that file, or start a new run")
+    pseudo_set = make_dataset(split, config["img_size"], cache=config["cache"], announce=announce)
+    return WeightedUnion([train_set, pseudo_set], [1.0, config["pseudo_weight"]])
+
+
+def make_model(config, device, channels_last, pretrained="none"):
+    """A new model of ``config``'s arch and options on ``device`` (channels_last memory when asked)."""
+    model = models.create_model(config["arch"], pretrained=pretrained, **config["model"])
+    return model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+
+
+def build_parts(config, device, rank, world_size, train_set, val_set, resume_state=None, folder=None):
+    """(RunParts, Progress): model, optimiser, schedule, EMA, loaders and augmenters, their states and the progress
+    restored from ``resume_state`` (last.pt's) when given, before DDP copies rank 0's weights to every process."""
+    cuda = device.type == "cuda"
+    model = make_model(config, device, config["channels_last"], "none" if resume_state else config["pretrained"])
+    optimizer = optimization.make_optimizer(model, config)
+    train_loader = make_loader(train_set, config["batch_size"], train=True, workers=config["workers"],
+                               seed=config["seed"], rank=rank, world_size=world_size, pin_memory=cuda, shielded=True)
+    steps_per_epoch = len(train_loader) // config["accumulate"]
+    if steps_per_epoch < 1:
+        raise UserError(f"an epoch of {len(train_loader)} batches is less than one optimiser step of "
+                        f"accumulate={config['accumulate']} batches; lower --set accumulate")
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda and config["amp"] and not torch.cuda.is_bf16_supported())
+    scheduler = optimization.make_scheduler(optimizer, config, steps_per_epoch)
+    ema = optimization.make_ema(model, config)
+    parts = RunParts(model=model, wrapped=model, ema=ema, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                     train_loader=train_loader, steps_per_epoch=steps_per_epoch,
+                     params=sum(p.numel() for p in model.parameters()),
+                     val_loader=make_loader(val_set, config["batch_size"], train=False, workers=config["workers"],
+                                            pin_memory=cuda, shielded=True))
+    progress = Progress()
+    if resume_state is not None:
+        restore_parts(parts, resume_state, config)
+        progress = restored_progress(resume_state, config, steps_per_epoch, folder)
+    if world_size > 1:
+        parts.wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    if config["compile"]:
+        parts.wrapped = torch.compile(parts.wrapped)
+    parts.augmenter, parts.augmenter_final = (
+        augment.Augmenter(augment.parse_augs(augs), augment.resolve_options(config["aug"]), config["img_size"],
+                          device, backgrounds=config["backgrounds"] or None)
+        for augs in (config["augs"], config["augs_final"] or config["augs"]))
+    return parts, progress
+
+
+def restore_parts(parts, state, config):
+    """The weights, EMA, optimiser, schedule and scaler of last.pt's ``state``; a --resume --lr scales the schedule
+    on to the new peak."""
+    parts.model.load_state_dict(state["model"])
+    if parts.ema is not None:
+        parts.ema.module.load_state_dict(state["ema"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.scheduler.load_state_dict(state["scheduler"])
+    saved_lr = state["config"]["lr"]
+    if config["lr"] != saved_lr:
+        optimization.rescale_lr(parts.optimizer, parts.scheduler, config["lr"] / saved_lr)
+    parts.scaler.load_state_dict(state["scaler"])
+
+
+def restored_progress(state, config, steps_per_epoch, folder):
+    """The Progress last.pt's ``state`` holds; written inside an epoch, its place there (checked against the
+    epoch the training split now makes), from which the trainer continues it."""
+    progress = Progress(epoch=state["epoch"], best_mm=state["best_val_pa_mpjpe_mm"],
+                        history=[runlog.current_keys(row) for row in state["history"]])
+    if state.get("position"):
+        position = progress.position = EpochPosition.from_dict(state["position"])
+        position.lr *= config["lr"] / state["config"]["lr"]
+        if position.epoch_batches != steps_per_epoch * config["accumulate"]:
+            raise UserError(f"{folder / 'last.pt'} stopped inside an epoch of {position.epoch_batches} "
+                            f"batches per process, and the training split now makes "
+                            f"{steps_per_epoch * config['accumulate']}: the dataset changed; "
+                            f"restore it, or start a new run with another --out")
+    return progress
