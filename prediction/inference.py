@@ -19,7 +19,7 @@ from core import geometry
 import models
 from augment import parse_augs, resolve_options, warp_images
 from training.checkpoints import build_model, load_checkpoint
-from core.common import UserError, progress, unit_float
+from core.common import UserError, progress, shown, unit_float
 from core.geometry import BONES
 from data.joints import REFERENCE_BONES_MM, bone_lengths
 from data.loader import to_device
@@ -254,9 +254,11 @@ def validation_calibration(run_dir, config, stats):
     """(``calibrate`` on a run's validation predictions, its val_pred.npz written with best.pt, against the labels
     of the data it trained on, or None; a line saying which)."""
     path, root = Path(run_dir) / "val_pred.npz", config.get("data_root")
+    where = shown(path)
     plain = "bone lengths as the training labels have them"
     if not path.is_file() or not root or detect_layout(root) is None:
-        return None, f"{plain} ({path if not path.is_file() else f'its training data {root}'} not found to calibrate)"
+        missing = where if not path.is_file() else f"its training data {shown(root) if root else '(none recorded)'}"
+        return None, f"{plain} ({missing} not found to calibrate)"
     with np.load(path) as saved:
         xyz, ids = saved["xyz"], saved["ids"]
     try:
@@ -265,13 +267,13 @@ def validation_calibration(run_dir, config, stats):
         return None, f"{plain} (no validation labels: {err})"
     rows = {image_id: row for row, image_id in enumerate(split.image_ids)}
     if not split.labelled or any(int(i) not in rows for i in ids):
-        return None, f"{plain} ({path} does not match the val split of {root})"
+        return None, f"{plain} ({where} does not match the val split of {shown(root)})"
     rows = np.array([rows[int(i)] for i in ids])
     K = input_cameras(split, rows, config["img_size"])
     scale = np.full(len(rows), np.nan) if split.scale is None else split.scale[rows]
     labelled = {"uvd": geometry.xyz_to_uvd(xyz, K), "K": K, "bone_length": scale, "xyz": split.xyz[rows]}
     calibration = calibrate(labelled, stats)
-    return calibration, (f"calibrated on {len(rows)} validation images of {path}: bone lengths as this model "
+    return calibration, (f"calibrated on {len(rows)} validation images of {where}: bone lengths as this model "
                          f"draws them, blended {calibration.bones_weight:.2f} : {1 - calibration.bones_weight:.2f} "
                          f"with the crop's framing")
 

@@ -9,7 +9,7 @@ import torch
 import augment
 import models
 from core import geometry
-from core.common import SYNTHETIC_ROOT, UserError
+from core.common import SYNTHETIC_ROOT, UserError, shown
 from data import resolve_or_generate_data_root
 from data.cache import make_dataset
 from data.loader import make_loader
@@ -42,7 +42,7 @@ def set_up(args):
                      constant_shape_mm=metrics.constant_shape_mm(stats["constant_shape_m"], val_split.xyz),
                      val_set=val_set)
     announce(f"{config['recipe']}: {config['arch']} ({parts.params / 1e6:.2f} M params), {len(train_set)} training "
-             f"/ {len(val_set)} validation images from {data_root}, {config['img_size']} px, batch "
+             f"/ {len(val_set)} validation images from {shown(data_root)}, {config['img_size']} px, batch "
              f"{config['batch_size']}{f' x {world_size} processes' if world_size > 1 else ''}, {device}, run folder "
              f"{folder}; the constant-shape baseline (one hand for all) scores {setup.constant_shape_mm:.2f} mm "
              f"PA-MPJPE on validation")
