@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize
 
-from core.common import SUBMISSIONS_ROOT, UserError, atomic_write, cli, progress
+from core.common import SUBMISSIONS_ROOT, UserError, atomic_write, cli, progress, shown
 from core.geometry import ROOT_JOINT
 from core.pictures import save_pictures
 from data import existing_data_root, resolve_or_generate_data_root
@@ -342,7 +342,7 @@ def main(argv=None):
                                        expected_ids=split.image_ids if split is not None else None)
     with atomic_write(Path(f"{prefix}.ensemble.json")) as tmp:
         tmp.write_text(json.dumps(report, indent=2))
-    print(written_line(f"wrote {npz}, {prefix}.ensemble.json and the upload file {upload}", fmt, joint_order, notes))
+    print(written_line(f"wrote {shown(npz)}, {shown(f'{prefix}.ensemble.json')} and the upload file {shown(upload)}", fmt, joint_order, notes))
     if split is not None and split.labelled:
         info = {"split": split.name, "arch": "ensemble", "members": report["members"], "weights": report["weights"]}
         print(f"wrote {report_scores(prefix, record['xyz'], split.xyz, record.get('constant_shape_m'), info)}")

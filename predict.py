@@ -276,11 +276,11 @@ def main(argv=None):
               "backend": args.backend,
               **({"constant_shape_m": np.asarray(stats["constant_shape_m"])} if "constant_shape_m" in stats else {})}
     npz, upload, notes = write_outputs(prefix, record, fmt, joint_order, expected_ids=split.image_ids)
-    print(written_line(f"wrote {npz} and the upload file {upload}", fmt, joint_order, notes))
+    print(written_line(f"wrote {shown(npz)} and the upload file {shown(upload)}", fmt, joint_order, notes))
     if split.labelled:
         info = {"split": split.name, "arch": config["arch"], "ckpt": str(ckpt), "tta": args.tta,
                 "backend": args.backend}
-        print(f"wrote {report_scores(prefix, xyz, split.xyz, stats.get('constant_shape_m'), info)}")
+        print(f"wrote {shown(report_scores(prefix, xyz, split.xyz, stats.get('constant_shape_m'), info))}")
     if args.viz:
         print(f"wrote {args.viz} pictures to {save_pictures(prefix, split, xyz, args.viz)}/")
 

@@ -44,7 +44,7 @@ def set_up(args):
     announce(f"{config['recipe']}: {config['arch']} ({parts.params / 1e6:.2f} M params), {len(train_set)} training "
              f"/ {len(val_set)} validation images from {shown(data_root)}, {config['img_size']} px, batch "
              f"{config['batch_size']}{f' x {world_size} processes' if world_size > 1 else ''}, {device}, run folder "
-             f"{folder}; the constant-shape baseline (one hand for all) scores {setup.constant_shape_mm:.2f} mm "
+             f"{shown(folder)}; the constant-shape baseline (one hand for all) scores {setup.constant_shape_mm:.2f} mm "
              f"PA-MPJPE on validation")
     if resume_state is not None:
         inside = f", at {progress.describe(config['accumulate'])}" if progress.position else ""

@@ -12,7 +12,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from core.common import EXIT_INTERRUPTED, EXIT_TERMINATED, Interrupted, Terminated, UserError, atomic_write, progress
+from core.common import (EXIT_INTERRUPTED, EXIT_TERMINATED, Interrupted, Terminated, UserError, atomic_write, progress,
+                         shown)
 from data.loader import shut_down, to_device
 from prediction.inference import camera_joints, predict_loader
 from scoring import metrics
@@ -304,5 +305,5 @@ class Trainer:
             tmp.write_text(json.dumps(summary, indent=2))
         print(f"done: best validation PA-MPJPE {summary['best_val_pa_mpjpe_mm']:.2f} mm at epoch "
               f"{summary['best_epoch']} = {summary['best_val_fraction_of_constant_shape']:.0%} of the constant-shape "
-              f"baseline ({baseline:.2f} mm); {setup.folder / 'best.pt'}"
+              f"baseline ({baseline:.2f} mm); {shown(setup.folder / 'best.pt')}"
               f"{SHORT_RUN_NOTE if is_short_run(config) else ''}")
