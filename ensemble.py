@@ -340,16 +340,18 @@ def main(argv=None):
     record = blended_record(records, report, layout, split)
     npz, upload, notes = write_outputs(prefix, record, fmt, joint_order,
                                        expected_ids=split.image_ids if split is not None else None)
-    with atomic_write(Path(f"{prefix}.ensemble.json")) as tmp:
+    report_path = Path(f"{prefix}.ensemble.json")
+    with atomic_write(report_path) as tmp:
         tmp.write_text(json.dumps(report, indent=2))
-    print(written_line(f"wrote {shown(npz)}, {shown(f'{prefix}.ensemble.json')} and the upload file {shown(upload)}", fmt, joint_order, notes))
+    print(written_line(f"wrote {shown(npz)}, {shown(report_path)} and the upload file {shown(upload)}", fmt,
+                       joint_order, notes))
     if split is not None and split.labelled:
         info = {"split": split.name, "arch": "ensemble", "members": report["members"], "weights": report["weights"]}
-        print(f"wrote {report_scores(prefix, record['xyz'], split.xyz, record.get('constant_shape_m'), info)}")
+        print(f"wrote {shown(report_scores(prefix, record['xyz'], split.xyz, record.get('constant_shape_m'), info))}")
     if args.viz and split is None:
         print("--viz: the members' dataset is not available; pass --data-root to draw pictures")
     elif args.viz:
-        print(f"wrote {args.viz} pictures to {save_pictures(prefix, split, record['xyz'], args.viz)}/")
+        print(f"wrote {args.viz} pictures to {shown(save_pictures(prefix, split, record['xyz'], args.viz))}/")
 
 
 if __name__ == "__main__":

@@ -234,7 +234,7 @@ def predict_pictures(model, ckpt, config, stats, args):
     written = write_joints(prefix, files, geometry.project(xyz, K), xyz, K, camera_known, args.hand)
     print(f"wrote {' and '.join(str(shown(p)) for p in written)}")
     if args.viz:
-        print(f"wrote {min(args.viz, len(files))} pictures to {save_pictures(prefix, split, xyz, args.viz)}/")
+        print(f"wrote {min(args.viz, len(files))} pictures to {shown(save_pictures(prefix, split, xyz, args.viz))}/")
 
 
 def load_backend(state, ckpt, args):
@@ -282,7 +282,7 @@ def main(argv=None):
                 "backend": args.backend}
         print(f"wrote {shown(report_scores(prefix, xyz, split.xyz, stats.get('constant_shape_m'), info))}")
     if args.viz:
-        print(f"wrote {args.viz} pictures to {save_pictures(prefix, split, xyz, args.viz)}/")
+        print(f"wrote {args.viz} pictures to {shown(save_pictures(prefix, split, xyz, args.viz))}/")
 
 
 if __name__ == "__main__":
