@@ -5,8 +5,8 @@ The contract every registered model keeps (training, TTA and ensembling rely on 
 * ``model(x)`` returns (B, 21, 3) in the codec's model space (``geometry``): u, v in input pixels with pixel
   centres on integers, d the root-relative depth over DEPTH_RANGE_M; joints in FreiHAND order;
 * ``model(x, return_aux=True)`` returns ``(uvd, aux)``, a dict of extra outputs the losses may use:
-  ``heatmaps1d`` (B, 21, 3, L) per-axis probabilities and ``logits1d`` their logits, ``heatmaps2d`` list of (B, 21, h, w) maps, one per
-  supervised stage.
+  ``heatmaps1d`` (B, 21, 3, L) per-axis probabilities and ``logits1d`` their logits, ``heatmaps2d`` list of
+  (B, 21, h, w) maps, one per supervised stage.
 """
 from dataclasses import dataclass, field
 from typing import Callable, Optional

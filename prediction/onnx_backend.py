@@ -30,7 +30,8 @@ def onnx_path(ckpt):
 def uvd_differences(a, b):
     """Largest differences of two uvd arrays (N, 21, 3): (u, v in pixels, depth in mm)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a[..., :2] - b[..., :2]).max()), float(np.abs(a[..., 2] - b[..., 2]).max() * DEPTH_RANGE_M * 1e3)
+    depth_mm = np.abs(a[..., 2] - b[..., 2]).max() * DEPTH_RANGE_M * 1e3
+    return float(np.abs(a[..., :2] - b[..., :2]).max()), float(depth_mm)
 
 
 def input_images(split, img_size):

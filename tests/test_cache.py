@@ -91,7 +91,8 @@ def test_loader_batches_equal_the_jpeg_loader_shuffled_and_sharded(markers, tmp_
             for a, b in zip(jpeg, batches, strict=True):
                 assert_same_samples(a, b)
     batch = next(iter(make_loader(cached, 4, train=False, workers=0)))
-    assert batch["image"].shape == (4, 3, SIZE, SIZE) and batch["image"].is_contiguous(memory_format=torch.channels_last)
+    assert batch["image"].shape == (4, 3, SIZE, SIZE)
+    assert batch["image"].is_contiguous(memory_format=torch.channels_last)
     np.testing.assert_array_equal(batch["id"].numpy(), data.image_ids[:4])
 
 

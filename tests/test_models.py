@@ -1,12 +1,9 @@
 """Every registered model keeps the contract; the seed 000/001 families; --pretrained none|imagenet|PATH."""
-import huggingface_hub.constants
 import pytest
-import timm
 import torch
 
 import models
 from core.common import UserError
-from models.heatmaps import soft_argmax_1d
 from models.losses import pose_loss
 
 ALL_MODELS = models.list_models()

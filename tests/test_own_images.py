@@ -81,7 +81,7 @@ def test_a_mirrored_right_hand_predicted_as_a_left_one_gives_the_mirrored_joints
     code, _, err = run_cli(["--ckpt", ckpt, "--images", mirrored / "wide.png", "--tta", "3", "--hand", "left",
                             "--out", tmp_path / "left"], capsys)
     assert code == 0, err
-    (right_json, right), (left_json, left) = read(tmp_path / "right"), read(tmp_path / "left")
+    right, (left_json, left) = read(tmp_path / "right")[1], read(tmp_path / "left")
     assert left_json["pictures"][0]["hand"] == "left"
     np.testing.assert_allclose(left["uv_px"][..., 0], 90 - 1 - right["uv_px"][..., 0], atol=1e-3)
     np.testing.assert_allclose(left["uv_px"][..., 1], right["uv_px"][..., 1], atol=1e-3)
