@@ -37,7 +37,8 @@ from PIL import Image, ImageDraw, ImageOps
 
 from core import geometry
 from core.common import (UserError, atomic_write, check_minimums, check_writable, cli, ensure_writable_folder,
-                         median_seconds, resolve_device, synchronizer, unit_float)
+                         median_seconds, unit_float)
+from core.device import resolve_device, synchronizer
 from core.pictures import draw_skeleton
 from data import resolve_or_generate_data_root
 from data.dataset import HandDataset

@@ -38,7 +38,8 @@ import augment
 import models
 from training import recipes
 from core.common import (CACHE_ROOT, UserError, atomic_write, check_minimums, check_writable, cli, median_seconds,
-                         resolve_device, synchronizer, usable_cores)
+                         usable_cores)
+from core.device import resolve_device, synchronizer
 from data import resolve_or_generate_data_root
 from data.cache import make_dataset
 from data.loader import make_loader, to_device

@@ -67,20 +67,21 @@ import numpy as np
 import torch
 
 from core import geometry
-from core.common import RUNS_ROOT, UserError, check_minimums, cli, resolve_device, shown
+from core.common import RUNS_ROOT, UserError, check_minimums, cli, shown
+from core.device import resolve_device
 from core.pictures import save_pictures
 from data import resolve_or_generate_data_root
 from data.cache import make_dataset
 from data.loader import make_loader
 from data.readers import detect_layout, load_split, submission_split
-from prediction.inference import (load_model, predict_batch, predict_loader, read_checkpoint, root_depths,
-                                  training_rotation, validation_calibration)
+from models.checkpoints import load_model, newest_checkpoint, read_checkpoint
+from prediction.inference import (predict_batch, predict_loader, root_depths, training_rotation,
+                                  validation_calibration)
 from prediction.onnx_backend import (PARITY_IMAGES, TOLERANCE_DEPTH_MM, TOLERANCE_UV_PX, export_with_parity,
                                      input_images, load_onnx)
 from prediction.own_images import (DEFAULT_FOCAL_PER_SIDE, centred_cameras, list_pictures, picture_sizes,
                                    pictures_split, read_cameras, write_joints)
 from scoring.report import report_scores
-from training.checkpoints import newest_checkpoint
 from uploads.check import check_file
 from uploads.kinds import MP21_ORDER
 from uploads.naming import output_prefix, resolve_format

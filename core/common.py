@@ -262,24 +262,7 @@ def file_sha256(path):
     return sha.hexdigest()
 
 
-def resolve_device(name):
-    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a UserError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA GPU is visible to PyTorch; use --device cpu or auto")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise UserError(f"--device {name!r}: choose auto, cpu or cuda")
-    return torch.device(name)
-
-
 PROGRESS_LOG_SECONDS = 60.0  # without a terminal (a log file): at most one progress line this often
-
-
-def synchronizer(device):
-    """A call that waits for ``device``'s queued work (CUDA), or does nothing (CPU): read clocks after it."""
-    device = torch.device(device)
-    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
 
 def median_seconds(step, steps, warmup, sync):

@@ -1,13 +1,10 @@
 """Inference: a model's predictions for a batch or a loader, rotation TTA with the inverse transforms, and the
-camera joints they give; and reading a checkpoint for prediction. Used by predict.py, train.py (validation),
-the training step (``autocast``), bench.py and tools/onnx_parity.py.
+camera joints they give. Used by predict.py, train.py (validation), bench.py and tools/onnx_parity.py.
 
 TTA: ``--tta N`` rotations about the input centre, spread over the range the model was trained on
 (``training_rotation``), each prediction mapped back by its inverse affine and averaged; the rotations run a
 few at a time (``TTA_IMAGES_PER_FORWARD``), so any N runs at bounded memory.
 """
-import contextlib
-import pickle
 from pathlib import Path
 from typing import NamedTuple
 
@@ -15,11 +12,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core import geometry
-import models
 from augment import parse_augs, resolve_options, warp_images
-from training.checkpoints import build_model, load_checkpoint
+from core import geometry
 from core.common import UserError, progress, shown, unit_float
+from core.device import autocast
 from core.geometry import BONES
 from data.joints import REFERENCE_BONES_MM, bone_lengths
 from data.loader import to_device
@@ -49,14 +45,6 @@ def training_rotation(config):
     if "rotate" not in names:
         return 180.0
     return float(resolve_options(config.get("aug", {}))["rotate"]["max_deg"])
-
-
-def autocast(device, amp):
-    """Mixed precision on CUDA (bf16 where supported, else fp16); full precision elsewhere."""
-    if amp and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
 
 
 TTA_IMAGES_PER_FORWARD = 256  # rotated copies per forward: any --tta runs at bounded memory
@@ -276,36 +264,3 @@ def validation_calibration(run_dir, config, stats):
     return calibration, (f"calibrated on {len(rows)} validation images of {where}: bone lengths as this model "
                          f"draws them, blended {calibration.bones_weight:.2f} : {1 - calibration.bones_weight:.2f} "
                          f"with the crop's framing")
-
-
-# --- checkpoints ---------------------------------------------------------------------------------------------
-
-def read_checkpoint(path):
-    """``checkpoints.load_checkpoint`` plus what prediction needs: a config naming the model and its input size,
-    and the training stats. Every problem is a UserError naming the file."""
-    try:
-        state = load_checkpoint(path)
-    except pickle.UnpicklingError as err:  # a text or foreign file that torch.load reads as a pickle
-        raise UserError(f"checkpoint {path} cannot be read (UnpicklingError: {err}); it is broken or not a "
-                        f"PyTorch file: use another checkpoint") from None
-    missing = [key for key in ("arch", "img_size", "model") if key not in state["config"]]
-    missing += [f"stats.{key}" for key in ("bone_length_m", "root_depth_m")
-                if key not in state.get("stats", {})]
-    if missing:
-        raise UserError(f"checkpoint {path} lacks {', '.join(missing)}; pass a best.pt written by train.py")
-    return state
-
-
-def load_model(state, path):
-    """The checkpoint's model, weights loaded, in eval mode on the CPU. A config whose arch or model options do
-    not fit the weights (another arch's checkpoint, an edited config.json) is a UserError naming the file."""
-    config = state["config"]
-    try:
-        try:
-            models.check_model_options(config["arch"], config["model"])
-        except ValueError as err:
-            raise UserError(f"model options {config['model']} do not fit arch {config['arch']!r} ({err})") from None
-        return build_model(state)
-    except UserError as err:
-        raise UserError(f"checkpoint {path}: {err}; it holds another arch's weights or an edited config: "
-                        f"use the best.pt its run wrote") from None

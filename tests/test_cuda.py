@@ -20,7 +20,7 @@ import models
 from training import recipes
 from training import runstate
 import train
-from training.checkpoints import load_checkpoint
+from models.checkpoints import load_checkpoint
 from core.common import PROJECT_ROOT
 from data.cache import make_dataset
 from data.loader import make_loader, to_device

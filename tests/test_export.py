@@ -5,7 +5,8 @@ import torch
 
 from prediction import onnx_backend
 import predict
-from training.checkpoints import load_checkpoint, save_checkpoint
+from models.checkpoints import load_checkpoint
+from training.checkpoints import save_checkpoint
 from tests.markers import write_marker_dataset
 from tests.test_predict import assert_one_line_error, leftovers, run_cli, write_checkpoint
 

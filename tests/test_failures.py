@@ -22,7 +22,7 @@ from prediction import inference
 import predict
 import train
 from training import rundir
-from training.checkpoints import load_checkpoint
+from models.checkpoints import load_checkpoint
 from core.common import PROJECT_ROOT, UserError
 from data.readers import load_split
 from tests.scripts import make_synthetic_set, run_main

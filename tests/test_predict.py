@@ -27,7 +27,8 @@ from uploads.records import load_predictions
 from uploads.upload_files import read_freihand_zip, read_mp21_json_gz
 from uploads.writing import write_outputs
 from training.setup import training_stats
-from training.checkpoints import load_checkpoint, save_checkpoint
+from models.checkpoints import load_checkpoint
+from training.checkpoints import save_checkpoint
 from core.common import PROJECT_ROOT, UserError
 from data.joints import ORDERS, to_freihand
 from data.readers import load_split

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ensemble
-from training.checkpoints import load_checkpoint
+from models.checkpoints import load_checkpoint
 from core.common import UserError
 from data.pseudo import WeightedUnion, confident_rows, pseudo_split
 from data.readers import load_split

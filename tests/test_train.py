@@ -17,7 +17,8 @@ from training import recipes
 from training import runlog
 import train
 from training import trainer
-from training.checkpoints import build_model, load_checkpoint, save_checkpoint
+from models.checkpoints import build_model, load_checkpoint
+from training.checkpoints import save_checkpoint
 from core.common import PROJECT_ROOT, UserError
 from data.readers import load_split
 from training.config import resolve_config, resume_config

@@ -25,7 +25,8 @@ import models  # noqa: E402
 from training import recipes  # noqa: E402
 from data import resolve_or_generate_data_root  # noqa: E402
 from data.readers import load_split  # noqa: E402
-from prediction.inference import load_model, predict_batch, read_checkpoint  # noqa: E402
+from models.checkpoints import load_model, read_checkpoint  # noqa: E402
+from prediction.inference import predict_batch  # noqa: E402
 from prediction.onnx_backend import OnnxModel, export_graph, input_images, uvd_differences, within_tolerance  # noqa: E402
 
 BATCH = 16

@@ -14,7 +14,7 @@ from core.common import UserError
 from models.losses import split_weights
 from training import optimization
 from training import recipes
-from training.checkpoints import load_checkpoint
+from models.checkpoints import load_checkpoint
 from training.recipes import CONFIG_DEFAULTS
 from training.rundir import continue_command
 

@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.rendezvous import rendezvous
 
-from core.common import resolve_device
+from core.device import resolve_device
 
 
 def init_distributed(device_name):

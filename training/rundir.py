@@ -12,7 +12,7 @@ from pathlib import Path
 
 from core.common import RUNS_ROOT, UserError, check_writable, ensure_writable_folder, remove_stale_temps
 from training import runstate
-from training.checkpoints import load_checkpoint, newest_checkpoint
+from models.checkpoints import load_checkpoint, newest_checkpoint
 
 LOCK_FILE = ".lock"
 

@@ -1,0 +1,31 @@
+"""Where the work runs: the device a --device flag names, mixed precision on it, and waiting for its queued work."""
+import contextlib
+
+import torch
+
+from core.common import UserError
+
+
+def resolve_device(name):
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is visible to PyTorch; use --device cpu or auto")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise UserError(f"--device {name!r}: choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+def autocast(device, amp):
+    """Mixed precision on CUDA (bf16 where supported, else fp16); full precision elsewhere."""
+    if amp and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def synchronizer(device):
+    """A call that waits for ``device``'s queued work (CUDA), or does nothing (CPU): read clocks after it."""
+    device = torch.device(device)
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
