@@ -29,214 +29,21 @@ member and of the blend.
 Default PREFIX: submissions/<NAME>_<split>; default NAME: ensemble_<hash of the member paths>.
 """
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import minimize
 
-from core.common import SUBMISSIONS_ROOT, UserError, atomic_write, cli, progress, shown
-from core.geometry import ROOT_JOINT
+from core.common import SUBMISSIONS_ROOT, UserError, atomic_write, cli, shown
 from core.pictures import save_pictures
-from data import existing_data_root, resolve_or_generate_data_root
-from data.joints import detect_order
-from data.readers import detect_layout, load_all_training, load_split
-from scoring import metrics
-from scoring.report import labels_for, report_scores, rows_of
-from uploads.joint_checks import check_joint_order
+from prediction.ensembling import (blended_record, check_joint_orders, check_same_images, default_members,
+                                   default_name, fit_weights, normalised, target_split, val_error, validation_set)
+from scoring.report import report_scores
+from training.rundir import validation_files
 from uploads.kinds import MP21_ORDER
 from uploads.naming import output_prefix, resolve_format
 from uploads.records import load_predictions
 from uploads.writing import write_outputs, written_line
-
-
-# --- members ------------------------------------------------------------------------------------------------
-
-def check_same_images(records, paths):
-    """Every record covers the first one's split with the same ids in the same order; else one line naming the
-    two files and the difference."""
-    first, first_path = records[0], paths[0]
-    for record, path in zip(records[1:], paths[1:]):
-        pair = f"{first_path} and {path}"
-        if record["split"] != first["split"]:
-            raise UserError(f"{pair} predict different splits ({first['split']!r} vs {record['split']!r}); "
-                            f"ensemble predictions of one split")
-        if len(record["ids"]) != len(first["ids"]):
-            raise UserError(f"{pair} hold different numbers of predictions ({len(first['ids'])} vs "
-                            f"{len(record['ids'])}); predict the whole split with each model")
-        if not np.array_equal(record["ids"], first["ids"]):
-            row = int(np.flatnonzero(record["ids"] != first["ids"])[0])
-            raise UserError(f"{pair} differ in image ids from row {row} (id {first['ids'][row]} vs "
-                            f"{record['ids'][row]}); they were made on different data")
-
-
-def check_joint_orders(records, paths):
-    """Every member holds FreiHAND order, as predict.py writes it (recognised from the bones, ``detect_order``); else
-    one line naming the two files in different orders, or the one in another order."""
-    found = [(detect_order(record["xyz"])[0], path) for record, path in zip(records, paths)]
-    known = [(order, path) for order, path in found if order is not None]
-    for (first, first_path), (order, path) in zip(known, known[1:]):
-        if order != first:
-            raise UserError(f"{first_path} and {path} hold joints in different orders ({first} vs {order}, "
-                            f"recognised from their bones); members must be prediction files of predict.py, all in "
-                            f"FreiHAND order")
-    for record, path in zip(records, paths):
-        check_joint_order(record["xyz"], "freihand", str(path),
-                          "members must be prediction files of predict.py, which hold FreiHAND order")
-
-
-def blend(xyz_stack, weights):
-    """Weighted mean (N, 21, 3) of member predictions (M, N, 21, 3) with weights (M,) summing to 1."""
-    return np.tensordot(np.asarray(weights, np.float64), xyz_stack, axes=1)
-
-
-def member_spread_mm(xyz_stack, weights):
-    """(N,) how far the members disagree: the weighted RMS distance (mm) of each member's root-relative joints
-    (M, N, 21, 3) from the blend's, over members and joints (data/pseudo.py ranks pseudo-labels by it)."""
-    relative = xyz_stack - xyz_stack[:, :, ROOT_JOINT:ROOT_JOINT + 1]
-    squared = ((relative - blend(relative, weights)) ** 2).sum(-1).mean(-1)          # (M, N)
-    return np.sqrt(np.tensordot(np.asarray(weights, np.float64), squared, axes=1)) * 1000.0
-
-
-def normalised(weights, count):
-    weights = np.asarray(weights, np.float64)
-    if len(weights) != count:
-        raise UserError(f"--weights: {len(weights)} weights for {count} members; give one per member")
-    if (weights < 0).any() or not np.isfinite(weights).all() or weights.sum() <= 0:
-        raise UserError(f"--weights {' '.join(f'{w:g}' for w in weights)}: weights must be non-negative and "
-                        f"not all zero")
-    return weights / weights.sum()
-
-
-# --- fitting weights on validation --------------------------------------------------------------------------
-
-def validation_files(record, path, explicit=None):
-    """The validation predictions of a member: ``explicit``, else the val_pred.npz of the run it records, or,
-    for a run of a K-fold set, the val_pred.npz of all K runs of that set (its out-of-fold predictions)."""
-    if explicit is not None:
-        return [Path(explicit)]
-    run_dir = record.get("run_dir")
-    if not run_dir:
-        raise UserError(f"--fit-weights: {path} records no run folder; pass --val-preds (one file per member) "
-                        f"or --weights")
-    files = [Path(run) / "val_pred.npz" for run in fold_set(Path(run_dir))]
-    for candidate in files:
-        if not candidate.is_file():
-            raise UserError(f"--fit-weights: {candidate} (validation predictions for {path}) does not exist; "
-                            f"pass --val-preds or --weights")
-    return files
-
-
-RUN_ONLY_KEYS = ("fold", "device", "workers", "checkpoint_minutes", "cache")  # config keys that may differ
-# between the runs of one fold set
-
-
-def fold_set(run_dir):
-    """The run folders of the K-fold set ``run_dir`` belongs to (runs beside it whose configs differ only in
-    RUN_ONLY_KEYS), in fold order, ``run_dir`` itself for its own fold; just ``run_dir`` for a hold-out run (or a
-    folder without a config.json). An incomplete set, or a fold trained twice, is a UserError."""
-    def family(folder):
-        config = json.loads((folder / "config.json").read_text())
-        return config, {k: v for k, v in config.items() if k not in RUN_ONLY_KEYS}
-
-    if not (run_dir / "config.json").is_file() or not family(run_dir)[0].get("folds"):
-        return [run_dir]
-    config, key = family(run_dir)
-    by_fold = {config["fold"]: [run_dir]}
-    for folder in sorted(run_dir.parent.glob("*/config.json")):
-        other, other_key = family(folder.parent)
-        if other_key == key and other["fold"] != config["fold"]:
-            by_fold.setdefault(other["fold"], []).append(folder.parent)
-    missing = [fold for fold in range(config["folds"]) if fold not in by_fold]
-    if missing:
-        raise UserError(f"--fit-weights: the {config['folds']}-fold set of {run_dir} lacks fold(s) "
-                        f"{', '.join(map(str, missing))}; train them (python train.py --recipe {config['recipe']} "
-                        f"--folds {config['folds']} --fold {missing[0]} ...) or pass --val-preds")
-    twice = [runs for runs in by_fold.values() if len(runs) > 1]
-    if twice:
-        raise UserError(f"--fit-weights: fold set of {run_dir}: {' and '.join(map(str, twice[0]))} train the same "
-                        f"fold; move one out of {run_dir.parent} or pass --val-preds")
-    return [by_fold[fold][0] for fold in range(config["folds"])]
-
-
-def concatenated_predictions(files):
-    """One prediction record from several validation files of one member (its fold set)."""
-    parts = [load_predictions(f) for f in files]
-    for part, file in zip(parts, files):
-        if part["split"] != "val":
-            raise UserError(f"--fit-weights: {file} predicts split {part['split']!r}, not 'val'")
-    ids = np.concatenate([p["ids"] for p in parts])
-    if len(np.unique(ids)) != len(ids):
-        raise UserError(f"--fit-weights: {', '.join(map(str, files))} predict some image twice; a fold set's "
-                        f"validation images are disjoint")
-    return {**parts[0], "xyz": np.concatenate([p["xyz"] for p in parts]), "ids": ids}
-
-
-def validation_set(records, paths, val_paths, data_root):
-    """(member predictions (M, V, 21, 3), ground truth (V, 21, 3), files) over the validation ids all members
-    share. A member trained in K folds contributes the out-of-fold predictions of its whole fold set."""
-    file_sets = [validation_files(r, p, v) for r, p, v in zip(records, paths, val_paths or [None] * len(records))]
-    members = [concatenated_predictions(files) for files in file_sets]
-    files = [files[0] for files in file_sets]  # the first of a fold set names it in messages
-    check_joint_orders(members, files)
-    common = members[0]["ids"]
-    for member in members[1:]:
-        common = np.intersect1d(common, member["ids"])
-    if len(common) == 0:
-        raise UserError(f"--fit-weights: {', '.join(map(str, files))} share no validation image")
-    root = resolve_or_generate_data_root(data_root or records[0].get("data_root") or None)
-    labelled = load_all_training(root) if detect_layout(root) == "freihand" else load_split(root, "val")
-    if not labelled.labelled:
-        raise UserError(f"--fit-weights: the val split of {root} has no labels")
-    stack = np.stack([member["xyz"][rows_of(member["ids"], common)[0]] for member in members])
-    return stack, labels_for(labelled, common, "validation predictions"), [f for fs in file_sets for f in fs]
-
-
-def val_error(xyz_stack, gt, weights):
-    """Mean PA-MPJPE (mm) of the blend on validation."""
-    return float(metrics.pa_mpjpe(blend(xyz_stack, weights), gt).mean() * 1000.0)
-
-
-def softmax(logits):
-    e = np.exp(logits - logits.max())
-    return e / e.sum()
-
-
-def fit_weights(xyz_stack, gt):
-    """Non-negative weights (M,) summing to 1 with the lowest validation PA-MPJPE found: Nelder-Mead on softmax
-    logits from equal weights, compared with equal weights and each single member (deterministic)."""
-    count = len(xyz_stack)
-    with progress(desc=f"fitting weights on {len(gt)} validation predictions", unit="trial") as bar:
-        def error_of(logits):
-            bar.update()
-            return val_error(xyz_stack, gt, softmax(logits))
-        result = minimize(error_of, np.zeros(count), method="Nelder-Mead",
-                          options={"xatol": 1e-4, "fatol": 1e-6, "maxiter": 200 * count})
-    candidates = [np.full(count, 1.0 / count), softmax(result.x), *np.eye(count)]
-    errors = [val_error(xyz_stack, gt, w) for w in candidates]
-    return candidates[int(np.argmin(errors))]
-
-
-# --- the command line ----------------------------------------------------------------------------------------
-
-def default_members(folder=SUBMISSIONS_ROOT):
-    """The newest predict.py output (.npz) of each run in ``folder``, for the dataset and split of the newest
-    such file."""
-    newest_first = sorted(folder.glob("*.npz"), key=lambda path: path.stat().st_mtime, reverse=True)
-    by_run, images = {}, None
-    for path in newest_first:
-        record = load_predictions(path)
-        if not record.get("run_dir"):  # an ensemble's own output
-            continue
-        images = images or (record.get("data_root"), record["split"])
-        if (record.get("data_root"), record["split"]) == images:
-            by_run.setdefault(record["run_dir"], path)
-    if len(by_run) < 2:
-        raise UserError(f"{folder} holds predictions of {len(by_run)} run(s); an ensemble needs two: predict with "
-                        f"another run (`python predict.py --ckpt runs/NAME/best.pt`) or name the members: "
-                        f"python ensemble.py A.npz B.npz")
-    return sorted(by_run.values())
 
 
 def parse_args(argv=None):
@@ -270,23 +77,15 @@ def check_options(args):
         raise UserError(f"--viz {args.viz}: must be at least 0")
 
 
-def target_split(records, data_root):
-    """The members' split, read from --data-root or else from the data root they record; None when that holds
-    no dataset any more (then nothing is scored or drawn)."""
-    if data_root is None:
-        data_root = records[0].get("data_root")
-        if not data_root or detect_layout(data_root) is None:
-            return None
-    return load_split(existing_data_root(data_root), records[0]["split"])
-
-
 def choose_weights(args, records, paths):
     """{'weights': [...], 'weights_source': given | fitted | equal, and 'validation' scores when fitted}."""
     if args.weights:
         return {"weights": normalised(args.weights, len(paths)).tolist(), "weights_source": "given"}
     if not args.fit_weights:
         return {"weights": [1.0 / len(paths)] * len(paths), "weights_source": "equal"}
-    stack, gt, files = validation_set(records, paths, args.val_preds, args.data_root)
+    val_paths = args.val_preds or [None] * len(records)
+    file_sets = [validation_files(r, p, v) for r, p, v in zip(records, paths, val_paths)]
+    stack, gt, files = validation_set(records, file_sets, args.data_root)
     weights = fit_weights(stack, gt)
     validation = {"files": [str(f) for f in files], "n": len(gt),
                   "members_pa_mpjpe_mm": [val_error(stack, gt, one) for one in np.eye(len(paths))],
@@ -294,23 +93,6 @@ def choose_weights(args, records, paths):
     print(f"weights fitted on {len(gt)} validation images: blend {validation['blend_pa_mpjpe_mm']:.2f} mm "
           f"PA-MPJPE, members {', '.join(f'{e:.2f}' for e in validation['members_pa_mpjpe_mm'])} mm")
     return {"weights": weights.tolist(), "weights_source": "fitted", "validation": validation}
-
-
-def default_name(paths):
-    digest = hashlib.sha1("\n".join(str(Path(p).resolve()) for p in paths).encode()).hexdigest()[:8]
-    return f"ensemble_{digest}"
-
-
-def blended_record(records, report, layout, split):
-    """The ensemble's prediction record: the blend, the members' ids and split, members and weights."""
-    weights, stack = np.asarray(report["weights"]), np.stack([r["xyz"] for r in records])
-    record = {"xyz": blend(stack, weights), "ids": records[0]["ids"], "spread_mm": member_spread_mm(stack, weights),
-              "split": records[0]["split"], "layout": layout or "", "arch": "ensemble",
-              "data_root": str(split.root.resolve()) if split is not None else records[0].get("data_root", ""),
-              "members": report["members"], "weights": weights}
-    if all("constant_shape_m" in r for r in records):  # the members' yardstick hands, one shape
-        record["constant_shape_m"] = metrics.generalized_procrustes_mean([r["constant_shape_m"] for r in records])
-    return record
 
 
 @cli

@@ -4,8 +4,9 @@ predicted joints as their labels.
 The split is read without its labels (``load_split(..., labels=False)``: its *_xyz.json is never opened), and
 the predictions become its labels. ``pseudo_keep`` < 1 keeps the share of images whose prediction is surest:
 those on which an ensemble's members agree best (``spread_mm``, written by ensemble.py: the RMS distance of the
-members' root-relative joints from the blend's), since members that differ in seed and architecture rarely make
-the same mistake. ``WeightedUnion`` joins them to the training set, each sample carrying its loss weight.
+members' root-relative joints from the blend's, ``prediction.ensembling.member_spread_mm``), since members that
+differ in seed and architecture rarely make the same mistake. ``WeightedUnion`` joins them to the training set,
+each sample carrying its loss weight.
 """
 from dataclasses import replace
 

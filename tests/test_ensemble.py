@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import ensemble
+from prediction import ensembling
 from scoring import metrics
 import predict
 from uploads.check import check_file
@@ -75,7 +76,7 @@ def test_equal_weights_score_better_than_the_mean_of_the_members():
     gt = np.random.default_rng(0).normal(0, 0.03, (300, 21, 3)) + [0, 0, 0.6]
     members = np.stack([noisy(gt, 0.005, 1), noisy(gt, 0.005, 2)])
     member_errors = [pa_mpjpe_mm(m, gt) for m in members]
-    blended = pa_mpjpe_mm(ensemble.blend(members, [0.5, 0.5]), gt)
+    blended = pa_mpjpe_mm(ensembling.blend(members, [0.5, 0.5]), gt)
     assert blended < min(member_errors)
     assert blended < 0.8 * np.mean(member_errors)
 
@@ -184,11 +185,11 @@ def test_an_incomplete_fold_set_is_one_line_naming_the_missing_fold(tmp_path, ca
 def test_fitting_is_deterministic_and_never_worse_than_the_best_member():
     gt = np.random.default_rng(3).normal(0, 0.03, (40, 21, 3)) + [0, 0, 0.6]
     stack = np.stack([noisy(gt, 0.004, 4), noisy(gt, 0.02, 5), noisy(gt, 0.03, 6)])
-    weights = ensemble.fit_weights(stack, gt)
-    np.testing.assert_array_equal(weights, ensemble.fit_weights(stack, gt))
+    weights = ensembling.fit_weights(stack, gt)
+    np.testing.assert_array_equal(weights, ensembling.fit_weights(stack, gt))
     assert (weights >= 0).all() and weights.sum() == pytest.approx(1.0)
-    best_member = min(ensemble.val_error(stack, gt, one) for one in np.eye(3))
-    assert ensemble.val_error(stack, gt, weights) <= best_member
+    best_member = min(ensembling.val_error(stack, gt, one) for one in np.eye(3))
+    assert ensembling.val_error(stack, gt, weights) <= best_member
 
 
 def test_members_whose_data_is_gone_still_make_an_upload(evaluation_members, tmp_path, capsys):
@@ -220,12 +221,12 @@ def test_without_members_the_newest_prediction_of_each_run_in_submissions_is_use
     member("c_val", "runs/c", "val", 30)                   # another split
     member("d_other", "runs/d", "evaluation", 40, data_root="/another/dataset")   # another dataset, same ids
     member("ensemble_x", "", "evaluation", 5)              # an ensemble's output records no run
-    assert ensemble.default_members(tmp_path) == sorted([newest_a, newest_b])
+    assert ensembling.default_members(tmp_path) == sorted([newest_a, newest_b])
 
     for path in (newest_b, tmp_path / "a_tta1.npz"):
         path.unlink()
     with pytest.raises(UserError, match=r"predictions of 1 run\(s\); an ensemble needs two"):
-        ensemble.default_members(tmp_path)
+        ensembling.default_members(tmp_path)
 
 
 # --- errors -----------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from core import common
-import ensemble
+from prediction import ensembling
 from prediction import inference
 from data.cache import CachedHandDataset
 from data.readers import load_split
@@ -57,5 +57,5 @@ def test_prediction_and_validation_show_progress(every_update, capsys):
 def test_fitting_ensemble_weights_shows_progress(every_update, capsys):
     rng = np.random.default_rng(0)
     gt = rng.normal(size=(40, 21, 3))
-    ensemble.fit_weights(np.stack([gt + rng.normal(size=gt.shape) * s for s in (0.1, 0.3)]), gt)
+    ensembling.fit_weights(np.stack([gt + rng.normal(size=gt.shape) * s for s in (0.1, 0.3)]), gt)
     assert "trial" in plain_lines(capsys, "fitting weights on 40 validation predictions: ")[-1]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import ensemble
+from prediction import ensembling
 from models.checkpoints import load_checkpoint
 from core.common import UserError
 from data.pseudo import WeightedUnion, confident_rows, pseudo_split
@@ -93,11 +93,11 @@ def test_the_surest_share_is_kept_and_needs_an_agreement_to_rank_by(data_root, t
 def test_an_ensembles_spread_is_its_members_disagreement():
     rng = np.random.default_rng(0)
     hand = rng.normal(size=(4, 21, 3)) * 0.05
-    same = ensemble.member_spread_mm(np.stack([hand, hand + 0.3]), np.array([0.5, 0.5]))  # a shift: no disagreement
+    same = ensembling.member_spread_mm(np.stack([hand, hand + 0.3]), np.array([0.5, 0.5]))  # a shift: no disagreement
     np.testing.assert_allclose(same, 0.0, atol=1e-9)
     moved = hand.copy()
     moved[:, 4] += [0.0, 0.0, 0.021]                                # one fingertip 21 mm off in one member
-    spread = ensemble.member_spread_mm(np.stack([hand, moved]), np.array([0.5, 0.5]))
+    spread = ensembling.member_spread_mm(np.stack([hand, moved]), np.array([0.5, 0.5]))
     np.testing.assert_allclose(spread, np.sqrt(0.5 * 10.5 ** 2 * 2 / 21), rtol=1e-9)
 
 

@@ -1,5 +1,5 @@
-"""The run folder: its name, the run to --resume, its lock while a process trains in it, and the words that say what
-its last.pt holds and the command that continues it.
+"""The run folder: its name, the run to --resume, its lock while a process trains in it, the words that say what
+its last.pt holds and the command that continues it, and the K-fold set of runs it belongs to.
 
 A run folder holds config.json (resolved), log.csv, curves.png, last.pt, best.pt, val_pred.npz, topk.pt (with
 average_top_k), the TensorBoard event files (events.out.tfevents.*), summary.json at the end, and .lock.
@@ -112,3 +112,54 @@ def last_pt_holds(path, epochs_done, config, world_size, position=None):
         return f"{path} holds epoch {epochs_done} of {config['epochs']}; continue with: {command}"
     return (f"{path} holds {position.describe(config['accumulate'])} of {config['epochs']} (weights, EMA, optimiser, "
             f"schedule, scaler, random streams and the place in the epoch's order); continue with: {command}")
+
+
+# --- a K-fold set of runs ---------------------------------------------------------------------------------------
+
+def validation_files(record, path, explicit=None):
+    """The validation predictions of a member: ``explicit``, else the val_pred.npz of the run it records, or,
+    for a run of a K-fold set, the val_pred.npz of all K runs of that set (its out-of-fold predictions)."""
+    if explicit is not None:
+        return [Path(explicit)]
+    run_dir = record.get("run_dir")
+    if not run_dir:
+        raise UserError(f"--fit-weights: {path} records no run folder; pass --val-preds (one file per member) "
+                        f"or --weights")
+    files = [Path(run) / "val_pred.npz" for run in fold_set(Path(run_dir))]
+    for candidate in files:
+        if not candidate.is_file():
+            raise UserError(f"--fit-weights: {candidate} (validation predictions for {path}) does not exist; "
+                            f"pass --val-preds or --weights")
+    return files
+
+
+RUN_ONLY_KEYS = ("fold", "device", "workers", "checkpoint_minutes", "cache")  # config keys that may differ
+# between the runs of one fold set
+
+
+def fold_set(run_dir):
+    """The run folders of the K-fold set ``run_dir`` belongs to (runs beside it whose configs differ only in
+    RUN_ONLY_KEYS), in fold order, ``run_dir`` itself for its own fold; just ``run_dir`` for a hold-out run (or a
+    folder without a config.json). An incomplete set, or a fold trained twice, is a UserError."""
+    def family(folder):
+        config = json.loads((folder / "config.json").read_text())
+        return config, {k: v for k, v in config.items() if k not in RUN_ONLY_KEYS}
+
+    if not (run_dir / "config.json").is_file() or not family(run_dir)[0].get("folds"):
+        return [run_dir]
+    config, key = family(run_dir)
+    by_fold = {config["fold"]: [run_dir]}
+    for folder in sorted(run_dir.parent.glob("*/config.json")):
+        other, other_key = family(folder.parent)
+        if other_key == key and other["fold"] != config["fold"]:
+            by_fold.setdefault(other["fold"], []).append(folder.parent)
+    missing = [fold for fold in range(config["folds"]) if fold not in by_fold]
+    if missing:
+        raise UserError(f"--fit-weights: the {config['folds']}-fold set of {run_dir} lacks fold(s) "
+                        f"{', '.join(map(str, missing))}; train them (python train.py --recipe {config['recipe']} "
+                        f"--folds {config['folds']} --fold {missing[0]} ...) or pass --val-preds")
+    twice = [runs for runs in by_fold.values() if len(runs) > 1]
+    if twice:
+        raise UserError(f"--fit-weights: fold set of {run_dir}: {' and '.join(map(str, twice[0]))} train the same "
+                        f"fold; move one out of {run_dir.parent} or pass --val-preds")
+    return [by_fold[fold][0] for fold in range(config["folds"])]
