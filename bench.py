@@ -34,13 +34,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-import augment
 import models
 from training import recipes
 from core.common import (CACHE_ROOT, UserError, atomic_write, check_minimums, check_writable, cli, median_seconds,
                          usable_cores)
 from core.device import resolve_device, synchronizer
-from data import resolve_or_generate_data_root
+from data import augment, resolve_or_generate_data_root
 from data.cache import make_dataset
 from data.loader import make_loader, to_device
 from data.readers import load_split

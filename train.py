@@ -12,9 +12,9 @@ The trainer itself is the training/ package (config, setup, trainer, checkpoints
 """
 import argparse
 
-import augment
 import models
 from core.common import RUNS_ROOT, cli
+from data import augment
 from training import recipes
 from training import runlog
 from training.trainer import run

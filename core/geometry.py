@@ -17,8 +17,11 @@ return the same kind; leading batch dimensions broadcast.
 """
 import math
 
+import kornia
 import numpy as np
 import torch
+
+from core.common import unit_float
 
 NUM_JOINTS = 21
 ROOT_JOINT = 9  # middle-finger MCP: central, so every root-relative depth of a hand stays well inside the range
@@ -245,3 +248,15 @@ def heatmap_bin_centres(num_bins, size, device=None):
 def depth_bin_centres(num_bins, device=None):
     """Normalised depth d (num_bins,) of each bin centre of a depth heatmap spanning d in [-1, 1]."""
     return (torch.arange(num_bins, dtype=torch.float32, device=device) + 0.5) * (2.0 / num_bins) - 1.0
+
+
+def warp_images(images, affines, size=None, mode="bilinear"):
+    """(B, C, H, W) images through (B, 2, 3) source->destination pixel affines -> (B, C, size, size) float.
+
+    The one place images are warped (training augmentation, TTA). Integer pixel centres on both sides
+    (align_corners=True), zeros outside the source. uint8 input is scaled to [0, 1].
+    """
+    images = unit_float(images)
+    dsize = (images.shape[-2], images.shape[-1]) if size is None else (size, size)
+    return kornia.geometry.transform.warp_affine(images, affines.to(images), dsize, mode=mode,
+                                                 padding_mode="zeros", align_corners=True)

@@ -270,7 +270,7 @@ def term_weight(name, weight, options, progress):
 
 
 def loss_target(batch, size):
-    """The loss's view of an augmented batch (``augment.Augmenter``'s output) at input size ``size``."""
+    """The loss's view of an augmented batch (``data.augment.Augmenter``'s output) at input size ``size``."""
     target = {"uvd": batch["uvd"], "visible": batch["visible"], "K": batch["K"],
               "root_depth": batch["xyz"][:, ROOT_JOINT, 2], "size": size}
     if "weight" in batch:  # pseudo-labelled samples weigh pseudo_weight, the labelled 1

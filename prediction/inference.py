@@ -12,10 +12,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from augment import parse_augs, resolve_options, warp_images
 from core import geometry
 from core.common import UserError, progress, shown, unit_float
 from core.device import autocast
+from core.geometry import warp_images
+from data.augment import parse_augs, resolve_options
 from core.geometry import BONES
 from data.joints import REFERENCE_BONES_MM, bone_lengths
 from data.loader import to_device

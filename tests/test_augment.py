@@ -6,9 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-import augment
+import augment as augment_script
 from core import geometry
 from core.common import PROJECT_ROOT, UserError
+from data import augment
 from data.dataset import HandDataset
 from data.readers import load_split
 from tests.markers import label_errors, write_marker_dataset
@@ -38,7 +39,7 @@ def run_preview(root, out, augs, seed=0, n=8, extra=(), subprocess_cli=False):
                               text=True, timeout=120)
         assert done.returncode == 0, done.stderr
     else:
-        augment.main(args)
+        augment_script.main(args)
     assert (out / "preview.png").is_file()
     return dict(np.load(out / "preview.npz"))
 
@@ -123,7 +124,7 @@ def test_api_geometry_keeps_labels_on_marks_and_moves_K(batch):
 def test_warp_images_is_the_codec_convention(batch):
     angle = torch.tensor([30.0, -75.0, 140.0])
     affine = geometry.rotation_affine(angle, SIZE, 1.1, torch.tensor([[3.0, -2.0]]))
-    warped = augment.warp_images(batch["image"][:3], affine)
+    warped = geometry.warp_images(batch["image"][:3], affine)
     images = (warped * 255).round().byte().permute(0, 2, 3, 1).numpy()
     assert_on_marks(images, geometry.apply_affine(affine, batch["uvd"][:3, :, :2]).numpy(), min_joints=20)
 
@@ -232,13 +233,6 @@ def test_cli_prints_one_line_errors(markers, tmp_path):
                           text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "unknown augmentation 'spin'" in done.stderr and "Traceback" not in done.stderr
-
-
-def test_bench_prints_a_rate_per_augmentation(capsys):
-    augment.main(["--bench", "--img-size", "48", "--batch-size", "2", "--iters", "1", "--device", "cpu"])
-    lines = capsys.readouterr().out.splitlines()
-    for name in augment.AUG_NAMES + ("full set",):
-        assert any(line.strip().startswith(name) and line.endswith("images/s") for line in lines), name
 
 
 def test_shape_rasterisers_match_matplotlib():

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-import augment
+from data import augment
 from prediction import inference
 import models
 from training import recipes

@@ -153,11 +153,10 @@ def test_bad_training_value_fails_before_anything_is_written(args, fragment, tmp
 
 @pytest.mark.parametrize("main, args, fragment", [
     (augment.main, ["--preview", "--img-size", "0", "--out", "X"], "--img-size 0"),
-    (augment.main, ["--bench", "--threads", "-1"], "--threads -1"),
     (bench.main, ["--threads", "-1", "--archs", "none"], "--threads -1"),
     (bench.main, ["--max-images", "-1", "--archs", "none"], "--max-images -1"),
     (predict.main, ["--tta-range", "0"], "--tta-range 0"),
-], ids=["augment_img_size_zero", "augment_threads_negative", "bench_threads_negative", "bench_max_images_negative",
+], ids=["augment_img_size_zero", "bench_threads_negative", "bench_max_images_negative",
         "predict_tta_range_zero"])
 def test_bad_script_number_is_one_line(main, args, fragment, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 
 
-import augment
 import models
 from core.common import UserError
+from data import augment
 from models.losses import split_weights
 from training import optimization
 from training import recipes

@@ -7,7 +7,7 @@ shape (seed 000: x0.1 at epochs 100 and 140 of 145).
 """
 import copy
 
-from augment import TRAIN_DEFAULT_AUGS
+from data.augment import TRAIN_DEFAULT_AUGS
 
 CONFIG_DEFAULTS = {
     "arch": "",

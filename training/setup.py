@@ -6,11 +6,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import augment
 import models
 from core import geometry
 from core.common import SYNTHETIC_ROOT, UserError, shown
-from data import resolve_or_generate_data_root
+from data import augment, resolve_or_generate_data_root
 from data.cache import make_dataset
 from data.loader import make_loader
 from data.pseudo import WeightedUnion, pseudo_split
