@@ -40,7 +40,7 @@ from core.common import (CACHE_ROOT, UserError, atomic_write, check_minimums, ch
                          usable_cores)
 from core.device import resolve_device, synchronizer
 from data import augment, resolve_or_generate_data_root
-from data.cache import make_dataset
+from data.dataset import make_dataset
 from data.loader import make_loader, to_device
 from data.readers import load_split
 from training.step import forward_loss, optimizer_step

@@ -71,7 +71,7 @@ from core.common import RUNS_ROOT, UserError, check_minimums, cli, shown
 from core.device import resolve_device
 from core.pictures import save_pictures
 from data import resolve_or_generate_data_root
-from data.cache import make_dataset
+from data.dataset import make_dataset
 from data.loader import make_loader
 from data.readers import detect_layout, load_split, submission_split
 from models.checkpoints import load_model, newest_checkpoint, read_checkpoint

@@ -1,42 +1,15 @@
 """The torch Dataset: images decoded and resized to the network input through the codec, labels moved with them.
 
-Two sources give the same samples: ``HandDataset`` decodes the JPEGs per sample; ``data.cache.CachedHandDataset``
-reads whole batches from the decoded uint8 cache. ``data.cache.make_dataset(split, size, cache)`` picks one.
+Two sources give the same samples: ``HandDataset`` decodes the JPEGs per sample (``data.decoding``);
+``CachedHandDataset`` reads whole batches from the decoded uint8 cache (``data.cache_store``).
+``make_dataset(split, size, cache)`` picks one.
 """
 import numpy as np
 import torch
-from PIL import Image
-
 from core import geometry
-from core.common import UserError
-
-
-def decode_image(path, size, mode="RGB"):
-    """Decode ``path`` and fit it into a size x size input (centred, zero-padded if not square).
-
-    Returns (pixels uint8 (size, size, 3) or (size, size) for mode 'L', affine (2, 3) original -> input).
-    """
-    try:
-        with Image.open(path) as image:
-            image = image.convert(mode)
-    except FileNotFoundError:
-        raise UserError(f"image {path} is missing; re-extract the dataset") from None
-    except OSError as err:  # PIL raises OSError subclasses for truncated or unreadable files
-        raise UserError(f"cannot decode image {path} ({err}); replace it with the file from the dataset "
-                        f"archive") from None
-    x0, y0, side = geometry.square_box(*image.size)
-    if image.size != (side, side):
-        canvas = Image.new(mode, (side, side))
-        canvas.paste(image, (-x0, -y0))
-        image = canvas
-    if side != size:
-        image = image.resize((size, size), Image.BILINEAR)  # antialiased; pixel areas map as in the codec
-    return np.asarray(image), geometry.crop_resize_affine((x0, y0, side), size)
-
-
-def decode_mask(path, size):
-    """A mask JPEG at the input size: (size, size) uint8 in {0, 1}."""
-    return (decode_image(path, size, mode="L")[0] >= 128).astype(np.uint8)
+from core.common import CACHE_ROOT
+from data.cache_store import open_cache
+from data.decoding import decode_image, decode_mask
 
 
 def input_labels(split, rows, affines):
@@ -86,3 +59,65 @@ class HandDataset(torch.utils.data.Dataset):
                 "mask": torch.from_numpy(mask),
                 "has_mask": torch.tensor(mask_path is not None),
                 **{key: value[0] for key, value in labels.items()}}
+
+
+# --- the cached Dataset and the factory -------------------------------------------------------------------
+
+def _empty(shape):
+    """An uninitialised uint8 tensor; inside a loader worker it is allocated in shared memory, so handing the
+    batch to the main process copies nothing (as torch's default_collate does)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+
+
+class CachedHandDataset(torch.utils.data.Dataset):
+    """HandDataset's samples, read from the decoded cache a batch at a time.
+
+    ``__getitems__(indices)`` returns the batch dict directly (make_loader passes it through): one sorted
+    fancy-index into the memory map per array, labels precomputed once for the split with the codec. The
+    batch's ``image`` (B, 3, S, S) uint8 is a channels_last view of the cached (B, S, S, 3) rows (no CPU
+    transpose); other keys, shapes and dtypes as HandDataset documents, batched.
+    """
+    batched = True
+
+    def __init__(self, split, img_size, cache_root=None, workers=None, announce=print):
+        self.split, self.size = split, int(img_size)
+        self.cache = open_cache(split, self.size, cache_root or CACHE_ROOT, workers, announce)
+        self.labels = {"has_mask": torch.from_numpy(self.cache.mask_rows >= 0),     # (N, ...) tensors
+                       **input_labels(split, np.arange(len(split)), self.cache.affines)}
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, i):
+        return {key: value[0] for key, value in self.__getitems__([i]).items()}
+
+    def __getitems__(self, indices):
+        rows = np.asarray(indices, dtype=np.int64)                     # (B,)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"indices out of range for {len(self)} samples")
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]                                          # ascending: one sequential pass
+        b, s = len(rows), self.size
+        image = _empty((b, s, s, 3))
+        image.numpy()[order] = self.cache.images[ordered]              # (B, S, S, 3) in the requested order
+        mask = _empty((b, s, s))
+        mask_rows = self.cache.mask_rows[ordered]
+        have = mask_rows >= 0
+        mask.numpy()[order[~have]] = 0                                 # numpy copies: no thread-pool wake-ups
+        if have.any():
+            mask.numpy()[order[have]] = self.cache.masks[mask_rows[have]]
+        picked = torch.from_numpy(rows)
+        return {"image": image.permute(0, 3, 1, 2), "mask": mask,
+                **{key: value[picked] for key, value in self.labels.items()}}
+
+
+def make_dataset(split, img_size, cache=False, announce=print, cache_root=None):
+    """The Dataset of ``split`` at ``img_size``: from the decoded uint8 cache (built on first use, see
+    ``data.cache_store``) when ``cache``, else decoding the JPEGs per sample. Both give the samples documented in
+    ``HandDataset``; the cached one serves whole batches (``__getitems__``)."""
+    if not cache:
+        return HandDataset(split, img_size)
+    return CachedHandDataset(split, img_size, announce=announce, cache_root=cache_root)

@@ -1,7 +1,7 @@
 """DataLoaders over the hand datasets: uint8 batches, shuffled per epoch by (seed, epoch), sharded under DDP, and
 able to start an epoch part-way (a run resumed mid-epoch).
 
-A batched dataset (``batched = True``: ``data.cache.CachedHandDataset``) fetches a whole batch in
+A batched dataset (``batched = True``: ``data.dataset.CachedHandDataset``) fetches a whole batch in
 ``__getitems__``; its batch dict is passed through, not collated sample by sample.
 """
 import itertools

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from core.common import UserError, atomic_write, file_sha256, usable_cores
-from data.cache import make_dataset
+from data.dataset import make_dataset
 from core.geometry import DEPTH_RANGE_M
 
 OPSET = 18

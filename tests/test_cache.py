@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 
 from core.common import PROJECT_ROOT, UserError
-from data import cache as cache_module
-from data.cache import MANIFEST, CachedHandDataset, cache_folder, open_cache
-from data.cache import make_dataset
-from data.dataset import HandDataset
+from data import cache_files, cache_store, caches
+from data.cache_files import MANIFEST, cache_folder
+from data.cache_store import open_cache
+from data.dataset import CachedHandDataset, HandDataset, make_dataset
 from data.loader import make_loader
 from data.readers import load_split
 from tests.markers import write_marker_dataset
@@ -161,7 +161,7 @@ def test_changed_cache_file_is_rebuilt_not_read(fresh, name, damage, reason):
     dataset = open_dataset(root, cache_root, lines)
     assert len(lines) == 2 and reason in lines[1] and "rebuilding" in lines[1], lines
     assert_matches_jpegs(load_split(root, "train"), dataset)
-    assert cache_module.stale_reason(dataset.cache.folder, cache_module.dataset_digest(dataset.split, SIZE),
+    assert cache_files.stale_reason(dataset.cache.folder, cache_files.dataset_digest(dataset.split, SIZE),
                                      len(dataset)) is None
 
 
@@ -175,7 +175,7 @@ def test_killed_build_leaves_nothing_read_as_complete(fresh):
     script = f"""
 import sys, time
 sys.path.insert(0, {str(PROJECT_ROOT)!r})
-import data.cache as c
+import data.cache_store as c
 from data.readers import load_split
 decode = c._decode_chunk
 def stall_after_first_chunk(task):
@@ -219,12 +219,12 @@ def test_corrupt_jpeg_in_a_build_worker_is_one_clear_line(fresh):
     root, cache_root, lines = fresh
     path = root / "training/rgb/00000009.jpg"
     path.write_bytes(path.read_bytes()[:300])
-    cache_module.CHUNK, chunk = 2, cache_module.CHUNK  # several tasks, so the bad image meets a worker
+    cache_store.CHUNK, chunk = 2, cache_store.CHUNK  # several tasks, so the bad image meets a worker
     try:
         with pytest.raises(UserError) as info:
             open_dataset(root, cache_root, lines, workers=2)
     finally:
-        cache_module.CHUNK = chunk
+        cache_store.CHUNK = chunk
     message = str(info.value)
     assert "00000009.jpg" in message and "cannot decode" in message and "\n" not in message
     assert info.value.__cause__ is None and info.value.__suppress_context__
@@ -236,9 +236,9 @@ def test_cli_prints_a_build_error_as_one_line(fresh):
     root, cache_root, _ = fresh
     path = root / "training/rgb/00000004.jpg"
     path.write_bytes(path.read_bytes()[:300])
-    code = ("import sys; from core.common import cli; from data.readers import load_split; from data.cache import "
-            f"open_cache\ncli(lambda: open_cache(load_split({str(root)!r}, 'train'), 64, {str(cache_root)!r}, "
-            "workers=2))()")
+    code = ("import sys; from core.common import cli; from data.readers import load_split; "
+            "from data.cache_store import open_cache\n"
+            f"cli(lambda: open_cache(load_split({str(root)!r}, 'train'), 64, {str(cache_root)!r}, workers=2))()")
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert result.returncode == 2
     error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -266,19 +266,19 @@ def test_a_build_announces_what_it_takes(fresh):
     lines = []
     for split in ("train", "evaluation"):
         CachedHandDataset(load_split(root, split), SIZE, cache_root=cache_root, workers=1, announce=lines.append)
-    need = cache_module.needed_bytes(load_split(root, "evaluation"), SIZE)
-    train_mb = cache_module.needed_bytes(load_split(root, "train"), SIZE) / 1e6
+    need = cache_store.needed_bytes(load_split(root, "evaluation"), SIZE)
+    train_mb = cache_store.needed_bytes(load_split(root, "train"), SIZE) / 1e6
     assert re.search(rf"\(64 px, {train_mb:.1f} MB of the [\d.]+ [GM]B free\)$", lines[0]), lines[0]
     assert re.search(r"; 1 other caches hold 0\.\d MB\)$", lines[2]), lines[2]
     assert lines[3].startswith("cache ") and " built in " in lines[3] and " MB on disk; " in lines[3]
-    assert "python -m data.cache --list" in lines[3]
+    assert "python -m data.caches --list" in lines[3]
     folder = cache_folder(load_split(root, "evaluation"), SIZE, cache_root)
     assert need >= sum((folder / name).stat().st_size for name in ("images.npy", "meta.npz")) > need - 3 * 4096
 
 
 def _no_room(monkeypatch, free):
     usage = shutil.disk_usage("/")
-    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: usage._replace(free=free))
+    monkeypatch.setattr(cache_store.shutil, "disk_usage", lambda path: usage._replace(free=free))
 
 
 @pytest.mark.parametrize("stale", [False, True], ids=["new", "stale_rebuild"])
@@ -292,22 +292,22 @@ def test_a_build_without_room_is_refused_in_one_line_leaving_nothing(fresh, monk
     with pytest.raises(UserError) as info:
         open_dataset(root, cache_root, lines)
     message = str(info.value)
-    assert "\n" not in message and f"needs {cache_module.needed_bytes(split, SIZE) / 1e6:.1f} MB" in message
-    assert "0.0 MB are free" in message and "python -m data.cache --list" in message and "cache=false" in message
+    assert "\n" not in message and f"needs {cache_store.needed_bytes(split, SIZE) / 1e6:.1f} MB" in message
+    assert "0.0 MB are free" in message and "python -m data.caches --list" in message and "cache=false" in message
     assert not cache_folder(split, SIZE, cache_root).exists()
 
 
 def test_a_full_disk_during_a_build_is_one_line_and_leaves_no_partial_cache(fresh, monkeypatch):
     root, cache_root, lines = fresh
-    real, written = cache_module._write_rows, []
+    real, written = cache_store._write_rows, []
 
     def fill_up(file, first_row, rows):
         if written:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), file[0])
         written.append(first_row)
         real(file, first_row, rows)
-    monkeypatch.setattr(cache_module, "_write_rows", fill_up)
-    monkeypatch.setattr(cache_module, "CHUNK", 2)
+    monkeypatch.setattr(cache_store, "_write_rows", fill_up)
+    monkeypatch.setattr(cache_store, "CHUNK", 2)
     with pytest.raises(UserError) as info:
         open_dataset(root, cache_root, lines)
     assert "No space left on device" in str(info.value) and "the partial cache was removed" in str(info.value)
@@ -320,13 +320,13 @@ def test_list_and_clear_caches(fresh, tmp_path, monkeypatch, capsys):
     --all remove what they choose, never a cache a process reads."""
     root, cache_root, lines = fresh
     other = shutil.copytree(root, tmp_path / "other")
-    monkeypatch.setattr(cache_module, "CACHE_ROOT", cache_root)
+    monkeypatch.setattr(caches, "CACHE_ROOT", cache_root)
     train_set = open_dataset(root, cache_root, lines)
     folders = {name: open_dataset(r, cache_root, lines, split=s).cache.folder
                for name, r, s in (("eval", root, "evaluation"), ("other", other, "train"))}
     old = time.time() - 10 * 86400
-    os.utime(folders["eval"] / cache_module.IN_USE, (old, old))
-    code, out, _ = run_main(cache_module.main, ["--list"], capsys)
+    os.utime(folders["eval"] / cache_files.IN_USE, (old, old))
+    code, out, _ = run_main(caches.main, ["--list"], capsys)
     rows = out.splitlines()
     assert code == 0 and rows[0].split() == ["dataset", "split", "size", "images", "GB", "last", "used"]
     assert len(rows) == 5 and rows[-1].startswith("3 caches, ")
@@ -334,18 +334,18 @@ def test_list_and_clear_caches(fresh, tmp_path, monkeypatch, capsys):
     assert any(row.split()[:4] == [str(root), "evaluation", "64", str(n_eval)] and "(10 days ago)" in row
                for row in rows)
 
-    code, out, _ = run_main(cache_module.main, ["--clear", "--unused-days", "5"], capsys)
+    code, out, _ = run_main(caches.main, ["--clear", "--unused-days", "5"], capsys)
     assert code == 0 and out.startswith("removed 1 cache ") and not folders["eval"].exists()
-    code, out, _ = run_main(cache_module.main, ["--clear", "--dataset", "other"], capsys)
+    code, out, _ = run_main(caches.main, ["--clear", "--dataset", "other"], capsys)
     assert out.startswith("removed 1 cache ") and not folders["other"].exists()
-    code, out, _ = run_main(cache_module.main, ["--clear", "--all"], capsys)
+    code, out, _ = run_main(caches.main, ["--clear", "--all"], capsys)
     assert "removed 0 caches" in out and "kept 1 in use" in out and train_set.cache.folder.exists()
     folder = train_set.cache.folder
     del train_set
     gc.collect()
-    code, out, _ = run_main(cache_module.main, ["--clear", "--all"], capsys)
+    code, out, _ = run_main(caches.main, ["--clear", "--all"], capsys)
     assert out.startswith("removed 1 cache ") and not folder.exists()
-    code, out, _ = run_main(cache_module.main, ["--list"], capsys)
+    code, out, _ = run_main(caches.main, ["--list"], capsys)
     assert out.strip() == f"no decoded-image caches in {cache_root}/"
 
 
@@ -363,7 +363,7 @@ def test_a_run_that_opens_a_cache_while_clear_removes_it_builds_it_again(fresh):
             opened["cache"] = open_cache(split, SIZE, cache_root, workers=1, announce=lambda *_: None)
         except (UserError, OSError) as err:
             opened["error"] = err
-    with cache_module._unused(folder) as free:  # what clear_caches holds while it removes a cache
+    with cache_files.unused(folder) as free:  # what clear_caches holds while it removes a cache
         assert free
         run = threading.Thread(target=run_opens)
         run.start()
@@ -372,7 +372,7 @@ def test_a_run_that_opens_a_cache_while_clear_removes_it_builds_it_again(fresh):
     run.join()
     assert "error" not in opened, opened
     assert (folder / MANIFEST).is_file() and opened["cache"].images.shape == (len(split), SIZE, SIZE, 3)
-    with cache_module._unused(folder) as free:  # and the new cache is in use by the run from the start
+    with cache_files.unused(folder) as free:  # and the new cache is in use by the run from the start
         assert not free
 
 
@@ -389,11 +389,11 @@ def test_a_cache_in_use_or_a_link_is_never_removed(fresh, tmp_path, capsys):
     outside.mkdir()
     (outside / "images.npy").write_bytes(b"not a cache")
     (cache_root / "linked-train-64px-0123456789abcdef").symlink_to(outside, target_is_directory=True)
-    assert [row["folder"].name for row in cache_module.list_caches(cache_root)] == sorted(
+    assert [row["folder"].name for row in cache_files.list_caches(cache_root)] == sorted(
         p.name for p in cache_root.iterdir() if not p.is_symlink())
     del reading
     gc.collect()
-    cache_module.clear_caches(cache_root, announce=lambda *_: None)
+    caches.clear_caches(cache_root, announce=lambda *_: None)
     assert [p.name for p in cache_root.iterdir()] == ["linked-train-64px-0123456789abcdef"]
     assert (outside / "images.npy").read_bytes() == b"not a cache"
 
@@ -401,10 +401,10 @@ def test_a_cache_in_use_or_a_link_is_never_removed(fresh, tmp_path, capsys):
 def test_a_shortfall_smaller_than_the_rounding_reads_as_two_amounts(fresh, monkeypatch):
     root, cache_root, _ = fresh
     split = load_split(root, "train")
-    needed = cache_module.needed_bytes(split, SIZE)
+    needed = cache_store.needed_bytes(split, SIZE)
     _no_room(monkeypatch, needed - 1)
     with pytest.raises(UserError) as info:
-        cache_module.check_space(cache_root / "x", split, SIZE)
+        cache_store.check_space(cache_root / "x", split, SIZE)
     assert f"needs {needed:,} bytes in " in str(info.value) and f"and {needed - 1:,} bytes are free" in str(info.value)
 
 
@@ -415,7 +415,7 @@ def test_a_shortfall_smaller_than_the_rounding_reads_as_two_amounts(fresh, monke
     (["--clear", "--unused-days", "-1"], "--unused-days -1.0: must be at least 0"),
 ])
 def test_cache_command_line_errors_are_one_line(args, fragment, capsys):
-    code, _, err = run_main(cache_module.main, args, capsys)
+    code, _, err = run_main(caches.main, args, capsys)
     assert code == 2 and err.count("\n") == 1 and fragment in err, err
 
 

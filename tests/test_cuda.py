@@ -22,7 +22,7 @@ from training import runstate
 import train
 from models.checkpoints import load_checkpoint
 from core.common import PROJECT_ROOT
-from data.cache import make_dataset
+from data.dataset import make_dataset
 from data.loader import make_loader, to_device
 from data.readers import load_split
 from training.step import forward_loss, optimizer_step

@@ -120,7 +120,7 @@ def test_heatmap_bin_centres_cover_the_input():
 @pytest.mark.parametrize("target", [128, 224, 300])
 def test_resize_affine_keeps_labels_on_the_pixels(tmp_path, size, target):
     """Decode + fit-to-square resize of a marker image: the codec's affine puts every label on its mark."""
-    from data.dataset import decode_image
+    from data.decoding import decode_image
     image, _mask, K, xyz = make_sample(np.random.default_rng(sum(size) + target), *size)
     path = tmp_path / "m.png"
     Image.fromarray(image).save(path)

@@ -1,5 +1,5 @@
 """The layers of the design card, read from the source with ``ast`` (nothing is imported): no circle between the
-library's packages, and no library module imports a script."""
+library's packages, and no library module imports a script; and modules small enough to hold one concern."""
 import ast
 from pathlib import Path
 
@@ -8,6 +8,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("core", "data", "models", "training", "prediction", "uploads", "scoring", "tools")
 SCRIPTS = ("train", "predict", "ensemble", "augment", "bench")
+MAX_LINES = 400                                   # a longer module holds more than one concern: split it by concern
+THIN_SCRIPTS = {"ensemble": 150, "augment": 150}  # arguments, main and the printout over a library module
 
 
 def imported_modules(source, module):
@@ -108,3 +110,18 @@ def test_no_circle_between_packages(tree_imports):
 
 def test_no_library_module_imports_a_script(tree_imports):
     assert script_imports(tree_imports) == [], "library modules must not import the root scripts"
+
+
+def line_count(path):
+    return len(path.read_text().splitlines())
+
+
+def test_no_module_is_longer_than_one_concern():
+    modules = [*library_modules().values(), *(ROOT / f"{name}.py" for name in SCRIPTS)]
+    long = {str(path.relative_to(ROOT)): line_count(path) for path in modules if line_count(path) > MAX_LINES}
+    assert long == {}, f"modules over {MAX_LINES} lines: split them by concern"
+
+
+@pytest.mark.parametrize("script", sorted(THIN_SCRIPTS))
+def test_thin_scripts_stay_thin(script):
+    assert line_count(ROOT / f"{script}.py") <= THIN_SCRIPTS[script]

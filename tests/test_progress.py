@@ -7,7 +7,7 @@ import torch
 from core import common
 from prediction import ensembling
 from prediction import inference
-from data.cache import CachedHandDataset
+from data.dataset import CachedHandDataset
 from data.readers import load_split
 from tests.markers import write_marker_dataset
 

@@ -10,7 +10,7 @@ import models
 from core import geometry
 from core.common import SYNTHETIC_ROOT, UserError, shown
 from data import augment, resolve_or_generate_data_root
-from data.cache import make_dataset
+from data.dataset import make_dataset
 from data.loader import make_loader
 from data.pseudo import WeightedUnion, pseudo_split
 from data.readers import load_split
