@@ -1,3 +1,5 @@
+import signal
+
 import pytest
 import torch
 
@@ -28,3 +30,17 @@ def hand_set(tmp_path_factory):
     for the tests that recognise a joint order from the bones (the marker sets' joints are random points)."""
     from data import synthetic
     return synthetic.generate(tmp_path_factory.mktemp("hand_set") / "set", 2, 12, seed=4, size=64, workers=1)
+
+
+@pytest.fixture
+def terminal_stop_signals():
+    """For a test that signals its own process: Ctrl-C raises KeyboardInterrupt and SIGTERM is at its default while
+    it runs, as in a terminal's foreground job, however the suite was started (a script's background job starts
+    with SIGINT ignored, which the trainer rightly keeps); both set back afterwards."""
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for signum, handler in previous.items():
+        if handler is not None:  # None: set outside Python, cannot be set back from here
+            signal.signal(signum, handler)

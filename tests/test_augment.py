@@ -11,10 +11,9 @@ from core import geometry
 from core.common import PROJECT_ROOT, UserError
 from data.dataset import HandDataset
 from data.readers import load_split
-from tests.markers import label_errors, write_marker_dataset
+from tests.markers import assert_on_marks, write_marker_dataset
 
 SIZE = 128
-MARGIN = 6  # px: a mark whose centre is this far inside the image lies fully inside it
 
 
 @pytest.fixture(scope="module")
@@ -41,21 +40,6 @@ def run_preview(root, out, augs, seed=0, n=8, extra=(), subprocess_cli=False):
         augment.main(args)
     assert (out / "preview.png").is_file()
     return dict(np.load(out / "preview.npz"))
-
-
-def mark_errors(images, uv):
-    """Label-to-mark distances over joints whose mark lies fully inside its image."""
-    errors = []
-    for image, points in zip(images, uv):
-        inside = ((points >= MARGIN) & (points <= image.shape[0] - 1 - MARGIN)).all(1)
-        errors.append(label_errors(points, image)[inside])
-    return np.concatenate(errors)
-
-
-def assert_on_marks(images, uv, min_joints=50):
-    errors = mark_errors(images, uv)
-    assert len(errors) >= min_joints
-    assert np.median(errors) <= 1.0 and np.percentile(errors, 95) <= 2.0, (np.median(errors), errors.max())
 
 
 @pytest.fixture(scope="module")

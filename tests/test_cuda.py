@@ -27,16 +27,14 @@ from data.loader import make_loader, to_device
 from data.readers import load_split
 from training.step import forward_loss, optimizer_step
 from training.optimization import make_optimizer
-from tests.markers import write_marker_dataset
-from tests.scripts import make_synthetic_set, run_main
-from tests.test_augment import SIZE, assert_on_marks
-from tests.test_predict import marker_batch
-from tests.test_train import act_at_forward
+from tests.markers import assert_on_marks, marker_batch, write_marker_dataset
+from tests.scripts import act_at_forward, make_synthetic_set, run_main
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")
 TTA_TOLERANCE_PX = 0.05      # fp32 on both devices: cuDNN and the CPU sum in other orders
 TTA_AMP_TOLERANCE_PX = 1.0   # bf16 on the GPU (8 bits of mantissa) against fp32 on the CPU, at 64 px
+SIZE = 128                   # px of the marker checks of the augmentation
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +175,8 @@ def test_random_streams_of_a_cuda_run_are_restored_exactly():
     assert not runstate.restore_streams(streams, torch.device("cpu"), torch.Generator())  # moved: CPU streams only
 
 
-def test_sigterm_mid_epoch_on_cuda_writes_a_state_that_resumes(synthetic, tmp_path, monkeypatch, capsys):
+def test_sigterm_mid_epoch_on_cuda_writes_a_state_that_resumes(synthetic, tmp_path, monkeypatch, capsys,
+                                                               terminal_stop_signals):
     """The stop path on the GPU: SIGTERM mid-step, last.pt with CUDA streams, exit 143; --resume restores them (no
     note about other draws) and finishes."""
     folder = tmp_path / "run"

@@ -6,10 +6,9 @@ import torch
 from prediction import onnx_backend
 import predict
 from training.checkpoints import load_checkpoint, save_checkpoint
+from tests.checkpoints import TINY_HOURGLASS, write_checkpoint
 from tests.markers import write_marker_dataset
-from tests.test_predict import assert_one_line_error, leftovers, run_cli, write_checkpoint
-
-TINY_HOURGLASS = {"channels": 16, "num_stacks": 1, "hourglass_depth": 2, "stem_stride": 4, "depth_head": "lifting"}
+from tests.scripts import assert_one_line_error, leftovers, run_predict
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +37,7 @@ def test_export_writes_a_file_that_agrees_with_pytorch(exported):
 def test_onnxruntime_predicts_the_same_upload_as_pytorch(exported, markers, tmp_path, capsys):
     ckpt = exported
     for backend in ("torch", "onnxruntime"):
-        code, out, err = run_cli(["--ckpt", ckpt, "--data-root", markers, "--tta", "4", "--backend", backend,
+        code, out, err = run_predict(["--ckpt", ckpt, "--data-root", markers, "--tta", "4", "--backend", backend,
                                   "--out", tmp_path / backend], capsys)
         assert code == 0, err
     a, b = (np.load(tmp_path / f"{backend}.npz")["xyz"] for backend in ("torch", "onnxruntime"))
@@ -53,10 +52,10 @@ def test_a_file_from_other_weights_is_refused(exported, markers, tmp_path, capsy
     state["epoch"] = 1
     save_checkpoint(state, stale)
     onnx_backend.onnx_path(stale).write_bytes(onnx_backend.onnx_path(ckpt).read_bytes())
-    code, _, err = run_cli(["--ckpt", stale, "--data-root", markers, "--backend", "onnxruntime"], capsys)
+    code, _, err = run_predict(["--ckpt", stale, "--data-root", markers, "--backend", "onnxruntime"], capsys)
     assert_one_line_error(code, err, "was not exported from the current", "--export onnx")
     onnx_backend.onnx_path(stale).unlink()
-    code, _, err = run_cli(["--ckpt", stale, "--data-root", markers, "--backend", "onnxruntime"], capsys)
+    code, _, err = run_predict(["--ckpt", stale, "--data-root", markers, "--backend", "onnxruntime"], capsys)
     assert_one_line_error(code, err, "not found: export the checkpoint first", "--export onnx")
 
 
@@ -65,7 +64,7 @@ def test_a_file_that_disagrees_is_not_kept(exported, markers, tmp_path, capsys, 
     ckpt.parent.mkdir()
     ckpt.write_bytes(exported.read_bytes())
     monkeypatch.setattr(onnx_backend, "TOLERANCE_UV_PX", -1.0)
-    code, _, err = run_cli(["--ckpt", ckpt, "--export", "onnx", "--data-root", markers], capsys)
+    code, _, err = run_predict(["--ckpt", ckpt, "--export", "onnx", "--data-root", markers], capsys)
     assert_one_line_error(code, err, "onnxruntime disagrees with PyTorch", "not kept")
     assert sorted(p.name for p in ckpt.parent.iterdir()) == ["best.pt"]
 

@@ -25,8 +25,7 @@ from training import rundir
 from training.checkpoints import load_checkpoint
 from core.common import PROJECT_ROOT, UserError
 from data.readers import load_split
-from tests.scripts import make_synthetic_set, run_main
-from tests.test_train import TINY, log_epochs, run_train
+from tests.scripts import TINY, log_epochs, make_synthetic_set, run_main, run_train, stop_signals_as_in_a_terminal
 
 FAST = [*TINY, "--epochs", "2", "--set", "max_train_images=12", "--set", "max_val_images=4"]
 
@@ -275,7 +274,8 @@ def test_ctrl_c_is_one_line_with_the_command_to_continue_and_exit_130(data_root,
     folder = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "train.py", *FAST[:-4], "--epochs", "30", "--data-root",
                                 str(data_root), "--out", str(folder)], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               preexec_fn=stop_signals_as_in_a_terminal)
     deadline = time.time() + 120
     while not (folder / "last.pt").exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -312,7 +312,7 @@ def test_sigterm_to_every_process_with_loader_workers_is_one_line_and_exit_143(d
     process = subprocess.Popen([sys.executable, "train.py", *FAST[:-4], "--epochs", "30", "--workers", "2",
                                 "--data-root", str(data_root), "--out", str(folder)], cwd=PROJECT_ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=stop_signals_as_in_a_terminal)
     deadline = time.time() + 120
     while not (folder / "last.pt").exists() and time.time() < deadline:
         time.sleep(0.05)

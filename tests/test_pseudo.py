@@ -15,8 +15,7 @@ from data.readers import load_split
 from models.losses import pose_loss
 from uploads.records import load_predictions
 from uploads.writing import save_record
-from tests.scripts import make_synthetic_set
-from tests.test_train import TINY, run_train
+from tests.scripts import TINY, make_synthetic_set, run_train
 
 
 @pytest.fixture(scope="module")

@@ -16,17 +16,15 @@ from training import step
 from training import recipes
 from training import runlog
 import train
-from training import trainer
 from training.checkpoints import build_model, load_checkpoint, save_checkpoint
 from core.common import PROJECT_ROOT, UserError
 from data.readers import load_split
 from training.config import resolve_config, resume_config
 from training.rundir import continue_command
 from training.setup import restored_progress
-from tests.scripts import make_synthetic_set, run_main
+from tests.scripts import (TINY, act_at_forward, log_epochs, make_synthetic_set, run_main, run_train,
+                           stop_signals_as_in_a_terminal)
 
-TINY = ["--arch", "ghost_lite", "--img-size", "64", "--batch-size", "4", "--pretrained", "none", "--workers", "0",
-        "--device", "cpu", "--set", "cache=false"]
 # every training feature whose state must survive a resume and stay equal across DDP ranks
 FEATURES = ["--set", "ema_decay=0.9", "--set", "accumulate=2", "--set", "schedule=cosine", "--set", "warmup_epochs=1",
             "--set", "min_lr_ratio=0.1", "--set", "optimizer=adamw", "--set", "weight_decay=0.01",
@@ -36,17 +34,6 @@ FEATURES = ["--set", "ema_decay=0.9", "--set", "accumulate=2", "--set", "schedul
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory):
     return make_synthetic_set(tmp_path_factory.mktemp("synthetic") / "data", 40, 8, seed=3, size=96)
-
-
-def run_train(*args, env=None, **kwargs):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "train.py", *map(str, args)], cwd=PROJECT_ROOT, capture_output=True,
-                          text=True, env=env, **kwargs)
-
-
-def log_epochs(folder):
-    with open(folder / "log.csv") as f:
-        return [int(row["epoch"]) for row in csv.DictReader(f)]
 
 
 # --- configuration ----------------------------------------------------------------------------------------
@@ -193,25 +180,14 @@ def straight_runs(synthetic_root, tmp_path_factory):
     return run
 
 
-def act_at_forward(monkeypatch, call, action):
-    """The trainer's forward_loss runs ``action()`` at the start of its ``call``-th call (1-based): mid-step."""
-    real, calls = trainer.forward_loss, {"n": 0}
-
-    def forward(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == call:
-            action()
-        return real(*args, **kwargs)
-    monkeypatch.setattr(trainer, "forward_loss", forward)
-
-
 @pytest.mark.parametrize("signum, extra, call, place", [
     (signal.SIGTERM, FEATURES, 8 + 3, "step 2 of 4 of epoch 2"),   # the 3rd batch of epoch 2: its step ends 1 later
     (signal.SIGTERM, [], 9 + 3, "step 3 of 9 of epoch 2"),
     (signal.SIGINT, [], 3, "step 3 of 9 of epoch 1"),             # Ctrl-C in the first epoch keeps its steps
 ], ids=["sigterm_ema_accumulate", "sigterm_plain", "ctrl_c_in_epoch_1"])
 def test_signal_mid_step_stops_after_it_and_resume_matches_an_uninterrupted_run(
-        signum, extra, call, place, synthetic_root, straight_runs, tmp_path, monkeypatch, capsys):
+        signum, extra, call, place, synthetic_root, straight_runs, tmp_path, monkeypatch, capsys,
+        terminal_stop_signals):
     """The signal arrives in the middle of a step: the step (all its accumulated batches) finishes, last.pt holds
     that place in the epoch, one line says so with the command that continues, exit 143 or 130; the original
     command with --resume then ends with the weights, EMA, schedule and log of a run never stopped."""
@@ -384,7 +360,7 @@ def torchrun(*args, script="train.py", port=29533, wait=True):
     run = subprocess.run if wait else subprocess.Popen
     kwargs = {"timeout": 300} if wait else {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
     return run(command, cwd=PROJECT_ROOT, **({"capture_output": True} if wait else {}), text=True,
-               env={**os.environ, "OMP_NUM_THREADS": "1"}, **kwargs)
+               env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=stop_signals_as_in_a_terminal, **kwargs)
 
 
 @pytest.fixture(scope="module")
