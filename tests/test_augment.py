@@ -11,20 +11,15 @@ from core import geometry
 from core.common import PROJECT_ROOT, UserError
 from data.dataset import HandDataset
 from data.readers import load_split
-from tests.markers import assert_on_marks, write_marker_dataset
+from tests.markers import assert_on_marks
 
 SIZE = 128
 
 
 @pytest.fixture(scope="module")
-def markers(tmp_path_factory):
-    return write_marker_dataset(tmp_path_factory.mktemp("aug_markers"), n=12, seed=11)
-
-
-@pytest.fixture(scope="module")
-def batch(markers):
+def batch(marker_set_12):
     """All 12 marker samples as one batch dict at SIZE px."""
-    dataset = HandDataset(load_split(markers, "train"), SIZE)
+    dataset = HandDataset(load_split(marker_set_12, "train"), SIZE)
     samples = [dataset[i] for i in range(len(dataset))]
     return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
 
@@ -43,11 +38,11 @@ def run_preview(root, out, augs, seed=0, n=8, extra=(), subprocess_cli=False):
 
 
 @pytest.fixture(scope="module")
-def previews(markers, tmp_path_factory):
+def previews(marker_set_12, tmp_path_factory):
     """Preview outputs of the same seed for several --augs; 'rotate,scale,translate' through a subprocess."""
     out = tmp_path_factory.mktemp("previews")
     sets = ["none", "rotate", "rotate,scale,translate", "background", "flip"]
-    return {augs: run_preview(markers, out / augs.replace(",", "_"), augs, seed=3,
+    return {augs: run_preview(marker_set_12, out / augs.replace(",", "_"), augs, seed=3,
                               subprocess_cli=augs == "rotate,scale,translate") for augs in sets}
 
 
@@ -59,10 +54,10 @@ def test_preview_labels_sit_on_the_marks(previews, augs):
     assert_on_marks(result["images"], result["uv"])
 
 
-def test_same_seed_picks_the_same_samples_whatever_augs(previews, markers, tmp_path):
+def test_same_seed_picks_the_same_samples_whatever_augs(previews, marker_set_12, tmp_path):
     for result in previews.values():
         np.testing.assert_array_equal(result["idx"], previews["none"]["idx"])
-    other = run_preview(markers, tmp_path, "none", seed=4)
+    other = run_preview(marker_set_12, tmp_path, "none", seed=4)
     assert not np.array_equal(other["idx"], previews["none"]["idx"])
 
 
@@ -210,8 +205,8 @@ def test_names_and_options_are_checked():
             augment.resolve_options(bad)
 
 
-def test_cli_prints_one_line_errors(markers, tmp_path):
-    done = subprocess.run([sys.executable, "augment.py", "--preview", "--data-root", str(markers), "--augs",
+def test_cli_prints_one_line_errors(marker_set_12, tmp_path):
+    done = subprocess.run([sys.executable, "augment.py", "--preview", "--data-root", str(marker_set_12), "--augs",
                            "rotate,spin", "--out", str(tmp_path)], cwd=PROJECT_ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1

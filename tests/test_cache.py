@@ -36,10 +36,9 @@ def markers(tmp_path_factory):
 
 
 @pytest.fixture
-def fresh(tmp_path):
+def fresh(marker_set_2_versions, copy_of, tmp_path):
     """A private copy of a small dataset and an empty cache root: (root, cache_root, lines announced)."""
-    root = write_marker_dataset(tmp_path / "data", n=6, versions=2, seed=3)
-    return root, tmp_path / "cache", []
+    return copy_of(marker_set_2_versions), tmp_path / "cache", []
 
 
 def assert_same_samples(expected, actual):

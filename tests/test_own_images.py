@@ -7,15 +7,13 @@ import pytest
 from PIL import Image, ImageDraw
 
 from prediction import own_images
-from tests.markers import write_marker_dataset
 from tests.checkpoints import TINY_HOURGLASS, write_checkpoint
 from tests.scripts import assert_one_line_error, run_predict
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    markers = write_marker_dataset(tmp_path_factory.mktemp("own_markers"), n=4, n_eval=2, seed=8)
-    return write_checkpoint(tmp_path_factory.mktemp("runs") / "hg" / "best.pt", "hourglass_attn", markers,
+def ckpt(marker_set, tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("runs") / "hg" / "best.pt", "hourglass_attn", marker_set,
                             model=TINY_HOURGLASS)
 
 

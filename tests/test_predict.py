@@ -66,14 +66,8 @@ class ConstantNet(torch.nn.Module):
 
 
 @pytest.fixture(scope="module")
-def markers(tmp_path_factory):
-    """FreiHAND-layout marker data: 4 training hands, 3 labelled evaluation hands with *_scale.json."""
-    return write_marker_dataset(tmp_path_factory.mktemp("predict_markers"), n=4, n_eval=3, seed=5)
-
-
-@pytest.fixture(scope="module")
-def ghost_ckpt(markers, tmp_path_factory):
-    return write_checkpoint(tmp_path_factory.mktemp("runs") / "ghost_run" / "best.pt", "ghost_lite", markers)
+def ghost_ckpt(marker_set, tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("runs") / "ghost_run" / "best.pt", "ghost_lite", marker_set)
 
 
 def random_hands(n, seed=0):
@@ -325,13 +319,13 @@ def test_check_says_what_is_wrong_with_a_freihand_zip(tmp_path, case, message):
         check_file(path)
 
 
-def test_check_accepts_complete_files_and_counts_against_the_data(tmp_path, markers):
+def test_check_accepts_complete_files_and_counts_against_the_data(tmp_path, marker_set):
     xyz = random_hands(3)
-    write_outputs(tmp_path / "sub", {**record_of(xyz), "data_root": str(markers)}, "freihand", "freihand")
-    assert check_file(tmp_path / "sub.zip", data_root=markers).startswith("OK: ")
+    write_outputs(tmp_path / "sub", {**record_of(xyz), "data_root": str(marker_set)}, "freihand", "freihand")
+    assert check_file(tmp_path / "sub.zip", data_root=marker_set).startswith("OK: ")
     assert "3 predictions" in check_file(tmp_path / "sub.npz")        # its recorded data root and split
     with pytest.raises(UserError, match="expected 1 for the val split"):
-        check_file(tmp_path / "sub.zip", data_root=markers, split_name="val")
+        check_file(tmp_path / "sub.zip", data_root=marker_set, split_name="val")
     write_outputs(tmp_path / "mp", record_of(xyz, split="test"), "mp21")
     assert "mp21 upload, 3 samples" in check_file(tmp_path / "mp" / "test_preds.json.gz")
     (tmp_path / "notes.txt").write_text("hello")
@@ -479,8 +473,8 @@ def test_scores_offer_both_reflection_variants_and_the_constant_shape_baseline(t
 # --- the command line -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("arch", models.list_models())
-def test_predict_runs_on_a_checkpoint_of_every_arch(arch, markers, tmp_path, capsys):
-    ckpt = write_checkpoint(tmp_path / "run" / "best.pt", arch, markers)
+def test_predict_runs_on_a_checkpoint_of_every_arch(arch, marker_set, tmp_path, capsys):
+    ckpt = write_checkpoint(tmp_path / "run" / "best.pt", arch, marker_set)
     viz = 2 if arch == "ghost_lite" else 0
     code, out, err = run_predict(["--ckpt", ckpt, "--tta", 2, "--out", tmp_path / "sub", "--workers", 0,
                               "--device", "cpu", "--viz", viz], capsys)
@@ -500,12 +494,12 @@ def test_predict_runs_on_a_checkpoint_of_every_arch(arch, markers, tmp_path, cap
     ckpt.unlink()  # large architectures: free the disk now
 
 
-def test_defaults_newest_checkpoint_its_data_root_and_the_submission_split(markers, tmp_path, monkeypatch, capsys):
+def test_defaults_newest_checkpoint_its_data_root_and_the_submission_split(marker_set, tmp_path, monkeypatch, capsys):
     """No options: the newest runs/*/best.pt, the data root it trained on, FreiHAND's evaluation split, the
     freihand format and submissions/<run>_evaluation_tta1."""
     runs = tmp_path / "runs"
-    write_checkpoint(runs / "older" / "best.pt", "ghost_lite", markers)
-    write_checkpoint(runs / "newer" / "best.pt", "ghost_lite", markers)
+    write_checkpoint(runs / "older" / "best.pt", "ghost_lite", marker_set)
+    write_checkpoint(runs / "newer" / "best.pt", "ghost_lite", marker_set)
     monkeypatch.setattr(predict, "RUNS_ROOT", runs)
     monkeypatch.setattr(naming, "SUBMISSIONS_ROOT", tmp_path / "submissions")
     code, out, err = run_predict(["--workers", 0], capsys)
@@ -513,7 +507,7 @@ def test_defaults_newest_checkpoint_its_data_root_and_the_submission_split(marke
     prefix = tmp_path / "submissions" / "newer_evaluation_tta1"
     assert all(p.is_file() for p in (prefix.with_suffix(".npz"), prefix.with_suffix(".zip"),
                                      prefix.with_suffix(".metrics.json")))
-    assert "newer" in out and str(markers) in out
+    assert "newer" in out and str(marker_set) in out
 
 
 def test_mp21_layout_defaults_to_its_test_split_and_ait_test_preds_json_gz(tmp_path, capsys):
@@ -561,7 +555,7 @@ def test_broken_checkpoint_is_one_line(ghost_ckpt, tmp_path, capsys, content):
     (["--format", "mp21", "--joint-order", "xyz"], "--joint-order 'xyz'"),
     (["--tta", "0"], "--tta 0: must be at least 1"),
     (["--split", "holdout"], "unknown split 'holdout'")])
-def test_bad_options_are_one_line_and_write_nothing(ghost_ckpt, markers, tmp_path, capsys, argv, fragment):
+def test_bad_options_are_one_line_and_write_nothing(ghost_ckpt, marker_set, tmp_path, capsys, argv, fragment):
     code, _, err = run_predict(["--ckpt", ghost_ckpt, "--out", tmp_path / "sub", "--workers", 0, *argv], capsys)
     assert_one_line_error(code, err, fragment)
     assert not list(tmp_path.glob("sub*"))
@@ -658,12 +652,12 @@ def test_calibration_keeps_hands_drawn_too_small_within_the_framing():
     assert calibrated.max() < 0.5 and calibrated.mean() < 0.1
 
 
-def test_calibration_needs_the_runs_validation_predictions_and_their_labels(markers, tmp_path):
-    stats = training_stats(load_split(markers, "train"))
-    config = {"data_root": str(markers), "img_size": IMG_SIZE}
+def test_calibration_needs_the_runs_validation_predictions_and_their_labels(marker_set, tmp_path):
+    stats = training_stats(load_split(marker_set, "train"))
+    config = {"data_root": str(marker_set), "img_size": IMG_SIZE}
     calibration, line = inference.validation_calibration(tmp_path, config, stats)
     assert calibration is None and "val_pred.npz not found" in line
-    val = load_split(markers, "val")
+    val = load_split(marker_set, "val")
     np.savez(tmp_path / "val_pred.npz", xyz=val.xyz, ids=val.image_ids, split="val")
     calibration, line = inference.validation_calibration(tmp_path, config, stats)
     assert "validation images" in line and calibration.bone_factor.shape == (20,)
