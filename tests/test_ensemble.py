@@ -334,6 +334,7 @@ def test_a_member_in_another_order_is_refused_when_the_other_shows_none(hand_mem
 
 # --- end to end: train.py runs -> predict.py --tta 10 -> ensemble.py --fit-weights --------------------------------
 
+@pytest.mark.slow
 def test_train_predict_with_tta_and_ensemble_end_to_end(synthetic_64, tmp_path, capsys):
     """Two tiny train.py runs on a tiny synthetic set; predict.py --tta 10 through the command line on one, in
     this process on the other; ensemble.py --fit-weights through the command line, on the runs' val_pred.npz."""

@@ -25,7 +25,7 @@ from training import rundir
 from training.checkpoints import load_checkpoint
 from core.common import PROJECT_ROOT, UserError
 from data.readers import load_split
-from tests.scripts import TINY, log_epochs, run_main, run_train, stop_signals_as_in_a_terminal
+from tests.scripts import TINY, log_epochs, run_main, stop_signals_as_in_a_terminal
 
 FAST = [*TINY, "--epochs", "2", "--set", "max_train_images=12", "--set", "max_val_images=4"]
 
@@ -193,8 +193,7 @@ def test_corrupt_config_json_when_resuming_by_arch_says_resume_by_out(finished_r
 
 # --- 5. advice that works as written --------------------------------------------------------------------------
 
-@pytest.mark.slow
-def test_nan_advice_command_is_accepted_by_resume(finished_run, tmp_path):
+def test_nan_advice_command_is_accepted_by_resume(finished_run, tmp_path, capsys):
     """The NaN message's command (--resume with a lower --lr and clipping) runs; --ckpt is advised nowhere."""
     folder = tmp_path / "run"
     subprocess.run(["cp", "-r", str(finished_run), str(folder)], check=True)
@@ -202,11 +201,12 @@ def test_nan_advice_command_is_accepted_by_resume(finished_run, tmp_path):
     state["config"]["epochs"] = 3
     from training.checkpoints import save_checkpoint
     save_checkpoint(state, folder / "last.pt")
-    result = run_train("--out", folder, "--resume", "--lr", "3e-4", "--set", "grad_clip=1.0")
-    assert result.returncode == 0, result.stderr
+    code, out, err = run_main(train.main, ["--out", folder, "--resume", "--lr", "3e-4", "--set", "grad_clip=1.0"],
+                              capsys)
+    assert code == 0, err
     last = load_checkpoint(folder / "last.pt")
     assert last["epoch"] == 3 and last["config"]["lr"] == 3e-4 and last["config"]["grad_clip"] == 1.0
-    assert "--ckpt" not in result.stdout + result.stderr
+    assert "--ckpt" not in out + err
 
 
 def test_nan_in_the_first_epoch_advises_a_new_run_and_keeps_no_empty_folder(synthetic_64, tmp_path, monkeypatch,
@@ -245,7 +245,7 @@ def test_resume_with_another_arch_is_refused(finished_run, capsys):
 
 
 @pytest.mark.slow
-def test_second_process_on_a_folder_in_use_is_refused(synthetic_64, tmp_path):
+def test_second_process_on_a_folder_in_use_is_refused(synthetic_64, tmp_path, capsys):
     folder = tmp_path / "run"
     first = subprocess.Popen([sys.executable, "train.py", *FAST[:-4], "--epochs", "30", "--data-root",
                               str(synthetic_64), "--out", str(folder)], cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
@@ -254,9 +254,9 @@ def test_second_process_on_a_folder_in_use_is_refused(synthetic_64, tmp_path):
         deadline = time.time() + 120
         while not (folder / "last.pt").exists() and time.time() < deadline:
             time.sleep(0.05)
-        second = run_train("--out", folder, "--resume")  # e.g. a resume typed while the run still trains
-        assert second.returncode == 2 and "in use by another training process" in second.stderr
-        assert second.stderr.count("\n") == 1
+        # e.g. a resume typed while the run still trains
+        code, _, err = run_main(train.main, ["--out", folder, "--resume"], capsys)
+        assert code == 2 and "in use by another training process" in err and err.count("\n") == 1, err
     finally:
         first.kill()
         first.wait()
@@ -336,27 +336,26 @@ def processes_naming(text):
 
 # --- 9. stale temp files and a kill between best.pt and last.pt ------------------------------------------------
 
-@pytest.mark.slow
-def test_stale_temp_files_are_removed_when_the_run_resumes(finished_run, tmp_path):
+def test_stale_temp_files_are_removed_when_the_run_resumes(finished_run, tmp_path, capsys):
     folder = tmp_path / "run"
     subprocess.run(["cp", "-r", str(finished_run), str(folder)], check=True)
     stale = folder / f".last.pt{common.TEMP_MARK}99999"
     stale.write_bytes(b"half a checkpoint")
-    assert run_train("--out", folder, "--resume").returncode == 0
+    code, _, err = run_main(train.main, ["--out", folder, "--resume"], capsys)
+    assert code == 0, err
     assert not stale.exists()
 
 
-@pytest.mark.slow
-def test_kill_between_best_and_last_in_epoch_one_can_start_again(finished_run, synthetic_64, tmp_path):
+def test_kill_between_best_and_last_in_epoch_one_can_start_again(finished_run, synthetic_64, tmp_path, capsys):
     """A run killed after best.pt but before its first last.pt: --resume says to start again, and the same
     command without --resume does so."""
     folder = tmp_path / "run"
     subprocess.run(["cp", "-r", str(finished_run), str(folder)], check=True)
     (folder / "last.pt").unlink()
-    resumed = run_train("--out", folder, "--resume")
-    assert resumed.returncode == 2 and "holds no last.pt" in resumed.stderr
-    again = run_train(*FAST, "--data-root", synthetic_64, "--out", folder)
-    assert again.returncode == 0, again.stderr
+    code, _, err = run_main(train.main, ["--out", folder, "--resume"], capsys)
+    assert code == 2 and "holds no last.pt" in err
+    code, _, err = run_main(train.main, [*FAST, "--data-root", synthetic_64, "--out", folder], capsys)
+    assert code == 0, err
     assert log_epochs(folder) == [1, 2]
 
 
