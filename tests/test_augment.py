@@ -39,11 +39,20 @@ def run_preview(root, out, augs, seed=0, n=8, extra=(), subprocess_cli=False):
 
 @pytest.fixture(scope="module")
 def previews(marker_set_12, tmp_path_factory):
-    """Preview outputs of the same seed for several --augs; 'rotate,scale,translate' through a subprocess."""
+    """Preview outputs of the same seed for several --augs, from augment.py's main in this process."""
     out = tmp_path_factory.mktemp("previews")
     sets = ["none", "rotate", "rotate,scale,translate", "background", "flip"]
-    return {augs: run_preview(marker_set_12, out / augs.replace(",", "_"), augs, seed=3,
-                              subprocess_cli=augs == "rotate,scale,translate") for augs in sets}
+    return {augs: run_preview(marker_set_12, out / augs.replace(",", "_"), augs, seed=3) for augs in sets}
+
+
+@pytest.mark.slow
+def test_the_command_line_writes_what_main_writes_in_this_process(previews, marker_set_12, tmp_path):
+    """augment.py --preview run as a user runs it: the same files as its main in this process."""
+    augs = "rotate,scale,translate"
+    written = run_preview(marker_set_12, tmp_path, augs, seed=3, subprocess_cli=True)
+    assert sorted(written) == sorted(previews[augs])
+    for key, value in written.items():
+        np.testing.assert_array_equal(value, previews[augs][key], err_msg=key)
 
 
 @pytest.mark.parametrize("augs", ["none", "rotate", "rotate,scale,translate"])
@@ -205,6 +214,7 @@ def test_names_and_options_are_checked():
             augment.resolve_options(bad)
 
 
+@pytest.mark.slow
 def test_cli_prints_one_line_errors(marker_set_12, tmp_path):
     done = subprocess.run([sys.executable, "augment.py", "--preview", "--data-root", str(marker_set_12), "--augs",
                            "rotate,spin", "--out", str(tmp_path)], cwd=PROJECT_ROOT, capture_output=True,

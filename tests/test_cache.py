@@ -163,6 +163,7 @@ def test_changed_cache_file_is_rebuilt_not_read(fresh, name, damage, reason):
                                      len(dataset)) is None
 
 
+@pytest.mark.slow
 def test_killed_build_leaves_nothing_read_as_complete(fresh):
     """SIGKILL a build (a rebuild, so an older complete cache existed) half-way: no manifest, the next open
     rebuilds and clears the killed build's temp files."""
@@ -230,6 +231,7 @@ def test_corrupt_jpeg_in_a_build_worker_is_one_clear_line(fresh):
     assert not (folder / MANIFEST).exists() and not list(folder.glob("*.tmp-*"))
 
 
+@pytest.mark.slow
 def test_cli_prints_a_build_error_as_one_line(fresh):
     root, cache_root, _ = fresh
     path = root / "training/rgb/00000004.jpg"

@@ -200,6 +200,7 @@ def test_corrupt_jpeg_is_a_clear_error(marker_set, copy_of):
     assert "00000001.jpg" in message and "cannot decode" in message
 
 
+@pytest.mark.slow
 def test_scripts_print_one_line_for_a_missing_dataset(tmp_path):
     """The CLI wrapper: a user error is one line on stderr and exit status 2, no traceback."""
     code = ("import sys; from core.common import cli; from data.readers import load_split\n"

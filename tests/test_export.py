@@ -24,10 +24,12 @@ def exported(marker_set, tmp_path_factory):
     return ckpt
 
 
+@pytest.mark.slow
 def test_export_writes_a_file_that_agrees_with_pytorch(exported):
     assert onnx_backend.onnx_path(exported).is_file() and not leftovers(exported.parent)
 
 
+@pytest.mark.slow
 def test_onnxruntime_predicts_the_same_upload_as_pytorch(exported, marker_set, tmp_path, capsys):
     ckpt = exported
     for backend in ("torch", "onnxruntime"):
@@ -38,6 +40,7 @@ def test_onnxruntime_predicts_the_same_upload_as_pytorch(exported, marker_set, t
     assert np.abs(a - b).max() < 1e-4  # metres: within the export's tolerance after the same TTA and root depth
 
 
+@pytest.mark.slow
 def test_a_file_from_other_weights_is_refused(exported, marker_set, tmp_path, capsys):
     ckpt = exported
     stale = tmp_path / "run" / "best.pt"
@@ -53,6 +56,7 @@ def test_a_file_from_other_weights_is_refused(exported, marker_set, tmp_path, ca
     assert_one_line_error(code, err, "not found: export the checkpoint first", "--export onnx")
 
 
+@pytest.mark.slow
 def test_a_file_that_disagrees_is_not_kept(exported, marker_set, tmp_path, capsys, monkeypatch):
     ckpt = tmp_path / "run" / "best.pt"
     ckpt.parent.mkdir()

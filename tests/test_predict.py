@@ -333,6 +333,7 @@ def test_check_accepts_complete_files_and_counts_against_the_data(tmp_path, mark
         check_file(tmp_path / "notes.txt")
 
 
+@pytest.mark.slow
 def test_check_of_a_broken_zip_is_one_line_from_the_command_line(tmp_path):
     path = tmp_path / "pred.zip"
     path.write_bytes(b"not a zip at all")
