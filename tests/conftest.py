@@ -61,20 +61,20 @@ def synthetic_96(tmp_path_factory):
     return make_synthetic_set(tmp_path_factory.mktemp("synthetic_96") / "data", 40, 8, seed=3, size=96)
 
 
-@pytest.fixture
-def copy_of(tmp_path):
-    """copy_of(shared data set) -> a private copy in this test's folder, for a test that changes its files."""
-    def copy(root):
-        return shutil.copytree(root, tmp_path / "data_copy")
-    return copy
-
-
 @pytest.fixture(scope="session")
 def hand_set(tmp_path_factory):
     """A tiny synthetic set (FreiHAND layout, 64 px): 2 training and 12 labelled evaluation hands, real hand shapes
     for the tests that recognise a joint order from the bones (the marker sets' joints are random points)."""
     from data import synthetic
     return synthetic.generate(tmp_path_factory.mktemp("hand_set") / "set", 2, 12, seed=4, size=64, workers=1)
+
+
+@pytest.fixture
+def copy_of(tmp_path):
+    """copy_of(shared data set) -> a private copy in this test's folder, for a test that changes its files."""
+    def copy(root):
+        return shutil.copytree(root, tmp_path / "data_copy")
+    return copy
 
 
 @pytest.fixture
