@@ -14,7 +14,7 @@ from data.readers import load_split
 from models.losses import pose_loss
 from uploads.records import load_predictions
 from uploads.writing import save_record
-from tests.scripts import TINY, run_main, run_train
+from tests.scripts import TINY, run_main
 import train
 
 
@@ -34,29 +34,27 @@ def final_weights(folder):
 
 
 @pytest.mark.slow
-def test_the_predicted_splits_labels_are_never_read(synthetic_64, copy_of, tmp_path):
+def test_the_predicted_splits_labels_are_never_read(synthetic_64, copy_of, tmp_path, capsys):
     """The same run with the evaluation labels swapped for other hands, and with a file no reader could parse in
     their place, ends with the same weights; other pseudo-labels give other weights (so they really train)."""
     data_root = copy_of(synthetic_64)  # its labels are changed below
     preds = prediction_file(tmp_path / "pred.npz", data_root, shift_m=0.004)
     other = prediction_file(tmp_path / "other.npz", data_root, shift_m=-0.01)
     args = [*TINY, "--epochs", "1", "--data-root", data_root, "--set", "pseudo_weight=0.5"]
-    first = run_train(*args, "--pseudo-labels", preds, "--out", tmp_path / "a")
-    assert first.returncode == 0, first.stderr
-    assert "pseudo-labels: 6 of 6 images of the evaluation split" in first.stdout
+
+    def run(pseudo_labels, folder):
+        code, out, err = run_main(train.main, [*args, "--pseudo-labels", pseudo_labels, "--out", tmp_path / folder],
+                                  capsys)
+        assert code == 0, err
+        return out
+    assert "pseudo-labels: 6 of 6 images of the evaluation split" in run(preds, "a")
     labels = data_root / "evaluation_xyz.json"
-    saved = labels.read_text()
-    try:
-        xyz = np.array(json.loads(saved))
-        labels.write_text(json.dumps((xyz[::-1] * 1.3).tolist()))     # other hands, other sizes
-        swapped = run_train(*args, "--pseudo-labels", preds, "--out", tmp_path / "b")
-        labels.write_text("{not json")                                  # any read of it would fail the run
-        unreadable = run_train(*args, "--pseudo-labels", preds, "--out", tmp_path / "c")
-    finally:
-        labels.write_text(saved)
-    changed = run_train(*args, "--pseudo-labels", other, "--out", tmp_path / "d")
-    for result in (swapped, unreadable, changed):
-        assert result.returncode == 0, result.stderr
+    xyz = np.array(json.loads(labels.read_text()))
+    labels.write_text(json.dumps((xyz[::-1] * 1.3).tolist()))     # other hands, other sizes
+    run(preds, "b")
+    labels.write_text("{not json")                                  # any read of it would fail the run
+    run(preds, "c")
+    run(other, "d")
     a = final_weights(tmp_path / "a")
     for folder in ("b", "c"):
         for key, value in final_weights(tmp_path / folder).items():
