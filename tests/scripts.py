@@ -6,9 +6,7 @@ import signal
 import subprocess
 import sys
 
-import predict
 from core.common import PROJECT_ROOT
-from training import trainer
 
 # the cheapest real training: the smallest arch, tiny images, on the CPU, nothing cached
 TINY = ["--arch", "ghost_lite", "--img-size", "64", "--batch-size", "4", "--pretrained", "none", "--workers", "0",
@@ -47,6 +45,7 @@ def log_epochs(folder):
 
 def act_at_forward(monkeypatch, call, action):
     """The trainer's forward_loss runs ``action()`` at the start of its ``call``-th call (1-based): mid-step."""
+    from training import trainer  # here, not above: conftest imports this module, and light test files need no trainer
     real, calls = trainer.forward_loss, {"n": 0}
 
     def forward(*args, **kwargs):
@@ -70,6 +69,7 @@ def run_main(main, argv, capsys):
 
 def run_predict(argv, capsys):
     """predict.py's ``main`` in this process: (exit code, stdout, stderr)."""
+    import predict  # here, not above: conftest imports this module, and light test files need no script
     return run_main(predict.main, argv, capsys)
 
 
