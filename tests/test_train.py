@@ -127,7 +127,7 @@ def assert_same_run(straight, resumed):
     return a, b
 
 
-# --- stopping inside an epoch: SIGTERM, Ctrl-C, timed saves ---------------------------------------------------------
+# --- stopping inside an epoch: SIGKILL, SIGTERM, Ctrl-C, timed saves ------------------------------------------------
 
 SHORT = [*TINY, "--epochs", "2"]  # 38 training images in batches of 4: 9 batches an epoch (8 with accumulate=2)
 
