@@ -1,5 +1,11 @@
+import shutil
+import signal
+
 import pytest
 import torch
+
+from tests.markers import write_marker_dataset
+from tests.scripts import make_synthetic_set
 
 
 def pytest_collection_modifyitems(config, items):
@@ -22,9 +28,64 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+# --- data sets, made once per session and shared: read-only by convention (a test that changes one changes a copy) ---
+
+@pytest.fixture(scope="session")
+def marker_set(tmp_path_factory):
+    """FreiHAND-layout marker data at 224 px: 4 training hands, 3 labelled evaluation hands with *_scale.json."""
+    return write_marker_dataset(tmp_path_factory.mktemp("marker_set"), n=4, n_eval=3, seed=5)
+
+
+@pytest.fixture(scope="session")
+def marker_set_12(tmp_path_factory):
+    """FreiHAND-layout marker data at 224 px: 12 training hands (all with masks), 3 labelled evaluation hands."""
+    return write_marker_dataset(tmp_path_factory.mktemp("marker_set_12"), n=12, seed=11)
+
+
+@pytest.fixture(scope="session")
+def marker_set_2_versions(tmp_path_factory):
+    """FreiHAND-layout marker data at 224 px: 6 training hands in 2 versions (12 images, the first 6 with masks)."""
+    return write_marker_dataset(tmp_path_factory.mktemp("marker_set_2_versions"), n=6, versions=2, seed=3)
+
+
+@pytest.fixture(scope="session")
+def synthetic_64(tmp_path_factory):
+    """A synthetic set made by the generator's command line at 64 px: 16 training and 6 evaluation hands."""
+    return make_synthetic_set(tmp_path_factory.mktemp("synthetic_64") / "data", 16, 6, seed=11, size=64)
+
+
+@pytest.fixture(scope="session")
+def synthetic_96(tmp_path_factory):
+    """A synthetic set made by the generator's command line at 96 px: 40 training (38 after the validation split)
+    and 8 evaluation hands."""
+    return make_synthetic_set(tmp_path_factory.mktemp("synthetic_96") / "data", 40, 8, seed=3, size=96)
+
+
 @pytest.fixture(scope="session")
 def hand_set(tmp_path_factory):
     """A tiny synthetic set (FreiHAND layout, 64 px): 2 training and 12 labelled evaluation hands, real hand shapes
     for the tests that recognise a joint order from the bones (the marker sets' joints are random points)."""
     from data import synthetic
     return synthetic.generate(tmp_path_factory.mktemp("hand_set") / "set", 2, 12, seed=4, size=64, workers=1)
+
+
+@pytest.fixture
+def copy_of(tmp_path):
+    """copy_of(shared data set) -> a private copy in this test's folder, for a test that changes its files."""
+    def copy(root):
+        return shutil.copytree(root, tmp_path / "data_copy")
+    return copy
+
+
+@pytest.fixture
+def terminal_stop_signals():
+    """For a test that signals its own process: Ctrl-C raises KeyboardInterrupt and SIGTERM is at its default while
+    it runs, as in a terminal's foreground job, however the suite was started (a script's background job starts
+    with SIGINT ignored, which the trainer rightly keeps); both set back afterwards."""
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for signum, handler in previous.items():
+        if handler is not None:  # None: set outside Python, cannot be set back from here
+            signal.signal(signum, handler)

@@ -12,21 +12,15 @@ from core.common import PROJECT_ROOT, UserError
 from data import augment
 from data.dataset import HandDataset
 from data.readers import load_split
-from tests.markers import label_errors, write_marker_dataset
+from tests.markers import assert_on_marks
 
 SIZE = 128
-MARGIN = 6  # px: a mark whose centre is this far inside the image lies fully inside it
 
 
 @pytest.fixture(scope="module")
-def markers(tmp_path_factory):
-    return write_marker_dataset(tmp_path_factory.mktemp("aug_markers"), n=12, seed=11)
-
-
-@pytest.fixture(scope="module")
-def batch(markers):
+def batch(marker_set_12):
     """All 12 marker samples as one batch dict at SIZE px."""
-    dataset = HandDataset(load_split(markers, "train"), SIZE)
+    dataset = HandDataset(load_split(marker_set_12, "train"), SIZE)
     samples = [dataset[i] for i in range(len(dataset))]
     return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
 
@@ -44,28 +38,22 @@ def run_preview(root, out, augs, seed=0, n=8, extra=(), subprocess_cli=False):
     return dict(np.load(out / "preview.npz"))
 
 
-def mark_errors(images, uv):
-    """Label-to-mark distances over joints whose mark lies fully inside its image."""
-    errors = []
-    for image, points in zip(images, uv):
-        inside = ((points >= MARGIN) & (points <= image.shape[0] - 1 - MARGIN)).all(1)
-        errors.append(label_errors(points, image)[inside])
-    return np.concatenate(errors)
-
-
-def assert_on_marks(images, uv, min_joints=50):
-    errors = mark_errors(images, uv)
-    assert len(errors) >= min_joints
-    assert np.median(errors) <= 1.0 and np.percentile(errors, 95) <= 2.0, (np.median(errors), errors.max())
-
-
 @pytest.fixture(scope="module")
-def previews(markers, tmp_path_factory):
-    """Preview outputs of the same seed for several --augs; 'rotate,scale,translate' through a subprocess."""
+def previews(marker_set_12, tmp_path_factory):
+    """Preview outputs of the same seed for several --augs, from augment.py's main in this process."""
     out = tmp_path_factory.mktemp("previews")
     sets = ["none", "rotate", "rotate,scale,translate", "background", "flip"]
-    return {augs: run_preview(markers, out / augs.replace(",", "_"), augs, seed=3,
-                              subprocess_cli=augs == "rotate,scale,translate") for augs in sets}
+    return {augs: run_preview(marker_set_12, out / augs.replace(",", "_"), augs, seed=3) for augs in sets}
+
+
+@pytest.mark.slow
+def test_the_command_line_writes_what_main_writes_in_this_process(previews, marker_set_12, tmp_path):
+    """augment.py --preview run as a user runs it: the same files as its main in this process."""
+    augs = "rotate,scale,translate"
+    written = run_preview(marker_set_12, tmp_path, augs, seed=3, subprocess_cli=True)
+    assert sorted(written) == sorted(previews[augs])
+    for key, value in written.items():
+        np.testing.assert_array_equal(value, previews[augs][key], err_msg=key)
 
 
 @pytest.mark.parametrize("augs", ["none", "rotate", "rotate,scale,translate"])
@@ -76,10 +64,10 @@ def test_preview_labels_sit_on_the_marks(previews, augs):
     assert_on_marks(result["images"], result["uv"])
 
 
-def test_same_seed_picks_the_same_samples_whatever_augs(previews, markers, tmp_path):
+def test_same_seed_picks_the_same_samples_whatever_augs(previews, marker_set_12, tmp_path):
     for result in previews.values():
         np.testing.assert_array_equal(result["idx"], previews["none"]["idx"])
-    other = run_preview(markers, tmp_path, "none", seed=4)
+    other = run_preview(marker_set_12, tmp_path, "none", seed=4)
     assert not np.array_equal(other["idx"], previews["none"]["idx"])
 
 
@@ -227,8 +215,9 @@ def test_names_and_options_are_checked():
             augment.resolve_options(bad)
 
 
-def test_cli_prints_one_line_errors(markers, tmp_path):
-    done = subprocess.run([sys.executable, "augment.py", "--preview", "--data-root", str(markers), "--augs",
+@pytest.mark.slow
+def test_cli_prints_one_line_errors(marker_set_12, tmp_path):
+    done = subprocess.run([sys.executable, "augment.py", "--preview", "--data-root", str(marker_set_12), "--augs",
                            "rotate,spin", "--out", str(tmp_path)], cwd=PROJECT_ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1

@@ -5,18 +5,16 @@ import math
 import torch
 
 import bench
-from tests.markers import write_marker_dataset
 
 
-def test_bench_cpu_tiny_writes_one_figure_per_stage(tmp_path, capsys):
-    root = write_marker_dataset(tmp_path / "data", n=12, seed=1)
+def test_bench_cpu_tiny_writes_one_figure_per_stage(marker_set_12, tmp_path, capsys):
     out = tmp_path / "bench.json"
     threads = torch.get_num_threads()
     try:
         bench.main(["--device", "cpu", "--archs", "ghost_lite", "--recipes", "effb0_cpu", "--img-size", "64",
                     "--model-size", "64", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--loader-batches", "2",
                     "--loader-seconds", "0", "--tta", "2", "--workers", "0", "--threads", "1",
-                    "--data-root", str(root), "--cache-root", str(tmp_path / "cache"), "--out", str(out)])
+                    "--data-root", str(marker_set_12), "--cache-root", str(tmp_path / "cache"), "--out", str(out)])
     finally:
         torch.set_num_threads(threads)
     result = json.loads(out.read_text())

@@ -36,10 +36,9 @@ def markers(tmp_path_factory):
 
 
 @pytest.fixture
-def fresh(tmp_path):
+def fresh(marker_set_2_versions, copy_of, tmp_path):
     """A private copy of a small dataset and an empty cache root: (root, cache_root, lines announced)."""
-    root = write_marker_dataset(tmp_path / "data", n=6, versions=2, seed=3)
-    return root, tmp_path / "cache", []
+    return copy_of(marker_set_2_versions), tmp_path / "cache", []
 
 
 def assert_same_samples(expected, actual):
@@ -165,6 +164,7 @@ def test_changed_cache_file_is_rebuilt_not_read(fresh, name, damage, reason):
                                      len(dataset)) is None
 
 
+@pytest.mark.slow
 def test_killed_build_leaves_nothing_read_as_complete(fresh):
     """SIGKILL a build (a rebuild, so an older complete cache existed) half-way: no manifest, the next open
     rebuilds and clears the killed build's temp files."""
@@ -232,6 +232,7 @@ def test_corrupt_jpeg_in_a_build_worker_is_one_clear_line(fresh):
     assert not (folder / MANIFEST).exists() and not list(folder.glob("*.tmp-*"))
 
 
+@pytest.mark.slow
 def test_cli_prints_a_build_error_as_one_line(fresh):
     root, cache_root, _ = fresh
     path = root / "training/rgb/00000004.jpg"

@@ -27,26 +27,19 @@ from data.loader import make_loader, to_device
 from data.readers import load_split
 from training.step import forward_loss, optimizer_step
 from training.optimization import make_optimizer
-from tests.markers import write_marker_dataset
-from tests.scripts import make_synthetic_set, run_main
-from tests.test_augment import SIZE, assert_on_marks
-from tests.test_predict import marker_batch
-from tests.test_train import act_at_forward
+from tests.markers import assert_on_marks, marker_batch
+from tests.scripts import act_at_forward, make_synthetic_set, run_main
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")
 TTA_TOLERANCE_PX = 0.05      # fp32 on both devices: cuDNN and the CPU sum in other orders
 TTA_AMP_TOLERANCE_PX = 1.0   # bf16 on the GPU (8 bits of mantissa) against fp32 on the CPU, at 64 px
+SIZE = 128                   # px of the marker checks of the augmentation
 
 
-@pytest.fixture(scope="module")
-def markers(tmp_path_factory):
-    return write_marker_dataset(tmp_path_factory.mktemp("cuda_markers"), n=12, seed=11)
-
-
-def cuda_batch(markers, size):
+def cuda_batch(marker_set_12, size):
     """The 12 marker samples at ``size`` px, loaded as training loads them: pinned, then copied non_blocking."""
-    dataset = make_dataset(load_split(markers, "train"), size, cache=False)
+    dataset = make_dataset(load_split(marker_set_12, "train"), size, cache=False)
     loader = make_loader(dataset, 12, train=False, workers=0, pin_memory=True)
     batch = next(iter(loader))
     assert batch["image"].is_pinned()
@@ -54,7 +47,7 @@ def cuda_batch(markers, size):
 
 
 @pytest.mark.parametrize("arch", models.list_models())
-def test_amp_bf16_training_step_of_every_arch(arch, markers):
+def test_amp_bf16_training_step_of_every_arch(arch, marker_set_12):
     """One step of the arch's recipe in bf16 autocast and channels_last: convolutions run in bf16, the loss is
     finite, and the weights move."""
     config = {**recipes.recipe_config(arch), "img_size": 64, "amp": True}
@@ -64,7 +57,7 @@ def test_amp_bf16_training_step_of_every_arch(arch, markers):
     hook = torch.nn.modules.module.register_module_forward_hook(
         lambda module, args, out: dtypes.add(out.dtype) if isinstance(module, torch.nn.Conv2d) else None)
     batch = augment.Augmenter(config["augs"], augment.resolve_options(config["aug"]), 64, CUDA, seed=0)(
-        cuda_batch(markers, 64))
+        cuda_batch(marker_set_12, 64))
     before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
     try:
         loss, _ = forward_loss(model, batch, config, CUDA, channels_last=True)
@@ -78,10 +71,10 @@ def test_amp_bf16_training_step_of_every_arch(arch, markers):
 
 
 @pytest.mark.parametrize("augs", ["rotate,scale,translate", "flip,rotate"])
-def test_augmenter_on_cuda_keeps_keypoints_on_the_marks(markers, augs):
+def test_augmenter_on_cuda_keeps_keypoints_on_the_marks(marker_set_12, augs):
     """The CPU marker check, on the device: every label sits on its blob after kornia's warp on CUDA."""
     options = augment.resolve_options({"scale": {"range": (0.8, 1.2)}, "flip": {"p": 0.5}})
-    out = augment.Augmenter(augs, options, SIZE, CUDA, seed=0)(cuda_batch(markers, SIZE))
+    out = augment.Augmenter(augs, options, SIZE, CUDA, seed=0)(cuda_batch(marker_set_12, SIZE))
     assert out["image"].device.type == "cuda"
     images = (out["image"] * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     assert_on_marks(images, out["uvd"][..., :2].cpu().numpy())
@@ -177,7 +170,8 @@ def test_random_streams_of_a_cuda_run_are_restored_exactly():
     assert not runstate.restore_streams(streams, torch.device("cpu"), torch.Generator())  # moved: CPU streams only
 
 
-def test_sigterm_mid_epoch_on_cuda_writes_a_state_that_resumes(synthetic, tmp_path, monkeypatch, capsys):
+def test_sigterm_mid_epoch_on_cuda_writes_a_state_that_resumes(synthetic, tmp_path, monkeypatch, capsys,
+                                                               terminal_stop_signals):
     """The stop path on the GPU: SIGTERM mid-step, last.pt with CUDA streams, exit 143; --resume restores them (no
     note about other draws) and finishes."""
     folder = tmp_path / "run"

@@ -18,8 +18,8 @@ def freihand_markers(tmp_path_factory):
     return write_marker_dataset(tmp_path_factory.mktemp("fh"), n=40, versions=1, seed=5)
 
 
-def test_detects_both_layouts(tmp_path):
-    assert detect_layout(write_marker_dataset(tmp_path / "a", n=2)) == "freihand"
+def test_detects_both_layouts(marker_set, tmp_path):
+    assert detect_layout(marker_set) == "freihand"
     assert detect_layout(write_marker_dataset(tmp_path / "b", n=2, layout="mp21")) == "mp21"
     assert detect_layout(tmp_path) is None
 
@@ -170,36 +170,37 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
         resolve_or_generate_data_root(tmp_path / "nowhere")
 
 
-def test_partial_dataset_is_a_clear_error(tmp_path):
-    root = write_marker_dataset(tmp_path, n=6)
-    (root / "training/rgb/00000003.jpg").unlink()
+def test_partial_dataset_is_a_clear_error(marker_set, copy_of):
+    root = copy_of(marker_set)
+    (root / "training/rgb/00000001.jpg").unlink()  # 3 images for 4 annotations, the second one gone
     message = _error(root)
-    assert "00000003.jpg" in message and "missing" in message
+    assert "00000001.jpg" in message and "missing" in message
 
 
-def test_image_count_not_a_multiple_is_a_clear_error(tmp_path):
-    root = write_marker_dataset(tmp_path, n=6)
-    (root / "training/rgb/00000005.jpg").unlink()  # 5 images for 6 annotations
+def test_image_count_not_a_multiple_is_a_clear_error(marker_set, copy_of):
+    root = copy_of(marker_set)
+    (root / "training/rgb/00000003.jpg").unlink()  # 3 images for 4 annotations
     message = _error(root)
     assert "not a multiple" in message and "training_K.json" in message
 
 
-def test_length_mismatch_is_a_clear_error(tmp_path):
-    root = write_marker_dataset(tmp_path, n=6)
+def test_length_mismatch_is_a_clear_error(marker_set, copy_of):
+    root = copy_of(marker_set)
     xyz = json.loads((root / "training_xyz.json").read_text())
-    (root / "training_xyz.json").write_text(json.dumps(xyz[:5]))
+    (root / "training_xyz.json").write_text(json.dumps(xyz[:3]))  # 3 entries for 4 K
     message = _error(root)
-    assert "training_xyz.json" in message and "5 entries" in message and "6" in message
+    assert "training_xyz.json" in message and "3 entries" in message and "4" in message
 
 
-def test_corrupt_jpeg_is_a_clear_error(tmp_path):
-    root = write_marker_dataset(tmp_path, n=3)
+def test_corrupt_jpeg_is_a_clear_error(marker_set, copy_of):
+    root = copy_of(marker_set)
     path = root / "training/rgb/00000001.jpg"
     path.write_bytes(path.read_bytes()[:300])
     message = _error(root)
     assert "00000001.jpg" in message and "cannot decode" in message
 
 
+@pytest.mark.slow
 def test_scripts_print_one_line_for_a_missing_dataset(tmp_path):
     """The CLI wrapper: a user error is one line on stderr and exit status 2, no traceback."""
     code = ("import sys; from core.common import cli; from data.readers import load_split\n"

@@ -19,7 +19,6 @@ from uploads.upload_files import read_freihand_zip
 from uploads.writing import save_record
 import train
 from core.common import PROJECT_ROOT, UserError
-from data import synthetic
 from data.joints import ORDERS
 from data.readers import load_split
 from tests.markers import write_marker_dataset
@@ -153,10 +152,10 @@ def write_fold_set(root, runs, seed, sigma, folds=3, skip=()):
     return runs / f"family{seed}_fold{min(set(range(folds)) - set(skip))}"
 
 
-def test_fitted_weights_on_complete_fold_sets_use_every_out_of_fold_prediction(tmp_path, capsys):
+def test_fitted_weights_on_complete_fold_sets_use_every_out_of_fold_prediction(marker_set_12, tmp_path, capsys):
     """Two 3-fold families in one runs folder (told apart by their configs): each member's validation set is
     its family's out-of-fold predictions, i.e. every training image once."""
-    root = write_marker_dataset(tmp_path / "data", n=12, n_eval=6, seed=5)
+    root = marker_set_12
     evaluation = load_split(root, "evaluation")
     members = []
     for seed, sigma in ((1, 0.002), (2, 0.008)):
@@ -171,8 +170,8 @@ def test_fitted_weights_on_complete_fold_sets_use_every_out_of_fold_prediction(t
     assert json.loads((tmp_path / "ens.ensemble.json").read_text())["weights"][0] > 0.8
 
 
-def test_an_incomplete_fold_set_is_one_line_naming_the_missing_fold(tmp_path, capsys):
-    root = write_marker_dataset(tmp_path / "data", n=12, n_eval=6, seed=5)
+def test_an_incomplete_fold_set_is_one_line_naming_the_missing_fold(marker_set_12, tmp_path, capsys):
+    root = marker_set_12
     evaluation = load_split(root, "evaluation")
     members = [write_member(tmp_path / f"m{seed}.npz", evaluation.xyz, evaluation.image_ids, "evaluation",
                             layout="freihand", data_root=str(root),
@@ -336,12 +335,11 @@ def test_a_member_in_another_order_is_refused_when_the_other_shows_none(hand_mem
 
 # --- end to end: train.py runs -> predict.py --tta 10 -> ensemble.py --fit-weights --------------------------------
 
-def test_train_predict_with_tta_and_ensemble_end_to_end(tmp_path, capsys):
+@pytest.mark.slow
+def test_train_predict_with_tta_and_ensemble_end_to_end(synthetic_64, tmp_path, capsys):
     """Two tiny train.py runs on a tiny synthetic set; predict.py --tta 10 through the command line on one, in
     this process on the other; ensemble.py --fit-weights through the command line, on the runs' val_pred.npz."""
-    data = tmp_path / "data"
-    synthetic.main(["--out", str(data), "--train", "24", "--eval", "8", "--seed", "1", "--size", "96",
-                    "--workers", "1"])
+    data = synthetic_64
     runs = [tmp_path / f"run{seed}" for seed in (0, 1)]
     for seed, run in enumerate(runs):
         train.main(["--arch", "ghost_lite", "--data-root", str(data), "--epochs", "1", "--img-size", "64",
@@ -358,7 +356,7 @@ def test_train_predict_with_tta_and_ensemble_end_to_end(tmp_path, capsys):
                   "--workers", "0"])
     for name in ("p0", "p1"):
         scores = json.loads((tmp_path / f"{name}.metrics.json").read_text())
-        assert scores["tta"] == 10 and scores["n"] == 8 and np.isfinite(scores["reflections_allowed"]["pa_mpjpe_mm"])
+        assert scores["tta"] == 10 and scores["n"] == 6 and np.isfinite(scores["reflections_allowed"]["pa_mpjpe_mm"])
     done = subprocess.run([sys.executable, "ensemble.py", str(tmp_path / "p0.npz"), str(tmp_path / "p1.npz"),
                            "--fit-weights", "--out", str(tmp_path / "ens")],
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, env=env)

@@ -7,46 +7,42 @@ from prediction import onnx_backend
 import predict
 from models.checkpoints import load_checkpoint
 from training.checkpoints import save_checkpoint
-from tests.markers import write_marker_dataset
-from tests.test_predict import assert_one_line_error, leftovers, run_cli, write_checkpoint
-
-TINY_HOURGLASS = {"channels": 16, "num_stacks": 1, "hourglass_depth": 2, "stem_stride": 4, "depth_head": "lifting"}
+from tests.checkpoints import TINY_HOURGLASS, write_checkpoint
+from tests.scripts import assert_one_line_error, leftovers, run_predict
 
 
 @pytest.fixture(scope="module")
-def markers(tmp_path_factory):
-    return write_marker_dataset(tmp_path_factory.mktemp("export_markers"), n=4, n_eval=5, seed=6)
-
-
-@pytest.fixture(scope="module")
-def exported(markers, tmp_path_factory):
+def exported(marker_set, tmp_path_factory):
     """A small hourglass's checkpoint, exported beside it."""
-    ckpt = write_checkpoint(tmp_path_factory.mktemp("runs") / "hg" / "best.pt", "hourglass_attn", markers,
+    ckpt = write_checkpoint(tmp_path_factory.mktemp("runs") / "hg" / "best.pt", "hourglass_attn", marker_set,
                             model=TINY_HOURGLASS)
     state = load_checkpoint(ckpt)
     torch.manual_seed(1)
     state["model"] = {k: v + 0.05 * torch.randn_like(v) if k.endswith("running_mean") else v
                       for k, v in state["model"].items()}                          # not a freshly reset BN
     save_checkpoint(state, ckpt)
-    predict.main(["--ckpt", str(ckpt), "--export", "onnx", "--data-root", str(markers)])
+    predict.main(["--ckpt", str(ckpt), "--export", "onnx", "--data-root", str(marker_set)])
     return ckpt
 
 
+@pytest.mark.slow
 def test_export_writes_a_file_that_agrees_with_pytorch(exported):
     assert onnx_backend.onnx_path(exported).is_file() and not leftovers(exported.parent)
 
 
-def test_onnxruntime_predicts_the_same_upload_as_pytorch(exported, markers, tmp_path, capsys):
+@pytest.mark.slow
+def test_onnxruntime_predicts_the_same_upload_as_pytorch(exported, marker_set, tmp_path, capsys):
     ckpt = exported
     for backend in ("torch", "onnxruntime"):
-        code, out, err = run_cli(["--ckpt", ckpt, "--data-root", markers, "--tta", "4", "--backend", backend,
+        code, out, err = run_predict(["--ckpt", ckpt, "--data-root", marker_set, "--tta", "4", "--backend", backend,
                                   "--out", tmp_path / backend], capsys)
         assert code == 0, err
     a, b = (np.load(tmp_path / f"{backend}.npz")["xyz"] for backend in ("torch", "onnxruntime"))
     assert np.abs(a - b).max() < 1e-4  # metres: within the export's tolerance after the same TTA and root depth
 
 
-def test_a_file_from_other_weights_is_refused(exported, markers, tmp_path, capsys):
+@pytest.mark.slow
+def test_a_file_from_other_weights_is_refused(exported, marker_set, tmp_path, capsys):
     ckpt = exported
     stale = tmp_path / "run" / "best.pt"
     stale.parent.mkdir()
@@ -54,19 +50,20 @@ def test_a_file_from_other_weights_is_refused(exported, markers, tmp_path, capsy
     state["epoch"] = 1
     save_checkpoint(state, stale)
     onnx_backend.onnx_path(stale).write_bytes(onnx_backend.onnx_path(ckpt).read_bytes())
-    code, _, err = run_cli(["--ckpt", stale, "--data-root", markers, "--backend", "onnxruntime"], capsys)
+    code, _, err = run_predict(["--ckpt", stale, "--data-root", marker_set, "--backend", "onnxruntime"], capsys)
     assert_one_line_error(code, err, "was not exported from the current", "--export onnx")
     onnx_backend.onnx_path(stale).unlink()
-    code, _, err = run_cli(["--ckpt", stale, "--data-root", markers, "--backend", "onnxruntime"], capsys)
+    code, _, err = run_predict(["--ckpt", stale, "--data-root", marker_set, "--backend", "onnxruntime"], capsys)
     assert_one_line_error(code, err, "not found: export the checkpoint first", "--export onnx")
 
 
-def test_a_file_that_disagrees_is_not_kept(exported, markers, tmp_path, capsys, monkeypatch):
+@pytest.mark.slow
+def test_a_file_that_disagrees_is_not_kept(exported, marker_set, tmp_path, capsys, monkeypatch):
     ckpt = tmp_path / "run" / "best.pt"
     ckpt.parent.mkdir()
     ckpt.write_bytes(exported.read_bytes())
     monkeypatch.setattr(onnx_backend, "TOLERANCE_UV_PX", -1.0)
-    code, _, err = run_cli(["--ckpt", ckpt, "--export", "onnx", "--data-root", markers], capsys)
+    code, _, err = run_predict(["--ckpt", ckpt, "--export", "onnx", "--data-root", marker_set], capsys)
     assert_one_line_error(code, err, "onnxruntime disagrees with PyTorch", "not kept")
     assert sorted(p.name for p in ckpt.parent.iterdir()) == ["best.pt"]
 

@@ -25,22 +25,15 @@ from training import rundir
 from models.checkpoints import load_checkpoint
 from core.common import PROJECT_ROOT, UserError
 from data.readers import load_split
-from tests.scripts import make_synthetic_set, run_main
-from tests.test_train import TINY, log_epochs, run_train
+from tests.scripts import TINY, log_epochs, run_main, stop_signals_as_in_a_terminal
 
 FAST = [*TINY, "--epochs", "2", "--set", "max_train_images=12", "--set", "max_val_images=4"]
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return make_synthetic_set(tmp_path_factory.mktemp("failures") / "data", 24, 6, seed=5, size=64)
-
-
-@pytest.fixture(scope="module")
-def finished_run(data_root, tmp_path_factory):
+def finished_run(synthetic_64, tmp_path_factory):
     folder = tmp_path_factory.mktemp("finished") / "run"
-    result = run_train(*FAST, "--data-root", data_root, "--out", folder)
-    assert result.returncode == 0, result.stderr
+    train.main([str(a) for a in [*FAST, "--data-root", synthetic_64, "--out", folder]])
     return folder
 
 
@@ -67,9 +60,9 @@ def a_file(tmp_path):
 
 
 @pytest.mark.parametrize("below", [False, True], ids=["out_is_a_file", "out_below_a_file"])
-def test_train_out_that_is_a_file_or_below_one(a_file, below, capsys):
+def test_train_out_that_is_a_file_or_below_one(a_file, below, synthetic_64, capsys):
     out = a_file / "run" if below else a_file
-    code, _, err = run_main(train.main, [*FAST, "--out", out], capsys)
+    code, _, err = run_main(train.main, [*FAST, "--data-root", synthetic_64, "--out", out], capsys)
     one_line_error(code, err, str(a_file))
     assert a_file.read_text() == "not a folder"
 
@@ -168,9 +161,8 @@ def test_bad_script_number_is_one_line(main, args, fragment, tmp_path, capsys, m
 
 @pytest.mark.parametrize("prefix, split", [("training", "train"), ("evaluation", "evaluation")],
                          ids=["singular_K_in_training", "singular_K_in_evaluation"])
-def test_singular_K_names_the_file_and_the_entry(data_root, tmp_path, prefix, split):
-    root = tmp_path / "data"
-    subprocess.run(["cp", "-r", str(data_root), str(root)], check=True)
+def test_singular_K_names_the_file_and_the_entry(synthetic_64, copy_of, tmp_path, prefix, split):
+    root = copy_of(synthetic_64)
     K = json.loads((root / f"{prefix}_K.json").read_text())
     K[3] = [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
     (root / f"{prefix}_K.json").write_text(json.dumps(K))
@@ -180,9 +172,8 @@ def test_singular_K_names_the_file_and_the_entry(data_root, tmp_path, prefix, sp
 
 # --- 4. corrupt files the project wrote itself -----------------------------------------------------------------
 
-def test_corrupt_val_split_json_says_delete_it(data_root, tmp_path):
-    root = tmp_path / "data"
-    subprocess.run(["cp", "-r", str(data_root), str(root)], check=True)
+def test_corrupt_val_split_json_says_delete_it(synthetic_64, copy_of, tmp_path):
+    root = copy_of(synthetic_64)
     (root / "val_split.json").write_text('{"num_annotations": 24, "val_ann')
     with pytest.raises(UserError, match="val_split.json is damaged.*delete it to make a new split"):
         load_split(root, "train")
@@ -201,7 +192,7 @@ def test_corrupt_config_json_when_resuming_by_arch_says_resume_by_out(finished_r
 
 # --- 5. advice that works as written --------------------------------------------------------------------------
 
-def test_nan_advice_command_is_accepted_by_resume(finished_run, tmp_path):
+def test_nan_advice_command_is_accepted_by_resume(finished_run, tmp_path, capsys):
     """The NaN message's command (--resume with a lower --lr and clipping) runs; --ckpt is advised nowhere."""
     folder = tmp_path / "run"
     subprocess.run(["cp", "-r", str(finished_run), str(folder)], check=True)
@@ -209,20 +200,21 @@ def test_nan_advice_command_is_accepted_by_resume(finished_run, tmp_path):
     state["config"]["epochs"] = 3
     from training.checkpoints import save_checkpoint
     save_checkpoint(state, folder / "last.pt")
-    result = run_train("--out", folder, "--resume", "--lr", "3e-4", "--set", "grad_clip=1.0")
-    assert result.returncode == 0, result.stderr
+    code, out, err = run_main(train.main, ["--out", folder, "--resume", "--lr", "3e-4", "--set", "grad_clip=1.0"],
+                              capsys)
+    assert code == 0, err
     last = load_checkpoint(folder / "last.pt")
     assert last["epoch"] == 3 and last["config"]["lr"] == 3e-4 and last["config"]["grad_clip"] == 1.0
-    assert "--ckpt" not in result.stdout + result.stderr
+    assert "--ckpt" not in out + err
 
 
-def test_nan_in_the_first_epoch_advises_a_new_run_and_keeps_no_empty_folder(data_root, tmp_path, monkeypatch,
+def test_nan_in_the_first_epoch_advises_a_new_run_and_keeps_no_empty_folder(synthetic_64, tmp_path, monkeypatch,
                                                                              capsys):
     real_loss = step.pose_loss
     monkeypatch.setattr(step, "pose_loss", lambda *a, **k: (real_loss(*a, **k)[0] * float("nan"),
                                                              real_loss(*a, **k)[1]))
     out = tmp_path / "run"
-    code, _, err = run_main(train.main, [*FAST, "--data-root", data_root, "--out", out], capsys)
+    code, _, err = run_main(train.main, [*FAST, "--data-root", synthetic_64, "--out", out], capsys)
     line = one_line_error(code, err, "nothing was kept", "--lr", "grad_clip=1.0")
     assert "--resume" not in line and not out.exists()
 
@@ -237,9 +229,9 @@ def test_resume_without_last_pt_gives_the_command_that_works(tmp_path, capsys):
 
 # --- 6. one run per folder -------------------------------------------------------------------------------------
 
-def test_new_run_into_a_folder_holding_a_run_is_refused(finished_run, data_root, capsys):
+def test_new_run_into_a_folder_holding_a_run_is_refused(finished_run, synthetic_64, capsys):
     before = load_checkpoint(finished_run / "last.pt")["epoch"]
-    code, _, err = run_main(train.main, [*FAST, "--data-root", data_root, "--out", finished_run], capsys)
+    code, _, err = run_main(train.main, [*FAST, "--data-root", synthetic_64, "--out", finished_run], capsys)
     one_line_error(code, err, "already holds a run", "--resume")
     assert load_checkpoint(finished_run / "last.pt")["epoch"] == before
 
@@ -251,18 +243,19 @@ def test_resume_with_another_arch_is_refused(finished_run, capsys):
     assert (finished_run / "config.json").read_text() == config
 
 
-def test_second_process_on_a_folder_in_use_is_refused(data_root, tmp_path):
+@pytest.mark.slow
+def test_second_process_on_a_folder_in_use_is_refused(synthetic_64, tmp_path, capsys):
     folder = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "train.py", *FAST[:-4], "--epochs", "30", "--data-root", str(data_root),
-                              "--out", str(folder)], cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
+    first = subprocess.Popen([sys.executable, "train.py", *FAST[:-4], "--epochs", "30", "--data-root",
+                              str(synthetic_64), "--out", str(folder)], cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.time() + 120
         while not (folder / "last.pt").exists() and time.time() < deadline:
             time.sleep(0.05)
-        second = run_train("--out", folder, "--resume")  # e.g. a resume typed while the run still trains
-        assert second.returncode == 2 and "in use by another training process" in second.stderr
-        assert second.stderr.count("\n") == 1
+        # e.g. a resume typed while the run still trains
+        code, _, err = run_main(train.main, ["--out", folder, "--resume"], capsys)
+        assert code == 2 and "in use by another training process" in err and err.count("\n") == 1, err
     finally:
         first.kill()
         first.wait()
@@ -270,11 +263,13 @@ def test_second_process_on_a_folder_in_use_is_refused(data_root, tmp_path):
 
 # --- 7. Ctrl-C -------------------------------------------------------------------------------------------------
 
-def test_ctrl_c_is_one_line_with_the_command_to_continue_and_exit_130(data_root, tmp_path):
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_with_the_command_to_continue_and_exit_130(synthetic_64, tmp_path):
     folder = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "train.py", *FAST[:-4], "--epochs", "30", "--data-root",
-                                str(data_root), "--out", str(folder)], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                str(synthetic_64), "--out", str(folder)], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               preexec_fn=stop_signals_as_in_a_terminal)
     deadline = time.time() + 120
     while not (folder / "last.pt").exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -304,14 +299,15 @@ def test_a_signal_the_process_was_started_ignoring_stays_ignored_in_the_epochs()
         signal.signal(signal.SIGINT, previous)
 
 
-def test_sigterm_to_every_process_with_loader_workers_is_one_line_and_exit_143(data_root, tmp_path):
+@pytest.mark.slow
+def test_sigterm_to_every_process_with_loader_workers_is_one_line_and_exit_143(synthetic_64, tmp_path):
     """A scheduler's SIGTERM reaches the training process and its loader workers at once (a process group): the
     workers keep serving until the step ends, last.pt is written, one line, exit 143, no worker left behind."""
     folder = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "train.py", *FAST[:-4], "--epochs", "30", "--workers", "2",
-                                "--data-root", str(data_root), "--out", str(folder)], cwd=PROJECT_ROOT,
+                                "--data-root", str(synthetic_64), "--out", str(folder)], cwd=PROJECT_ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=stop_signals_as_in_a_terminal)
     deadline = time.time() + 120
     while not (folder / "last.pt").exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -339,33 +335,33 @@ def processes_naming(text):
 
 # --- 9. stale temp files and a kill between best.pt and last.pt ------------------------------------------------
 
-def test_stale_temp_files_are_removed_when_the_run_resumes(finished_run, tmp_path):
+def test_stale_temp_files_are_removed_when_the_run_resumes(finished_run, tmp_path, capsys):
     folder = tmp_path / "run"
     subprocess.run(["cp", "-r", str(finished_run), str(folder)], check=True)
     stale = folder / f".last.pt{common.TEMP_MARK}99999"
     stale.write_bytes(b"half a checkpoint")
-    assert run_train("--out", folder, "--resume").returncode == 0
+    code, _, err = run_main(train.main, ["--out", folder, "--resume"], capsys)
+    assert code == 0, err
     assert not stale.exists()
 
 
-def test_kill_between_best_and_last_in_epoch_one_can_start_again(finished_run, data_root, tmp_path):
+def test_kill_between_best_and_last_in_epoch_one_can_start_again(finished_run, synthetic_64, tmp_path, capsys):
     """A run killed after best.pt but before its first last.pt: --resume says to start again, and the same
     command without --resume does so."""
     folder = tmp_path / "run"
     subprocess.run(["cp", "-r", str(finished_run), str(folder)], check=True)
     (folder / "last.pt").unlink()
-    resumed = run_train("--out", folder, "--resume")
-    assert resumed.returncode == 2 and "holds no last.pt" in resumed.stderr
-    again = run_train(*FAST, "--data-root", data_root, "--out", folder)
-    assert again.returncode == 0, again.stderr
+    code, _, err = run_main(train.main, ["--out", folder, "--resume"], capsys)
+    assert code == 2 and "holds no last.pt" in err
+    code, _, err = run_main(train.main, [*FAST, "--data-root", synthetic_64, "--out", folder], capsys)
+    assert code == 0, err
     assert log_epochs(folder) == [1, 2]
 
 
 # --- 10. late errors leave no half-made run folder -------------------------------------------------------------
 
-def test_corrupt_image_found_in_epoch_one_leaves_no_run_folder(data_root, tmp_path, capsys):
-    root = tmp_path / "data"
-    subprocess.run(["cp", "-r", str(data_root), str(root)], check=True)
+def test_corrupt_image_found_in_epoch_one_leaves_no_run_folder(synthetic_64, copy_of, tmp_path, capsys):
+    root = copy_of(synthetic_64)
     for image in sorted((root / "training" / "rgb").glob("*.jpg")):
         image.write_bytes(b"not a jpeg")
     out = tmp_path / "run"
@@ -406,13 +402,14 @@ def training_workers_of(pid):
     return found
 
 
-def test_elastic_restart_continues_from_last_pt(data_root, tmp_path):
+@pytest.mark.slow
+def test_elastic_restart_continues_from_last_pt(synthetic_64, tmp_path):
     """torchrun --max-restarts 1: a worker killed after epoch 1 makes the group restart, and the restarted
     workers continue the run from its last.pt (no manual --resume): every epoch once, equal weights on both ranks."""
     folder = tmp_path / "elastic"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--max-restarts", "1",
                "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:29541", "--rdzv-id", "elastic-test",
-               "train.py", *TINY, "--epochs", "4", "--data-root", str(data_root), "--out", str(folder)]
+               "train.py", *TINY, "--epochs", "4", "--data-root", str(synthetic_64), "--out", str(folder)]
     torchrun = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 180
@@ -429,11 +426,12 @@ def test_elastic_restart_continues_from_last_pt(data_root, tmp_path):
     assert summary["world_size"] == 2 and summary["ranks_hold_same_weights"] is True
 
 
-def test_two_node_rendezvous_on_localhost_trains_with_equal_weights(data_root, tmp_path):
+@pytest.mark.slow
+def test_two_node_rendezvous_on_localhost_trains_with_equal_weights(synthetic_64, tmp_path):
     folder = tmp_path / "two_nodes"
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node",
                                "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:29547", "--rdzv-id",
-                               "two-nodes", "train.py", *FAST, "--data-root", str(data_root), "--out", str(folder)],
+                               "two-nodes", "train.py", *FAST, "--data-root", str(synthetic_64), "--out", str(folder)],
                               cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(2)]
     results = [node.communicate(timeout=300) for node in nodes]

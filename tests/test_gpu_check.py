@@ -4,10 +4,13 @@ import math
 import subprocess
 import sys
 
+import pytest
+
 from core.common import PROJECT_ROOT
 from tools import gpu_check
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_runs_every_step_and_writes_its_figures(tmp_path):
     done = subprocess.run([sys.executable, "tools/gpu_check.py", "--dry-run", "--out", str(tmp_path / "check"),
                            "--wheels", str(tmp_path / "no_wheels")], cwd=PROJECT_ROOT, capture_output=True,

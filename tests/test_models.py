@@ -28,6 +28,7 @@ def test_every_model_returns_21_uvd(name):
     assert isinstance(aux, dict)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_every_model_overfits_a_small_batch(name):
     """A fixed batch of 4 random images with random targets inside the image: the loss falls below half."""

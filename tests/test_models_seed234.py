@@ -189,6 +189,7 @@ OVERFIT = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(OVERFIT))
 def test_overfits_a_small_batch(name):
     options, weights, optimiser, lr = OVERFIT[name]

@@ -7,15 +7,13 @@ import pytest
 from PIL import Image, ImageDraw
 
 from prediction import own_images
-from tests.markers import write_marker_dataset
-from tests.test_export import TINY_HOURGLASS
-from tests.test_predict import assert_one_line_error, run_cli, write_checkpoint
+from tests.checkpoints import TINY_HOURGLASS, write_checkpoint
+from tests.scripts import assert_one_line_error, run_predict
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    markers = write_marker_dataset(tmp_path_factory.mktemp("own_markers"), n=4, n_eval=2, seed=8)
-    return write_checkpoint(tmp_path_factory.mktemp("runs") / "hg" / "best.pt", "hourglass_attn", markers,
+def ckpt(marker_set, tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("runs") / "hg" / "best.pt", "hourglass_attn", marker_set,
                             model=TINY_HOURGLASS)
 
 
@@ -46,7 +44,7 @@ def read(prefix):
 
 
 def test_pictures_of_any_size_give_joints_in_their_own_pixels_and_pictures(ckpt, pictures, tmp_path, capsys):
-    code, out, err = run_cli(["--ckpt", ckpt, "--images", pictures, "--viz", "2", "--out", tmp_path / "p"], capsys)
+    code, out, err = run_predict(["--ckpt", ckpt, "--images", pictures, "--viz", "2", "--out", tmp_path / "p"], capsys)
     assert code == 0, err
     saved, arrays = read(tmp_path / "p")
     assert [p["file"].rsplit("/", 1)[-1] for p in saved["pictures"]] == ["tall.jpg", "wide.png"]
@@ -60,7 +58,7 @@ def test_pictures_of_any_size_give_joints_in_their_own_pixels_and_pictures(ckpt,
 
 def test_a_known_focal_length_gives_camera_space_joints_that_project_onto_the_2d_ones(ckpt, pictures, tmp_path,
                                                                                       capsys):
-    code, _, err = run_cli(["--ckpt", ckpt, "--images", pictures / "wide.png", "--focal", "300",
+    code, _, err = run_predict(["--ckpt", ckpt, "--images", pictures / "wide.png", "--focal", "300",
                             "--out", tmp_path / "f"], capsys)
     assert code == 0, err
     saved, arrays = read(tmp_path / "f")
@@ -75,10 +73,10 @@ def test_a_mirrored_right_hand_predicted_as_a_left_one_gives_the_mirrored_joints
     mirrored.mkdir()
     with Image.open(pictures / "wide.png") as image:
         image.transpose(Image.FLIP_LEFT_RIGHT).save(mirrored / "wide.png")
-    code, _, err = run_cli(["--ckpt", ckpt, "--images", pictures / "wide.png", "--tta", "3",
+    code, _, err = run_predict(["--ckpt", ckpt, "--images", pictures / "wide.png", "--tta", "3",
                             "--out", tmp_path / "right"], capsys)
     assert code == 0, err
-    code, _, err = run_cli(["--ckpt", ckpt, "--images", mirrored / "wide.png", "--tta", "3", "--hand", "left",
+    code, _, err = run_predict(["--ckpt", ckpt, "--images", mirrored / "wide.png", "--tta", "3", "--hand", "left",
                             "--out", tmp_path / "left"], capsys)
     assert code == 0, err
     right, (left_json, left) = read(tmp_path / "right")[1], read(tmp_path / "left")
@@ -92,7 +90,7 @@ def test_a_mirrored_right_hand_predicted_as_a_left_one_gives_the_mirrored_joints
 def test_a_file_that_is_not_a_picture_is_one_line_before_any_work(ckpt, pictures, tmp_path, capsys):
     bad = tmp_path / "notes.jpg"
     bad.write_text("not a picture")
-    code, _, err = run_cli(["--ckpt", ckpt, "--images", pictures, bad, "--out", tmp_path / "x"], capsys)
+    code, _, err = run_predict(["--ckpt", ckpt, "--images", pictures, bad, "--out", tmp_path / "x"], capsys)
     assert_one_line_error(code, err, f"cannot read picture {bad}", "replace or remove it")
     assert not list(tmp_path.glob("x*"))
 
@@ -103,5 +101,5 @@ def test_a_file_that_is_not_a_picture_is_one_line_before_any_work(ckpt, pictures
     (["--images", ".", "--focal", "-3"], "--focal -3.0: must be a positive number"),
 ])
 def test_picture_options_are_checked(ckpt, args, message, capsys):
-    code, _, err = run_cli(["--ckpt", ckpt, *args], capsys)
+    code, _, err = run_predict(["--ckpt", ckpt, *args], capsys)
     assert_one_line_error(code, err, message)

@@ -1,9 +1,7 @@
 """predict.py: rotation TTA through the inverse affines, upload files, --check, local scores, pictures, every arch
 through the command line, and one-line errors that leave no partial file behind."""
-import copy
 import gzip
 import json
-import math
 import subprocess
 import sys
 import zipfile
@@ -18,7 +16,6 @@ from prediction import inference
 from scoring import metrics
 import models
 import predict
-from training import recipes
 from scoring.report import report_scores
 from uploads import naming, upload_files
 from uploads.check import check_file
@@ -32,12 +29,9 @@ from training.checkpoints import save_checkpoint
 from core.common import PROJECT_ROOT, UserError
 from data.joints import ORDERS, to_freihand
 from data.readers import load_split
-from tests.markers import centred_marker_image, find_marks, write_marker_dataset
-from tests.scripts import run_main
-
-IMG_SIZE = 64       # network input of the test checkpoints
-MARKER_SIZE = 160   # side of the in-memory marker images
-
+from tests.checkpoints import IMG_SIZE, write_checkpoint
+from tests.markers import MARKER_SIZE, find_marks, marker_batch, write_marker_dataset
+from tests.scripts import assert_one_line_error, leftovers, run_predict
 
 # --- test doubles and helpers ----------------------------------------------------------------------------------
 
@@ -72,56 +66,9 @@ class ConstantNet(torch.nn.Module):
         return uvd + torch.arange(21.0).view(1, 21, 1) * torch.tensor([1.0, 0.5, 0.0])
 
 
-def marker_batch(count=3, seed=0):
-    """(images uint8 (B, 3, S, S), mark uv (B, 21, 2)) of centred marker images."""
-    rng = np.random.default_rng(seed)
-    samples = [centred_marker_image(rng, MARKER_SIZE) for _ in range(count)]
-    images = torch.from_numpy(np.stack([s[0] for s in samples])).permute(0, 3, 1, 2).contiguous()
-    return images, np.stack([s[1] for s in samples])
-
-
-def write_checkpoint(path, arch, data_root, **config_overrides):
-    """An untrained ``arch`` saved as train.py would: its recipe's config at IMG_SIZE px, the data's stats."""
-    config = copy.deepcopy(recipes.CONFIG_DEFAULTS)
-    config.update(copy.deepcopy(recipes.RECIPES.get(arch, {})))
-    config.update(arch=arch, recipe=arch, img_size=IMG_SIZE, batch_size=2, pretrained="none",
-                  data_root=str(data_root), **config_overrides)
-    torch.manual_seed(0)
-    model = models.create_model(arch, pretrained="none", **config["model"])
-    stats = training_stats(load_split(data_root, "train"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint({"model": model.state_dict(), "config": config, "epoch": 0, "history": [], "stats": stats,
-                     "best_val_pa_mpjpe_mm": math.inf}, path)
-    return path
-
-
-def run_cli(argv, capsys):
-    return run_main(predict.main, argv, capsys)
-
-
-def assert_one_line_error(code, err, *fragments):
-    """Exit status 2 and one line on stderr (after any progress bar, which redraws itself with carriage returns)."""
-    assert code == 2, err
-    err = err.rsplit("\r", 1)[-1]
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    for fragment in fragments:
-        assert fragment in err, err
-
-
-def leftovers(folder):
-    """Files in ``folder`` whose names mark a temp file or a partial upload."""
-    return sorted(p.name for p in folder.iterdir() if ".tmp" in p.name)
-
-
 @pytest.fixture(scope="module")
-def markers(tmp_path_factory):
-    """FreiHAND-layout marker data: 4 training hands, 3 labelled evaluation hands with *_scale.json."""
-    return write_marker_dataset(tmp_path_factory.mktemp("predict_markers"), n=4, n_eval=3, seed=5)
-
-
-@pytest.fixture(scope="module")
-def ghost_ckpt(markers, tmp_path_factory):
-    return write_checkpoint(tmp_path_factory.mktemp("runs") / "ghost_run" / "best.pt", "ghost_lite", markers)
+def ghost_ckpt(marker_set, tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("runs") / "ghost_run" / "best.pt", "ghost_lite", marker_set)
 
 
 def random_hands(n, seed=0):
@@ -373,13 +320,13 @@ def test_check_says_what_is_wrong_with_a_freihand_zip(tmp_path, case, message):
         check_file(path)
 
 
-def test_check_accepts_complete_files_and_counts_against_the_data(tmp_path, markers):
+def test_check_accepts_complete_files_and_counts_against_the_data(tmp_path, marker_set):
     xyz = random_hands(3)
-    write_outputs(tmp_path / "sub", {**record_of(xyz), "data_root": str(markers)}, "freihand", "freihand")
-    assert check_file(tmp_path / "sub.zip", data_root=markers).startswith("OK: ")
+    write_outputs(tmp_path / "sub", {**record_of(xyz), "data_root": str(marker_set)}, "freihand", "freihand")
+    assert check_file(tmp_path / "sub.zip", data_root=marker_set).startswith("OK: ")
     assert "3 predictions" in check_file(tmp_path / "sub.npz")        # its recorded data root and split
     with pytest.raises(UserError, match="expected 1 for the val split"):
-        check_file(tmp_path / "sub.zip", data_root=markers, split_name="val")
+        check_file(tmp_path / "sub.zip", data_root=marker_set, split_name="val")
     write_outputs(tmp_path / "mp", record_of(xyz, split="test"), "mp21")
     assert "mp21 upload, 3 samples" in check_file(tmp_path / "mp" / "test_preds.json.gz")
     (tmp_path / "notes.txt").write_text("hello")
@@ -387,6 +334,7 @@ def test_check_accepts_complete_files_and_counts_against_the_data(tmp_path, mark
         check_file(tmp_path / "notes.txt")
 
 
+@pytest.mark.slow
 def test_check_of_a_broken_zip_is_one_line_from_the_command_line(tmp_path):
     path = tmp_path / "pred.zip"
     path.write_bytes(b"not a zip at all")
@@ -413,7 +361,7 @@ def test_labels_written_as_mp21_with_the_defaults_score_zero_on_the_course_metri
     assert upload == tmp_path / "labels" / "test_preds.json.gz"
     assert f"{course_pa_mpjpe_mm(read_upload(upload), split.xyz[:, COURSE_AIT] * 1000.0):.3f}" == "0.000"
     assert notes == ["joints in ait order (recognised from the bones)"]
-    code, out, err = run_cli(["--check", upload], capsys)
+    code, out, err = run_predict(["--check", upload], capsys)
     assert code == 0, err
     assert out.startswith(f"OK: {upload}: mp21 upload, 12 samples") and "joints in ait order" in out
 
@@ -423,7 +371,7 @@ def test_labels_written_in_another_order_score_badly_and_check_names_that_order(
     split = load_split(hand_set, "evaluation")
     _, upload, _ = write_outputs(tmp_path / order, record_of(split.xyz, split.image_ids), "mp21", order)
     assert course_pa_mpjpe_mm(read_upload(upload), split.xyz[:, COURSE_AIT] * 1000.0) > 20.0
-    code, _, err = run_cli(["--check", upload], capsys)
+    code, _, err = run_predict(["--check", upload], capsys)
     assert_one_line_error(code, err, str(upload), f"the joints are in {order} order, not ait", "--joint-order ait")
 
 
@@ -527,10 +475,10 @@ def test_scores_offer_both_reflection_variants_and_the_constant_shape_baseline(t
 # --- the command line -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("arch", models.list_models())
-def test_predict_runs_on_a_checkpoint_of_every_arch(arch, markers, tmp_path, capsys):
-    ckpt = write_checkpoint(tmp_path / "run" / "best.pt", arch, markers)
+def test_predict_runs_on_a_checkpoint_of_every_arch(arch, marker_set, tmp_path, capsys):
+    ckpt = write_checkpoint(tmp_path / "run" / "best.pt", arch, marker_set)
     viz = 2 if arch == "ghost_lite" else 0
-    code, out, err = run_cli(["--ckpt", ckpt, "--tta", 2, "--out", tmp_path / "sub", "--workers", 0,
+    code, out, err = run_predict(["--ckpt", ckpt, "--tta", 2, "--out", tmp_path / "sub", "--workers", 0,
                               "--device", "cpu", "--viz", viz], capsys)
     assert code == 0, err
     record = load_predictions(tmp_path / "sub.npz")
@@ -548,20 +496,20 @@ def test_predict_runs_on_a_checkpoint_of_every_arch(arch, markers, tmp_path, cap
     ckpt.unlink()  # large architectures: free the disk now
 
 
-def test_defaults_newest_checkpoint_its_data_root_and_the_submission_split(markers, tmp_path, monkeypatch, capsys):
+def test_defaults_newest_checkpoint_its_data_root_and_the_submission_split(marker_set, tmp_path, monkeypatch, capsys):
     """No options: the newest runs/*/best.pt, the data root it trained on, FreiHAND's evaluation split, the
     freihand format and submissions/<run>_evaluation_tta1."""
     runs = tmp_path / "runs"
-    write_checkpoint(runs / "older" / "best.pt", "ghost_lite", markers)
-    write_checkpoint(runs / "newer" / "best.pt", "ghost_lite", markers)
+    write_checkpoint(runs / "older" / "best.pt", "ghost_lite", marker_set)
+    write_checkpoint(runs / "newer" / "best.pt", "ghost_lite", marker_set)
     monkeypatch.setattr(predict, "RUNS_ROOT", runs)
     monkeypatch.setattr(naming, "SUBMISSIONS_ROOT", tmp_path / "submissions")
-    code, out, err = run_cli(["--workers", 0], capsys)
+    code, out, err = run_predict(["--workers", 0], capsys)
     assert code == 0, err
     prefix = tmp_path / "submissions" / "newer_evaluation_tta1"
     assert all(p.is_file() for p in (prefix.with_suffix(".npz"), prefix.with_suffix(".zip"),
                                      prefix.with_suffix(".metrics.json")))
-    assert "newer" in out and str(markers) in out
+    assert "newer" in out and str(marker_set) in out
 
 
 def test_mp21_layout_defaults_to_its_test_split_and_ait_test_preds_json_gz(tmp_path, capsys):
@@ -569,7 +517,7 @@ def test_mp21_layout_defaults_to_its_test_split_and_ait_test_preds_json_gz(tmp_p
     upload is PREFIX/test_preds.json.gz in the course template's AIT order."""
     root = write_marker_dataset(tmp_path / "mp21", n=4, n_eval=2, layout="mp21", seed=3)
     ckpt = write_checkpoint(tmp_path / "run" / "best.pt", "ghost_lite", root)
-    code, out, err = run_cli(["--ckpt", ckpt, "--out", tmp_path / "sub", "--workers", 0], capsys)
+    code, out, err = run_predict(["--ckpt", ckpt, "--out", tmp_path / "sub", "--workers", 0], capsys)
     assert code == 0, err
     record = load_predictions(tmp_path / "sub.npz")
     assert record["split"] == "test" and record["layout"] == "mp21"
@@ -589,7 +537,7 @@ def test_checkpoint_of_another_arch_is_one_line(ghost_ckpt, tmp_path, capsys):
         path = tmp_path / name / "best.pt"
         path.parent.mkdir()
         save_checkpoint({**state, "config": config}, path)
-        code, _, err = run_cli(["--ckpt", path, "--out", tmp_path / "sub", "--workers", 0], capsys)
+        code, _, err = run_predict(["--ckpt", path, "--out", tmp_path / "sub", "--workers", 0], capsys)
         assert_one_line_error(code, err, str(path), fragment)
     assert not list(tmp_path.glob("sub*"))
 
@@ -598,7 +546,7 @@ def test_checkpoint_of_another_arch_is_one_line(ghost_ckpt, tmp_path, capsys):
 def test_broken_checkpoint_is_one_line(ghost_ckpt, tmp_path, capsys, content):
     path = tmp_path / "best.pt"
     path.write_bytes(ghost_ckpt.read_bytes()[:2000] if content == "half" else content)
-    code, _, err = run_cli(["--ckpt", path, "--out", tmp_path / "sub"], capsys)
+    code, _, err = run_predict(["--ckpt", path, "--out", tmp_path / "sub"], capsys)
     assert_one_line_error(code, err, str(path))
     assert not list(tmp_path.glob("sub*"))
 
@@ -609,15 +557,15 @@ def test_broken_checkpoint_is_one_line(ghost_ckpt, tmp_path, capsys, content):
     (["--format", "mp21", "--joint-order", "xyz"], "--joint-order 'xyz'"),
     (["--tta", "0"], "--tta 0: must be at least 1"),
     (["--split", "holdout"], "unknown split 'holdout'")])
-def test_bad_options_are_one_line_and_write_nothing(ghost_ckpt, markers, tmp_path, capsys, argv, fragment):
-    code, _, err = run_cli(["--ckpt", ghost_ckpt, "--out", tmp_path / "sub", "--workers", 0, *argv], capsys)
+def test_bad_options_are_one_line_and_write_nothing(ghost_ckpt, marker_set, tmp_path, capsys, argv, fragment):
+    code, _, err = run_predict(["--ckpt", ghost_ckpt, "--out", tmp_path / "sub", "--workers", 0, *argv], capsys)
     assert_one_line_error(code, err, fragment)
     assert not list(tmp_path.glob("sub*"))
 
 
 def test_non_finite_predictions_write_no_upload(ghost_ckpt, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(predict.geometry, "uvd_to_xyz", lambda uvd, K, depth: np.full((3, 21, 3), np.nan))
-    code, _, err = run_cli(["--ckpt", ghost_ckpt, "--out", tmp_path / "sub", "--workers", 0], capsys)
+    code, _, err = run_predict(["--ckpt", ghost_ckpt, "--out", tmp_path / "sub", "--workers", 0], capsys)
     assert_one_line_error(code, err, "NaN or inf", "nothing was written")
     assert list(tmp_path.iterdir()) == []
 
@@ -706,12 +654,12 @@ def test_calibration_keeps_hands_drawn_too_small_within_the_framing():
     assert calibrated.max() < 0.5 and calibrated.mean() < 0.1
 
 
-def test_calibration_needs_the_runs_validation_predictions_and_their_labels(markers, tmp_path):
-    stats = training_stats(load_split(markers, "train"))
-    config = {"data_root": str(markers), "img_size": IMG_SIZE}
+def test_calibration_needs_the_runs_validation_predictions_and_their_labels(marker_set, tmp_path):
+    stats = training_stats(load_split(marker_set, "train"))
+    config = {"data_root": str(marker_set), "img_size": IMG_SIZE}
     calibration, line = inference.validation_calibration(tmp_path, config, stats)
     assert calibration is None and "val_pred.npz not found" in line
-    val = load_split(markers, "val")
+    val = load_split(marker_set, "val")
     np.savez(tmp_path / "val_pred.npz", xyz=val.xyz, ids=val.image_ids, split="val")
     calibration, line = inference.validation_calibration(tmp_path, config, stats)
     assert "validation images" in line and calibration.bone_factor.shape == (20,)

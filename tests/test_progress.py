@@ -9,7 +9,6 @@ from prediction import ensembling
 from prediction import inference
 from data.dataset import CachedHandDataset
 from data.readers import load_split
-from tests.markers import write_marker_dataset
 
 
 @pytest.fixture
@@ -37,9 +36,9 @@ def test_in_a_log_a_short_step_prints_nothing_and_a_long_one_plain_lines(monkeyp
     assert capsys.readouterr().err == ""
 
 
-def test_a_cache_build_shows_progress(tmp_path, every_update, capsys):
-    root = write_marker_dataset(tmp_path / "data", n=6, versions=2, seed=3)
-    CachedHandDataset(load_split(root, "train"), 64, cache_root=tmp_path / "cache", workers=1, announce=lambda *_: None)
+def test_a_cache_build_shows_progress(marker_set_2_versions, tmp_path, every_update, capsys):
+    CachedHandDataset(load_split(marker_set_2_versions, "train"), 64, cache_root=tmp_path / "cache", workers=1,
+                      announce=lambda *_: None)
     assert "10/10 [" in plain_lines(capsys, "decoding train: ")[-1]
 
 

@@ -1,7 +1,6 @@
 """Pseudo-labels: train.py --pseudo-labels trains on the predicted split's images with the predicted joints,
 never reads that split's labels, weighs its samples by pseudo_weight and keeps the surest share."""
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -15,13 +14,8 @@ from data.readers import load_split
 from models.losses import pose_loss
 from uploads.records import load_predictions
 from uploads.writing import save_record
-from tests.scripts import make_synthetic_set
-from tests.test_train import TINY, run_train
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return make_synthetic_set(tmp_path_factory.mktemp("pseudo") / "data", 16, 6, seed=11, size=64)
+from tests.scripts import TINY, run_main
+import train
 
 
 def prediction_file(path, data_root, shift_m=0.0, spread=None):
@@ -39,28 +33,28 @@ def final_weights(folder):
     return load_checkpoint(folder / "last.pt")["model"]
 
 
-def test_the_predicted_splits_labels_are_never_read(data_root, tmp_path):
+@pytest.mark.slow
+def test_the_predicted_splits_labels_are_never_read(synthetic_64, copy_of, tmp_path, capsys):
     """The same run with the evaluation labels swapped for other hands, and with a file no reader could parse in
     their place, ends with the same weights; other pseudo-labels give other weights (so they really train)."""
+    data_root = copy_of(synthetic_64)  # its labels are changed below
     preds = prediction_file(tmp_path / "pred.npz", data_root, shift_m=0.004)
     other = prediction_file(tmp_path / "other.npz", data_root, shift_m=-0.01)
     args = [*TINY, "--epochs", "1", "--data-root", data_root, "--set", "pseudo_weight=0.5"]
-    first = run_train(*args, "--pseudo-labels", preds, "--out", tmp_path / "a")
-    assert first.returncode == 0, first.stderr
-    assert "pseudo-labels: 6 of 6 images of the evaluation split" in first.stdout
+
+    def run(pseudo_labels, folder):
+        code, out, err = run_main(train.main, [*args, "--pseudo-labels", pseudo_labels, "--out", tmp_path / folder],
+                                  capsys)
+        assert code == 0, err
+        return out
+    assert "pseudo-labels: 6 of 6 images of the evaluation split" in run(preds, "a")
     labels = data_root / "evaluation_xyz.json"
-    saved = labels.read_text()
-    try:
-        xyz = np.array(json.loads(saved))
-        labels.write_text(json.dumps((xyz[::-1] * 1.3).tolist()))     # other hands, other sizes
-        swapped = run_train(*args, "--pseudo-labels", preds, "--out", tmp_path / "b")
-        labels.write_text("{not json")                                  # any read of it would fail the run
-        unreadable = run_train(*args, "--pseudo-labels", preds, "--out", tmp_path / "c")
-    finally:
-        labels.write_text(saved)
-    changed = run_train(*args, "--pseudo-labels", other, "--out", tmp_path / "d")
-    for result in (swapped, unreadable, changed):
-        assert result.returncode == 0, result.stderr
+    xyz = np.array(json.loads(labels.read_text()))
+    labels.write_text(json.dumps((xyz[::-1] * 1.3).tolist()))     # other hands, other sizes
+    run(preds, "b")
+    labels.write_text("{not json")                                  # any read of it would fail the run
+    run(preds, "c")
+    run(other, "d")
     a = final_weights(tmp_path / "a")
     for folder in ("b", "c"):
         for key, value in final_weights(tmp_path / folder).items():
@@ -71,23 +65,23 @@ def test_the_predicted_splits_labels_are_never_read(data_root, tmp_path):
     assert config["pseudo_labels"] == str(preds) and config["pseudo_weight"] == 0.5
 
 
-def test_a_training_split_is_refused_as_pseudo_labels(data_root, tmp_path):
-    record = load_predictions(prediction_file(tmp_path / "pred.npz", data_root))
+def test_a_training_split_is_refused_as_pseudo_labels(synthetic_64, tmp_path):
+    record = load_predictions(prediction_file(tmp_path / "pred.npz", synthetic_64))
     record["split"] = "val"
     with pytest.raises(UserError, match="never from the training data"):
-        pseudo_split(record, tmp_path / "pred.npz", data_root)
+        pseudo_split(record, tmp_path / "pred.npz", synthetic_64)
 
 
-def test_the_surest_share_is_kept_and_needs_an_agreement_to_rank_by(data_root, tmp_path):
+def test_the_surest_share_is_kept_and_needs_an_agreement_to_rank_by(synthetic_64, tmp_path):
     spread = [5.0, 1.0, 9.0, 2.0, 7.0, 3.0]
-    path = prediction_file(tmp_path / "pred.npz", data_root, spread=spread)
+    path = prediction_file(tmp_path / "pred.npz", synthetic_64, spread=spread)
     record = load_predictions(path)
     assert confident_rows(record, 0.5, path).tolist() == [1, 3, 5]
-    split, info = pseudo_split(record, path, data_root, keep=0.5)
+    split, info = pseudo_split(record, path, synthetic_64, keep=0.5)
     assert info["kept"] == 3 and info["images"] == 6 and len(split) == 3
     np.testing.assert_array_equal(split.xyz, record["xyz"][[1, 3, 5]])
     with pytest.raises(UserError, match="records no agreement"):
-        confident_rows(load_predictions(prediction_file(tmp_path / "plain.npz", data_root)), 0.5, path)
+        confident_rows(load_predictions(prediction_file(tmp_path / "plain.npz", synthetic_64)), 0.5, path)
 
 
 def test_an_ensembles_spread_is_its_members_disagreement():
@@ -135,11 +129,11 @@ def test_a_sample_weight_scales_its_share_of_every_loss_term():
     torch.testing.assert_close(dropped, only_first)
 
 
-def test_pseudo_options_are_checked_before_the_work(data_root, tmp_path):
-    result = run_train(*TINY, "--epochs", "1", "--data-root", data_root, "--set", "pseudo_keep=1.5",
-                       "--out", tmp_path / "x")
-    assert result.returncode == 2 and "pseudo_keep=1.5: must lie in" in result.stderr
-    missing = run_train(*TINY, "--epochs", "1", "--data-root", data_root, "--pseudo-labels", tmp_path / "none.npz",
-                        "--out", tmp_path / "y")
-    assert missing.returncode == 2 and "none.npz does not exist" in missing.stderr
-    shutil.rmtree(tmp_path / "y", ignore_errors=True)
+def test_pseudo_options_are_checked_before_the_work(synthetic_64, tmp_path, capsys):
+    code, _, err = run_main(train.main, [*TINY, "--epochs", "1", "--data-root", synthetic_64, "--set",
+                                         "pseudo_keep=1.5", "--out", tmp_path / "x"], capsys)
+    assert code == 2 and "pseudo_keep=1.5: must lie in" in err
+    code, _, err = run_main(train.main, [*TINY, "--epochs", "1", "--data-root", synthetic_64, "--pseudo-labels",
+                                         tmp_path / "none.npz", "--out", tmp_path / "y"], capsys)
+    assert code == 2 and "none.npz does not exist" in err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -15,6 +15,7 @@ from core.common import PROJECT_ROOT, UserError
 from data import synthetic
 from core.geometry import BONES
 from core.geometry import SCALE_BONE, bone_length, project
+from tests.scripts import stop_signals_as_in_a_terminal
 
 N_TRAIN, N_EVAL, SEED, SIZE = 24, 8, 1, 224
 FINGER_BASES = (5, 9, 13, 17)   # index..pinky MCP; each finger is base..base+3
@@ -252,12 +253,14 @@ def test_an_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_sigterm_is_one_line_exit_143_and_leaves_nothing(tmp_path):
     """SIGTERM (a scheduler's) to the generator and its worker processes mid-way: one line, exit 143, no folder."""
     out = tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-m", "data.synthetic", "--out", str(out), "--train", "3000", "--eval",
                                 "0", "--size", "64", "--workers", "2"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=stop_signals_as_in_a_terminal)
     deadline = time.time() + 60
     while not list(tmp_path.glob(".out.tmp-*/training/rgb/*.jpg")) and time.time() < deadline:
         time.sleep(0.05)

@@ -16,7 +16,6 @@ from training import step
 from training import recipes
 from training import runlog
 import train
-from training import trainer
 from models.checkpoints import build_model, load_checkpoint
 from training.checkpoints import save_checkpoint
 from core.common import PROJECT_ROOT, UserError
@@ -24,30 +23,13 @@ from data.readers import load_split
 from training.config import resolve_config, resume_config
 from training.rundir import continue_command
 from training.setup import restored_progress
-from tests.scripts import make_synthetic_set, run_main
+from tests.scripts import (TINY, act_at_forward, log_epochs, run_main, run_train,
+                           stop_signals_as_in_a_terminal)
 
-TINY = ["--arch", "ghost_lite", "--img-size", "64", "--batch-size", "4", "--pretrained", "none", "--workers", "0",
-        "--device", "cpu", "--set", "cache=false"]
 # every training feature whose state must survive a resume and stay equal across DDP ranks
 FEATURES = ["--set", "ema_decay=0.9", "--set", "accumulate=2", "--set", "schedule=cosine", "--set", "warmup_epochs=1",
             "--set", "min_lr_ratio=0.1", "--set", "optimizer=adamw", "--set", "weight_decay=0.01",
             "--set", "average_top_k=2", "--set", "final_epochs=1", "--set", "augs_final=none"]
-
-
-@pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory):
-    return make_synthetic_set(tmp_path_factory.mktemp("synthetic") / "data", 40, 8, seed=3, size=96)
-
-
-def run_train(*args, env=None, **kwargs):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "train.py", *map(str, args)], cwd=PROJECT_ROOT, capture_output=True,
-                          text=True, env=env, **kwargs)
-
-
-def log_epochs(folder):
-    with open(folder / "log.csv") as f:
-        return [int(row["epoch"]) for row in csv.DictReader(f)]
 
 
 # --- configuration ----------------------------------------------------------------------------------------
@@ -103,11 +85,12 @@ def test_list_archs_prints_every_arch_with_params_size_seed(capsys):
 
 # --- real runs ----------------------------------------------------------------------------------------------
 
-def test_a_short_run_writes_the_run_folder(synthetic_root, tmp_path):
+@pytest.mark.slow
+def test_a_short_run_writes_the_run_folder(synthetic_96, tmp_path):
     """A run on fold 1 of 4: the run folder, the constant-shape yardstick in every record, TensorBoard events,
     out-of-fold validation predictions of exactly that fold, and a row in the runs table."""
     folder = tmp_path / "run"
-    result = run_train(*TINY, "--data-root", synthetic_root, "--epochs", "2", "--folds", "4", "--fold", "1",
+    result = run_train(*TINY, "--data-root", synthetic_96, "--epochs", "2", "--folds", "4", "--fold", "1",
                        "--out", folder)
     assert result.returncode == 0, result.stderr
     for name in ("config.json", "log.csv", "curves.png", "last.pt", "best.pt", "val_pred.npz", "summary.json"):
@@ -120,14 +103,14 @@ def test_a_short_run_writes_the_run_folder(synthetic_root, tmp_path):
         summary["best_val_pa_mpjpe_mm"] / summary["val_constant_shape_mm"])
     assert "of the constant-shape baseline" in result.stdout.splitlines()[-1]
     assert log_epochs(folder) == [1, 2]
-    fold_ids = load_split(synthetic_root, "val", 4, 1).image_ids
+    fold_ids = load_split(synthetic_96, "val", 4, 1).image_ids
     assert sorted(np.load(folder / "val_pred.npz")["ids"]) == sorted(fold_ids) and len(fold_ids) == 10
     table = runlog.list_runs(tmp_path)
     assert list(table["run"]) == ["run"]
     assert table["best_val_fraction_of_constant_shape"][0] == pytest.approx(
         summary["best_val_fraction_of_constant_shape"], abs=1e-3)
     config = json.loads((folder / "config.json").read_text())
-    assert config["img_size"] == 64 and config["data_root"] == str(synthetic_root)
+    assert config["img_size"] == 64 and config["data_root"] == str(synthetic_96)
     state = load_checkpoint(folder / "best.pt")
     model = build_model(state, expect_arch="ghost_lite")
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 21, 3)
@@ -145,43 +128,13 @@ def assert_same_run(straight, resumed):
     return a, b
 
 
-def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(synthetic_root, tmp_path):
-    """Killed mid-epoch and resumed by the original command line with --resume appended, with EMA, gradient
-    accumulation, warm-up + cosine per step, top-k averaging and the final-epochs augmentation switch on: every
-    epoch in log.csv once, and the same weights, EMA and schedule as a run never killed."""
-    folder, straight = tmp_path / "killed", tmp_path / "straight"
-    args = [*TINY, *FEATURES, "--data-root", synthetic_root, "--epochs", "4"]
-    process = subprocess.Popen([sys.executable, "train.py", *map(str, args), "--out", str(folder)],
-                               cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 120
-    while not (folder / "last.pt").exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.3)  # into the next epoch
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    killed_at = load_checkpoint(folder / "last.pt")["epoch"]
-    assert killed_at < 4, "the run ended before it could be killed; make it longer"
-    load_checkpoint(folder / "best.pt")  # loadable at any moment
-    result = run_train(*args, "--out", folder, "--resume")
-    assert result.returncode == 0, result.stderr
-    assert f"resuming {folder} after epoch {killed_at}" in result.stdout
-    assert log_epochs(folder) == [1, 2, 3, 4]
-    assert load_checkpoint(folder / "last.pt")["epoch"] == 4
-
-    assert run_train(*args, "--out", straight).returncode == 0
-    assert_same_run(straight, folder)
-    summaries = [json.loads((f / "summary.json").read_text()) for f in (straight, folder)]
-    assert summaries[0]["top_k_average"] == summaries[1]["top_k_average"] is not None
-
-
-# --- stopping inside an epoch: SIGTERM, Ctrl-C, timed saves ---------------------------------------------------------
+# --- stopping inside an epoch: SIGKILL, SIGTERM, Ctrl-C, timed saves ------------------------------------------------
 
 SHORT = [*TINY, "--epochs", "2"]  # 38 training images in batches of 4: 9 batches an epoch (8 with accumulate=2)
 
 
 @pytest.fixture(scope="module")
-def straight_runs(synthetic_root, tmp_path_factory):
+def straight_runs(synthetic_96, tmp_path_factory):
     """run(extra args) -> the folder of an uninterrupted SHORT run with them (made once per extra args)."""
     made = {}
 
@@ -189,34 +142,54 @@ def straight_runs(synthetic_root, tmp_path_factory):
         key = tuple(extra)
         if key not in made:
             made[key] = tmp_path_factory.mktemp("straight") / "run"
-            train.main([str(a) for a in [*SHORT, *extra, "--data-root", synthetic_root, "--out", made[key]]])
+            train.main([str(a) for a in [*SHORT, *extra, "--data-root", synthetic_96, "--out", made[key]]])
         return made[key]
     return run
 
 
-def act_at_forward(monkeypatch, call, action):
-    """The trainer's forward_loss runs ``action()`` at the start of its ``call``-th call (1-based): mid-step."""
-    real, calls = trainer.forward_loss, {"n": 0}
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(synthetic_96, straight_runs, tmp_path):
+    """Killed inside epoch 2 and resumed by the original command line with --resume appended, with EMA, gradient
+    accumulation, warm-up + cosine per step, top-k averaging and the final-epochs augmentation switch on: every
+    epoch in log.csv once, and the same weights, EMA and schedule as a run never killed."""
+    folder = tmp_path / "killed"
+    args = [*SHORT, *FEATURES, "--data-root", synthetic_96]
+    process = subprocess.Popen([sys.executable, "train.py", *map(str, args), "--out", str(folder)],
+                               cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while not (folder / "last.pt").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.1)  # into epoch 2 (its 4 steps and validation take longer)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = load_checkpoint(folder / "last.pt")["epoch"]
+    assert killed_at == 1, "the run ended before it could be killed; make it longer"
+    load_checkpoint(folder / "best.pt")  # loadable at any moment
+    result = run_train(*args, "--out", folder, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert f"resuming {folder} after epoch 1" in result.stdout
+    assert log_epochs(folder) == [1, 2]
+    assert load_checkpoint(folder / "last.pt")["epoch"] == 2
+    straight = straight_runs(FEATURES)
+    assert_same_run(straight, folder)
+    summaries = [json.loads((f / "summary.json").read_text()) for f in (straight, folder)]
+    assert summaries[0]["top_k_average"] == summaries[1]["top_k_average"] is not None
 
-    def forward(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == call:
-            action()
-        return real(*args, **kwargs)
-    monkeypatch.setattr(trainer, "forward_loss", forward)
 
-
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, extra, call, place", [
     (signal.SIGTERM, FEATURES, 8 + 3, "step 2 of 4 of epoch 2"),   # the 3rd batch of epoch 2: its step ends 1 later
     (signal.SIGTERM, [], 9 + 3, "step 3 of 9 of epoch 2"),
     (signal.SIGINT, [], 3, "step 3 of 9 of epoch 1"),             # Ctrl-C in the first epoch keeps its steps
 ], ids=["sigterm_ema_accumulate", "sigterm_plain", "ctrl_c_in_epoch_1"])
 def test_signal_mid_step_stops_after_it_and_resume_matches_an_uninterrupted_run(
-        signum, extra, call, place, synthetic_root, straight_runs, tmp_path, monkeypatch, capsys):
+        signum, extra, call, place, synthetic_96, straight_runs, tmp_path, monkeypatch, capsys,
+        terminal_stop_signals):
     """The signal arrives in the middle of a step: the step (all its accumulated batches) finishes, last.pt holds
     that place in the epoch, one line says so with the command that continues, exit 143 or 130; the original
     command with --resume then ends with the weights, EMA, schedule and log of a run never stopped."""
-    folder, args = tmp_path / "run", [*SHORT, *extra, "--data-root", synthetic_root]
+    folder, args = tmp_path / "run", [*SHORT, *extra, "--data-root", synthetic_96]
     act_at_forward(monkeypatch, call, lambda: os.kill(os.getpid(), signum))
     code, _, err = run_main(train.main, [*args, "--out", folder], capsys)
     lines = [line for line in err.splitlines() if line.strip()]
@@ -234,13 +207,14 @@ def test_signal_mid_step_stops_after_it_and_resume_matches_an_uninterrupted_run(
     assert_same_run(straight_runs(extra), folder)
 
 
-def test_checkpoint_minutes_saves_inside_the_epoch_and_a_crash_resumes_exactly(synthetic_root, straight_runs,
+@pytest.mark.slow
+def test_checkpoint_minutes_saves_inside_the_epoch_and_a_crash_resumes_exactly(synthetic_96, straight_runs,
                                                                                 tmp_path, monkeypatch, capsys):
     """checkpoint_minutes: last.pt is written inside the epoch when that much time has passed (here after every
     step); a crash between two such writes loses only the steps since the last one, and the resumed run ends as
     one never stopped (which wrote no such states)."""
     folder = tmp_path / "run"
-    args = [*SHORT, *FEATURES, "--data-root", synthetic_root, "--set", "checkpoint_minutes=1e-9"]
+    args = [*SHORT, *FEATURES, "--data-root", synthetic_96, "--set", "checkpoint_minutes=1e-9"]
 
     def crash():
         raise MemoryError("a crash that kills the process")
@@ -312,9 +286,9 @@ def test_resume_of_a_run_from_an_older_train_py_is_one_line(tmp_path, capsys):
 # --- --resume with the original command line --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def one_epoch_run(synthetic_root, tmp_path_factory):
+def one_epoch_run(synthetic_96, tmp_path_factory):
     folder = tmp_path_factory.mktemp("one_epoch") / "run"
-    original = [str(a) for a in [*TINY, "--data-root", synthetic_root, "--epochs", "1", "--augs", "rotate",
+    original = [str(a) for a in [*TINY, "--data-root", synthetic_96, "--epochs", "1", "--augs", "rotate",
                                  "--out", folder]]
     train.main(original)
     return folder, original
@@ -333,12 +307,12 @@ def one_epoch_run(synthetic_root, tmp_path_factory):
     (["--set", "cache=true"], "cache", True),
 ], ids=["original", "same_data_root", "same_augs", "pretrained_auto", "device", "workers", "lr", "grad_clip",
         "checkpoint_minutes", "cache"])
-def test_resume_accepts_the_original_command_line_and_the_safe_changes(one_epoch_run, synthetic_root, change, key,
+def test_resume_accepts_the_original_command_line_and_the_safe_changes(one_epoch_run, synthetic_96, change, key,
                                                                         value):
     """The original command with --resume appended: equal values are no change (as resolved: paths, augmentation
     lists, auto); device, workers, lr, grad_clip, checkpoint_minutes and cache may change."""
     folder, original = one_epoch_run
-    fill = {"root": str(synthetic_root), "root_name": synthetic_root.name}
+    fill = {"root": str(synthetic_96), "root_name": synthetic_96.name}
     argv = [*original, "--resume", *(item.format(**fill) for item in change)]
     _, config = resume_config(train.parse_args(argv), folder)
     assert config[key] == (value.format(**fill) if isinstance(value, str) else value)
@@ -361,7 +335,7 @@ def test_resume_refuses_a_real_change_naming_the_key_and_both_values(one_epoch_r
     assert load_checkpoint(folder / "last.pt")["epoch"] == before
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_path, monkeypatch):
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_96, tmp_path, monkeypatch):
     folder = tmp_path / "run"
     real_loss, calls = step.pose_loss, {"n": 0}
     steps_per_epoch = 38 // 4  # 40 hands, 2 held out for validation, batch 4
@@ -373,7 +347,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_p
 
     monkeypatch.setattr(step, "pose_loss", loss_turning_nan)
     with pytest.raises(SystemExit) as exit_info:
-        train.main([*TINY, "--data-root", str(synthetic_root), "--epochs", "3", "--out", str(folder)])
+        train.main([*TINY, "--data-root", str(synthetic_96), "--epochs", "3", "--out", str(folder)])
     assert exit_info.value.code == 2
     assert load_checkpoint(folder / "last.pt")["epoch"] == 1
     assert log_epochs(folder) == [1]
@@ -385,19 +359,20 @@ def torchrun(*args, script="train.py", port=29533, wait=True):
     run = subprocess.run if wait else subprocess.Popen
     kwargs = {"timeout": 300} if wait else {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
     return run(command, cwd=PROJECT_ROOT, **({"capture_output": True} if wait else {}), text=True,
-               env={**os.environ, "OMP_NUM_THREADS": "1"}, **kwargs)
+               env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=stop_signals_as_in_a_terminal, **kwargs)
 
 
 @pytest.fixture(scope="module")
-def ddp_run(synthetic_root, tmp_path_factory):
+def ddp_run(synthetic_96, tmp_path_factory):
     """(arguments, folder) of an uninterrupted 2-process run with every training feature on."""
     folder = tmp_path_factory.mktemp("ddp") / "ddp"
-    args = [*TINY, *FEATURES, "--data-root", synthetic_root, "--epochs", "2"]
+    args = [*TINY, *FEATURES, "--data-root", synthetic_96, "--epochs", "2"]
     result = torchrun(*args, "--out", folder)
     assert result.returncode == 0, result.stderr[-3000:]
     return args, folder
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_on_cpu_keep_the_same_weights(ddp_run):
     _, folder = ddp_run
     summary = json.loads((folder / "summary.json").read_text())
@@ -410,7 +385,6 @@ STOPPING_SCRIPT = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
 import train
-from training import trainer
 real, calls = trainer.forward_loss, [0]
 def forward(*args, **kwargs):
     calls[0] += 1
@@ -427,6 +401,7 @@ except SystemExit as end:  # the exit status of each rank, for the test
 """
 
 
+@pytest.mark.slow
 def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_resume_matches(ddp_run, tmp_path):
     """SIGTERM to torchrun mid-step (sent from rank 1's 1st batch of epoch 2; each rank has 4 batches = 2 steps an
     epoch): every rank stops after the same step, rank 0 writes last.pt and prints the one line, each exits 143;
