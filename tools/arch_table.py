@@ -1,4 +1,5 @@
-"""Every registered arch at one CPU budget: the README's arch table, one row per recipe, each row one command.
+"""Every registered arch at one CPU budget (rows of kind arch_table in docs/results.md), one row per recipe, each
+row one command.
 
     python tools/arch_table.py --minutes 10 --out runs/arch_table          # all rows, about 10 minutes each
     python tools/arch_table.py --rows effb0_unet_64_cpu,effb0_1d_64_cpu --minutes 10

@@ -1,5 +1,5 @@
 """Every registered arch through ONNX: the largest joint difference between PyTorch and onnxruntime over a split,
-and the time per image of each backend on this machine's CPU (the README's export table).
+and the time per image of each backend on this machine's CPU (docs/results.md keeps the export table).
 
     python tools/onnx_parity.py --out runs/onnx_parity.json                    # every arch, untrained
     python tools/onnx_parity.py --ckpt runs/effb0_unet_64_cpu_s0/best.pt --ckpt runs/hourglass_attn_64_cpu_s0/best.pt
