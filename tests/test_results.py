@@ -90,7 +90,7 @@ def test_two_runs_become_rows_holding_their_files_figures(made, capsys):
     results.main(["render", "--csv", str(table_path), "--out", str(markdown)])
     text = markdown.read_text()
     assert "## Training runs" in text and "## Ensembles" not in text
-    rows = [line for line in text.splitlines() if line.startswith("| first") or line.startswith("| second")]
+    rows = [line for line in text.splitlines() if line.startswith(("| first", "| second"))]
     assert len(rows) == 2
     cells = [cell.strip() for cell in rows[0].strip("|").split("|")]
     aligned = scores["first", 10]
@@ -101,7 +101,7 @@ def test_two_runs_become_rows_holding_their_files_figures(made, capsys):
 
 
 def test_an_ensemble_row_names_its_members_and_weights(made):
-    tmp_path, first, second, second_metrics, scores = made
+    tmp_path, _, _, second_metrics, _ = made
     rng = np.random.default_rng(1)
     gt = hands(30, rng)
     prefix = tmp_path / "submissions" / "pair_evaluation"
