@@ -116,6 +116,7 @@ def predict_loader(model, loader, device, tta=1, amp=False, channels_last=False,
 
 
 # --- camera joints -------------------------------------------------------------------------------------------
+# Why the root depth is fitted to every bone and blended with the crop's framing: docs/conventions.md, "Root depth"
 
 SCALE_PAIRS = BONES              # (20, 2) the joint pairs whose expected lengths fix the root depth: every bone
 PREDICTION_NOISE_M = 0.01        # a trained model's error per joint and axis (metres): how far a drawn bone may be off
