@@ -149,7 +149,7 @@ def augment_rate(augmenter, batch, args, device):
 
 
 def parse_recipes(text):
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    names = [recipes.current_name(n.strip(), print) for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in recipes.RECIPES]
     if unknown:
         raise UserError(f"--recipes {unknown[0]}: no such recipe; valid names: {', '.join(recipes.recipe_names())}")

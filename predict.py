@@ -41,15 +41,8 @@ Policies
   trained on (--tta-range; evenly over 360 degrees, 0 first, when it rotated by up to 180 or not at all), run a
   few at a time so any N fits in memory; each prediction's u, v is mapped back by the inverse affine, then u, v,
   d are averaged and converted to camera xyz (inference.py).
-* Root depth: the depth at which all 20 predicted bones come closest to their expected lengths (one weighted
-  least-squares problem, inference.root_depths), scaled by the known bone of *_scale.json where the split has
-  it, else by the checkpoint's training mean bone length (stats['bone_length_m']); the lengths are those the model
-  draws, measured on its run's validation predictions (val_pred.npz) where that file and the training data are
-  there, and the result is then blended with the depth the crop's framing gives (the depth at which a hand of
-  that scale fills the input as the validation hands did), by a weight fitted there; the run prints which.
-  Where no depth fits the bones better than another (every joint predicted on one camera ray: in practice only
-  an untrained model), the framing's depth, else the training mean root depth (stats['root_depth_m']), with a
-  warning.
+* Root depth: fitted to all 20 predicted bones and calibrated on the run's val_pred.npz (inference.root_depths);
+  why and how: docs/conventions.md, "Root depth". The run prints which depth it used.
 * AMP on CUDA (bf16 where supported, else fp16) and channels_last, as the checkpoint's config says (both on by
   default); --no-amp predicts in fp32. The CPU always runs fp32.
 * Files are validated (count, unique ids, shape (N, 21, 3), finite) before anything is written, and each is

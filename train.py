@@ -1,6 +1,6 @@
 """Train any registered architecture.
 
-    python train.py --arch effb4_1d                      # the seed-000 recipe on data/freihand (or the synthetic set)
+    python train.py --arch effb4_1d          # the Schneider 2020 recipe on data/freihand (or the synthetic set)
     python train.py --arch resnet101 --epochs 20 --set loss.coord_l1=2.0 --set aug.rotate.max_deg=90
     python train.py --arch effb4_1d --out runs/effb4_1d_x --resume
     torchrun --nproc_per_node 2 train.py --arch effb0_1d  # DDP; --batch-size is per process
@@ -67,13 +67,13 @@ def main(argv=None):
 
 def print_archs():
     from models.flops import count_gflops
-    print(f"{'arch':<16}{'seed':<6}{'params':>10}{'input':>7}{'GFLOPs':>9}  summary")
+    print(f"{'arch':<16}{'paper':<15}{'params':>10}{'input':>7}{'GFLOPs':>9}  summary")
     for name in models.list_models():
         entry = models.model_entry(name)
         size = recipes.RECIPES.get(name, recipes.CONFIG_DEFAULTS)["img_size"]
         model = models.create_model(name, pretrained="none").eval()
         params = sum(p.numel() for p in model.parameters())
-        print(f"{name:<16}{entry.seed:<6}{params / 1e6:>9.2f}M{size:>7}{count_gflops(model, size):>9.2f}  "
+        print(f"{name:<16}{entry.paper:<15}{params / 1e6:>9.2f}M{size:>7}{count_gflops(model, size):>9.2f}  "
               f"{entry.summary}")
 
 

@@ -29,8 +29,8 @@ ORDERS = {
 REFERENCE_BONES_MM = np.array([37.0, 38.0, 32.0, 28.0, 89.3, 40.0, 24.0, 21.0, 90.0, 44.0, 28.0, 23.0,
                                86.0, 41.0, 26.0, 22.0, 82.2, 33.0, 19.0, 19.0])
 # An order is recognised when its bones fit the reference with a misfit (below) of at most ORDER_MISFIT_MAX and
-# at most ORDER_MISFIT_RATIO times that of every other order. True hands fit at 0.03-0.3 (up to 20 mm of noise
-# per coordinate, shrunk towards a mean hand, +-15 % other proportions); points that form no hand at 0.4 and up.
+# at most ORDER_MISFIT_RATIO times that of every other order: the limits sit between true hands with noise and
+# other proportions, which fit below them, and points that form no hand, which fit above (the tests check both).
 ORDER_MISFIT_MAX = 0.35
 ORDER_MISFIT_RATIO = 0.5
 

@@ -1,4 +1,4 @@
-"""Seed 000: EfficientNet encoder + 1D-heatmap decoder (Schneider et al., after I2L-MeshNet's lixel heatmaps).
+"""Schneider 2020: EfficientNet encoder + 1D-heatmap decoder (after I2L-MeshNet's lixel heatmaps).
 
 The encoder is segmentation-models-pytorch's ``efficientnet-b4`` / ``-b0`` (the lukemelas implementation the
 paper used). The decoder reads its deepest feature map (448 channels at stride 32 for b4, 320 for b0; with
@@ -161,7 +161,7 @@ class EffNet1D(nn.Module):
 HEAD_OPTIONS = {**{key: ("1d",) for key in HEAD_1D_OPTIONS}, "decoder_width": DECODERS}
 
 
-@register_model("effb4_1d", seed="000", head_options=HEAD_OPTIONS, default_head="1d",
+@register_model("effb4_1d", paper="schneider2020", head_options=HEAD_OPTIONS, default_head="1d",
                 summary="EfficientNet-B4 encoder + separable 1D-heatmap decoder, soft-argmax (19.5M in the paper)")
 def effb4_1d(pretrained="none", **options):
     """options: channels, num_blocks, drop_connect, z_readout, depth_bins, encoder_depth, skips, head,
@@ -169,7 +169,7 @@ def effb4_1d(pretrained="none", **options):
     return EffNet1D("effb4_1d", "efficientnet-b4", pretrained, **options)
 
 
-@register_model("effb0_1d", seed="000", head_options=HEAD_OPTIONS, default_head="1d",
+@register_model("effb0_1d", paper="schneider2020", head_options=HEAD_OPTIONS, default_head="1d",
                 summary="EfficientNet-B0 encoder + separable 1D-heatmap decoder, soft-argmax (5.4M in the paper)")
 def effb0_1d(pretrained="none", **options):
     """options: as effb4_1d."""

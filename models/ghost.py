@@ -1,4 +1,4 @@
-"""``ghost_lite`` (seed 002): a compact network of Ghost modules, attention fusion and separable self-attention.
+"""``ghost_lite`` (Liu 2022): a compact network of Ghost modules, attention fusion and separable self-attention.
 
 Encoder: a stride-2 stem and lighter stacked hourglasses whose blocks are Ghost bottlenecks (GhostNet: a
 primary 1x1 conv makes m intrinsic maps, a cheap depthwise 3x3 conv makes the ghost maps from them).
@@ -11,7 +11,7 @@ The fused attention softmax(beta_j * com1_j + (1 - beta_j) * com2_j), with a lea
 com3 into one D-vector per joint, H_j (B, J, D). A separable self-attention (MobileViTv2) then runs over the
 J joint vectors, and one linear layer shared by all joints maps each to its depth d_j.
 
-Where the self-attention sits: the seed's text orders it after the pooling and before the shared linear
+Where the self-attention sits: the paper's text orders it after the pooling and before the shared linear
 layer ("Then, the linear self-attention is applied ... Finally, a weight-sharing linear layer"), so it runs
 over the 21 per-joint vectors. That is also where it is needed: d is root-relative, and a linear layer
 shared by joints that each see only their own pooled vector cannot know where the root is; the context vector
@@ -82,8 +82,8 @@ GHOST_HEADS = ("attention", "lifting")
 
 
 class GhostLite(nn.Module):
-    """Seed 002 on RGB; see the module docstring. ``model(x)`` -> (B, J, 3) uvd. ``head`` 'lifting' (ours): a 1x1
-    conv to J heatmaps read by the shared ``models.heads.HeatmapLifting`` instead of the seed's attention head."""
+    """Liu 2022 on RGB; see the module docstring. ``model(x)`` -> (B, J, 3) uvd. ``head`` 'lifting' (ours): a 1x1
+    conv to J heatmaps read by the shared ``models.heads.HeatmapLifting`` instead of the paper's attention head."""
 
     def __init__(self, channels=48, num_stacks=2, hourglass_depth=4, depth_dim=64, head="attention",
                  num_joints=NUM_JOINTS):
@@ -121,7 +121,7 @@ class GhostLite(nn.Module):
         return (uvd, {"heatmaps2d": [heatmaps]}) if return_aux else uvd
 
 
-@register_model("ghost_lite", seed="002",
+@register_model("ghost_lite", paper="liu2022",
                 summary="Ghost-module hourglass, fused per-joint attention (learned beta), soft-argmax 2D + "
                         "separable self-attention depth (0.18M params, as in the paper)")
 def build_ghost_lite(pretrained="none", channels=48, num_stacks=2, hourglass_depth=4, depth_dim=64, head="attention"):

@@ -1,6 +1,6 @@
 """The pose head every family can use (a model option; each paper's own head stays its arch's default).
 
-What made the CPU recipe learn the fingers (README, "Learning on a CPU"), as one module:
+What made the CPU recipe learn the fingers (docs/recipes.md), as one module:
 
 * ``PoseHead``: an encoder's multi-scale features decoded to stride-4 2D heatmaps by segmentation-models-pytorch's
   U-Net (or FPN) decoder, read out by ``HeatmapLifting``.
@@ -82,8 +82,8 @@ class LiftingHead(nn.Module):
     canonical 2D pose (``canonical_frame`` of the read-out, detached), which carries the foreshortening of every
     bone, and each joint's heatmap-pooled features reduced to ``feature_dim`` values, which carry the shading
     that tells towards from away, returns the depth d of every joint; with ``refine_uv`` also a correction of
-    the canonical 2D pose (a read-out that misplaces a hidden fingertip pulled towards a hand that fits the rest:
-    measured no better, README). (B, J, 2) + (B, J, C) -> uv (B, J, 2), d (B, J, 1)."""
+    the canonical 2D pose (a read-out that misplaces a hidden fingertip pulled towards a hand that fits the rest;
+    off by default: it did not help, docs/recipes.md). (B, J, 2) + (B, J, C) -> uv (B, J, 2), d (B, J, 1)."""
 
     def __init__(self, channels, refine_uv=False, num_joints=NUM_JOINTS, feature_dim=16, hidden=512):
         super().__init__()

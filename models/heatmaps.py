@@ -1,6 +1,6 @@
 """The heatmap codec of both families, encode beside decode (as mmpose's codecs): Gaussian targets at a joint
-and the soft-argmax that reads a joint back, for 1D per-axis heatmaps (seed 000's lixels, SimCC) and 2D maps
-(seeds 002-004). Bins tile the input: bin i of L spanning an S-pixel input is centred on input pixel
+and the soft-argmax that reads a joint back, for 1D per-axis heatmaps (Schneider 2020's lixels, SimCC) and 2D maps
+(Liu 2022, Liu 2018 and He 2021). Bins tile the input: bin i of L spanning an S-pixel input is centred on input pixel
 ``geometry.heatmap_bin_centres`` (and depth bin i on ``geometry.depth_bin_centres`` over [-1, 1]), so a target
 encoded at a point decodes back to that point (tests/test_heatmaps.py).
 """

@@ -1,11 +1,11 @@
-"""Stacked-hourglass families: ``hourglass_attn`` (seed 003) and ``hg_mlp`` (seed 004).
+"""Stacked-hourglass families: ``hourglass_attn`` (Liu 2018) and ``hg_mlp`` (He 2021).
 
 Both share one residual block, one stem, one recursive hourglass and one stack of hourglasses with a
 heatmap head after each stack (intermediate supervision, Newell et al. 2016). They differ in how 3D joints
 come out:
 
 * ``hourglass_attn``: u, v by a soft-argmax read-out of the last stack's heatmaps; depth per joint from the
-  shallow (stem) features weighted by that joint's normalised heatmap (the seed's spatial attention,
+  shallow (stem) features weighted by that joint's normalised heatmap (the paper's spatial attention,
   F_reg = M_j * F_raw), pooled and fed to a small regression network shared by all joints.
 * ``hg_mlp``: a residual network over heatmaps + features -> a latent vector -> an MLP (BatchNorm + dropout
   before every layer but the last) -> 63 values, the normalised uvd of ``geometry.normalize_uvd``.
@@ -36,7 +36,7 @@ def load_weights(model, pretrained, arch):
     project checkpoint (``models.pretrained``). These families train from scratch: no ImageNet weights."""
     pretrained = os.fspath(pretrained)
     if pretrained == "imagenet":
-        raise UserError(f"{arch}: no ImageNet weights exist for this arch (its seed trains from scratch); "
+        raise UserError(f"{arch}: no ImageNet weights exist for this arch (its paper trains from scratch); "
                         f"use --pretrained none or a local weights file")
     if pretrained != "none":
         load_local_weights(model, pretrained, arch, prefix="")
@@ -48,7 +48,7 @@ def load_weights(model, pretrained, arch):
 def residual_block(in_channels, out_channels, se=False):
     """Residual block of two 3x3 conv layers (+ one SE block when ``se``): (B, in, H, W) -> (B, out, H, W).
 
-    The SE-ResNet basic block of seed 003 (squeeze ratio 1/16); a 1x1 projection on the shortcut when the
+    The SE-ResNet basic block of Liu 2018 (squeeze ratio 1/16); a 1x1 projection on the shortcut when the
     width changes.
     """
     shortcut = None
@@ -92,7 +92,7 @@ class Stem(nn.Module):
     def __init__(self, channels, se, stride=2):
         super().__init__()
         if stride not in (2, 4):
-            raise ValueError(f"stem_stride={stride}: 2 (the seeds) or 4")
+            raise ValueError(f"stem_stride={stride}: 2 (the papers) or 4")
         pool = [nn.MaxPool2d(3, stride=2, padding=1)] if stride == 4 else []
         self.layers = nn.Sequential(
             conv_bn_relu(3, channels // 2, kernel_size=7, stride=2),
@@ -132,10 +132,10 @@ class StackedHourglass(nn.Module):
         return feats, heatmaps
 
 
-# --- seed 003: hourglass + spatial attention on shallow features ---------------------------------------
+# --- Liu 2018: hourglass + spatial attention on shallow features ---------------------------------------
 
 class AttentionDepth(nn.Module):
-    """The seed's depth: a small network shared by all joints over [the joint's pooled vector, the mean of all
+    """The paper's depth: a small network shared by all joints over [the joint's pooled vector, the mean of all
     joints' vectors]; uv (B, J, 2) passes through, (B, J, C) -> d (B, J, 1)."""
 
     def __init__(self, channels):
@@ -148,17 +148,17 @@ class AttentionDepth(nn.Module):
 
 
 class HourglassAttention(nn.Module):
-    """Seed 003 on RGB: SE residual blocks, 2 stacked hourglasses for 2D heatmaps, depth from heatmap-weighted
+    """Liu 2018 on RGB: SE residual blocks, 2 stacked hourglasses for 2D heatmaps, depth from heatmap-weighted
     shallow features.
 
     Read-out of u, v: ``models.heads.read_out`` of the last heatmaps (the peak-normalised sharpening, or with
     ``readout`` 'softmax' (ours) the plain spatial softmax) gives M_j, and u, v its soft-argmax. The same M_j
     is the spatial attention on the shallow features: per joint, F_reg = M_j * F_raw summed over space is a
-    C-vector. ``depth_head`` 'attention' (the seed): a small network shared by all joints turns [that vector,
+    C-vector. ``depth_head`` 'attention' (the paper): a small network shared by all joints turns [that vector,
     the mean of all joints' vectors] into d (the hand-wide mean gives every joint the reference it needs for a
     root-relative depth);
     'lifting' (ours): ``LiftingHead``. ``stem_stride`` 4 (ours) runs the hourglasses at a quarter of the
-    input, four times cheaper than the seed's half.
+    input, four times cheaper than the paper's half.
     """
 
     def __init__(self, channels=128, num_stacks=2, hourglass_depth=4, readout_sharpness=15.0,
@@ -192,7 +192,7 @@ class HourglassAttention(nn.Module):
         return (uvd, {"heatmaps2d": heatmaps}) if return_aux else uvd
 
 
-@register_model("hourglass_attn", seed="003",
+@register_model("hourglass_attn", paper="liu2018",
                 summary="SE-ResNet 2-stack hourglass (128 ch, 64x64): 2D heatmaps + depth from heatmap-weighted "
                         "shallow features")
 def build_hourglass_attn(pretrained="none", channels=128, num_stacks=2, hourglass_depth=4, readout_sharpness=15.0,
@@ -203,7 +203,7 @@ def build_hourglass_attn(pretrained="none", channels=128, num_stacks=2, hourglas
     return load_weights(model, pretrained, "hourglass_attn")
 
 
-# --- seed 004: hourglass -> residual net -> latent -> MLP ------------------------------------------------
+# --- He 2021: hourglass -> residual net -> latent -> MLP ------------------------------------------------
 
 class LatentEncoder(nn.Module):
     """Heatmaps (B, J, h, w) + features (B, C, h, w) -> latent (B, C * 16).
@@ -238,7 +238,7 @@ HG_MLP_HEADS = ("mlp", "lifting")
 
 
 class HourglassMLP(nn.Module):
-    """Seed 004: 2-stack hourglass -> heatmaps -> residual net over heatmaps + features -> latent -> MLP ->
+    """He 2021: 2-stack hourglass -> heatmaps -> residual net over heatmaps + features -> latent -> MLP ->
     63 values read as normalised uvd (``geometry.normalize_uvd`` space) and mapped back to input pixels.
     ``head`` 'lifting' (ours): the shared ``models.heads.HeatmapLifting`` over the last stack's heatmaps and
     features instead of the latent and the MLP; ``stem_stride`` 4 (ours) runs the hourglasses at a quarter."""
@@ -268,7 +268,7 @@ class HourglassMLP(nn.Module):
         return (uvd, {"heatmaps2d": heatmaps}) if return_aux else uvd
 
 
-@register_model("hg_mlp", seed="004",
+@register_model("hg_mlp", paper="he2021",
                 summary="2-stack hourglass heatmaps -> residual net -> latent -> MLP (BN + dropout) -> normalised uvd")
 def build_hg_mlp(pretrained="none", channels=128, num_stacks=2, hourglass_depth=4, mlp_dims=(1024, 256),
                  dropout=0.3, head="mlp", stem_stride=2):

@@ -10,15 +10,15 @@ Visibility policy: u, v errors count only for joints inside the input (``target[
 Terms
 -----
 * on normalised uvd (``geometry.normalize_uvd``: u, v in [-1, 1] across the input, d unchanged):
-  ``coord_mse``, ``coord_l1`` (seeds 000, 001): mean over the counted coordinates;
-  ``uv_l1``, ``depth_l1`` (seed 002): the mean L1 of the 2D part and of the depth.
-* on heatmaps: ``heatmap2d`` (seeds 003, 004): mean squared error to Gaussians (peak 1, ``heatmap_sigma`` map
+  ``coord_mse``, ``coord_l1`` (Schneider 2020, Reichardt 2021): mean over the counted coordinates;
+  ``uv_l1``, ``depth_l1`` (Liu 2022): the mean L1 of the 2D part and of the depth.
+* on heatmaps: ``heatmap2d`` (Liu 2018, He 2021): mean squared error to Gaussians (peak 1, ``heatmap_sigma`` map
   pixels) at the target uv, visible joints, summed over the maps in ``aux['heatmaps2d']`` (intermediate
-  supervision); ``js1d`` (seed 000's regulariser): Jensen-Shannon divergence (nats) of each 1D heatmap in
+  supervision); ``js1d`` (Schneider 2020's regulariser): Jensen-Shannon divergence (nats) of each 1D heatmap in
   ``aux['heatmaps1d']`` from a discretised Gaussian of variance ``js_variance`` bins at the target bin;
   ``simcc_kl`` (SimCC / RTMPose's KLDiscretLoss): KL(target || softmax(logits / ``kl_tau``)) of the 1D logits
   ``aux['logits1d']``, the target a discretised Gaussian of sd ``kl_sigma`` bins at the target coordinate.
-* seed 004's family on root-relative camera-space joints, ``geometry.uvd_to_xyz`` with the target's K and root
+* He 2021's family on root-relative camera-space joints, ``geometry.uvd_to_xyz`` with the target's K and root
   depth, in units of DEPTH_RANGE_M (0.15 m), so a hand spans about 1 and the terms are of order 1;
   per sample sums over joints / bones, averaged over the batch:
   ``pose_l2`` = sum_j |p_j - t_j|^2; ``bone_length`` = sum_b | |b_pred| - |b_true| |;
@@ -117,7 +117,7 @@ def simcc_kl(logits, uvd, mask, size, sigma, tau):
     return masked_mean(kl, mask)
 
 
-# --- seed 004's family on root-relative camera-space joints (units of DEPTH_RANGE_M) -----------------------
+# --- He 2021's family on root-relative camera-space joints (units of DEPTH_RANGE_M) -----------------------
 
 def bone_vectors(joints):
     """(B, 21, 3) -> (B, 20, 3), parent -> child."""

@@ -23,7 +23,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class ModelEntry:
     name: str
     builder: Callable[..., torch.nn.Module]
-    seed: str          # the seed paper it comes from, e.g. "000"
+    paper: str         # the paper it implements, first author and year, e.g. "schneider2020"
     summary: str       # one line for --list-archs and the README
     head_options: dict = field(default_factory=dict)   # option -> the heads that read it (the others would not)
     default_head: Optional[str] = None                 # the head when the options name none
@@ -32,13 +32,13 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name, *, seed, summary, head_options=None, default_head=None):
+def register_model(name, *, paper, summary, head_options=None, default_head=None):
     """Decorator for ``builder(pretrained='none', **options) -> nn.Module``. ``head_options``: the options only some
     heads read, each with those heads (``options['head']``, else ``default_head``); given to another, a ValueError."""
     def decorate(builder):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = ModelEntry(name, builder, seed, summary, dict(head_options or {}), default_head)
+        _REGISTRY[name] = ModelEntry(name, builder, paper, summary, dict(head_options or {}), default_head)
         return builder
     return decorate
 

@@ -1,4 +1,4 @@
-"""Seed 001: direct regression of the 63 joint values from timm ResNets (Reichardt et al.).
+"""Reichardt 2021: direct regression of the 63 joint values from timm ResNets.
 
 The network's 63 outputs are normalised uvd (``geometry.normalize_uvd``: u, v in [-1, 1] across the input,
 d the model-space depth), mapped back to model space with the actual input size. Inputs are square.
@@ -71,7 +71,7 @@ def embedding_pipeline(imagenet):
 
 
 class PipelinedResNets(nn.Module):
-    """Seed 001's 2 x ResNet50 + ResNet34. 'imagenet' initialises all three nets (timm sums the RGB filters of
+    """Reichardt 2021's 2 x ResNet50 + ResNet34. 'imagenet' initialises all three nets (timm sums the RGB filters of
     the stem for the one-channel inputs); a local file must hold the whole pipeline (``pipeline.*``)."""
 
     def __init__(self, arch, pretrained="none"):
@@ -83,17 +83,19 @@ class PipelinedResNets(nn.Module):
         return (uvd, {}) if return_aux else uvd
 
 
-@register_model("resnet34", seed="001", summary="timm ResNet34 regressing the 63 normalised uvd values directly")
+@register_model("resnet34", paper="reichardt2021",
+                summary="timm ResNet34 regressing the 63 normalised uvd values directly")
 def resnet34(pretrained="none", head="regression", decoder_width=64):
     return ResNetRegressor("resnet34", "resnet34", pretrained, head, decoder_width)
 
 
-@register_model("resnet101", seed="001", summary="timm ResNet101 regressing the 63 normalised uvd values directly")
+@register_model("resnet101", paper="reichardt2021",
+                summary="timm ResNet101 regressing the 63 normalised uvd values directly")
 def resnet101(pretrained="none", head="regression", decoder_width=64):
     return ResNetRegressor("resnet101", "resnet101", pretrained, head, decoder_width)
 
 
-@register_model("res50x2_res34", seed="001",
+@register_model("res50x2_res34", paper="reichardt2021",
                 summary="pipeline ResNet50 -> 32x32 embedding -> ResNet50 -> 16x16 embedding -> ResNet34 -> 63 values")
 def res50x2_res34(pretrained="none"):
     return PipelinedResNets("res50x2_res34", pretrained)

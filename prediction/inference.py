@@ -41,7 +41,7 @@ def tta_affines(n, size, device=None, max_deg=180.0):
 
 def training_rotation(config):
     """The largest rotation (degrees) the run's training augmentation drew, from its resolved config; 180 (the
-    full circle) when it drew none, as the seed's TTA."""
+    full circle) when it drew none, as Schneider 2020's TTA."""
     names = set(parse_augs(config.get("augs", ""))) | set(parse_augs(config.get("augs_final", "")))
     if "rotate" not in names:
         return 180.0
@@ -105,6 +105,7 @@ def predict_loader(model, loader, device, tta=1, amp=False, channels_last=False,
 
 
 # --- camera joints -------------------------------------------------------------------------------------------
+# Why the root depth is fitted to every bone and blended with the crop's framing: docs/conventions.md, "Root depth"
 
 SCALE_PAIRS = BONES              # (20, 2) the joint pairs whose expected lengths fix the root depth: every bone
 PREDICTION_NOISE_M = 0.01        # a trained model's error per joint and axis (metres): how far a drawn bone may be off

@@ -123,7 +123,8 @@ def cuda_run(synthetic, tmp_path_factory):
     """A short training on CUDA under torchrun: one NCCL process (the real DDP path), AMP, channels_last."""
     out = tmp_path_factory.mktemp("cuda_run") / "run"
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "train.py",
-         "--recipe", "effb0_cpu", "--data-root", synthetic, "--device", "cuda", "--epochs", "2", "--batch-size", "8",
+         "--recipe", "effb0_unet_64_cpu", "--data-root", synthetic, "--device", "cuda", "--epochs", "2",
+         "--batch-size", "8",
          "--img-size", "64", "--workers", "1", "--out", out])
     return out
 
@@ -150,11 +151,12 @@ def test_predict_and_ensemble_on_cuda_write_their_files(cuda_run, synthetic, tmp
 def test_bench_on_cuda_measures_amp_channels_last(synthetic, tmp_path):
     out = tmp_path / "bench.json"
     run([sys.executable, "bench.py", "--device", "cuda", "--amp", "--channels-last", "--archs", "effb0_1d",
-         "--recipes", "effb0_cpu", "--data-root", synthetic, "--img-size", "64", "--batch-size", "8", "--steps", "2",
+         "--recipes", "effb0_unet_64_cpu", "--data-root", synthetic, "--img-size", "64", "--batch-size", "8",
+         "--steps", "2",
          "--loader-batches", "2", "--loader-seconds", "0", "--tta", "2", "--out", out])
     result = json.loads(out.read_text())
     assert result["machine"]["gpu"] and result["settings"]["amp"] and result["settings"]["cudnn_benchmark"]
-    assert result["stages"]["train_step/effb0_cpu"] > 0 and 0 < result["augment_share"]["effb0_cpu"] < 1
+    assert result["stages"]["train_step/effb0_unet_64_cpu"] > 0 and 0 < result["augment_share"]["effb0_unet_64_cpu"] < 1
 
 
 def test_random_streams_of_a_cuda_run_are_restored_exactly():
@@ -175,8 +177,8 @@ def test_sigterm_mid_epoch_on_cuda_writes_a_state_that_resumes(synthetic, tmp_pa
     """The stop path on the GPU: SIGTERM mid-step, last.pt with CUDA streams, exit 143; --resume restores them (no
     note about other draws) and finishes."""
     folder = tmp_path / "run"
-    args = ["--recipe", "effb0_cpu", "--data-root", synthetic, "--device", "cuda", "--epochs", "2", "--batch-size",
-            "8", "--img-size", "64", "--workers", "0", "--out", folder]
+    args = ["--recipe", "effb0_unet_64_cpu", "--data-root", synthetic, "--device", "cuda", "--epochs", "2",
+            "--batch-size", "8", "--img-size", "64", "--workers", "0", "--out", folder]
     act_at_forward(monkeypatch, 6, lambda: os.kill(os.getpid(), signal.SIGTERM))
     code, _, err = run_main(train.main, args, capsys)
     assert code == 143 and "stopped by SIGTERM" in err, err

@@ -23,7 +23,8 @@ def test_gpu_check_dry_run_runs_every_step_and_writes_its_figures(tmp_path):
     assert steps["install"]["installed"] == []
     cuda = steps["pytest_cuda"]
     assert cuda["tests"] > 10 and cuda["failures"] == 0 and cuda["skipped"] == cuda["tests"]   # no GPU here
-    assert steps["bench"]["stages"]["train_step/effb0_cpu"] > 0 and 0 < steps["bench"]["augment_share"]["effb0_cpu"] < 1
+    bench = steps["bench"]
+    assert bench["stages"]["train_step/effb0_unet_64_cpu"] > 0 and 0 < bench["augment_share"]["effb0_unet_64_cpu"] < 1
     trained = steps["train_and_predict"]
     assert trained["epochs"] == 1 and math.isfinite(trained["fraction_of_constant_shape"]) and trained["tta"] == 2
 

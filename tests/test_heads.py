@@ -104,7 +104,7 @@ def test_every_recipe_is_a_valid_config(name):
 
 
 def test_the_gpu_recipes_at_224_px():
-    """Both GPU recipes read the shared head, which beat seed 000's 1D decoder at equal CPU budget."""
+    """Both GPU recipes read the shared head, which beat Schneider 2020's 1D decoder at equal CPU budget."""
     heads = {"effb4_1d_plus": "unet", "resnet34_plus": "unet"}
     for name, head in heads.items():
         config = recipes.recipe_config(name)

@@ -153,7 +153,7 @@ def test_simcc_kl_needs_the_logits():
         pose_loss(pred, {}, target, {"simcc_kl": 1.0})
 
 
-# --- seed 004's 3D family ----------------------------------------------------------------------------------
+# --- He 2021's 3D family ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("factor, expected", [
     (2.0, {"bone_length": 20 * 0.1, "bone_direction": 0.0, "bone_cosine": 0.0}),

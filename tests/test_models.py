@@ -1,4 +1,5 @@
-"""Every registered model keeps the contract; the seed 000/001 families; --pretrained none|imagenet|PATH."""
+"""Every registered model keeps the contract; the Schneider 2020 and Reichardt 2021 families;
+--pretrained none|imagenet|PATH."""
 import pytest
 import torch
 
@@ -58,7 +59,7 @@ def test_unknown_arch_lists_valid_names():
         models.create_model("resnet35")
 
 
-# --- seed 000: EfficientNet + 1D heatmaps ------------------------------------------------------------------
+# --- Schneider 2020: EfficientNet + 1D heatmaps ------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, low, high", [("effb4_1d", 18e6, 21e6), ("effb0_1d", 4.5e6, 6.0e6)])
 def test_effnet_parameter_counts_match_the_paper(name, low, high):

@@ -177,7 +177,7 @@ def test_training_rotation_is_read_from_the_runs_config():
     assert inference.training_rotation({"augs": "rotate,color", "aug": {}}) == 180.0
     assert inference.training_rotation({"augs": "none", "augs_final": "rotate",
                                       "aug": {"rotate": {"max_deg": 45.0}}}) == 45.0
-    assert inference.training_rotation({"augs": "color"}) == 180.0     # never rotated: the seed's full circle
+    assert inference.training_rotation({"augs": "color"}) == 180.0     # never rotated: the papers' full circle
 
 
 def test_tta_with_many_rotations_runs_in_chunks_and_matches_one_forward(monkeypatch):

@@ -72,14 +72,14 @@ def test_config_resolution_layers_recipe_then_command_line():
     assert {"lr", "loss", "aug", "milestones"} <= given
 
 
-def test_list_archs_prints_every_arch_with_params_size_seed(capsys):
+def test_list_archs_prints_every_arch_with_params_size_paper(capsys):
     code, out, err = run_main(train.main, ["--list-archs"], capsys)
     assert code == 0, err
     lines = out.splitlines()
     import models
     for name in models.list_models():
         row = next(line for line in lines if line.startswith(name + " "))
-        assert "M" in row and models.model_entry(name).seed in row
+        assert "M" in row and models.model_entry(name).paper in row
     assert any(line.startswith("effb4_1d") and " 224 " in line for line in lines)
 
 

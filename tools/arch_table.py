@@ -1,7 +1,8 @@
-"""Every registered arch at one CPU budget: the README's arch table, one row per recipe, each row one command.
+"""Every registered arch at one CPU budget (rows of kind arch_table in docs/results.md), one row per recipe, each
+row one command.
 
     python tools/arch_table.py --minutes 10 --out runs/arch_table          # all rows, about 10 minutes each
-    python tools/arch_table.py --rows effb0_cpu,effb0_1d_cpu --minutes 10
+    python tools/arch_table.py --rows effb0_unet_64_cpu,effb0_1d_64_cpu --minutes 10
 
 For each row: bench.py times the recipe's training step; the epochs that fill 85 % of --minutes at that rate
 (the rest goes to loading, validation and the top-k average) are given to ``train.py --recipe ROW --epochs E``;
@@ -24,9 +25,9 @@ from data import resolve_or_generate_data_root  # noqa: E402
 from data.readers import load_split  # noqa: E402
 from scoring.report import current_keys  # noqa: E402
 
-# seed 000's family with the shared head and with its paper head, then every other arch at its best
-ROWS = ("effb0_cpu", "effb0_1d_cpu", "effb4_cpu", "resnet34_cpu", "resnet101_cpu", "res50x2_res34_cpu",
-        "ghost_lite_cpu", "synthetic_cpu", "hg_mlp_cpu")
+# Schneider 2020's family with the shared head and with its paper head, then every other arch at its best
+ROWS = ("effb0_unet_64_cpu", "effb0_1d_64_cpu", "effb4_unet_64_cpu", "resnet34_unet_64_cpu", "resnet101_unet_64_cpu",
+        "res50x2_res34_64_cpu", "ghost_lite_64_cpu", "hourglass_attn_64_cpu", "hg_mlp_64_cpu")
 TIME_SHARE = 0.85
 
 
@@ -37,7 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--tta", type=int, default=10)
     p.add_argument("--out", default="runs/arch_table")
     args = p.parse_args(argv)
-    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    args.rows = [recipes.current_name(r.strip(), print) for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in args.rows if r not in recipes.RECIPES]
     if unknown:
         p.error(f"--rows {unknown[0]}: no such recipe in recipes.py")

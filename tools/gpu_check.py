@@ -32,7 +32,7 @@ FULL = {"device": "cuda", "img_size": 224, "batch_size": 64, "bench_steps": 10, 
         "recipe": "effb4_1d_plus", "archs": "all", "bench_recipes": "effb4_1d_plus,resnet34_plus", "tta": 10,
         "workers": 8, "max_epochs": None}
 DRY = {"device": "cpu", "img_size": 64, "batch_size": 4, "bench_steps": 1, "train": 24, "eval": 8,
-       "recipe": "effb0_cpu", "archs": "none", "bench_recipes": "effb0_cpu", "tta": 2, "workers": 0,
+       "recipe": "effb0_unet_64_cpu", "archs": "none", "bench_recipes": "effb0_unet_64_cpu", "tta": 2, "workers": 0,
        "max_epochs": 1}
 
 

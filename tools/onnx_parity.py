@@ -1,8 +1,8 @@
 """Every registered arch through ONNX: the largest joint difference between PyTorch and onnxruntime over a split,
-and the time per image of each backend on this machine's CPU (the README's export table).
+and the time per image of each backend on this machine's CPU (docs/results.md keeps the export table).
 
     python tools/onnx_parity.py --out runs/onnx_parity.json                    # every arch, untrained
-    python tools/onnx_parity.py --ckpt runs/effb0_cpu_s0/best.pt --ckpt runs/synthetic_cpu_s0/best.pt
+    python tools/onnx_parity.py --ckpt runs/effb0_unet_64_cpu_s0/best.pt --ckpt runs/hourglass_attn_64_cpu_s0/best.pt
 
 An arch without a --ckpt is built at its CPU recipe (its ``<arch>``-family ``*_cpu`` recipe, else its own) from
 random weights, its BatchNorm statistics set by a few batches of the split's images (so activations are those

@@ -5,6 +5,7 @@ import copy
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 
@@ -23,7 +24,7 @@ from training.rundir import continue_command
 CPU_SYNTHETIC_BUDGET = {"img_size": 128, "epochs": 3, "batch_size": 16, "max_train_images": 480,
                         "max_val_images": 100}
 SHORT_RUN_NOTE = ("; this was the short check that everything runs, too short to learn the fingers; the recipe "
-                  "made for a CPU, `python train.py --recipe synthetic_cpu`, learns them (README, Measured figures)")
+                  "made for a CPU, `python train.py --recipe hourglass_attn_64_cpu`, learns them (docs/recipes.md)")
 CLI_KEYS = ("data_root", "epochs", "batch_size", "img_size", "lr", "pretrained", "device", "seed", "augs",
             "backgrounds", "workers", "folds", "fold", "pseudo_labels")
 PATH_KEYS = ("data_root", "backgrounds", "pseudo_labels")
@@ -33,6 +34,10 @@ RESUMABLE_OVERRIDES = ("device", "workers", "lr")   # what --resume may change: 
 # come from the decoded cache (the same pixels as the JPEGs)
 RESUMABLE_SET_KEYS = ("grad_clip", "checkpoint_minutes", "cache")
 NOT_SET = "(not set)"
+
+
+def announce(line):
+    print(line, file=sys.stderr)
 
 
 def parse_value(text):
@@ -89,7 +94,7 @@ def set_key(config, dotted, value):
 
 def resolve_config(args):
     """CONFIG_DEFAULTS <- recipe <- command line. Returns (config, keys given on the command line)."""
-    name = args.recipe or args.arch
+    name = recipes.current_name(args.recipe, announce) if args.recipe else args.arch
     if not name:
         raise UserError("give --arch NAME (see --list-archs) or --recipe NAME")
     if name not in recipes.RECIPES:
@@ -144,7 +149,8 @@ def command_line_changes(args, config):
     """[(option as typed, config key, saved value, given value)] for every option on the command line whose value
     differs from the saved ``config``'s (paths compared resolved, augmentation lists as parsed)."""
     changes = []
-    if args.recipe and args.recipe != config["recipe"]:
+    # a recipe's earlier name is no change (the run may have been saved under it)
+    if args.recipe and recipes.current_name(args.recipe, announce) != recipes.current_name(config["recipe"]):
         changes.append(("--recipe", "recipe", config["recipe"], args.recipe))
     for key in CLI_KEYS:
         given = getattr(args, key)

@@ -4,7 +4,7 @@ Schedules are stepped once per optimiser step (``steps_per_epoch`` of them an ep
 cosine decay are smooth whatever the epoch count; their whole state is the step counter, so ``--resume``
 continues them exactly.
 
-* ``multistep`` (seed 000 as written): x ``gamma`` at each milestone (fractions of the epochs, rounded to an
+* ``multistep`` (Schneider 2020 as written): x ``gamma`` at each milestone (fractions of the epochs, rounded to an
   epoch boundary);
 * ``cosine``: from the peak lr down to ``lr * min_lr_ratio`` at the last step;
 * ``onecycle``: torch's OneCycleLR (cosine rise over ``onecycle_pct`` of the steps, then cosine fall to
@@ -25,7 +25,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 
 def make_optimizer(model, config):
     """Adam, AdamW or SGD over the trainable parameters. AdamW's weight decay spares norms and biases (timm's
-    groups put every 1-D parameter in a group without decay); Adam and SGD decay every parameter, as the seeds
+    groups put every 1-D parameter in a group without decay); Adam and SGD decay every parameter, as the papers
     that name them wrote."""
     if config["optimizer"] == "adamw":
         return torch.optim.AdamW(param_groups_weight_decay(model, config["weight_decay"]), lr=config["lr"])

@@ -1,9 +1,9 @@
-"""Training recipes, in one visible place: CONFIG_DEFAULTS, then one recipe per name (from the seed papers).
+"""Training recipes, in one visible place: CONFIG_DEFAULTS, then one recipe per name (the papers' and ours).
 
 A run's config starts from CONFIG_DEFAULTS, then the recipe (``--recipe``, by default the one named like
 ``--arch``), then the command line. Every key here is a known key with a type; an override of an unknown key or
 of the wrong type is an error. ``milestones`` are fractions of the epochs, so a shortened run keeps the schedule's
-shape (seed 000: x0.1 at epochs 100 and 140 of 145).
+shape (Schneider 2020: x0.1 at epochs 100 and 140 of 145).
 """
 import copy
 
@@ -59,120 +59,123 @@ CONFIG_DEFAULTS = {
     "pseudo_keep": 1.0,             # the share of pseudo-labelled images kept, the surest first (an ensemble's spread)
 }
 
-_SEED000 = {"img_size": 224, "batch_size": 32, "epochs": 145, "optimizer": "adam", "lr": 1e-4,
-            "schedule": "multistep", "milestones": [100 / 145, 140 / 145], "gamma": 0.1,
-            "loss": {"coord_mse": 1.0}, "augs": "rotate"}
-_SEED001 = {"img_size": 128, "batch_size": 64, "optimizer": "adam", "lr": 1e-4, "schedule": "cosine",
-            "loss": {"coord_l1": 1.0}}
-_SEED003 = {"arch": "hourglass_attn", "img_size": 128, "batch_size": 32, "epochs": 50, "optimizer": "sgd",
+# The papers' own settings (docs/references.md names each paper)
+_SCHNEIDER2020 = {"img_size": 224, "batch_size": 32, "epochs": 145, "optimizer": "adam", "lr": 1e-4,
+                  "schedule": "multistep", "milestones": [100 / 145, 140 / 145], "gamma": 0.1,
+                  "loss": {"coord_mse": 1.0}, "augs": "rotate"}
+_REICHARDT2021 = {"img_size": 128, "batch_size": 64, "optimizer": "adam", "lr": 1e-4, "schedule": "cosine",
+                  "loss": {"coord_l1": 1.0}}
+_LIU2018 = {"arch": "hourglass_attn", "img_size": 128, "batch_size": 32, "epochs": 50, "optimizer": "sgd",
             "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-5, "schedule": "multistep", "milestones": [0.5, 0.75],
             "gamma": 0.1, "pretrained": "none", "augs": "rotate"}
-_SEED004 = {"arch": "hg_mlp", "img_size": 128, "batch_size": 32, "epochs": 100, "optimizer": "adam", "lr": 1e-4,
-            "schedule": "multistep", "milestones": [0.5, 0.75], "pretrained": "none", "augs": "rotate"}
-_SEED004_BASE = {"heatmap2d": 0.1 * 21 * 64 * 64, "pose_l2": 1.0 * 0.15 ** 2}
+_HE2021 = {"arch": "hg_mlp", "img_size": 128, "batch_size": 32, "epochs": 100, "optimizer": "adam", "lr": 1e-4,
+           "schedule": "multistep", "milestones": [0.5, 0.75], "pretrained": "none", "augs": "rotate"}
+_HE2021_LOSS = {"heatmap2d": 0.1 * 21 * 64 * 64, "pose_l2": 1.0 * 0.15 ** 2}
 
-# ours: what made the CPU recipe learn the fingers from random weights (README, "Learning on a CPU"), for any arch
-# with 2D heatmaps: 64 px, batch 16, AdamW with warm-up + cosine per step, EMA, the 3 best epochs averaged, the
-# heatmap term weighted 30 beside the 2D and depth L1 terms, rotations within +-30 degrees (TTA spans the same)
+# ours: what made a model learn the fingers from random weights on a CPU (docs/recipes.md), for any arch with 2D
+# heatmaps: 64 px, batch 16, AdamW with warm-up + cosine per step, EMA, the 3 best epochs averaged, the heatmap
+# term weighted 30 beside the 2D and depth L1 terms, rotations within +-30 degrees (TTA spans the same)
 _CPU_HEAD = {"img_size": 64, "batch_size": 16, "epochs": 30, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05,
              "schedule": "cosine", "min_lr_ratio": 0.02, "warmup_epochs": 1.0, "ema_decay": 0.999,
              "average_top_k": 3, "loss": {"heatmap2d": 30.0, "uv_l1": 1.0, "depth_l1": 1.0}, "augs": "rotate",
              "aug": {"rotate": {"max_deg": 30.0}}, "pretrained": "none", "short_on_cpu": False}
 
 # ours, for a GPU: _CPU_HEAD's loss and schedule at 224 px on real data (ImageNet weights where the arch has them),
-# the seed's full rotations (TTA spans them) and its other augmentations, batch 64
+# the papers' full rotations (TTA spans them) and their other augmentations, batch 64
 _GPU_HEAD = {**_CPU_HEAD, "img_size": 224, "batch_size": 64, "epochs": 100, "lr": 1e-3, "warmup_epochs": 2.0,
              "min_lr_ratio": 0.01, "ema_decay": 0.9998, "augs": "background,rotate,occlude", "aug": {},
              "pretrained": "auto", "short_on_cpu": True}
 
+# CPU recipes are named <arch>[_head]_<input px>_cpu; why each is as it is: docs/recipes.md
 RECIPES = {
-    # seed 000: EfficientNet encoder + 1D-heatmap decoder, MSE, Adam 1e-4, MultiStepLR, rotations up to 180 deg
-    "effb4_1d": {**_SEED000, "arch": "effb4_1d", "model": {"num_blocks": 4, "channels": 128}},
-    "effb0_1d": {**_SEED000, "arch": "effb0_1d", "model": {"num_blocks": 4, "channels": 128}},
-    # ours: effb0_1d from random weights in minutes (the synthetic set on a CPU): 10x the lr, small batches, no
-    # stochastic depth, and the 1D heatmaps also pulled towards Gaussians at the targets (js1d), which finds the
-    # hand far sooner than the coordinates alone
-    "effb0_1d_scratch": {**_SEED000, "arch": "effb0_1d",
+    # Schneider 2020: EfficientNet encoder + 1D-heatmap decoder, MSE, Adam 1e-4, MultiStepLR, rotations up to 180 deg
+    "effb4_1d": {**_SCHNEIDER2020, "arch": "effb4_1d", "model": {"num_blocks": 4, "channels": 128}},
+    "effb0_1d": {**_SCHNEIDER2020, "arch": "effb0_1d", "model": {"num_blocks": 4, "channels": 128}},
+    # ours: effb0_1d from random weights: 10x the lr and small batches to move fast, no stochastic depth, and js1d
+    # pulls the 1D heatmaps towards Gaussians at the targets, which finds the hand sooner than coordinates alone
+    "effb0_1d_scratch": {**_SCHNEIDER2020, "arch": "effb0_1d",
                          "model": {"num_blocks": 4, "channels": 128, "drop_connect": 0.0},
                          "pretrained": "none", "batch_size": 8, "lr": 1e-3, "loss": {"coord_mse": 1.0, "js1d": 1.0},
                          "augs": "none"},
-    # ours, the CPU recipe: what learns the fingers fastest from random weights on the synthetic set on a 2-core
-    # CPU (README, "Learning on a CPU"): seed 003's hourglass cut to one 64-channel stack of depth 3 run at a
-    # quarter of a 64 px input (faster than the seed-000 net on a CPU), depth from a lifting network over
-    # the canonical 2D pose and the heatmap-pooled features; the heatmap term weighted 30 (it, not the
-    # coordinates, teaches where the fingers are), rotations within +-30 degrees (+-180 costs more than it
-    # teaches in this budget; TTA spreads over the trained range), AdamW, warm-up + cosine per step, EMA,
-    # the 3 best epochs averaged.
-    "synthetic_cpu": {**_SEED003, "img_size": 64, "batch_size": 16, "epochs": 60, "optimizer": "adamw", "lr": 3e-3,
-                      "weight_decay": 0.05, "schedule": "cosine", "min_lr_ratio": 0.02, "warmup_epochs": 1.0,
-                      "ema_decay": 0.999, "average_top_k": 3,
-                      "model": {"channels": 64, "num_stacks": 1, "hourglass_depth": 3, "stem_stride": 4,
-                                "depth_head": "lifting"},
-                      "loss": {"heatmap2d": 30.0, "uv_l1": 1.0, "depth_l1": 1.0}, "augs": "rotate",
-                      "aug": {"rotate": {"max_deg": 30.0}}, "short_on_cpu": False},
-    # ours, the CPU recipe of seed 000's family: the effb0 encoder with the shared head (models/heads.py), the
-    # settings that made the hourglass learn (_CPU_HEAD); the encoder stops at stride 16 (at 64 px the stride-32
-    # stage sees a 2x2 map yet holds most of the weights: without it a step is much cheaper and learns as
-    # much), and twice _CPU_HEAD's lr; its 5 M weights overfit the synthetic set's 1900 poses sooner than the
-    # hourglass, so the view also scales and shifts and stochastic depth 0.1 regularises; it still underfits more
-    # than it overfits, so a decoder of width 48 (a step 9 % cheaper) pays for 44 epochs (README, "Learning on a CPU")
-    "effb0_cpu": {**_CPU_HEAD, "arch": "effb0_1d", "epochs": 44, "lr": 4e-3, "augs": "scale,rotate,translate",
-                  "model": {"head": "unet", "drop_connect": 0.1, "encoder_depth": 4, "decoder_width": 48}},
+    # ours, the CPU recipe: Liu 2018's hourglass cut to one 64-channel stack of depth 3 at a quarter of a 64 px
+    # input so that a CPU takes many steps; depth by lifting the canonical 2D pose; the heatmap term, not the
+    # coordinates, teaches where the fingers are, hence its weight 30; rotations within +-30 degrees (TTA too)
+    "hourglass_attn_64_cpu": {**_LIU2018, "img_size": 64, "batch_size": 16, "epochs": 60, "optimizer": "adamw",
+                              "lr": 3e-3, "weight_decay": 0.05, "schedule": "cosine", "min_lr_ratio": 0.02,
+                              "warmup_epochs": 1.0, "ema_decay": 0.999, "average_top_k": 3,
+                              "model": {"channels": 64, "num_stacks": 1, "hourglass_depth": 3, "stem_stride": 4,
+                                        "depth_head": "lifting"},
+                              "loss": {"heatmap2d": 30.0, "uv_l1": 1.0, "depth_l1": 1.0}, "augs": "rotate",
+                              "aug": {"rotate": {"max_deg": 30.0}}, "short_on_cpu": False},
+    # ours: the effb0 encoder under the shared U-Net head with _CPU_HEAD's settings; the encoder stops at stride 16
+    # (at 64 px the stride-32 stage sees 2x2 yet holds most weights), twice the lr; scale, shift and stochastic
+    # depth because 5 M weights fit the synthetic poses soon; a narrower decoder buys more epochs
+    "effb0_unet_64_cpu": {**_CPU_HEAD, "arch": "effb0_1d", "epochs": 44, "lr": 4e-3, "augs": "scale,rotate,translate",
+                          "model": {"head": "unet", "drop_connect": 0.1, "encoder_depth": 4, "decoder_width": 48}},
     # ours, the same head on the other encoders and hourglasses, for the table of every arch at one CPU budget
-    # (README); their epochs are set by that budget
-    "effb4_cpu": {**_CPU_HEAD, "arch": "effb4_1d", "lr": 4e-3,
-                  "model": {"head": "unet", "drop_connect": 0.0, "encoder_depth": 4}},  # effb0_cpu's depth, lr
-    "resnet34_cpu": {**_CPU_HEAD, "arch": "resnet34", "model": {"head": "unet"}},
-    "resnet101_cpu": {**_CPU_HEAD, "arch": "resnet101", "model": {"head": "unet"}},
-    "res50x2_res34_cpu": {**_CPU_HEAD, "arch": "res50x2_res34", "loss": {"coord_l1": 1.0}},  # no heatmaps to use
-    "ghost_lite_cpu": {**_CPU_HEAD, "arch": "ghost_lite", "model": {"head": "lifting"}},
-    "hg_mlp_cpu": {**_CPU_HEAD, "arch": "hg_mlp", "model": {"head": "lifting", "channels": 64, "num_stacks": 1,
-                                                            "hourglass_depth": 3, "stem_stride": 4}},
-    # ours, seed 000's arch with its paper head on a CPU (README): effb0_1d at 64 px reading the stride-16 features
-    # (a 4x4 map, not 2x2) with UNet-style skips into the xy branch and I2L-MeshNet's pooled depth read-out; batch
-    # 16, AdamW, warm-up + cosine per step, EMA, MSE + the SimCC KL term, rotations, the 3 best epochs averaged
-    "effb0_1d_cpu": {**_SEED000, "arch": "effb0_1d", "img_size": 64, "batch_size": 16, "epochs": 25,
-                  "optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "schedule": "cosine",
-                  "min_lr_ratio": 0.02, "warmup_epochs": 1.0, "ema_decay": 0.999, "average_top_k": 3,
-                  "model": {"num_blocks": 3, "channels": 128, "drop_connect": 0.0, "z_readout": "pooled",
-                            "encoder_depth": 4, "skips": True},
-                  "loss": {"coord_mse": 1.0, "simcc_kl": 0.1}, "augs": "rotate", "pretrained": "none",
-                  "short_on_cpu": False},
-    # ours, for a GPU: seed 000's EfficientNet-B4 at 224 px under the shared head, which beat the 1D decoder with
-    # its CPU options at equal CPU time (README, "Learning on a CPU" and the arch table): stride-4 heatmaps, the
-    # peak read-out, lifting depth; the whole encoder (at 224 px its stride-32 stage sees 7x7), stochastic depth
-    # as the paper; the _GPU_HEAD schedule (AdamW, warm-up, cosine per step, EMA, the 3 best epochs averaged),
-    # bf16 AMP and channels_last (the defaults), ImageNet weights on real data
+    # (tools/arch_table.py sets their epochs)
+    "effb4_unet_64_cpu": {**_CPU_HEAD, "arch": "effb4_1d", "lr": 4e-3,
+                          "model": {"head": "unet", "drop_connect": 0.0, "encoder_depth": 4}},  # as effb0's
+    "resnet34_unet_64_cpu": {**_CPU_HEAD, "arch": "resnet34", "model": {"head": "unet"}},
+    "resnet101_unet_64_cpu": {**_CPU_HEAD, "arch": "resnet101", "model": {"head": "unet"}},
+    "res50x2_res34_64_cpu": {**_CPU_HEAD, "arch": "res50x2_res34", "loss": {"coord_l1": 1.0}},  # no heatmaps
+    "ghost_lite_64_cpu": {**_CPU_HEAD, "arch": "ghost_lite", "model": {"head": "lifting"}},
+    "hg_mlp_64_cpu": {**_CPU_HEAD, "arch": "hg_mlp", "model": {"head": "lifting", "channels": 64, "num_stacks": 1,
+                                                               "hourglass_depth": 3, "stem_stride": 4}},
+    # ours: Schneider 2020's arch with its own 1D head on a CPU: the stride-16 features (a 4x4 map, not 2x2 at
+    # 64 px), UNet-style skips into the xy branch, I2L-MeshNet's pooled depth read-out, MSE + the SimCC KL term
+    "effb0_1d_64_cpu": {**_SCHNEIDER2020, "arch": "effb0_1d", "img_size": 64, "batch_size": 16, "epochs": 25,
+                        "optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "schedule": "cosine",
+                        "min_lr_ratio": 0.02, "warmup_epochs": 1.0, "ema_decay": 0.999, "average_top_k": 3,
+                        "model": {"num_blocks": 3, "channels": 128, "drop_connect": 0.0, "z_readout": "pooled",
+                                  "encoder_depth": 4, "skips": True},
+                        "loss": {"coord_mse": 1.0, "simcc_kl": 0.1}, "augs": "rotate", "pretrained": "none",
+                        "short_on_cpu": False},
+    # ours, for a GPU: Schneider 2020's EfficientNet-B4 under the shared head, which beat its 1D decoder on the CPU
+    # (docs/recipes.md); the whole encoder, since at 224 px its stride-32 stage sees 7x7
     "effb4_1d_plus": {**_GPU_HEAD, "arch": "effb4_1d", "model": {"head": "unet"}},
-    # ours, for a GPU: seed 001's ResNet34 as a feature extractor under the shared head (stride-4 heatmaps: 2D
-    # accuracy was the lever of the CPU recipe; the direct regression of 63 values stays above the constant shape
-    # on the CPU), the _GPU_HEAD schedule, ImageNet weights on real data (--pretrained imagenet)
+    # ours, for a GPU: Reichardt 2021's ResNet34 as a feature extractor under the shared head, since 2D accuracy
+    # was the lever on the CPU and direct regression stayed above the constant shape there
     "resnet34_plus": {**_GPU_HEAD, "arch": "resnet34", "model": {"head": "unet"}},
-    # seed 001: direct regression, 128 px, L1, Adam, cosine annealing; ResNet101 was best without clutter
-    "resnet34": {**_SEED001, "arch": "resnet34", "epochs": 150, "augs": "background,rotate,occlude"},
-    "resnet101": {**_SEED001, "arch": "resnet101", "epochs": 200, "augs": "background,rotate"},
-    "res50x2_res34": {**_SEED001, "arch": "res50x2_res34", "epochs": 240, "augs": "background,rotate,occlude"},
-    # seed 002: L1 on 2D + L1 on depth; the seed names no optimiser or schedule (ours: Adam 1e-3, cosine)
+    # Reichardt 2021: direct regression, 128 px, L1, Adam, cosine annealing; ResNet101 was its best without clutter
+    "resnet34": {**_REICHARDT2021, "arch": "resnet34", "epochs": 150, "augs": "background,rotate,occlude"},
+    "resnet101": {**_REICHARDT2021, "arch": "resnet101", "epochs": 200, "augs": "background,rotate"},
+    "res50x2_res34": {**_REICHARDT2021, "arch": "res50x2_res34", "epochs": 240, "augs": "background,rotate,occlude"},
+    # Liu 2022: L1 on 2D + L1 on depth; the paper names no optimiser or schedule (ours: Adam 1e-3, cosine)
     "ghost_lite": {"arch": "ghost_lite", "img_size": 128, "batch_size": 64, "epochs": 100, "optimizer": "adam",
                    "lr": 1e-3, "schedule": "cosine", "pretrained": "none", "loss": {"uv_l1": 1.0, "depth_l1": 1.0},
                    "augs": "background,rotate,occlude"},
-    # seed 003: SGD momentum 0.9, wd 5e-5, lr 0.1 divided by 10 twice; heatmap L2 with intermediate supervision
-    # + depth. On RGB the heatmaps alone barely learn their peaks at this lr, so the 2D read-out gets an L1 term;
-    # the seed's own loss is the recipe hourglass_attn_seed.
-    "hourglass_attn": {**_SEED003, "loss": {"heatmap2d": 1.0, "uv_l1": 1.0, "depth_l1": 1.0}},
-    "hourglass_attn_seed": {**_SEED003, "loss": {"heatmap2d": 1.0, "depth_l1": 1.0}},
-    # seed 004: the loss family with the seed's named settings, translated into our units: the seed sums the
-    # heatmap error over 21 x 64 x 64 pixels (ours is a mean: x 86016) and measures poses in metres (ours in
-    # units of 0.15 m: x 0.0225). M-asm gives no numbers: ASM at twice the pose weight, decaying linearly to 0.
-    "hg_mlp": {**_SEED004, "loss": {**_SEED004_BASE, "asm": 0.045, "asm_decay": "linear"}},           # M-asm
-    "hg_mlp_cos1": {**_SEED004, "loss": {**_SEED004_BASE, "bone_length": 0.0015, "bone_direction": 0.1,
-                                          "bone_cosine": 10.0}},                                          # M-cos-1
-    "hg_mlp_cos2": {**_SEED004, "loss": {**_SEED004_BASE, "bone_cosine": 10.0}},                         # M-cos-2
+    # Liu 2018: SGD momentum 0.9, wd 5e-5, lr 0.1 divided by 10 twice; heatmap L2 + depth. On RGB the heatmaps
+    # alone barely find their peaks at this lr, so the 2D read-out gets an L1 term; the paper's own loss is
+    # hourglass_attn_liu2018.
+    "hourglass_attn": {**_LIU2018, "loss": {"heatmap2d": 1.0, "uv_l1": 1.0, "depth_l1": 1.0}},
+    "hourglass_attn_liu2018": {**_LIU2018, "loss": {"heatmap2d": 1.0, "depth_l1": 1.0}},
+    # He 2021: its loss family in our units: it sums the heatmap error over 21 x 64 x 64 pixels (ours is a mean)
+    # and measures poses in metres (ours in units of 0.15 m). M-asm gives no numbers: ASM at twice the pose
+    # weight, decaying linearly to 0.
+    "hg_mlp": {**_HE2021, "loss": {**_HE2021_LOSS, "asm": 0.045, "asm_decay": "linear"}},           # M-asm
+    "hg_mlp_cos1": {**_HE2021, "loss": {**_HE2021_LOSS, "bone_length": 0.0015, "bone_direction": 0.1,
+                                         "bone_cosine": 10.0}},                                         # M-cos-1
+    "hg_mlp_cos2": {**_HE2021, "loss": {**_HE2021_LOSS, "bone_cosine": 10.0}},                         # M-cos-2
 }
+
+# Earlier names, accepted for a while: each run under one says its new name in one line
+RECIPE_ALIASES = {"synthetic_cpu": "hourglass_attn_64_cpu", "effb0_cpu": "effb0_unet_64_cpu",
+                  "effb0_1d_cpu": "effb0_1d_64_cpu", "effb4_cpu": "effb4_unet_64_cpu",
+                  "resnet34_cpu": "resnet34_unet_64_cpu", "resnet101_cpu": "resnet101_unet_64_cpu",
+                  "res50x2_res34_cpu": "res50x2_res34_64_cpu", "ghost_lite_cpu": "ghost_lite_64_cpu",
+                  "hg_mlp_cpu": "hg_mlp_64_cpu", "hourglass_attn_seed": "hourglass_attn_liu2018"}
 
 
 def recipe_names():
     return sorted(RECIPES)
+
+
+def current_name(name, announce=None):
+    """``name`` itself, or the recipe an earlier name now stands for (announced in one line when ``announce``)."""
+    if name in RECIPE_ALIASES and announce:
+        announce(f"recipe {name!r} is now called {RECIPE_ALIASES[name]!r}; the old name will stop working")
+    return RECIPE_ALIASES.get(name, name)
 
 
 def recipe_config(name):

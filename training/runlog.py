@@ -84,11 +84,11 @@ class TensorBoardLog:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(log_dir=str(folder), purge_step=purge_step or None)
 
-    def step(self, step, parts, lr):
+    def step(self, step, terms, lr):
         """Loss terms (name -> float) and the lr after optimiser step ``step``."""
         if self.writer is None or step % TB_STEP_EVERY:
             return
-        for name, value in parts.items():
+        for name, value in terms.items():
             self.writer.add_scalar(f"train/loss_{name}", value, step)
         self.writer.add_scalar("train/lr", lr, step)
 

@@ -39,15 +39,15 @@ class EpochPosition:
     lr: float
     world_size: int = 1
     batches: int = 0
-    totals: dict = field(default_factory=dict)   # loss part -> sum over the batches done (float or 0-d tensor)
+    totals: dict = field(default_factory=dict)   # loss term -> sum over the batches done (float or 0-d tensor)
     count: int = 0
     images: int = 0
     seconds: float = 0.0
     streams: list = field(default_factory=list)
 
-    def add(self, parts, images):
-        """Count one batch: its loss parts (0-d tensors, summed without a device sync) and its images."""
-        for key, value in parts.items():
+    def add(self, terms, images):
+        """Count one batch: its loss terms (0-d tensors, summed without a device sync) and its images."""
+        for key, value in terms.items():
             self.totals[key] = self.totals.get(key, 0.0) + value.detach()
         self.count += 1
         self.images += images

@@ -15,15 +15,16 @@ def float_aux(aux):
     return {k: [t.float() for t in v] if isinstance(v, list) else v.float() for k, v in aux.items()}
 
 
-def forward_loss(wrapped, batch, config, device, channels_last, progress=0.0):
-    """The loss of one augmented batch under ``config['loss']``: (scalar, unweighted parts). ``progress`` in
+def forward_loss(wrapped, batch, config, device, channels_last, fraction_done=0.0):
+    """The loss of one augmented batch under ``config['loss']``: (scalar, unweighted terms). ``fraction_done`` in
     [0, 1] is the share of training done (terms whose weight decays read it)."""
     x = prepare_images(batch["image"])                                   # (B, 3, S, S) float, normalised
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast(device, config["amp"]):
         uvd, aux = wrapped(x, return_aux=True)                             # (B, 21, 3), dict
-    return pose_loss(uvd.float(), float_aux(aux), loss_target(batch, config["img_size"]), config["loss"], progress)
+    return pose_loss(uvd.float(), float_aux(aux), loss_target(batch, config["img_size"]), config["loss"],
+                     fraction_done)
 
 
 def optimizer_step(model, optimizer, scaler, grad_clip, scheduler=None, ema=None, steps_done=0):

@@ -12,8 +12,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from core.common import (EXIT_INTERRUPTED, EXIT_TERMINATED, Interrupted, Terminated, UserError, atomic_write, progress,
+from core.common import (EXIT_INTERRUPTED, EXIT_TERMINATED, Interrupted, Terminated, UserError, atomic_write,
                          shown)
+from core.common import progress as progress_bar  # ``progress`` in training/ is the run state (runstate.Progress)
 from data.loader import shut_down, to_device
 from prediction.inference import camera_joints, predict_loader
 from scoring import metrics
@@ -80,10 +81,10 @@ class Trainer:
             self.signals = signals
             for epoch in range(self.progress.epoch + 1, config["epochs"] + 1):
                 started = time.perf_counter()
-                loss, parts, speed, lr = self.train_one_epoch(epoch)
+                loss, terms, speed, lr = self.train_one_epoch(epoch)
                 speeds.append(speed)
                 if setup.rank == 0:
-                    self.end_epoch(epoch, {"lr": lr, "train_loss": loss, **{f"loss_{k}": v for k, v in parts.items()},
+                    self.end_epoch(epoch, {"lr": lr, "train_loss": loss, **{f"loss_{k}": v for k, v in terms.items()},
                                            "train_images_per_s": speed}, started)
                 self.progress.epoch = epoch
                 barrier(setup.world_size)
@@ -93,7 +94,7 @@ class Trainer:
         self.finish(speeds)
 
     def train_one_epoch(self, epoch):
-        """Returns (mean loss, mean loss parts, training images per second, lr at the epoch's first step). Each
+        """Returns (mean loss, mean loss terms, training images per second, lr at the epoch's first step). Each
         optimiser step sums the gradients of ``accumulate`` batches, then steps the lr schedule and the EMA; after
         each the run may save its place in the epoch or stop (``pause_point``)."""
         setup, config, accumulate = self.setup, self.config, self.config["accumulate"]
@@ -102,15 +103,15 @@ class Trainer:
         final = epoch > config["epochs"] - config["final_epochs"]
         augmenter = self.parts.augmenter_final if final else self.parts.augmenter
         total = position.epoch_batches
-        bar = progress(self.parts.train_loader, desc=f"epoch {epoch}/{config['epochs']}", total=total,
+        bar = progress_bar(self.parts.train_loader, desc=f"epoch {epoch}/{config['epochs']}", total=total,
                        initial=position.batches, enabled=setup.rank == 0)
         window, start = [], time.perf_counter() - position.seconds
         for micro, batch in enumerate(bar, start=position.batches):
             if micro == total:
                 break  # the remainder that would not fill an optimiser step
             batch = augmenter(to_device(batch, setup.device), generator=generator)
-            loss, parts = self.train_batch(batch, epoch, micro)
-            position.add({"total": loss, **parts}, batch["image"].shape[0] * setup.world_size)
+            loss, terms = self.train_batch(batch, epoch, micro)
+            position.add({"total": loss, **terms}, batch["image"].shape[0] * setup.world_size)
             window.append(loss.detach())
             if len(window) == 10 or micro == total - 1:
                 self.check_finite(torch.stack(window), epoch, micro)
@@ -121,8 +122,8 @@ class Trainer:
                 position.batches, position.seconds = micro + 1, time.perf_counter() - start
                 window = self.pause_point(position, generator, window)
         bar.close()
-        parts = {k: float(v) / position.count for k, v in position.totals.items()}
-        return parts.pop("total"), parts, position.images / (time.perf_counter() - start), position.lr
+        terms = {k: float(v) / position.count for k, v in position.totals.items()}
+        return terms.pop("total"), terms, position.images / (time.perf_counter() - start), position.lr
 
     def begin_epoch(self, epoch):
         """Seed the epoch's random streams from (seed, epoch) and set its shuffle; when the run resumes inside this
@@ -142,7 +143,7 @@ class Trainer:
 
     def train_batch(self, batch, epoch, micro):
         """Forward and backward of one augmented batch, and on the last batch of an optimiser step the step itself.
-        Returns (loss, unweighted loss parts)."""
+        Returns (loss, unweighted loss terms)."""
         parts, config, steps_per_epoch = self.parts, self.config, self.parts.steps_per_epoch
         accumulate = config["accumulate"]
         step = (epoch - 1) * steps_per_epoch + micro // accumulate  # optimiser steps before this one
@@ -150,15 +151,15 @@ class Trainer:
         # DDP decides in the forward whether the backward all-reduces: both under no_sync but on the last batch
         syncing = self.setup.world_size == 1 or last_micro
         with contextlib.nullcontext() if syncing else parts.wrapped.no_sync():
-            loss, loss_parts = forward_loss(parts.wrapped, batch, config, self.setup.device, config["channels_last"],
+            loss, terms = forward_loss(parts.wrapped, batch, config, self.setup.device, config["channels_last"],
                                             step / (steps_per_epoch * config["epochs"]))
             parts.scaler.scale(loss / accumulate).backward()
         if last_micro:
             lr_used = parts.optimizer.param_groups[0]["lr"]
             optimizer_step(parts.model, parts.optimizer, parts.scaler, config["grad_clip"], parts.scheduler,
                            parts.ema, step + 1)
-            self.tb.step(step + 1, {"total": loss.detach(), **loss_parts}, lr_used)
-        return loss, loss_parts
+            self.tb.step(step + 1, {"total": loss.detach(), **terms}, lr_used)
+        return loss, terms
 
     # --- saving inside an epoch, stopping -------------------------------------------------------------------
 

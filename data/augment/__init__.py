@@ -14,10 +14,11 @@ Policies
 * Flip: a mirror about the vertical centre line, composed into the affine. FreiHAND shows right hands only,
   so a flipped image shows a LEFT hand; joint identities stay anatomical (joint 1 is still the thumb base),
   d is unchanged, and K moves with the image so unprojecting the flipped uv returns the original xyz.
-  ``flipped`` (B,) says which samples show a left hand. Not in the default set: both seeds found it hurt.
+  ``flipped`` (B,) says which samples show a left hand. Not in the default set:
+  Schneider 2020 and Reichardt 2021 both dropped it.
 * Occlusion: the target fraction of the hand area (the mask; discs around the visible joints when the
   sample has no mask) is drawn from ``cover``; shapes are added until the covered fraction is closest to it.
-* Only named augmentations run (train's --augs; TRAIN_DEFAULT_AUGS = rotate, as seed 000); once named, p
+* Only named augmentations run (train's --augs; TRAIN_DEFAULT_AUGS = rotate, as Schneider 2020); once named, p
   is the chance per sample. Preview: every named augmentation runs with p = 1, so each image shows it.
 * Output ``image`` is always float32 in [0, 1], whatever ran, so downstream code has one path.
 """

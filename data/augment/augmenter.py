@@ -24,7 +24,7 @@ def mirror_affine(flip, size):
 
 def saturation_hue(x, saturation, hue):
     """(R, 3, S, S): chroma scaled by ``saturation`` (R,) and turned by ``hue`` (R,) radians, as one 3x3
-    matrix per sample in kornia's YUV space (a linear stand-in for kornia.enhance's HSV path, ~20x cheaper)."""
+    matrix per sample in kornia's YUV space (a linear stand-in for kornia.enhance's HSV path, far cheaper)."""
     basis = torch.eye(3, device=x.device)[:, :, None, None]                  # three 1x1 pure-colour images
     to_yuv = kornia.color.rgb_to_yuv(basis)[..., 0, 0].T                     # (3, 3) kornia's constants
     c, s = torch.cos(hue) * saturation, torch.sin(hue) * saturation

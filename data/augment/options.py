@@ -5,16 +5,16 @@ import copy
 from core.common import UserError
 
 AUG_NAMES = ("flip", "scale", "rotate", "translate", "background", "occlude", "color", "blur", "noise")
-TRAIN_DEFAULT_AUGS = ("rotate",)  # seed 000's final recipe
+TRAIN_DEFAULT_AUGS = ("rotate",)  # Schneider 2020's final recipe
 BACKGROUND_KINDS = ("noise", "gradient", "shapes", "other")
 
 # One visible place for every option; recipes override with resolve_options({...}). p = chance per sample.
 AUG_DEFAULTS = {
     "flip": {"p": 0.5},                                    # mirror -> a left hand (see Policies)
     "scale": {"p": 1.0, "range": (0.85, 1.15)},            # zoom factor about the centre, uniform
-    "rotate": {"p": 1.0, "max_deg": 180.0},                # uniform in [-max_deg, max_deg] (seed 000)
+    "rotate": {"p": 1.0, "max_deg": 180.0},                # uniform in [-max_deg, max_deg] (Schneider 2020)
     "translate": {"p": 1.0, "max_frac": 0.08},             # shift per axis, fraction of the input side
-    "background": {"p": 0.5,                               # seed 001; needs a mask
+    "background": {"p": 0.5,                               # Reichardt 2021; needs a mask
                    "sources": {"noise": 1.0, "gradient": 1.0, "shapes": 1.0, "other": 0.0},
                    "max_images": 2000},                    # bank size cap for --backgrounds DIR
     "occlude": {"p": 0.5, "cover": (0.1, 0.4),             # fraction of the hand area covered

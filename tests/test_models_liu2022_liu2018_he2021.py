@@ -1,4 +1,4 @@
-"""Tests specific to the archs of seeds 002-004: ghost_lite, hourglass_attn, hg_mlp."""
+"""Tests specific to the archs of Liu 2022, Liu 2018 and He 2021: ghost_lite, hourglass_attn, hg_mlp."""
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -176,7 +176,7 @@ def test_lifting_head_without_refinement_keeps_the_2d_read_out():
 
 # --- learning -------------------------------------------------------------------------------------------
 
-# The seeds' losses; hourglass_attn also with the seed's optimiser (SGD, momentum 0.9, lr 0.1). The two
+# The papers' losses; hourglass_attn also with its paper's optimiser (SGD, momentum 0.9, lr 0.1). The two
 # hourglass archs are overfitted at width 32 to keep this file fast on a CPU.
 OVERFIT = {
     "ghost_lite": ({}, {"uv_l1": 1.0, "depth_l1": 1.0}, "adam", 3e-3),
