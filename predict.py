@@ -249,6 +249,9 @@ def main(argv=None):
     state = read_checkpoint(ckpt)
     config, stats = state["config"], state["stats"]
     print(f"checkpoint {shown(ckpt)}: {config['arch']}, {config['img_size']} px, epoch {state.get('epoch', '?')}")
+    if "bone_ratio_mean" not in stats:  # written before checkpoints recorded them
+        print("the checkpoint records no bone ratios of its training labels: the root depth expects the reference "
+              "hand's (a run trained now records them)")
     if args.export:
         return export_onnx(load_model(state, ckpt), ckpt, config, args)
     model = load_backend(state, ckpt, args)

@@ -10,7 +10,7 @@ thumb's chain, base to tip, plays MCP, PIP, DIP, tip).
 import numpy as np
 from scipy.optimize import nnls
 
-from core.geometry import BONES, FINGERS
+from core.geometry import BONES, FINGERS, bone_length
 
 
 # ORDERS[name][k] = the FreiHAND index of the k-th joint of that order.
@@ -48,6 +48,13 @@ def to_freihand(joints, order):
 def bone_lengths(joints):
     """(..., 21, 3) in FreiHAND order -> (..., 20) lengths of the BONES."""
     return np.linalg.norm(joints[..., BONES[:, 1], :] - joints[..., BONES[:, 0], :], axis=-1)
+
+
+def bone_ratios(xyz):
+    """Each bone's length over SCALE_BONE's in hands (N, 21, 3): mean and sd (20,) over the hands, what the root
+    depth expects of a hand (recorded in a checkpoint's stats as bone_ratio_mean and bone_ratio_sd)."""
+    ratios = bone_lengths(xyz) / bone_length(xyz)[:, None]                          # (N, 20)
+    return ratios.mean(0), ratios.std(0)
 
 
 def order_misfits(joints):

@@ -123,13 +123,6 @@ class Calibration(NamedTuple):
     bones_weight: float          # weight of the bones' log depth against the framing's, least squares on validation
 
 
-def bone_ratios(xyz):
-    """Each bone's length over geometry.SCALE_BONE's in hands (N, 21, 3): mean and sd (20,) over the hands, what
-    ``root_depths`` expects of a hand (a checkpoint's stats['bone_ratio_mean'], stats['bone_ratio_sd'])."""
-    ratios = bone_lengths(xyz) / geometry.bone_length(xyz)[:, None]                 # (N, 20)
-    return ratios.mean(0), ratios.std(0)
-
-
 def expected_bones(stats, scale, calibration=None):
     """Expected bone lengths and least-squares weights (N, 20) of hands whose scale bone is ``scale`` (N,) metres.
 

@@ -27,7 +27,7 @@ from training.setup import training_stats
 from models.checkpoints import load_checkpoint
 from training.checkpoints import save_checkpoint
 from core.common import PROJECT_ROOT, UserError
-from data.joints import ORDERS, to_freihand
+from data.joints import ORDERS, bone_lengths, bone_ratios, to_freihand
 from data.readers import load_split
 from tests.checkpoints import IMG_SIZE, write_checkpoint
 from tests.markers import MARKER_SIZE, find_marks, marker_batch, write_marker_dataset
@@ -578,7 +578,7 @@ def test_root_depth_falls_back_where_the_bones_give_none():
     hand = random_hands(1, seed=4)[0]
     uvd = np.stack([np.tile([31.5, 31.5, 0.0], (21, 1)), geometry.xyz_to_uvd(hand, K[1])])
     predictions = {"uvd": uvd, "K": K, "bone_length": np.array([np.nan, geometry.bone_length(hand)])}
-    mean, sd = inference.bone_ratios(hand[None])
+    mean, sd = bone_ratios(hand[None])
     stats = {"bone_length_m": 0.03, "root_depth_m": 0.55, "bone_ratio_mean": mean.tolist(),
              "bone_ratio_sd": sd.tolist()}
     depth, fell_back = inference.root_depths(predictions, stats)
@@ -588,6 +588,34 @@ def test_root_depth_falls_back_where_the_bones_give_none():
     xyz = inference.camera_joints(predictions, stats)
     assert np.isfinite(xyz).all()
     np.testing.assert_allclose(xyz[1], hand, atol=1e-9)
+
+
+def test_checkpoints_record_the_training_bone_ratios_and_older_ones_are_announced(marker_set, ghost_ckpt, tmp_path,
+                                                                                 capsys):
+    """The stats hold each bone's ratio to the scale bone over the training hands; the root depth expects those
+    lengths, and a checkpoint without them (an earlier version's) expects the reference hand's, saying so."""
+    split = load_split(marker_set, "train")
+    hands = split.xyz[np.unique(split.ann_ids, return_index=True)[1]]
+    ratios = bone_lengths(hands) / geometry.bone_length(hands)[:, None]             # (hands, 20), by hand
+    stats = training_stats(split)
+    np.testing.assert_allclose(stats["bone_ratio_mean"], ratios.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(stats["bone_ratio_sd"], ratios.std(0), rtol=1e-12)
+    np.testing.assert_allclose(inference.expected_bones(stats, np.array([0.03]))[0], 0.03 * ratios.mean(0)[None])
+    state = torch.load(ghost_ckpt, weights_only=False)
+    state["stats"] = {key: value for key, value in state["stats"].items() if not key.startswith("bone_ratio")}
+    old = tmp_path / "old_run" / "best.pt"
+    old.parent.mkdir()
+    torch.save(state, old)
+    for name, ckpt in (("recorded", ghost_ckpt), ("old", old)):
+        code, out, err = run_predict(["--ckpt", ckpt, "--tta", 1, "--out", tmp_path / name, "--workers", 0], capsys)
+        assert code == 0, err
+        assert ("records no bone ratios" in out) == (name == "old")
+    # the training hands drawn exactly: their own ratios put them nearer their depth than the reference hand's
+    predictions = {"uvd": geometry.xyz_to_uvd(split.xyz, split.K), "K": split.K, "bone_length": split.scale}
+    truth = split.xyz[:, geometry.ROOT_JOINT, 2]
+    errors = {name: np.abs(inference.root_depths(predictions, stats_of)[0] - truth)
+              for name, stats_of in (("recorded", stats), ("old", state["stats"]))}
+    assert errors["recorded"].mean() < errors["old"].mean()
 
 
 def drawn_short(xyz):
@@ -604,7 +632,7 @@ def test_calibration_takes_out_the_lengths_a_model_draws_short():
     from tests.hands import synthetic_hands
     val, val_K = synthetic_hands(60, seed=11)
     test, test_K = synthetic_hands(60, seed=12)
-    mean, sd = inference.bone_ratios(val)
+    mean, sd = bone_ratios(val)
     stats = {"bone_length_m": 0.04, "root_depth_m": 0.7, "bone_ratio_mean": mean.tolist(), "bone_ratio_sd": sd.tolist()}
     labelled = {"uvd": geometry.xyz_to_uvd(drawn_short(val), val_K), "K": val_K,
                 "bone_length": geometry.bone_length(val), "xyz": val}

@@ -11,6 +11,7 @@ from core import geometry
 from core.common import SYNTHETIC_ROOT, UserError, shown
 from data import augment, resolve_or_generate_data_root
 from data.dataset import make_dataset
+from data.joints import bone_ratios
 from data.loader import make_loader
 from data.pseudo import WeightedUnion, pseudo_split
 from data.readers import load_split
@@ -60,10 +61,13 @@ def limit(split, max_images, seed):
 
 def training_stats(split):
     """Facts about the training labels that predictions need later (stored in every checkpoint): the mean bone
-    length, the constant shape (the yardstick's hand) and the mean root depth."""
+    length, each bone's ratio to it (mean and sd over the hands), the constant shape (the yardstick's hand) and the
+    mean root depth."""
     bone = split.scale if split.scale is not None else geometry.bone_length(split.xyz)
     hands = split.xyz[np.unique(split.ann_ids, return_index=True)[1]]  # one pose per hand, not per image version
+    ratio_mean, ratio_sd = bone_ratios(hands)
     return {"bone_length_m": float(np.mean(bone)),
+            "bone_ratio_mean": ratio_mean.tolist(), "bone_ratio_sd": ratio_sd.tolist(),
             "constant_shape_m": metrics.generalized_procrustes_mean(hands).tolist(),
             "root_depth_m": float(np.mean(split.xyz[:, geometry.ROOT_JOINT, 2]))}
 
