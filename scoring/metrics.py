@@ -104,14 +104,6 @@ def constant_shape_mm(shape, gt, allow_reflection=True):
     return float(pa_mpjpe(prediction, gt, allow_reflection).mean() * 1000.0)
 
 
-def unaligned_mean_baseline(train_xyz, eval_xyz):
-    """A weaker yardstick, kept for comparison only: PA-MPJPE (mm) of the plain average of the root-relative
-    training poses, without any alignment."""
-    train_xyz = np.asarray(train_xyz, np.float64)
-    relative = train_xyz - train_xyz[:, ROOT_JOINT:ROOT_JOINT + 1]
-    return constant_shape_mm(relative.mean(0), eval_xyz)
-
-
 def evaluate(pred, gt, allow_reflection=True):
     """All metrics for predictions and ground truth (N, 21, 3) in metres; errors reported in millimetres."""
     pred_mm, gt_mm = np.asarray(pred, np.float64) * 1000.0, np.asarray(gt, np.float64) * 1000.0
