@@ -5,6 +5,7 @@ import pytest
 from scipy.linalg import orthogonal_procrustes
 from scipy.spatial.transform import Rotation
 
+from core.geometry import ROOT_JOINT
 from scoring import metrics, report
 
 
@@ -139,7 +140,7 @@ def test_constant_shape_beats_the_unaligned_mean_and_every_training_pose():
     train = similar_copies(base, 200, seed=3) + rng.normal(scale=0.004, size=(200, 21, 3))
     evaluation = similar_copies(base, 50, seed=4) + rng.normal(scale=0.004, size=(50, 21, 3))
     constant = metrics.constant_shape_mm(metrics.generalized_procrustes_mean(train), evaluation)
-    unaligned_mean = (train - train[:, :1]).mean(0)                  # (21, 3) root-relative poses averaged as they are
+    unaligned_mean = (train - train[:, ROOT_JOINT:ROOT_JOINT + 1]).mean(0)   # (21, 3) root-relative, averaged as is
     assert constant < 0.5 * metrics.constant_shape_mm(unaligned_mean, evaluation)
     assert constant <= min(metrics.constant_shape_mm(pose, evaluation) for pose in train[:20])
 
