@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageOps
 
-from core import geometry
+from core import geometry, locations
 from core.common import (UserError, atomic_write, check_minimums, check_writable, cli, ensure_writable_folder,
                          median_seconds, resolve_device, synchronizer, unit_float)
 from core.pictures import draw_skeleton
@@ -604,7 +604,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="benchmark CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--out", default=None, help="preview output folder")
+    locations.add_flags(parser, "synthetic")
     args = parser.parse_args(argv)
+    locations.apply_flags(args, "synthetic")
     if args.preview and args.out is None:
         parser.error("--preview needs --out DIR")
     check_minimums(args, {"img_size": 1, "batch_size": 1, "iters": 1, "threads": 1})

@@ -37,7 +37,8 @@ import torch
 import augment
 import models
 from training import recipes
-from core.common import (CACHE_ROOT, UserError, atomic_write, check_minimums, check_writable, cli, median_seconds,
+from core import locations
+from core.common import (UserError, atomic_write, check_minimums, check_writable, cli, median_seconds,
                          resolve_device, synchronizer, usable_cores)
 from data import resolve_or_generate_data_root
 from data.cache import make_dataset
@@ -72,9 +73,10 @@ def parse_args(argv=None):
     p.add_argument("--data-root", default=None, help="dataset folder (default: the synthetic set)")
     p.add_argument("--split", default="train")
     p.add_argument("--max-images", type=int, default=2000, help="images of the split to use (0: all)")
-    p.add_argument("--cache-root", default=str(CACHE_ROOT), help="where the decoded caches live")
+    locations.add_flags(p, "cache", "synthetic")
     p.add_argument("--out", default="bench.json")
     args = p.parse_args(argv)
+    locations.apply_flags(args, "cache", "synthetic")
     check_minimums(args, {"img_size": 1, "batch_size": 1, "steps": 1, "loader_batches": 1, "tta": 1, "threads": 1,
                           "model_size": 1, "warmup": 0, "max_images": 0})
     if not (args.loader_seconds >= 0 and math.isfinite(args.loader_seconds)):
@@ -202,7 +204,7 @@ def run(args):
 
     def dataset(size, cache=True):
         if (size, cache) not in datasets:
-            datasets[size, cache] = make_dataset(split, size, cache=cache, cache_root=args.cache_root)
+            datasets[size, cache] = make_dataset(split, size, cache=cache, cache_root=locations.root("cache"))
         return datasets[size, cache]
 
     rows = []

@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize
 
-from core.common import SUBMISSIONS_ROOT, UserError, atomic_write, cli, progress, shown
+from core import locations
+from core.common import UserError, atomic_write, cli, progress, shown
 from core.geometry import ROOT_JOINT
 from core.pictures import save_pictures
 from data import existing_data_root, resolve_or_generate_data_root
@@ -220,9 +221,10 @@ def fit_weights(xyz_stack, gt):
 
 # --- the command line ----------------------------------------------------------------------------------------
 
-def default_members(folder=SUBMISSIONS_ROOT):
+def default_members(folder=None):
     """The newest predict.py output (.npz) of each run in ``folder``, for the dataset and split of the newest
-    such file."""
+    such file (default folder: the submissions root)."""
+    folder = folder or locations.root("submissions")
     newest_first = sorted(folder.glob("*.npz"), key=lambda path: path.stat().st_mtime, reverse=True)
     by_run, images = {}, None
     for path in newest_first:
@@ -254,6 +256,7 @@ def parse_args(argv=None):
                                          f"freihand")
     p.add_argument("--data-root", help="dataset folder (default: the one the members record)")
     p.add_argument("--viz", type=int, default=0, metavar="K", help="save K pictures to PREFIX_viz/")
+    locations.add_flags(p, "submissions")
     return p.parse_args(argv)
 
 
@@ -316,9 +319,10 @@ def blended_record(records, report, layout, split):
 @cli
 def main(argv=None):
     args = parse_args(argv)
+    locations.apply_flags(args, "submissions")
     if not args.members:
         args.members = default_members()
-        print(f"members: the newest prediction of each run in {SUBMISSIONS_ROOT.name}/: "
+        print(f"members: the newest prediction of each run in {shown(locations.root('submissions'))}/: "
               f"{', '.join(p.name for p in args.members)}")
     check_options(args)
     paths = [Path(p) for p in args.members]

@@ -67,7 +67,8 @@ import numpy as np
 import torch
 
 from core import geometry
-from core.common import RUNS_ROOT, UserError, check_minimums, cli, resolve_device, shown
+from core import locations
+from core.common import UserError, check_minimums, cli, resolve_device, shown
 from core.pictures import save_pictures
 from data import resolve_or_generate_data_root
 from data.cache import make_dataset
@@ -150,6 +151,7 @@ def parse_args(argv=None):
     p.add_argument("--hand", default="right", choices=("right", "left"),
                    help="with --images: left mirrors each picture, predicts a right hand and mirrors the joints "
                         "back")
+    locations.add_flags(p, "runs", "submissions", "cache", "synthetic")
     return p.parse_args(argv)
 
 
@@ -247,11 +249,12 @@ def load_backend(state, ckpt, args):
 @cli
 def main(argv=None):
     args = parse_args(argv)
+    locations.apply_flags(args, "runs", "submissions", "cache", "synthetic")
     if args.check:
         print(check_file(args.check, args.data_root, args.split, args.joint_order))
         return
     check_numbers(args)
-    ckpt = Path(args.ckpt) if args.ckpt else newest_checkpoint("best.pt", RUNS_ROOT)
+    ckpt = Path(args.ckpt) if args.ckpt else newest_checkpoint("best.pt")
     state = read_checkpoint(ckpt)
     config, stats = state["config"], state["stats"]
     print(f"checkpoint {shown(ckpt)}: {config['arch']}, {config['img_size']} px, epoch {state.get('epoch', '?')}")

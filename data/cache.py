@@ -38,7 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.common import (CACHE_ROOT, UserError, atomic_write, check_minimums, cli, fork_pool, progress,
+from core import locations
+from core.common import (UserError, atomic_write, check_minimums, cli, fork_pool, progress,
                          remove_stale_temps, shown, usable_cores)
 from data.dataset import HandDataset, decode_image, decode_mask, input_labels
 
@@ -57,7 +58,8 @@ FINGERPRINT_BLOCKS = 32          # sampled blocks per data file, first and last 
 FINGERPRINT_BLOCK_BYTES = 1 << 16
 CHUNK = 64                       # images per build task
 WITHOUT = "or do without the cache (train.py --set cache=false, predict.py --no-cache)"
-MAKE_ROOM = "`python -m data.cache --list` shows the caches and `--clear` removes them"
+MAKE_ROOM = ("`python -m data.cache --list` shows the caches and `--clear` removes them, or move them to a larger "
+             f"disk with {locations.setting('cache')}")
 
 
 def _amount(n_bytes):
@@ -81,13 +83,14 @@ def _has_mask(split):
     return np.array([p is not None for p in split.mask_paths], dtype=bool)
 
 
-def cache_folder(split, size, cache_root=CACHE_ROOT):
+def cache_folder(split, size, cache_root=None):
     """The cache folder of ``split`` at ``size`` px: named by the root, split and size, keyed by the resolved
     root, layout and the split's image list (image ids and which have masks)."""
     root = Path(split.root).resolve()
     h = hashlib.sha256(f"{root}\n{split.layout}\n{split.name}\n{int(size)}\n".encode())
     h.update(np.ascontiguousarray(split.image_ids, dtype=np.int64).tobytes())
     h.update(_has_mask(split).tobytes())
+    cache_root = cache_root or locations.root("cache")
     return Path(cache_root) / f"{root.name}-{split.name}-{int(size)}px-{h.hexdigest()[:16]}"
 
 
@@ -373,11 +376,11 @@ class DecodedCache:
         return {**self.__dict__, "_maps": None, "_in_use": None}
 
 
-def open_cache(split, size, cache_root=CACHE_ROOT, workers=None, announce=print):
+def open_cache(split, size, cache_root=None, workers=None, announce=print):
     """The checked cache of ``split`` at ``size`` px; built first when missing, incomplete or stale (one line
     says which and why, one what it took). ``workers``: build processes (default: all cores)."""
     size = int(size)
-    folder = cache_folder(split, size, cache_root)
+    folder = cache_folder(split, size, cache_root)  # default root: core.locations
     digest = dataset_digest(split, size)
     while True:
         if not folder.exists():
@@ -420,12 +423,12 @@ def _manifest(folder):
         return None
 
 
-def list_caches(cache_root=CACHE_ROOT):
+def list_caches(cache_root=None):
     """One dict per cache folder in ``cache_root`` (not a link to a folder elsewhere: --clear removes only what lies
     in the root): folder, dataset (its root), split, size, images (None when the build is incomplete), bytes on
     disk, last_used (POSIX time: the last open, else the build)."""
     rows = []
-    for folder in sorted(Path(cache_root).glob("*")):
+    for folder in sorted(Path(cache_root or locations.root("cache")).glob("*")):
         match = FOLDER_NAME.match(folder.name)
         if match is None or folder.is_symlink() or not folder.is_dir():  # a link is not a cache this module made
             continue
@@ -478,10 +481,10 @@ def _unused(folder):
         yield True
 
 
-def clear_caches(cache_root=CACHE_ROOT, dataset=None, unused_days=None, announce=print):
+def clear_caches(cache_root=None, dataset=None, unused_days=None, announce=print):
     """Remove the caches of ``dataset`` (its folder name or path; None: any) not used for ``unused_days`` days
     (None: whenever used), except those a process builds or reads now. Returns the bytes freed."""
-    removed, freed, busy = 0, 0, []
+    cache_root, (removed, freed, busy) = cache_root or locations.root("cache"), (0, 0, [])
     for row in list_caches(cache_root):
         if not _selected(row, dataset, unused_days):
             continue
@@ -519,7 +522,7 @@ class CachedHandDataset(torch.utils.data.Dataset):
 
     def __init__(self, split, img_size, cache_root=None, workers=None, announce=print):
         self.split, self.size = split, int(img_size)
-        self.cache = open_cache(split, self.size, cache_root or CACHE_ROOT, workers, announce)
+        self.cache = open_cache(split, self.size, cache_root, workers, announce)
         self.labels = {"has_mask": torch.from_numpy(self.cache.mask_rows >= 0),     # (N, ...) tensors
                        **input_labels(split, np.arange(len(split)), self.cache.affines)}
 
@@ -570,7 +573,9 @@ def main(argv=None):
     parser.add_argument("--all", action="store_true", help="with --clear: every cache")
     parser.add_argument("--dataset", help="with --clear: the caches of this dataset (its folder name or path)")
     parser.add_argument("--unused-days", type=float, help="with --clear: the caches not used for this many days")
+    locations.add_flags(parser, "cache")
     args = parser.parse_args(argv)
+    locations.apply_flags(args, "cache")
     check_minimums(args, {"unused_days": 0})
     chosen = args.dataset is not None or args.unused_days is not None
     if args.list and (args.all or chosen):
@@ -579,9 +584,9 @@ def main(argv=None):
         raise UserError("say which caches --clear removes: --all, or --dataset NAME and/or --unused-days N "
                         "(`python -m data.cache --list` shows them)")
     if args.list:
-        print(format_caches(list_caches(CACHE_ROOT), CACHE_ROOT))
+        print(format_caches(list_caches(), locations.root("cache")))
     else:
-        clear_caches(CACHE_ROOT, args.dataset, args.unused_days)
+        clear_caches(locations.root("cache"), args.dataset, args.unused_days)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ def test_bench_cpu_tiny_writes_one_figure_per_stage(tmp_path, capsys):
         bench.main(["--device", "cpu", "--archs", "ghost_lite", "--recipes", "effb0_cpu", "--img-size", "64", "--model-size", "64",
                     "--batch-size", "4", "--steps", "1", "--warmup", "1", "--loader-batches", "2",
                     "--loader-seconds", "0", "--tta", "2", "--workers", "0", "--threads", "1",
-                    "--data-root", str(root), "--cache-root", str(tmp_path / "cache"), "--out", str(out)])
+                    "--data-root", str(root), "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
     finally:
         torch.set_num_threads(threads)
     result = json.loads(out.read_text())

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 import models
-from core.common import RUNS_ROOT, UserError, atomic_write
+from core import locations
+from core.common import UserError, atomic_write
 
 FORMAT_VERSION = 1
 
@@ -72,11 +73,13 @@ def average_state_dicts(states):
             if value.is_floating_point() else value.clone() for key, value in states[0].items()}
 
 
-def newest_checkpoint(name="best.pt", runs_root=RUNS_ROOT, hint="or pass --ckpt PATH"):
-    """The most recently written ``runs/*/name``; a UserError ending in ``hint`` when there is none."""
+def newest_checkpoint(name="best.pt", runs_root=None, hint="or pass --ckpt PATH"):
+    """The most recently written ``RUNS/*/name`` (default: the runs root); a UserError ending in ``hint`` when
+    there is none."""
+    runs_root = runs_root or locations.root("runs")
     candidates = sorted(Path(runs_root).glob(f"*/{name}"), key=lambda p: p.stat().st_mtime)
     if not candidates:
-        raise UserError(f"no {Path(runs_root).name}/*/{name} found; train a model first "
+        raise UserError(f"no {Path(runs_root)}/*/{name} found; train a model first "
                         f"(`python train.py --arch effb4_1d`) {hint}")
     return candidates[-1]
 

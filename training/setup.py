@@ -9,7 +9,8 @@ import torch
 import augment
 import models
 from core import geometry
-from core.common import SYNTHETIC_ROOT, UserError, shown
+from core import locations
+from core.common import UserError, shown
 from data import resolve_or_generate_data_root
 from data.cache import make_dataset
 from data.loader import make_loader
@@ -95,7 +96,7 @@ def locate_data(config, rank, world_size, announce):
 def settle_new_run(args, config, given, data_root, device, rank, announce):
     """A new run's last config decisions (the CPU budget on the synthetic set, which weights) and its folder,
     checked before any work."""
-    synthetic = Path(data_root).resolve() == SYNTHETIC_ROOT.resolve()
+    synthetic = Path(data_root).resolve() == locations.root("synthetic").resolve()
     if synthetic and device.type == "cpu":
         apply_cpu_budget(config, given, announce)
     if config["pretrained"] == "auto":
