@@ -19,8 +19,8 @@ Stages (one figure each, written to bench.json with the machine and the settings
                               inference.TTA_IMAGES_PER_FORWARD images per forward; per input image
 bench.json also gives, per NAME, the augmentation share of a training step (augment / (augment + train_step)
 time) and how many times over the cached loader feeds it.
-Timings on CUDA synchronise before the clock is read. --amp (bf16 where supported), --channels-last and
---compile act as in train.py. The data is the synthetic set unless --data-root is given.
+Timings on CUDA synchronise before the clock is read. --amp (bf16 on GPUs with native bf16, else fp16),
+--channels-last and --compile act as in train.py. The data is the synthetic set unless --data-root is given.
 """
 import argparse
 import json
@@ -37,7 +37,7 @@ import torch
 import augment
 import models
 from training import recipes
-from core import locations
+from core import locations, precision
 from core.common import (UserError, atomic_write, check_minimums, check_writable, cli, median_seconds,
                          resolve_device, synchronizer, usable_cores)
 from data import resolve_or_generate_data_root
@@ -65,7 +65,7 @@ def parse_args(argv=None):
     p.add_argument("--loader-seconds", type=float, default=3.0, help="keep timing a loader until this long")
     p.add_argument("--workers", type=int, default=-1, help="loader processes (-1: sized to the machine)")
     p.add_argument("--tta", type=int, default=10, help="rotations of the predict stage")
-    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16 where supported); none on "
+    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16 where native, else fp16); none on "
                                                       "the CPU")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -168,8 +168,7 @@ def train_step_rate(config, batch, args, device):
     """Images per second of one optimisation step of ``config['arch']`` on a fixed augmented batch."""
     model = make_model(config, device, args.channels_last).train()
     optimizer = make_optimizer(model, config)
-    fp16 = device.type == "cuda" and args.amp and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+    scaler = precision.choose(device, args.amp).grad_scaler()
     wrapped = torch.compile(model) if args.compile else model
     config = {**config, "amp": args.amp}
 

@@ -50,8 +50,8 @@ Policies
   Where no depth fits the bones better than another (every joint predicted on one camera ray: in practice only
   an untrained model), the framing's depth, else the training mean root depth (stats['root_depth_m']), with a
   warning.
-* AMP on CUDA (bf16 where supported, else fp16) and channels_last, as the checkpoint's config says (both on by
-  default); --no-amp predicts in fp32. The CPU always runs fp32.
+* AMP on CUDA (bf16 on GPUs with native bf16, else fp16: core.precision) and channels_last, as the checkpoint's
+  config says (both on by default); --no-amp predicts in fp32. The CPU always runs fp32.
 * Files are validated (count, unique ids, shape (N, 21, 3), finite) before anything is written, and each is
   written to a temp file that replaces the target only when complete: an error never leaves a partial file.
 * Joint order: --check recognises it from the geometry alone (data.joints.detect_order: the bones of a hand read in
@@ -67,7 +67,7 @@ import numpy as np
 import torch
 
 from core import geometry
-from core import locations
+from core import locations, precision
 from core.common import UserError, check_minimums, cli, resolve_device, shown
 from core.pictures import save_pictures
 from data import resolve_or_generate_data_root
@@ -187,7 +187,7 @@ def predict_split(model, split, config, args, device, mirror=False):
                          train=False, workers=args.workers, pin_memory=cuda)
     max_deg = args.tta_range if args.tta_range is not None else training_rotation(config)
     spread = "the full circle" if max_deg >= 180.0 else f"+-{max_deg:g} degrees"
-    engine = "onnxruntime" if args.backend == "onnxruntime" else ("AMP" if amp else "fp32")
+    engine = "onnxruntime" if args.backend == "onnxruntime" else precision.choose(device, amp).describe()
     print(f"predicting {len(split)} images on {device} ({engine}{', channels_last' if channels_last else ''}), "
           f"TTA over {args.tta} rotation{'s' * (args.tta > 1)}" + (f" spread over {spread}" if args.tta > 1 else ""))
     return predict_loader(model, loader, device, args.tta, amp, channels_last, desc=f"predict {split.name}",

@@ -6,7 +6,6 @@ TTA: ``--tta N`` rotations about the input centre, spread over the range the mod
 (``training_rotation``), each prediction mapped back by its inverse affine and averaged; the rotations run a
 few at a time (``TTA_IMAGES_PER_FORWARD``), so any N runs at bounded memory.
 """
-import contextlib
 import pickle
 from pathlib import Path
 from typing import NamedTuple
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core import geometry
+from core import geometry, precision
 import models
 from augment import parse_augs, resolve_options, warp_images
 from training.checkpoints import build_model, load_checkpoint
@@ -52,11 +51,8 @@ def training_rotation(config):
 
 
 def autocast(device, amp):
-    """Mixed precision on CUDA (bf16 where supported, else fp16); full precision elsewhere."""
-    if amp and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+    """Mixed precision as ``core.precision.choose`` picks it for ``device``."""
+    return precision.autocast(device, amp)
 
 
 TTA_IMAGES_PER_FORWARD = 256  # rotated copies per forward: any --tta runs at bounded memory

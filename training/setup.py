@@ -9,7 +9,7 @@ import torch
 import augment
 import models
 from core import geometry
-from core import locations
+from core import locations, precision
 from core.common import UserError, shown
 from data import resolve_or_generate_data_root
 from data.cache import make_dataset
@@ -31,6 +31,7 @@ def set_up(args):
     parts' states and the progress restored from last.pt when it resumes."""
     config, folder, resume_state, given = resolve_run(args)
     rank, world_size, device = init_distributed(config["device"])
+    config["precision"] = precision.choose(device, config["amp"]).name  # recorded in config.json and summary.json
     announce = print if rank == 0 else (lambda *_: None)
     data_root = locate_data(config, rank, world_size, announce)
     if resume_state is None:
@@ -44,7 +45,8 @@ def set_up(args):
                      val_set=val_set)
     announce(f"{config['recipe']}: {config['arch']} ({parts.params / 1e6:.2f} M params), {len(train_set)} training "
              f"/ {len(val_set)} validation images from {shown(data_root)}, {config['img_size']} px, batch "
-             f"{config['batch_size']}{f' x {world_size} processes' if world_size > 1 else ''}, {device}, run folder "
+             f"{config['batch_size']}{f' x {world_size} processes' if world_size > 1 else ''}, {device} "
+             f"({precision.choose(device, config['amp']).describe()}), run folder "
              f"{shown(folder)}; the constant-shape baseline (one hand for all) scores {setup.constant_shape_mm:.2f} mm "
              f"PA-MPJPE on validation")
     if resume_state is not None:
@@ -156,7 +158,7 @@ def build_parts(config, device, rank, world_size, train_set, val_set, resume_sta
     if steps_per_epoch < 1:
         raise UserError(f"an epoch of {len(train_loader)} batches is less than one optimiser step of "
                         f"accumulate={config['accumulate']} batches; lower --set accumulate")
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda and config["amp"] and not torch.cuda.is_bf16_supported())
+    scaler = precision.choose(device, config["amp"]).grad_scaler()
     scheduler = optimization.make_scheduler(optimizer, config, steps_per_epoch)
     ema = optimization.make_ema(model, config)
     parts = RunParts(model=model, wrapped=model, ema=ema, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
@@ -190,7 +192,8 @@ def restore_parts(parts, state, config):
     saved_lr = state["config"]["lr"]
     if config["lr"] != saved_lr:
         optimization.rescale_lr(parts.optimizer, parts.scheduler, config["lr"] / saved_lr)
-    parts.scaler.load_state_dict(state["scaler"])
+    if state["scaler"] and parts.scaler.is_enabled():  # empty from a run without fp16 (another GPU, the CPU)
+        parts.scaler.load_state_dict(state["scaler"])
 
 
 def restored_progress(state, config, steps_per_epoch, folder):

@@ -300,7 +300,8 @@ class Trainer:
                    "val_constant_shape_mm": baseline,
                    "best_val_fraction_of_constant_shape": best["val_pa_mpjpe_mm"] / baseline,
                    "train_images_per_s": float(np.mean(speeds)) if speeds else None,
-                   "img_size": config["img_size"], "world_size": setup.world_size, **extra}
+                   "img_size": config["img_size"], "world_size": setup.world_size,
+                   "precision": config.get("precision"), **extra}
         with atomic_write(setup.folder / "summary.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2))
         print(f"done: best validation PA-MPJPE {summary['best_val_pa_mpjpe_mm']:.2f} mm at epoch "
