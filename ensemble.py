@@ -48,6 +48,7 @@ from scoring.report import labels_for, report_scores, rows_of
 from uploads.joint_checks import check_joint_order
 from uploads.kinds import MP21_ORDER
 from uploads.naming import output_prefix, resolve_format
+from uploads.provenance import check_made_on, check_same_data_root
 from uploads.records import load_predictions
 from uploads.writing import write_outputs, written_line
 
@@ -263,6 +264,12 @@ def parse_args(argv=None):
 def check_options(args):
     if len(args.members) < 2:
         raise UserError("give at least two prediction files to ensemble")
+    for files, option in ((args.members, "members"), (args.val_preds or [], "--val-preds")):
+        resolved = [Path(path).resolve() for path in files]
+        for i, path in enumerate(resolved):
+            if path in resolved[:i]:
+                raise UserError(f"{option}: {files[resolved.index(path)]} and {files[i]} are one file given twice; "
+                                f"give each file once")
     if args.weights and args.fit_weights:
         raise UserError("--weights and --fit-weights exclude each other: give weights or fit them")
     if args.val_preds and not args.fit_weights:
@@ -327,6 +334,10 @@ def main(argv=None):
     check_options(args)
     paths = [Path(p) for p in args.members]
     records = [load_predictions(p) for p in paths]
+    check_same_data_root(records, paths)
+    for record, path in zip(records, paths):
+        if args.data_root and record.get("data_root"):
+            check_made_on(record, path, args.data_root, "member")
     check_same_images(records, paths)
     check_joint_orders(records, paths)
     split = target_split(records, args.data_root)

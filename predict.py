@@ -242,7 +242,7 @@ def predict_pictures(model, ckpt, config, stats, args):
 def load_backend(state, ckpt, args):
     """The network to predict with: the checkpoint's PyTorch model, or its exported ONNX file."""
     if args.backend == "onnxruntime":
-        return load_onnx(ckpt)
+        return load_onnx(ckpt, img_size=state["config"]["img_size"])
     return load_model(state, ckpt)
 
 

@@ -2,6 +2,7 @@
 older ones (T4, P100, V100), none on the CPU; printed at the start of training and prediction, recorded in the
 run. The GPU is simulated: torch's device queries are replaced."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,8 +60,8 @@ def test_the_training_step_the_predictor_and_bench_share_the_choice(gpu, monkeyp
     inference.autocast(torch.device("cpu"), True)
     assert seen == [("cpu", True)]
     for module in (bench, setup):
-        assert "precision.choose(" in open(module.__file__).read()
-        assert "is_bf16_supported" not in open(module.__file__).read()
+        source = Path(module.__file__).read_text()
+        assert "precision.choose(" in source and "is_bf16_supported" not in source
 
 
 def test_training_prints_the_choice_with_the_device_and_records_it(tmp_path, capsys):

@@ -115,7 +115,7 @@ class CheckpointSaver:
     def save_best(self, state, val_xyz, val_ids):
         save_checkpoint(state, self.folder / "best.pt")
         with atomic_write(self.folder / "val_pred.npz") as tmp, open(tmp, "wb") as f:
-            np.savez(f, xyz=val_xyz, ids=val_ids, split="val")
+            np.savez(f, xyz=val_xyz, ids=val_ids, split="val", data_root=str(Path(self.config["data_root"]).resolve()))
 
     def keep_top_k(self, epoch, val_mm, weights):
         if self.top_k < 2:

@@ -23,6 +23,7 @@ from training.config import apply_cpu_budget, resolve_config, resume_config
 from training.distributed import barrier, init_distributed
 from training.rundir import check_new_run_folder, elastic_restart, run_folder
 from training.runstate import EpochPosition, Progress, RunParts, RunSetup, seed_everything
+from uploads.provenance import check_made_on, check_plausible_hands
 from uploads.records import load_predictions
 
 
@@ -130,7 +131,14 @@ def load_datasets(config, data_root, world_size, announce):
 def with_pseudo_labels(train_set, config, data_root, announce):
     """The training set joined by the pseudo-labelled images of config['pseudo_labels'] (data/pseudo.py)."""
     path = config["pseudo_labels"]
-    split, info = pseudo_split(load_predictions(path), path, data_root, config["pseudo_keep"])
+    if config.get("pseudo_labels_sha256") and not Path(path).is_file():  # a resumed run's file is gone
+        raise UserError(f"--pseudo-labels {path} is gone, and this run trains on that file (sha256 "
+                        f"{config['pseudo_labels_sha256'][:12]}): restore it to resume (new predictions would differ "
+                        f"from it), or start a new run")
+    record = load_predictions(path)
+    check_made_on(record, path, data_root, "--pseudo-labels")
+    check_plausible_hands(record["xyz"], record["ids"], f"--pseudo-labels {path}")
+    split, info = pseudo_split(record, path, data_root, config["pseudo_keep"])
     announce(f"pseudo-labels: {info['kept']} of {info['images']} images of the {info['split']} split labelled by "
              f"{path} (sha256 {info['sha256'][:12]}), loss weight {config['pseudo_weight']:g}")
     if config.setdefault("pseudo_labels_sha256", info["sha256"]) != info["sha256"]:  # a resumed run's file changed
