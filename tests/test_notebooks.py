@@ -25,7 +25,7 @@ CPU_PREDICT = " --device cpu --workers 0 --batch-size 4"
 
 def blocks():
     """The page's ```bash blocks, in order."""
-    return re.findall(r"```bash\n(.*?)```", PAGE.read_text(), flags=re.S)
+    return re.findall(r"```bash\n(.*?)```", PAGE.read_text(), flags=re.DOTALL)
 
 
 def on_the_cpu(block, places):
