@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from core import geometry
 from core.common import UserError, atomic_write
+from core.picture_files import open_as_shown
 from data.readers import Split, check_cameras
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -42,9 +42,7 @@ def picture_sizes(files):
     sizes = []
     for path in files:
         try:
-            with Image.open(path) as image:
-                image.convert("RGB").load()
-                sizes.append(image.size)
+            sizes.append(open_as_shown(path)[0].size)       # as a viewer shows it: the EXIF orientation applied
         except OSError as err:  # PIL's error for a missing, truncated or non-image file
             raise UserError(f"cannot read picture {path} ({type(err).__name__}: {err}); it must be a JPEG or PNG "
                             f"picture: replace or remove it") from None

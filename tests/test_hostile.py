@@ -190,3 +190,69 @@ def test_an_option_without_the_one_it_needs_is_refused(twins, tmp_path, capsys):
                                                 tmp_path / "run"], capsys)
     assert_one_line_error(code, err, "pseudo_weight set without --pseudo-labels")
     assert not (tmp_path / "run").exists()
+
+
+# --- pictures as a viewer shows them ------------------------------------------------------------------------------
+
+def dot_picture(width, height, dot, half=4):
+    """A grey RGB picture with a red square dot of side 2 ``half`` + 1 px centred on ``dot`` (x, y)."""
+    from PIL import Image
+    pixels = np.full((height, width, 3), 90, np.uint8)
+    x, y = dot
+    pixels[y - half:y + half + 1, x - half:x + half + 1] = (255, 0, 0)
+    return Image.fromarray(pixels)
+
+
+def red_centre(pixels):
+    """(x, y) centre of the red pixels of (H, W, 3) uint8."""
+    ys, xs = np.nonzero((pixels[..., 0] > 200) & (pixels[..., 1] < 60))
+    return np.array([xs.mean(), ys.mean()])
+
+
+def test_the_exif_orientation_is_applied_as_a_viewer_does(tmp_path):
+    from PIL import Image
+    from core.picture_files import open_as_shown, shown_layout
+    stored = dot_picture(120, 80, (100, 20))                   # stored landscape; the tag turns it upright
+    exif = Image.Exif()
+    exif[0x0112] = 6                                            # rotate 90 degrees clockwise to view
+    stored.save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    image, reduction = open_as_shown(tmp_path / "turned.jpg")
+    assert image.size == (80, 120) == shown_layout(tmp_path / "turned.jpg")[0]
+    np.testing.assert_allclose(red_centre(np.asarray(image)), [80 - 1 - 20, 100], atol=1.0)
+    np.testing.assert_allclose(reduction, [[1, 0, 0], [0, 1, 0]])
+
+
+def test_bit_depth_and_transparency_are_read_as_a_viewer_shows_them(tmp_path):
+    from PIL import Image
+    from core.picture_files import open_as_shown
+    Image.fromarray(np.full((8, 8), 32768, np.uint16)).save(tmp_path / "deep.png")       # 16-bit grey, half
+    assert abs(int(np.asarray(open_as_shown(tmp_path / "deep.png")[0])[0, 0, 0]) - 128) <= 1
+    clear = np.zeros((8, 8, 4), np.uint8)                                                 # fully transparent
+    Image.fromarray(clear, "RGBA").save(tmp_path / "clear.png")
+    assert (np.asarray(open_as_shown(tmp_path / "clear.png")[0]) == 255).all()           # white, not black
+    Image.fromarray(np.full((8, 8), 200, np.uint8), "L").convert("P").save(tmp_path / "palette.png")
+    assert np.asarray(open_as_shown(tmp_path / "palette.png")[0]).shape == (8, 8, 3)
+
+
+def test_a_huge_jpeg_decodes_at_a_reduced_scale_and_its_joints_map_to_its_own_pixels(tmp_path):
+    from data.dataset import decode_image, input_affine
+    from core import geometry
+    from core.picture_files import shown_layout
+    dot = (1500, 400)
+    dot_picture(2048, 1536, dot, half=64).save(tmp_path / "huge.jpg", quality=95)
+    pixels, affine = decode_image(tmp_path / "huge.jpg", 64)
+    assert pixels.shape == (64, 64, 3)
+    assert shown_layout(tmp_path / "huge.jpg", fit=64)[0] == (256, 192)                 # decoded at 1/8
+    np.testing.assert_allclose(affine, input_affine(*shown_layout(tmp_path / "huge.jpg", fit=64), 64))
+    np.testing.assert_allclose(affine, geometry.crop_resize_affine(geometry.square_box(2048, 1536), 64), atol=1e-9)
+    where = geometry.apply_affine(affine, np.array([dot], np.float64))[0]
+    assert np.abs(where - red_centre(pixels)).max() < 1.0
+
+
+def test_a_picture_too_large_to_open_safely_is_one_line(tmp_path, monkeypatch):
+    from PIL import Image
+    from core.picture_files import open_as_shown
+    dot_picture(64, 64, (30, 30)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(UserError, match="big.png is too large to open safely.*scale it down"):
+        open_as_shown(tmp_path / "big.png")
