@@ -211,6 +211,7 @@ def red_centre(pixels):
 
 def test_the_exif_orientation_is_applied_as_a_viewer_does(tmp_path):
     from PIL import Image
+
     from core.picture_files import open_as_shown, shown_layout
     stored = dot_picture(120, 80, (100, 20))                   # stored landscape; the tag turns it upright
     exif = Image.Exif()
@@ -224,6 +225,7 @@ def test_the_exif_orientation_is_applied_as_a_viewer_does(tmp_path):
 
 def test_bit_depth_and_transparency_are_read_as_a_viewer_shows_them(tmp_path):
     from PIL import Image
+
     from core.picture_files import open_as_shown
     Image.fromarray(np.full((8, 8), 32768, np.uint16)).save(tmp_path / "deep.png")       # 16-bit grey, half
     assert abs(int(np.asarray(open_as_shown(tmp_path / "deep.png")[0])[0, 0, 0]) - 128) <= 1
@@ -235,9 +237,9 @@ def test_bit_depth_and_transparency_are_read_as_a_viewer_shows_them(tmp_path):
 
 
 def test_a_huge_jpeg_decodes_at_a_reduced_scale_and_its_joints_map_to_its_own_pixels(tmp_path):
-    from data.dataset import decode_image, input_affine
     from core import geometry
     from core.picture_files import shown_layout
+    from data.dataset import decode_image, input_affine
     dot = (1500, 400)
     dot_picture(2048, 1536, dot, half=64).save(tmp_path / "huge.jpg", quality=95)
     pixels, affine = decode_image(tmp_path / "huge.jpg", 64)
@@ -251,6 +253,7 @@ def test_a_huge_jpeg_decodes_at_a_reduced_scale_and_its_joints_map_to_its_own_pi
 
 def test_a_picture_too_large_to_open_safely_is_one_line(tmp_path, monkeypatch):
     from PIL import Image
+
     from core.picture_files import open_as_shown
     dot_picture(64, 64, (30, 30)).save(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
