@@ -23,7 +23,6 @@ Timings on CUDA synchronise before the clock is read. --amp (bf16 on GPUs with n
 --channels-last and --compile act as in train.py. The data is the synthetic set unless --data-root is given.
 """
 import argparse
-import json
 import math
 import os
 import platform
@@ -40,6 +39,7 @@ from training import recipes
 from core import locations, precision
 from core.common import (UserError, atomic_write, check_minimums, check_writable, cli, median_seconds,
                          resolve_device, synchronizer, usable_cores)
+from core.json_files import json_text
 from data import resolve_or_generate_data_root
 from data.cache import make_dataset
 from data.loader import make_loader, to_device
@@ -271,7 +271,7 @@ def write_json(path, rows, info, args):
     result = {"machine": info, "settings": settings, "stages": {r["stage"]: r["images_per_s"] for r in rows},
               "loader_headroom": loader_headroom(rows), "augment_share": augment_share(rows), "rows": rows}
     with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(result, indent=2))
+        tmp.write_text(json_text(result, indent=2))
 
 
 @cli

@@ -40,6 +40,7 @@ from core import locations
 from core.common import UserError, atomic_write, cli, progress, shown
 from core.geometry import ROOT_JOINT
 from core.pictures import save_pictures
+from core.json_files import json_text
 from data import existing_data_root, resolve_or_generate_data_root
 from data.joints import detect_order
 from data.readers import detect_layout, load_all_training, load_split
@@ -357,7 +358,7 @@ def main(argv=None):
                                        expected_ids=split.image_ids if split is not None else None)
     report_path = Path(f"{prefix}.ensemble.json")
     with atomic_write(report_path) as tmp:
-        tmp.write_text(json.dumps(report, indent=2))
+        tmp.write_text(json_text(report, indent=2))
     print(written_line(f"wrote {shown(npz)}, {shown(report_path)} and the upload file {shown(upload)}", fmt,
                        joint_order, notes))
     if split is not None and split.labelled:

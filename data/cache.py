@@ -41,6 +41,7 @@ import torch
 from core import locations
 from core.common import (UserError, atomic_write, check_minimums, cli, fork_pool, progress,
                          remove_stale_temps, shown, usable_cores)
+from core.json_files import json_text
 from data.dataset import HandDataset, decode_image, decode_mask, input_labels
 
 try:
@@ -291,7 +292,7 @@ def build(folder, split, size, digest, workers=None):
                 "split": split.name, "size": size, "count": n, "masks": n_masks, "dataset": digest,
                 "seconds": round(seconds, 2), "files": {name: file_record(folder / name) for name in names}}
     with atomic_write(folder / MANIFEST) as tmp_manifest:
-        tmp_manifest.write_text(json.dumps(manifest, indent=1))
+        tmp_manifest.write_text(json_text(manifest, indent=1))
     return seconds
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from core import locations
 from core.common import UserError, atomic_write
+from core.json_files import json_text
 
 VAL_SPLIT_FILE = "val_split.json"
 VAL_FRACTION = 0.05
@@ -227,7 +228,7 @@ def load_or_make_val_split(root, n_annotations, fraction=VAL_FRACTION, seed=VAL_
         prune_gone()
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as tmp:
-            tmp.write_text(json.dumps(record))
+            tmp.write_text(json_text(record))
     except OSError as err:
         raise UserError(f"cannot save the validation split to {path} ({err.strerror}); make that folder "
                         f"writable or move the cache with {locations.setting('cache')}") from None

@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from core.common import UserError, atomic_write, cli, fork_pool, progress, usable_cores
 from core.geometry import BONES
 from core.geometry import ROOT_JOINT, SCALE_BONE, bone_length, project
+from core.json_files import json_text
 
 # --- Anatomy: every sampled angle is clipped to these limits (degrees) --------------------------------------
 # FLEX_LIMITS_DEG[finger, k] = (min, max) flexion before bone k of the chain starting at the finger's base.
@@ -325,7 +326,7 @@ def _write_sample(task):
 
 
 def _write_json(path, value):
-    path.write_text(json.dumps(value, separators=(",", ":")))
+    path.write_text(json_text(value, separators=(",", ":")))
 
 
 def settings(n_train, n_eval, seed, size, versions):

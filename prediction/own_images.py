@@ -13,6 +13,7 @@ import numpy as np
 
 from core import geometry
 from core.common import UserError, atomic_write
+from core.json_files import json_text
 from core.picture_files import open_as_shown
 from data.readers import Split, check_cameras
 
@@ -101,7 +102,7 @@ def write_joints(prefix, files, uv, xyz, K, camera_known, hand):
     json_path, npz_path = Path(f"{prefix}.json"), Path(f"{prefix}.npz")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(json_path) as tmp:
-        tmp.write_text(json.dumps({"joint_order": "freihand", "camera_known": camera_known, "pictures": entries},
+        tmp.write_text(json_text({"joint_order": "freihand", "camera_known": camera_known, "pictures": entries},
                                   indent=1))
     with atomic_write(npz_path) as tmp:
         with open(tmp, "wb") as handle:

@@ -259,3 +259,30 @@ def test_a_picture_too_large_to_open_safely_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(UserError, match="big.png is too large to open safely.*scale it down"):
         open_as_shown(tmp_path / "big.png")
+
+
+# --- files written are valid in their format ---------------------------------------------------------------------
+
+def test_json_files_never_hold_nan_or_infinity():
+    import json
+
+    from core.json_files import json_text
+    text = json_text({"best": float("inf"), "scores": np.array([1.5, np.nan]), "n": np.int64(3),
+                      "nested": [{"x": -np.inf}]})
+    assert json.loads(text) == {"best": None, "scores": [1.5, None], "n": 3, "nested": [{"x": None}]}
+    assert "NaN" not in text and "Infinity" not in text
+
+
+def test_every_json_file_the_project_writes_goes_through_the_one_encoder():
+    """json.dumps is called by core/json_files.py alone (and in messages, never written to a file)."""
+    from core.common import PROJECT_ROOT
+    standalone = {"tools/gpu_check.py"}     # runs before the project's requirements are installed
+    callers = set()
+    for path in PROJECT_ROOT.rglob("*.py"):
+        relative = path.relative_to(PROJECT_ROOT).as_posix()
+        if relative.startswith(("tests/", ".")) or relative in standalone:
+            continue
+        for line in path.read_text().splitlines():
+            if "json.dumps(" in line and "write" in line or "json.dump(" in line:
+                callers.add(relative)
+    assert callers == set()

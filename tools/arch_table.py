@@ -23,6 +23,7 @@ from training import recipes  # noqa: E402
 from data import resolve_or_generate_data_root  # noqa: E402
 from data.readers import load_split  # noqa: E402
 from scoring.report import current_keys  # noqa: E402
+from core.json_files import json_text
 
 # seed 000's family with the shared head and with its paper head, then every other arch at its best
 ROWS = ("effb0_cpu", "effb0_1d_cpu", "effb4_cpu", "resnet34_cpu", "resnet101_cpu", "res50x2_res34_cpu",
@@ -96,7 +97,7 @@ def head_of(config):
 
 
 def write_table(rows, out, minutes):
-    (out / "table.json").write_text(json.dumps(rows, indent=2))
+    (out / "table.json").write_text(json_text(rows, indent=2))
     lines = [f"| recipe | arch | head | epochs in {minutes:g} min | train min | train img/s | eval PA-MPJPE mm "
              f"(tta 10) | of constant shape | command |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -118,7 +119,7 @@ def main(argv=None):
     for row in todo:
         done.append(train_row(row, args.minutes, rates[row], train_images, args.tta, out, args.out))
         write_table(done, out, args.minutes)
-        print(json.dumps(done[-1]), flush=True)
+        print(json_text(done[-1]), flush=True)
 
 
 if __name__ == "__main__":
