@@ -189,6 +189,9 @@ def validation_set(records, paths, val_paths, data_root):
     if len(common) == 0:
         raise UserError(f"--fit-weights: {', '.join(map(str, files))} share no validation image")
     root = resolve_or_generate_data_root(data_root or records[0].get("data_root") or None)
+    for member, file in zip(members, files):  # val_pred.npz records the data it validated on
+        if member.get("data_root"):
+            check_made_on(member, file, root, "--fit-weights: validation file")
     labelled = load_all_training(root) if detect_layout(root) == "freihand" else load_split(root, "val")
     if not labelled.labelled:
         raise UserError(f"--fit-weights: the val split of {root} has no labels")

@@ -169,6 +169,14 @@ def check_numbers(args):
         raise UserError("--focal and --camera both give the camera: pass one")
     if args.backend == "onnxruntime" and args.device not in ("auto", "cpu"):
         raise UserError(f"--backend onnxruntime runs on the CPU; drop --device {args.device} or use --backend torch")
+    if args.tta_range is not None and args.tta == 1:
+        raise UserError(f"--tta-range {args.tta_range:g} spreads the rotations of --tta N (N > 1); give --tta N or "
+                        f"drop --tta-range")
+    if args.images and args.split:
+        raise UserError(f"--split {args.split} names a dataset's split; --images predicts the pictures given: drop "
+                        f"one of them")
+    if args.export and args.backend != "torch":
+        raise UserError("--export onnx writes the file from the PyTorch checkpoint; drop --backend")
 
 
 def predict_split(model, split, config, args, device, mirror=False):

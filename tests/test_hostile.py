@@ -286,3 +286,27 @@ def test_every_json_file_the_project_writes_goes_through_the_one_encoder():
             if "json.dumps(" in line and "write" in line or "json.dump(" in line:
                 callers.add(relative)
     assert callers == set()
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--tta-range", "30"], "give --tta N or drop --tta-range"),
+    (["--images", "x.png", "--split", "evaluation"], "drop one of them"),
+    (["--export", "onnx", "--backend", "onnxruntime"], "drop --backend"),
+])
+def test_predict_refuses_an_option_without_the_one_it_needs(argv, fragment, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(predict.main, argv, capsys)
+    assert_one_line_error(code, err, fragment)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_validation_files_of_another_dataset_are_refused_when_fitting_weights(twins, tmp_path, capsys):
+    first, second = twins
+    members = [prediction_file(tmp_path / f"m{i}.npz", first, scale=1.0 + i * 1e-3) for i in range(2)]
+    split = load_split(second, "val")
+    val = [tmp_path / f"v{i}.npz" for i in range(2)]
+    for path in val:
+        save_record(path, {"xyz": split.xyz, "ids": split.image_ids, "split": "val", "data_root": str(second)})
+    code, _, err = run_main(ensemble.main, [*members, "--fit-weights", "--val-preds", *val, "--out",
+                                            tmp_path / "ens"], capsys)
+    assert_one_line_error(code, err, "validation file", f"was made on the dataset in {second.resolve()}")
