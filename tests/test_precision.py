@@ -78,3 +78,40 @@ def test_training_prints_the_choice_with_the_device_and_records_it(tmp_path, cap
                                              "--out", tmp_path / "pred"], capsys)
     assert code in (0, None), err
     assert "images on cpu (fp32" in out
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["bf16", "fp16"])
+def test_a_training_step_on_the_gpu_in_each_precision_moves_the_weights(name, tmp_path, monkeypatch):
+    """The real CUDA path of each choice: the forward pass in its dtype, fp16's loss scaler through the shared
+    optimiser step (unscaled for clipping), finite loss, weights that move."""
+    import augment
+    import models
+    from tests.markers import write_marker_dataset
+    from tests.test_cuda import cuda_batch
+    from training import recipes
+    from training.optimization import make_optimizer
+    from training.step import forward_loss, optimizer_step
+    if name == "bf16" and torch.cuda.get_device_capability() < precision.NATIVE_BF16_CAPABILITY:
+        pytest.skip("this GPU has no native bf16")
+    chosen = precision.Precision(name, "forced by the test")
+    monkeypatch.setattr(precision, "choose", lambda device, amp: chosen)
+    cuda = torch.device("cuda")
+    config = {**recipes.recipe_config("ghost_lite"), "img_size": 64, "amp": True}
+    model = models.create_model("ghost_lite", **config["model"]).to(cuda).train()
+    optimizer, scaler = make_optimizer(model, config), chosen.grad_scaler()
+    assert scaler.is_enabled() == (name == "fp16")
+    batch = augment.Augmenter(config["augs"], augment.resolve_options(config["aug"]), 64, cuda, seed=0)(
+        cuda_batch(write_marker_dataset(tmp_path, n=12, seed=11), 64))
+    dtypes = set()
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, out: dtypes.add(out.dtype) if isinstance(module, torch.nn.Conv2d) else None)
+    before = [p.detach().clone() for p in model.parameters()]
+    try:
+        loss, _ = forward_loss(model, batch, config, cuda, channels_last=False)
+    finally:
+        hook.remove()
+    scaler.scale(loss).backward()
+    optimizer_step(model, optimizer, scaler, grad_clip=1.0)
+    assert torch.isfinite(loss) and chosen.dtype in dtypes
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), before))
