@@ -131,7 +131,7 @@ def validation_files(record, path, explicit=None):
     return files
 
 
-RUN_ONLY_KEYS = ("fold", "device", "workers", "checkpoint_minutes", "cache")  # config keys that may differ
+RUN_ONLY_KEYS = ("fold", "device", "workers", "checkpoint_minutes", "cache", "precision")  # config keys that may differ
 # between the runs of one fold set
 
 

@@ -381,7 +381,7 @@ def open_cache(split, size, cache_root=None, workers=None, announce=print):
     """The checked cache of ``split`` at ``size`` px; built first when missing, incomplete or stale (one line
     says which and why, one what it took). ``workers``: build processes (default: all cores)."""
     size = int(size)
-    folder = cache_folder(split, size, cache_root)  # default root: core.locations
+    folder = cache_folder(split, size, cache_root)
     digest = dataset_digest(split, size)
     while True:
         if not folder.exists():
@@ -485,7 +485,8 @@ def _unused(folder):
 def clear_caches(cache_root=None, dataset=None, unused_days=None, announce=print):
     """Remove the caches of ``dataset`` (its folder name or path; None: any) not used for ``unused_days`` days
     (None: whenever used), except those a process builds or reads now. Returns the bytes freed."""
-    cache_root, (removed, freed, busy) = cache_root or locations.root("cache"), (0, 0, [])
+    cache_root = cache_root or locations.root("cache")
+    removed, freed, busy = 0, 0, []
     for row in list_caches(cache_root):
         if not _selected(row, dataset, unused_days):
             continue
