@@ -66,7 +66,7 @@ def add_flags(parser, *kinds):
     for kind in kinds:
         location = LOCATIONS[kind]
         parser.add_argument(location.flag, dest=location.dest, metavar="DIR",
-                            help=f"where {location.what} go (default: ${location.env}, else "
+                            help=f"the folder of {location.what} (default: ${location.env}, else "
                                  f"{location.default.relative_to(PROJECT_ROOT)}/)")
 
 
