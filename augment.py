@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from core import locations
 from core.common import UserError, atomic_write, check_minimums, check_writable, cli, ensure_writable_folder
 from core.device import resolve_device
 from core.pictures import draw_skeleton
@@ -91,7 +92,9 @@ def main(argv=None):
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--out", default=None, help="preview output folder")
+    locations.add_flags(parser, "synthetic")
     args = parser.parse_args(argv)
+    locations.apply_flags(args, "synthetic")
     if args.out is None:
         parser.error("--preview needs --out DIR")
     check_minimums(args, {"img_size": 1})

@@ -19,11 +19,10 @@ Stages (one figure each, written to bench.json with the machine and the settings
                               inference.TTA_IMAGES_PER_FORWARD images per forward; per input image
 bench.json also gives, per NAME, the augmentation share of a training step (augment / (augment + train_step)
 time) and how many times over the cached loader feeds it.
-Timings on CUDA synchronise before the clock is read. --amp (bf16 where supported), --channels-last and
---compile act as in train.py. The data is the synthetic set unless --data-root is given.
+Timings on CUDA synchronise before the clock is read. --amp (bf16 on GPUs with native bf16, else fp16),
+--channels-last and --compile act as in train.py. The data is the synthetic set unless --data-root is given.
 """
 import argparse
-import json
 import math
 import os
 import platform
@@ -36,9 +35,10 @@ import torch
 
 import models
 from training import recipes
-from core.common import (CACHE_ROOT, UserError, atomic_write, check_minimums, check_writable, cli, median_seconds,
-                         usable_cores)
+from core import locations, precision
+from core.common import UserError, atomic_write, check_minimums, check_writable, cli, median_seconds, usable_cores
 from core.device import resolve_device, synchronizer
+from core.json_files import json_text
 from data import augment, resolve_or_generate_data_root
 from data.dataset import make_dataset
 from data.loader import make_loader, to_device
@@ -64,7 +64,7 @@ def parse_args(argv=None):
     p.add_argument("--loader-seconds", type=float, default=3.0, help="keep timing a loader until this long")
     p.add_argument("--workers", type=int, default=-1, help="loader processes (-1: sized to the machine)")
     p.add_argument("--tta", type=int, default=10, help="rotations of the predict stage")
-    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16 where supported); none on "
+    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16 where native, else fp16); none on "
                                                       "the CPU")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -72,9 +72,10 @@ def parse_args(argv=None):
     p.add_argument("--data-root", default=None, help="dataset folder (default: the synthetic set)")
     p.add_argument("--split", default="train")
     p.add_argument("--max-images", type=int, default=2000, help="images of the split to use (0: all)")
-    p.add_argument("--cache-root", default=str(CACHE_ROOT), help="where the decoded caches live")
+    locations.add_flags(p, "cache", "synthetic")
     p.add_argument("--out", default="bench.json")
     args = p.parse_args(argv)
+    locations.apply_flags(args, "cache", "synthetic")
     check_minimums(args, {"img_size": 1, "batch_size": 1, "steps": 1, "loader_batches": 1, "tta": 1, "threads": 1,
                           "model_size": 1, "warmup": 0, "max_images": 0})
     if not (args.loader_seconds >= 0 and math.isfinite(args.loader_seconds)):
@@ -166,8 +167,7 @@ def train_step_rate(config, batch, args, device):
     """Images per second of one optimisation step of ``config['arch']`` on a fixed augmented batch."""
     model = make_model(config, device, args.channels_last).train()
     optimizer = make_optimizer(model, config)
-    fp16 = device.type == "cuda" and args.amp and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+    scaler = precision.choose(device, args.amp).grad_scaler()
     wrapped = torch.compile(model) if args.compile else model
     config = {**config, "amp": args.amp}
 
@@ -202,7 +202,7 @@ def run(args):
 
     def dataset(size, cache=True):
         if (size, cache) not in datasets:
-            datasets[size, cache] = make_dataset(split, size, cache=cache, cache_root=args.cache_root)
+            datasets[size, cache] = make_dataset(split, size, cache=cache, cache_root=locations.root("cache"))
         return datasets[size, cache]
 
     rows = []
@@ -270,7 +270,7 @@ def write_json(path, rows, info, args):
     result = {"machine": info, "settings": settings, "stages": {r["stage"]: r["images_per_s"] for r in rows},
               "loader_headroom": loader_headroom(rows), "augment_share": augment_share(rows), "rows": rows}
     with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(result, indent=2))
+        tmp.write_text(json_text(result, indent=2))
 
 
 @cli

@@ -29,15 +29,17 @@ member and of the blend.
 Default PREFIX: submissions/<NAME>_<split>; default NAME: ensemble_<hash of the member paths>.
 """
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from core.common import SUBMISSIONS_ROOT, UserError, atomic_write, cli, shown
+from core import locations
+from core.common import UserError, atomic_write, cli, shown
+from core.json_files import json_text
 from core.pictures import save_pictures
-from prediction.ensembling import (blended_record, check_joint_orders, check_same_images, default_members,
-                                   default_name, fit_weights, normalised, target_split, val_error, validation_set)
+from prediction.ensembling import (blended_record, check_given_once, check_joint_orders, check_members_made_on,
+                                   check_same_images, default_members, default_name, fit_weights, normalised,
+                                   target_split, val_error, validation_set)
 from scoring.report import report_scores
 from training.rundir import validation_files
 from uploads.kinds import MP21_ORDER
@@ -61,12 +63,15 @@ def parse_args(argv=None):
                                          f"freihand")
     p.add_argument("--data-root", help="dataset folder (default: the one the members record)")
     p.add_argument("--viz", type=int, default=0, metavar="K", help="save K pictures to PREFIX_viz/")
+    locations.add_flags(p, "submissions")
     return p.parse_args(argv)
 
 
 def check_options(args):
     if len(args.members) < 2:
         raise UserError("give at least two prediction files to ensemble")
+    check_given_once(args.members, "members")
+    check_given_once(args.val_preds or [], "--val-preds")
     if args.weights and args.fit_weights:
         raise UserError("--weights and --fit-weights exclude each other: give weights or fit them")
     if args.val_preds and not args.fit_weights:
@@ -98,13 +103,15 @@ def choose_weights(args, records, paths):
 @cli
 def main(argv=None):
     args = parse_args(argv)
+    locations.apply_flags(args, "submissions")
     if not args.members:
         args.members = default_members()
-        print(f"members: the newest prediction of each run in {SUBMISSIONS_ROOT.name}/: "
+        print(f"members: the newest prediction of each run in {shown(locations.root('submissions'))}/: "
               f"{', '.join(p.name for p in args.members)}")
     check_options(args)
     paths = [Path(p) for p in args.members]
     records = [load_predictions(p) for p in paths]
+    check_members_made_on(records, paths, args.data_root)
     check_same_images(records, paths)
     check_joint_orders(records, paths)
     split = target_split(records, args.data_root)
@@ -124,7 +131,7 @@ def main(argv=None):
                                        expected_ids=split.image_ids if split is not None else None)
     report_path = Path(f"{prefix}.ensemble.json")
     with atomic_write(report_path) as tmp:
-        tmp.write_text(json.dumps(report, indent=2))
+        tmp.write_text(json_text(report, indent=2))
     print(written_line(f"wrote {shown(npz)}, {shown(report_path)} and the upload file {shown(upload)}", fmt,
                        joint_order, notes))
     if split is not None and split.labelled:

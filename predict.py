@@ -43,8 +43,8 @@ Policies
   d are averaged and converted to camera xyz (inference.py).
 * Root depth: fitted to all 20 predicted bones and calibrated on the run's val_pred.npz (inference.root_depths);
   why and how: docs/conventions.md, "Root depth". The run prints which depth it used.
-* AMP on CUDA (bf16 where supported, else fp16) and channels_last, as the checkpoint's config says (both on by
-  default); --no-amp predicts in fp32. The CPU always runs fp32.
+* AMP on CUDA (bf16 on GPUs with native bf16, else fp16: core.precision) and channels_last, as the checkpoint's
+  config says (both on by default); --no-amp predicts in fp32. The CPU always runs fp32.
 * Files are validated (count, unique ids, shape (N, 21, 3), finite) before anything is written, and each is
   written to a temp file that replaces the target only when complete: an error never leaves a partial file.
 * Joint order: --check recognises it from the geometry alone (data.joints.detect_order: the bones of a hand read in
@@ -60,7 +60,8 @@ import numpy as np
 import torch
 
 from core import geometry
-from core.common import RUNS_ROOT, UserError, check_minimums, cli, shown
+from core import locations, precision
+from core.common import UserError, check_minimums, cli, shown
 from core.device import resolve_device
 from core.pictures import save_pictures
 from data import resolve_or_generate_data_root
@@ -144,6 +145,7 @@ def parse_args(argv=None):
     p.add_argument("--hand", default="right", choices=("right", "left"),
                    help="with --images: left mirrors each picture, predicts a right hand and mirrors the joints "
                         "back")
+    locations.add_flags(p, "runs", "submissions", "cache", "synthetic")
     return p.parse_args(argv)
 
 
@@ -161,6 +163,14 @@ def check_numbers(args):
         raise UserError("--focal and --camera both give the camera: pass one")
     if args.backend == "onnxruntime" and args.device not in ("auto", "cpu"):
         raise UserError(f"--backend onnxruntime runs on the CPU; drop --device {args.device} or use --backend torch")
+    if args.tta_range is not None and args.tta == 1:
+        raise UserError(f"--tta-range {args.tta_range:g} spreads the rotations of --tta N (N > 1); give --tta N or "
+                        f"drop --tta-range")
+    if args.images and args.split:
+        raise UserError(f"--split {args.split} names a dataset's split; --images predicts the pictures given: drop "
+                        f"one of them")
+    if args.export and args.backend != "torch":
+        raise UserError("--export onnx writes the file from the PyTorch checkpoint; drop --backend")
 
 
 def predict_split(model, split, config, args, device, mirror=False):
@@ -179,7 +189,7 @@ def predict_split(model, split, config, args, device, mirror=False):
                          train=False, workers=args.workers, pin_memory=cuda)
     max_deg = args.tta_range if args.tta_range is not None else training_rotation(config)
     spread = "the full circle" if max_deg >= 180.0 else f"+-{max_deg:g} degrees"
-    engine = "onnxruntime" if args.backend == "onnxruntime" else ("AMP" if amp else "fp32")
+    engine = "onnxruntime" if args.backend == "onnxruntime" else precision.choose(device, amp).describe()
     print(f"predicting {len(split)} images on {device} ({engine}{', channels_last' if channels_last else ''}), "
           f"TTA over {args.tta} rotation{'s' * (args.tta > 1)}" + (f" spread over {spread}" if args.tta > 1 else ""))
     return predict_loader(model, loader, device, args.tta, amp, channels_last, desc=f"predict {split.name}",
@@ -234,18 +244,19 @@ def predict_pictures(model, ckpt, config, stats, args):
 def load_backend(state, ckpt, args):
     """The network to predict with: the checkpoint's PyTorch model, or its exported ONNX file."""
     if args.backend == "onnxruntime":
-        return load_onnx(ckpt)
+        return load_onnx(ckpt, img_size=state["config"]["img_size"])
     return load_model(state, ckpt)
 
 
 @cli
 def main(argv=None):
     args = parse_args(argv)
+    locations.apply_flags(args, "runs", "submissions", "cache", "synthetic")
     if args.check:
         print(check_file(args.check, args.data_root, args.split, args.joint_order))
         return
     check_numbers(args)
-    ckpt = Path(args.ckpt) if args.ckpt else newest_checkpoint("best.pt", RUNS_ROOT)
+    ckpt = Path(args.ckpt) if args.ckpt else newest_checkpoint("best.pt")
     state = read_checkpoint(ckpt)
     config, stats = state["config"], state["stats"]
     print(f"checkpoint {shown(ckpt)}: {config['arch']}, {config['img_size']} px, epoch {state.get('epoch', '?')}")

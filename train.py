@@ -13,7 +13,8 @@ The trainer itself is the training/ package (config, setup, trainer, checkpoints
 import argparse
 
 import models
-from core.common import RUNS_ROOT, cli
+from core import locations
+from core.common import cli, shown
 from data import augment
 from training import recipes
 from training import runlog
@@ -47,6 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--out", help="run folder (default: runs/RECIPE_YYYYmmdd-HHMMSS, with _foldKofN under --folds)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (default: the newest run "
                                                          "of --arch) from its last.pt")
+    locations.add_flags(p, "runs", "cache", "synthetic")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any recipe key, e.g. loss.js1d=0.1, aug.rotate.max_deg=90, amp=false")
     return p.parse_args(argv)
@@ -55,12 +57,14 @@ def parse_args(argv=None):
 @cli
 def main(argv=None):
     args = parse_args(argv)
+    locations.apply_flags(args, "runs", "cache", "synthetic")
     if args.list_archs:
         print_archs()
         return
     if args.list_runs:
-        table = runlog.list_runs(RUNS_ROOT)
-        print(table.to_string(index=False) if len(table) else f"no runs with a finished epoch in {RUNS_ROOT}")
+        runs_root = locations.root("runs")
+        table = runlog.list_runs(runs_root)
+        print(table.to_string(index=False) if len(table) else f"no runs with a finished epoch in {shown(runs_root)}/")
         return
     run(args)
 

@@ -19,10 +19,7 @@ from tqdm import tqdm
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = PROJECT_ROOT / "data" / "freihand"   # where a downloaded dataset goes (git-ignored)
-SYNTHETIC_ROOT = PROJECT_ROOT / "data" / "synthetic"     # the embedded default, generated on first use
-CACHE_ROOT = PROJECT_ROOT / "data" / "cache"             # decoded-image caches
-RUNS_ROOT = PROJECT_ROOT / "runs"                        # one folder per training run
-SUBMISSIONS_ROOT = PROJECT_ROOT / "submissions"          # upload files and raw predictions
+# Where the project writes (caches, runs, submissions, the synthetic set): core.locations.
 
 
 def shown(path):

@@ -1,8 +1,7 @@
 """Where the work runs: the device a --device flag names, mixed precision on it, and waiting for its queued work."""
-import contextlib
-
 import torch
 
+from core import precision
 from core.common import UserError
 
 
@@ -18,11 +17,9 @@ def resolve_device(name):
 
 
 def autocast(device, amp):
-    """Mixed precision on CUDA (bf16 where supported, else fp16); full precision elsewhere."""
-    if amp and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+    """Mixed precision as ``core.precision.choose`` picks it for ``device`` (bf16 on GPUs with native bf16, fp16
+    on older ones); full precision on the CPU or with ``amp`` off."""
+    return precision.autocast(device, amp)
 
 
 def synchronizer(device):

@@ -4,10 +4,11 @@ predicted (solid) and true (dashed) skeleton beside the root-relative 3D hand (p
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import ImageDraw
 
 from core import geometry
 from core.geometry import BONES
+from core.picture_files import open_as_shown
 
 FINGER_COLOURS = [(255, 70, 70), (255, 200, 0), (70, 220, 70), (0, 190, 255), (210, 100, 255)]  # thumb .. pinky
 WRIST_COLOUR = (255, 255, 255)
@@ -54,8 +55,7 @@ def draw_skeleton_3d(ax, xyz_mm, style):
 
 def image_with_skeletons(path, poses, K):
     """The RGB image at ``path`` with each pose {dashed: xyz (21, 3) metres} drawn through the camera ``K``."""
-    with Image.open(path) as image:
-        canvas = image.convert("RGB")
+    canvas = open_as_shown(path)[0]   # full scale: the skeletons are drawn in the picture's own pixels
     draw, scale = ImageDraw.Draw(canvas), max(1.0, max(canvas.size) / 224.0)
     for dashed, joints in poses.items():
         draw_skeleton(draw, geometry.project(joints, K), dashed=dashed, scale=scale)

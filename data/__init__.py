@@ -2,10 +2,12 @@
 import shutil
 from pathlib import Path
 
-from core.common import DEFAULT_DATA_ROOT, SYNTHETIC_ROOT, UserError, shown
+from core import locations
+from core.common import DEFAULT_DATA_ROOT, UserError, shown
 from data.readers import FREIHAND_HINT, detect_layout
 
-# The embedded default: generated into SYNTHETIC_ROOT on first use when no dataset is at DEFAULT_DATA_ROOT.
+# The embedded default: generated into the synthetic root (core.locations) on first use when no dataset is at
+# DEFAULT_DATA_ROOT.
 # Each training hand in two image versions (FreiHAND v2 has four), so an epoch shows every hand twice.
 SYNTHETIC_DEFAULT = {"n_train": 2000, "n_eval": 200, "seed": 0, "size": 224, "versions": 2}
 
@@ -22,10 +24,11 @@ def _found_data_root(data_root, announce):
     if detect_layout(DEFAULT_DATA_ROOT) is not None:
         return DEFAULT_DATA_ROOT
     from data import synthetic
-    if (detect_layout(SYNTHETIC_ROOT) is not None
-            and synthetic.read_settings(SYNTHETIC_ROOT) == synthetic.settings(**SYNTHETIC_DEFAULT)):
-        announce(f"no dataset in {shown(DEFAULT_DATA_ROOT)}/: using the synthetic set in {shown(SYNTHETIC_ROOT)}/")
-        return SYNTHETIC_ROOT
+    synthetic_root = locations.root("synthetic")
+    if (detect_layout(synthetic_root) is not None
+            and synthetic.read_settings(synthetic_root) == synthetic.settings(**SYNTHETIC_DEFAULT)):
+        announce(f"no dataset in {shown(DEFAULT_DATA_ROOT)}/: using the synthetic set in {shown(synthetic_root)}/")
+        return synthetic_root
     return None
 
 
@@ -35,7 +38,7 @@ def existing_data_root(data_root=None, announce=print):
     root = _found_data_root(data_root, announce)
     if root is None:
         raise UserError(f"no dataset in {shown(DEFAULT_DATA_ROOT)}/ and no current synthetic set in "
-                        f"{shown(SYNTHETIC_ROOT)}/: pass --data-root")
+                        f"{shown(locations.root('synthetic'))}/: pass --data-root")
     return root
 
 
@@ -47,13 +50,13 @@ def resolve_or_generate_data_root(data_root=None, announce=print):
     if root is not None:
         return root
     from data import synthetic
-    d = SYNTHETIC_DEFAULT
-    if detect_layout(SYNTHETIC_ROOT) is not None:
-        announce(f"the synthetic set in {shown(SYNTHETIC_ROOT)}/ was made by another version of the generator or "
+    d, synthetic_root = SYNTHETIC_DEFAULT, locations.root("synthetic")
+    if detect_layout(synthetic_root) is not None:
+        announce(f"the synthetic set in {shown(synthetic_root)}/ was made by another version of the generator or "
                  f"with other settings: deleting it to make the current one")
-        shutil.rmtree(SYNTHETIC_ROOT)
+        shutil.rmtree(synthetic_root)
     announce(f"no dataset in {shown(DEFAULT_DATA_ROOT)}/: generating the synthetic set once in "
-             f"{shown(SYNTHETIC_ROOT)}/ ({d['n_train']} training hands x {d['versions']} image versions, "
+             f"{shown(synthetic_root)}/ ({d['n_train']} training hands x {d['versions']} image versions, "
              f"{d['n_eval']} evaluation hands, {d['size']} px)")
-    synthetic.generate(SYNTHETIC_ROOT, **d)
-    return SYNTHETIC_ROOT
+    synthetic.generate(synthetic_root, **d)
+    return synthetic_root

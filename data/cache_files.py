@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.common import CACHE_ROOT, UserError
+from core import locations
+from core.common import UserError
 
 try:
     import fcntl
@@ -25,7 +26,8 @@ FOLDER_NAME = re.compile(r"^(?P<dataset>.+)-(?P<split>[^-]+)-(?P<size>\d+)px-[0-
 FINGERPRINT_BLOCKS = 32          # sampled blocks per data file, first and last included
 FINGERPRINT_BLOCK_BYTES = 1 << 16
 WITHOUT = "or do without the cache (train.py --set cache=false, predict.py --no-cache)"
-MAKE_ROOM = "`python -m data.caches --list` shows the caches and `--clear` removes them"
+MAKE_ROOM = ("`python -m data.caches --list` shows the caches and `--clear` removes them, or move them to a larger "
+             f"disk with {locations.setting('cache')}")
 
 
 def amount(n_bytes):
@@ -49,13 +51,14 @@ def has_masks(split):
     return np.array([p is not None for p in split.mask_paths], dtype=bool)
 
 
-def cache_folder(split, size, cache_root=CACHE_ROOT):
+def cache_folder(split, size, cache_root=None):
     """The cache folder of ``split`` at ``size`` px: named by the root, split and size, keyed by the resolved
     root, layout and the split's image list (image ids and which have masks)."""
     root = Path(split.root).resolve()
     h = hashlib.sha256(f"{root}\n{split.layout}\n{split.name}\n{int(size)}\n".encode())
     h.update(np.ascontiguousarray(split.image_ids, dtype=np.int64).tobytes())
     h.update(has_masks(split).tobytes())
+    cache_root = cache_root or locations.root("cache")
     return Path(cache_root) / f"{root.name}-{split.name}-{int(size)}px-{h.hexdigest()[:16]}"
 
 
@@ -163,12 +166,12 @@ def unused(folder):
         yield True
 
 
-def list_caches(cache_root=CACHE_ROOT):
+def list_caches(cache_root=None):
     """One dict per cache folder in ``cache_root`` (not a link to a folder elsewhere: --clear removes only what lies
     in the root): folder, dataset (its root), split, size, images (None when the build is incomplete), bytes on
     disk, last_used (POSIX time: the last open, else the build)."""
     rows = []
-    for folder in sorted(Path(cache_root).glob("*")):
+    for folder in sorted(Path(cache_root or locations.root("cache")).glob("*")):
         match = FOLDER_NAME.match(folder.name)
         if match is None or folder.is_symlink() or not folder.is_dir():  # a link is not a cache this module made
             continue

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.common import (CACHE_ROOT, UserError, atomic_write, fork_pool, progress, remove_stale_temps, shown,
-                         usable_cores)
+from core.common import UserError, atomic_write, fork_pool, progress, remove_stale_temps, shown, usable_cores
+from core.json_files import json_text
 from data.cache_files import (BUILD_LOCK, DATA_FILES, FORMAT_VERSION, MAKE_ROOM, MANIFEST, WITHOUT, amount, amounts,
                               cache_folder, dataset_digest, disk_bytes, file_record, has_masks, hold_in_use,
                               list_caches, stale_reason, unused)
@@ -180,7 +180,7 @@ def build(folder, split, size, digest, workers=None):
                 "split": split.name, "size": size, "count": n, "masks": n_masks, "dataset": digest,
                 "seconds": round(seconds, 2), "files": {name: file_record(folder / name) for name in names}}
     with atomic_write(folder / MANIFEST) as tmp_manifest:
-        tmp_manifest.write_text(json.dumps(manifest, indent=1))
+        tmp_manifest.write_text(json_text(manifest, indent=1))
     return seconds
 
 
@@ -265,7 +265,7 @@ class DecodedCache:
         return {**self.__dict__, "_maps": None, "_in_use": None}
 
 
-def open_cache(split, size, cache_root=CACHE_ROOT, workers=None, announce=print):
+def open_cache(split, size, cache_root=None, workers=None, announce=print):
     """The checked cache of ``split`` at ``size`` px; built first when missing, incomplete or stale (one line
     says which and why, one what it took). ``workers``: build processes (default: all cores)."""
     size = int(size)

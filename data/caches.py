@@ -9,7 +9,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from core.common import CACHE_ROOT, UserError, check_minimums, cli, shown
+from core import locations
+from core.common import UserError, check_minimums, cli, shown
 from data.cache_files import amount, list_caches, unused
 
 
@@ -37,9 +38,10 @@ def _selected(row, dataset, unused_days):
     return unused_days is None or time.time() - row["last_used"] >= unused_days * 86400
 
 
-def clear_caches(cache_root=CACHE_ROOT, dataset=None, unused_days=None, announce=print):
+def clear_caches(cache_root=None, dataset=None, unused_days=None, announce=print):
     """Remove the caches of ``dataset`` (its folder name or path; None: any) not used for ``unused_days`` days
     (None: whenever used), except those a process builds or reads now. Returns the bytes freed."""
+    cache_root = cache_root or locations.root("cache")
     removed, freed, busy = 0, 0, []
     for row in list_caches(cache_root):
         if not _selected(row, dataset, unused_days):
@@ -67,7 +69,9 @@ def main(argv=None):
     parser.add_argument("--all", action="store_true", help="with --clear: every cache")
     parser.add_argument("--dataset", help="with --clear: the caches of this dataset (its folder name or path)")
     parser.add_argument("--unused-days", type=float, help="with --clear: the caches not used for this many days")
+    locations.add_flags(parser, "cache")
     args = parser.parse_args(argv)
+    locations.apply_flags(args, "cache")
     check_minimums(args, {"unused_days": 0})
     chosen = args.dataset is not None or args.unused_days is not None
     if args.list and (args.all or chosen):
@@ -76,9 +80,9 @@ def main(argv=None):
         raise UserError("say which caches --clear removes: --all, or --dataset NAME and/or --unused-days N "
                         "(`python -m data.caches --list` shows them)")
     if args.list:
-        print(format_caches(list_caches(CACHE_ROOT), CACHE_ROOT))
+        print(format_caches(list_caches(), locations.root("cache")))
     else:
-        clear_caches(CACHE_ROOT, args.dataset, args.unused_days)
+        clear_caches(locations.root("cache"), args.dataset, args.unused_days)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ Two sources give the same samples: ``HandDataset`` decodes the JPEGs per sample 
 import numpy as np
 import torch
 from core import geometry
-from core.common import CACHE_ROOT
 from data.cache_store import open_cache
 from data.decoding import decode_image, decode_mask
 
@@ -84,7 +83,7 @@ class CachedHandDataset(torch.utils.data.Dataset):
 
     def __init__(self, split, img_size, cache_root=None, workers=None, announce=print):
         self.split, self.size = split, int(img_size)
-        self.cache = open_cache(split, self.size, cache_root or CACHE_ROOT, workers, announce)
+        self.cache = open_cache(split, self.size, cache_root, workers, announce)
         self.labels = {"has_mask": torch.from_numpy(self.cache.mask_rows >= 0),     # (N, ...) tensors
                        **input_labels(split, np.arange(len(split)), self.cache.affines)}
 

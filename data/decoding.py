@@ -4,6 +4,7 @@ from PIL import Image
 
 from core import geometry
 from core.common import UserError
+from core.picture_files import open_as_shown
 
 
 def decode_image(path, size, mode="RGB"):
@@ -12,13 +13,13 @@ def decode_image(path, size, mode="RGB"):
     Returns (pixels uint8 (size, size, 3) or (size, size) for mode 'L', affine (2, 3) original -> input).
     """
     try:
-        with Image.open(path) as image:
-            image = image.convert(mode)
+        image, reduction = open_as_shown(path, mode, fit=size)   # reduction: the picture's pixels -> image's
     except FileNotFoundError:
         raise UserError(f"image {path} is missing; re-extract the dataset") from None
     except OSError as err:  # PIL raises OSError subclasses for truncated or unreadable files
         raise UserError(f"cannot decode image {path} ({err}); replace it with the file from the dataset "
                         f"archive") from None
+    affine = input_affine(image.size, reduction, size)
     x0, y0, side = geometry.square_box(*image.size)
     if image.size != (side, side):
         canvas = Image.new(mode, (side, side))
@@ -26,7 +27,13 @@ def decode_image(path, size, mode="RGB"):
         image = canvas
     if side != size:
         image = image.resize((size, size), Image.BILINEAR)  # antialiased; pixel areas map as in the codec
-    return np.asarray(image), geometry.crop_resize_affine((x0, y0, side), size)
+    return np.asarray(image), affine
+
+
+def input_affine(decoded_size, reduction, size):
+    """The affine (2, 3) from a picture's pixels to the size x size input that ``decode_image`` makes of it: the
+    picture decoded at ``decoded_size`` (``reduction`` maps to that scale), fitted into the square."""
+    return geometry.compose_affine(geometry.crop_resize_affine(geometry.square_box(*decoded_size), size), reduction)
 
 
 def decode_mask(path, size):

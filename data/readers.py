@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from core import locations
 from core.common import UserError, atomic_write
+from core.json_files import json_text
 
 VAL_SPLIT_FILE = "val_split.json"
 VAL_FRACTION = 0.05
@@ -209,33 +211,43 @@ def fold_val_ids(ann_ids, folds, fold):
 
 
 def load_or_make_val_split(root, n_annotations, fraction=VAL_FRACTION, seed=VAL_SEED):
-    """Annotation ids held out for validation: made once, saved in ``root``, reused by every script."""
-    path = Path(root) / VAL_SPLIT_FILE
-    if path.is_file():
-        try:
-            with open(path) as f:
-                saved = json.load(f)
-            count, val = saved["num_annotations"], np.asarray(saved["val_ann_ids"], dtype=np.int64)
-        except (ValueError, KeyError, TypeError) as err:
-            raise UserError(f"{path} is damaged ({type(err).__name__}: {err}); delete it to make a new split "
-                            f"(the same seed makes the same split)") from None
-        if count != n_annotations:
-            raise UserError(f"{path} was made for {count} annotations, the dataset has {n_annotations}; delete "
-                            f"{path} to make a new split")
-        if val.ndim != 1 or len(val) == 0 or val.min() < 0 or val.max() >= n_annotations:
-            raise UserError(f"{path} lists annotation ids outside 0..{n_annotations - 1}; delete it to make a new "
-                            f"split")
-        return val
+    """Annotation ids held out for validation: made once, saved where the project writes (``data.derived``, never
+    in ``root``), reused by every script. A val_split.json that an older version saved in ``root`` is still read."""
+    from data.derived import derived_folder, prune_gone
+    for path in (Path(root) / VAL_SPLIT_FILE, derived_folder(root) / VAL_SPLIT_FILE):
+        if path.is_file():
+            return _read_val_split(path, n_annotations)
     from sklearn.model_selection import GroupShuffleSplit
     hands = np.arange(n_annotations)   # one annotation per hand: its image versions follow it to the same side
     n_val = max(1, round(n_annotations * fraction))
     splitter = GroupShuffleSplit(n_splits=1, test_size=n_val, random_state=seed)
     val = np.sort(next(splitter.split(hands, groups=hands))[1])
-    record = {"num_annotations": n_annotations, "fraction": fraction, "seed": seed, "val_ann_ids": val.tolist()}
+    record = {"num_annotations": n_annotations, "fraction": fraction, "seed": seed, "val_ann_ids": val.tolist(),
+              "data_root": str(Path(root).resolve())}
     try:
+        prune_gone()
+        path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as tmp:
-            tmp.write_text(json.dumps(record))
+            tmp.write_text(json_text(record))
     except OSError as err:
-        raise UserError(f"cannot save the validation split to {path} ({err.strerror}); "
-                        f"make the data folder writable") from None
+        raise UserError(f"cannot save the validation split to {path} ({err.strerror}); make that folder "
+                        f"writable or move the cache with {locations.setting('cache')}") from None
+    return val
+
+
+def _read_val_split(path, n_annotations):
+    """The annotation ids a saved val_split.json holds, checked against the dataset's count."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        count, val = saved["num_annotations"], np.asarray(saved["val_ann_ids"], dtype=np.int64)
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path} is damaged ({type(err).__name__}: {err}); delete it to make a new split "
+                        f"(the same seed makes the same split)") from None
+    if count != n_annotations:
+        raise UserError(f"{path} was made for {count} annotations, the dataset has {n_annotations}; delete "
+                        f"{path} to make a new split")
+    if val.ndim != 1 or len(val) == 0 or val.min() < 0 or val.max() >= n_annotations:
+        raise UserError(f"{path} lists annotation ids outside 0..{n_annotations - 1}; delete it to make a new "
+                        f"split")
     return val

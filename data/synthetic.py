@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from core.common import UserError, atomic_write, cli, fork_pool, progress, usable_cores
 from core.geometry import BONES
 from core.geometry import ROOT_JOINT, SCALE_BONE, bone_length, project
+from core.json_files import json_text
 from data.hand_model import WRIST_STUB_M, rotation, sample_hand
 
 # --- Camera, rendering and output --------------------------------------------------------------------------
@@ -229,7 +230,7 @@ def _write_sample(task):
 
 
 def _write_json(path, value):
-    path.write_text(json.dumps(value, separators=(",", ":")))
+    path.write_text(json_text(value, separators=(",", ":")))
 
 
 def settings(n_train, n_eval, seed, size, versions):

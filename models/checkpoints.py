@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 import models
-from core.common import RUNS_ROOT, UserError
+from core import locations
+from core.common import UserError
 
 FORMAT_VERSION = 1
 
@@ -54,11 +55,13 @@ def build_model(state, expect_arch=None):
     return model.eval()
 
 
-def newest_checkpoint(name="best.pt", runs_root=RUNS_ROOT, hint="or pass --ckpt PATH"):
-    """The most recently written ``runs/*/name``; a UserError ending in ``hint`` when there is none."""
+def newest_checkpoint(name="best.pt", runs_root=None, hint="or pass --ckpt PATH"):
+    """The most recently written ``RUNS/*/name`` (default: the runs root); a UserError ending in ``hint`` when
+    there is none."""
+    runs_root = runs_root or locations.root("runs")
     candidates = sorted(Path(runs_root).glob(f"*/{name}"), key=lambda p: p.stat().st_mtime)
     if not candidates:
-        raise UserError(f"no {Path(runs_root).name}/*/{name} found; train a model first "
+        raise UserError(f"no {Path(runs_root)}/*/{name} found; train a model first "
                         f"(`python train.py --arch effb4_1d`) {hint}")
     return candidates[-1]
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize
 
-from core.common import SUBMISSIONS_ROOT, UserError, progress
+from core import locations
+from core.common import UserError, progress
 from core.geometry import ROOT_JOINT
 from data import existing_data_root, resolve_or_generate_data_root
 from data.joints import detect_order
@@ -15,6 +16,7 @@ from data.readers import detect_layout, load_all_training, load_split
 from scoring import metrics
 from scoring.report import labels_for, rows_of
 from uploads.joint_checks import check_joint_order
+from uploads.provenance import check_made_on, check_same_data_root
 from uploads.records import load_predictions
 
 
@@ -36,6 +38,23 @@ def check_same_images(records, paths):
             row = int(np.flatnonzero(record["ids"] != first["ids"])[0])
             raise UserError(f"{pair} differ in image ids from row {row} (id {first['ids'][row]} vs "
                             f"{record['ids'][row]}); they were made on different data")
+
+
+def check_given_once(files, option):
+    """No file of ``files`` (given to ``option``) is named twice, by any spelling of its path."""
+    resolved = [Path(path).resolve() for path in files]
+    for i, path in enumerate(resolved):
+        if path in resolved[:i]:
+            raise UserError(f"{option}: {files[resolved.index(path)]} and {files[i]} are one file given twice; "
+                            f"give each file once")
+
+
+def check_members_made_on(records, paths, data_root=None):
+    """The members record one data root, and, with ``data_root`` (--data-root) given, were made on that dataset."""
+    check_same_data_root(records, paths)
+    for record, path in zip(records, paths):
+        if data_root and record.get("data_root"):
+            check_made_on(record, path, data_root, "member")
 
 
 def check_joint_orders(records, paths):
@@ -76,9 +95,10 @@ def normalised(weights, count):
     return weights / weights.sum()
 
 
-def default_members(folder=SUBMISSIONS_ROOT):
+def default_members(folder=None):
     """The newest predict.py output (.npz) of each run in ``folder``, for the dataset and split of the newest
-    such file."""
+    such file (default folder: the submissions root)."""
+    folder = folder or locations.root("submissions")
     newest_first = sorted(folder.glob("*.npz"), key=lambda path: path.stat().st_mtime, reverse=True)
     by_run, images = {}, None
     for path in newest_first:
@@ -138,6 +158,9 @@ def validation_set(records, file_sets, data_root):
     if len(common) == 0:
         raise UserError(f"--fit-weights: {', '.join(map(str, files))} share no validation image")
     root = resolve_or_generate_data_root(data_root or records[0].get("data_root") or None)
+    for member, file in zip(members, files):  # val_pred.npz records the data it validated on
+        if member.get("data_root"):
+            check_made_on(member, file, root, "--fit-weights: validation file")
     labelled = load_all_training(root) if detect_layout(root) == "freihand" else load_split(root, "val")
     if not labelled.labelled:
         raise UserError(f"--fit-weights: the val split of {root} has no labels")

@@ -10,7 +10,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 
 from core import geometry
 from core.common import UserError, progress, shown, unit_float
@@ -19,7 +18,9 @@ from core.geometry import warp_images
 from data.augment import parse_augs, resolve_options
 from core.geometry import BONES
 from data.joints import REFERENCE_BONES_MM, bone_lengths
+from data.decoding import input_affine
 from data.loader import to_device
+from core.picture_files import shown_layout
 from data.readers import detect_layout, load_split
 from models import prepare_images
 
@@ -228,8 +229,7 @@ def input_cameras(split, rows, size):
     of data.dataset.decode_image; only the image headers are read)."""
     affines = []
     for row in rows:
-        with Image.open(split.image_paths[row]) as image:
-            affines.append(geometry.crop_resize_affine(geometry.square_box(*image.size), size))
+        affines.append(input_affine(*shown_layout(split.image_paths[row], fit=size), size))
     return geometry.transform_K(np.stack(affines), split.K[rows])
 
 

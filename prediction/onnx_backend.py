@@ -69,11 +69,31 @@ class OnnxModel:
 
     def __init__(self, path, threads=None):
         import onnxruntime
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or usable_cores()
         options.log_severity_level = 3
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        unreadable = (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph,
+                      ort_errors.NoSuchFile, ort_errors.NotImplemented)
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except unreadable as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise UserError(f"{path} is not a readable ONNX model ({Path(path).stat().st_size} bytes; onnxruntime: "
+                            f"{first.split(' failed:')[-1].strip()})") from None
         self.metadata = self.session.get_modelmeta().custom_metadata_map
+
+    def check_io(self, path, img_size):
+        """The graph takes 'image' (batch, 3, S, S) at the checkpoint's ``img_size`` and gives 'uvd' (batch, 21, 3),
+        as export_graph writes it; else a UserError."""
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        shape = list(inputs[0].shape) if len(inputs) == 1 else None
+        if (len(inputs) != 1 or inputs[0].name != "image" or shape[1:] != [3, img_size, img_size]
+                or [o.name for o in outputs] != ["uvd"] or list(outputs[0].shape)[1:] != [21, 3]):
+            found = ", ".join(f"{i.name} {i.shape}" for i in inputs) + " -> " + ", ".join(
+                f"{o.name} {o.shape}" for o in outputs)
+            raise UserError(f"{path} maps {found}, not image [batch, 3, {img_size}, {img_size}] -> uvd [batch, 21, 3] "
+                            f"as exported from this checkpoint")
 
     def eval(self):
         return self
@@ -83,13 +103,19 @@ class OnnxModel:
         return torch.from_numpy(out).to(x.device)
 
 
-def load_onnx(ckpt, threads=None):
-    """The OnnxModel exported from ``ckpt``; a missing or stale file is a UserError saying how to export it."""
+def load_onnx(ckpt, threads=None, img_size=None):
+    """The OnnxModel exported from ``ckpt`` (its input checked against ``img_size`` when given); a missing, broken
+    or stale file is a UserError saying how to export it again."""
     path = onnx_path(ckpt)
     export_line = f"python predict.py --ckpt {ckpt} --export onnx"
     if not path.is_file():
         raise UserError(f"{path} not found: export the checkpoint first with `{export_line}`")
-    model = OnnxModel(path, threads)
+    try:
+        model = OnnxModel(path, threads)
+    except UserError as err:
+        raise UserError(f"{err}: export it again with `{export_line}`") from None
+    if img_size is not None:
+        model.check_io(path, img_size)
     if model.metadata.get(CHECKPOINT_KEY) != file_sha256(ckpt):
         raise UserError(f"{path} was not exported from the current {ckpt} (its weights changed since): export it "
                         f"again with `{export_line}`")

@@ -10,10 +10,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from core import geometry
 from core.common import UserError, atomic_write
+from core.json_files import json_text
+from core.picture_files import open_as_shown
 from data.readers import Split, check_cameras
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -42,9 +43,7 @@ def picture_sizes(files):
     sizes = []
     for path in files:
         try:
-            with Image.open(path) as image:
-                image.convert("RGB").load()
-                sizes.append(image.size)
+            sizes.append(open_as_shown(path)[0].size)       # as a viewer shows it: the EXIF orientation applied
         except OSError as err:  # PIL's error for a missing, truncated or non-image file
             raise UserError(f"cannot read picture {path} ({type(err).__name__}: {err}); it must be a JPEG or PNG "
                             f"picture: replace or remove it") from None
@@ -103,7 +102,7 @@ def write_joints(prefix, files, uv, xyz, K, camera_known, hand):
     json_path, npz_path = Path(f"{prefix}.json"), Path(f"{prefix}.npz")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(json_path) as tmp:
-        tmp.write_text(json.dumps({"joint_order": "freihand", "camera_known": camera_known, "pictures": entries},
+        tmp.write_text(json_text({"joint_order": "freihand", "camera_known": camera_known, "pictures": entries},
                                   indent=1))
     with atomic_write(npz_path) as tmp:
         with open(tmp, "wb") as handle:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from core.common import UserError, atomic_write
+from core.json_files import json_text
 from scoring import metrics
 
 METRIC_COLUMNS = {"pa_mpjpe_mm": "PA-MPJPE mm", "auc_0_50mm": "AUC 0-50mm", "f@5mm": "F@5mm",
@@ -69,7 +70,7 @@ def report_scores(prefix, xyz, gt, constant_shape_m=None, info=None):
     print(f"scores on {scores['n']} labelled images:\n{score_table(scores)}")
     path = Path(f"{prefix}.metrics.json")
     with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(scores, indent=2))
+        tmp.write_text(json_text(scores, indent=2))
     return path
 
 

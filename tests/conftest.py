@@ -1,3 +1,4 @@
+import os
 import shutil
 import signal
 
@@ -16,6 +17,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def write_locations_kept():
+    """A script's --cache-dir, --runs-dir, --submissions-dir or --synthetic-dir becomes its variable for the process
+    (core.locations.apply_flags): set back after each test, so no test moves another's roots."""
+    kept = {key: value for key, value in os.environ.items() if key.startswith("HANDPOSE_")}
+    yield
+    for key in [key for key in os.environ if key.startswith("HANDPOSE_")]:
+        if key not in kept:
+            del os.environ[key]
+    os.environ.update(kept)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -67,6 +80,25 @@ def hand_set(tmp_path_factory):
     for the tests that recognise a joint order from the bones (the marker sets' joints are random points)."""
     from data import synthetic
     return synthetic.generate(tmp_path_factory.mktemp("hand_set") / "set", 2, 12, seed=4, size=64, workers=1)
+
+
+@pytest.fixture(scope="session")
+def exported(marker_set, tmp_path_factory):
+    """A small hourglass's checkpoint trained on nothing (its BN statistics moved off their reset values), exported
+    to ONNX beside it by predict.py --export onnx."""
+    import predict
+    from models.checkpoints import load_checkpoint
+    from tests.checkpoints import TINY_HOURGLASS, write_checkpoint
+    from training.checkpoints import save_checkpoint
+    ckpt = write_checkpoint(tmp_path_factory.mktemp("runs") / "hg" / "best.pt", "hourglass_attn", marker_set,
+                            model=TINY_HOURGLASS)
+    state = load_checkpoint(ckpt)
+    torch.manual_seed(1)
+    state["model"] = {k: v + 0.05 * torch.randn_like(v) if k.endswith("running_mean") else v
+                      for k, v in state["model"].items()}                          # not a freshly reset BN
+    save_checkpoint(state, ckpt)
+    predict.main(["--ckpt", str(ckpt), "--export", "onnx", "--data-root", str(marker_set)])
+    return ckpt
 
 
 @pytest.fixture

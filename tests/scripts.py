@@ -85,3 +85,18 @@ def assert_one_line_error(code, err, *fragments):
 def leftovers(folder):
     """Files in ``folder`` whose names mark a temp file or a partial upload."""
     return sorted(p.name for p in folder.iterdir() if ".tmp" in p.name)
+
+
+def cuda_batch(root, size):
+    """The 12 first training samples of ``root`` at ``size`` px, loaded as training loads them: pinned, then copied
+    non_blocking to the GPU."""
+    import torch  # here, not above: conftest imports this module, and light test files need no loader
+
+    from data.dataset import make_dataset
+    from data.loader import make_loader, to_device
+    from data.readers import load_split
+    dataset = make_dataset(load_split(root, "train"), size, cache=False)
+    loader = make_loader(dataset, 12, train=False, workers=0, pin_memory=True)
+    batch = next(iter(loader))
+    assert batch["image"].is_pinned()
+    return to_device(batch, torch.device("cuda"))

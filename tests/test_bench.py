@@ -14,7 +14,7 @@ def test_bench_cpu_tiny_writes_one_figure_per_stage(marker_set_12, tmp_path, cap
         bench.main(["--device", "cpu", "--archs", "ghost_lite", "--recipes", "effb0_unet_64_cpu", "--img-size", "64",
                     "--model-size", "64", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--loader-batches", "2",
                     "--loader-seconds", "0", "--tta", "2", "--workers", "0", "--threads", "1",
-                    "--data-root", str(marker_set_12), "--cache-root", str(tmp_path / "cache"), "--out", str(out)])
+                    "--data-root", str(marker_set_12), "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
     finally:
         torch.set_num_threads(threads)
     result = json.loads(out.read_text())

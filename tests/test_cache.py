@@ -321,7 +321,7 @@ def test_list_and_clear_caches(fresh, tmp_path, monkeypatch, capsys):
     --all remove what they choose, never a cache a process reads."""
     root, cache_root, lines = fresh
     other = shutil.copytree(root, tmp_path / "other")
-    monkeypatch.setattr(caches, "CACHE_ROOT", cache_root)
+    monkeypatch.setenv("HANDPOSE_CACHE", str(cache_root))
     train_set = open_dataset(root, cache_root, lines)
     folders = {name: open_dataset(r, cache_root, lines, split=s).cache.folder
                for name, r, s in (("eval", root, "evaluation"), ("other", other, "train"))}

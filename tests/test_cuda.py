@@ -1,8 +1,8 @@
 """The CUDA path: ``pytest -m cuda``. Skipped (not failed) where no GPU is present (tests/conftest.py).
 
-Every test here runs a code path that only CUDA takes: AMP in bf16, channels_last on the GPU, kornia's warps on
-the device, pinned memory with non_blocking copies, cudnn.benchmark, NCCL under torchrun, and the scripts with
-``--device cuda``.
+Every test here runs a code path that only CUDA takes: AMP (bf16 or fp16, as core.precision picks for the GPU),
+channels_last on the GPU, kornia's warps on the device, pinned memory with non_blocking copies, cudnn.benchmark,
+NCCL under torchrun, and the scripts with ``--device cuda``.
 """
 import json
 import os
@@ -21,35 +21,26 @@ from training import recipes
 from training import runstate
 import train
 from models.checkpoints import load_checkpoint
+from core import precision
 from core.common import PROJECT_ROOT
-from data.dataset import make_dataset
-from data.loader import make_loader, to_device
-from data.readers import load_split
 from training.step import forward_loss, optimizer_step
 from training.optimization import make_optimizer
 from tests.markers import assert_on_marks, marker_batch
-from tests.scripts import act_at_forward, make_synthetic_set, run_main
+from tests.scripts import act_at_forward, cuda_batch, make_synthetic_set, run_main
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")
 TTA_TOLERANCE_PX = 0.05      # fp32 on both devices: cuDNN and the CPU sum in other orders
-TTA_AMP_TOLERANCE_PX = 1.0   # bf16 on the GPU (8 bits of mantissa) against fp32 on the CPU, at 64 px
+TTA_AMP_TOLERANCE_PX = 1.0   # AMP on the GPU (bf16: 8 bits of mantissa) against fp32 on the CPU, at 64 px
 SIZE = 128                   # px of the marker checks of the augmentation
 
 
-def cuda_batch(marker_set_12, size):
-    """The 12 marker samples at ``size`` px, loaded as training loads them: pinned, then copied non_blocking."""
-    dataset = make_dataset(load_split(marker_set_12, "train"), size, cache=False)
-    loader = make_loader(dataset, 12, train=False, workers=0, pin_memory=True)
-    batch = next(iter(loader))
-    assert batch["image"].is_pinned()
-    return to_device(batch, CUDA)
-
-
 @pytest.mark.parametrize("arch", models.list_models())
-def test_amp_bf16_training_step_of_every_arch(arch, marker_set_12):
-    """One step of the arch's recipe in bf16 autocast and channels_last: convolutions run in bf16, the loss is
+def test_amp_training_step_of_every_arch(arch, marker_set_12):
+    """One step of the arch's recipe with AMP and channels_last in the precision core.precision picks for this GPU
+    (bf16 from compute capability 8, else fp16 with its loss scaler): convolutions run in that dtype, the loss is
     finite, and the weights move."""
+    chosen = precision.choose(CUDA, amp=True)
     config = {**recipes.recipe_config(arch), "img_size": 64, "amp": True}
     model = models.create_model(arch, **config["model"]).to(CUDA, memory_format=torch.channels_last).train()
     optimizer = make_optimizer(model, config)
@@ -63,9 +54,10 @@ def test_amp_bf16_training_step_of_every_arch(arch, marker_set_12):
         loss, _ = forward_loss(model, batch, config, CUDA, channels_last=True)
     finally:
         hook.remove()
-    loss.backward()
-    optimizer_step(model, optimizer, torch.amp.GradScaler("cuda", enabled=False), grad_clip=1.0)
-    assert torch.isfinite(loss) and torch.bfloat16 in dtypes
+    scaler = chosen.grad_scaler()
+    scaler.scale(loss).backward()
+    optimizer_step(model, optimizer, scaler, grad_clip=1.0)
+    assert torch.isfinite(loss) and chosen.dtype in dtypes
     after = [p for p in model.parameters() if p.requires_grad]
     assert any(not torch.equal(a, b) for a, b in zip(after, before))
 

@@ -9,6 +9,7 @@ from core import geometry
 from core.common import PROJECT_ROOT, UserError
 from data import joints, resolve_or_generate_data_root, synthetic
 from data.dataset import HandDataset
+from data.derived import derived_folder
 from data.readers import VAL_SPLIT_FILE, detect_layout, load_split
 from tests.markers import label_errors, write_marker_dataset
 
@@ -53,10 +54,12 @@ def test_val_split_is_by_annotation_saved_and_reused(tmp_path):
     train, val = load_split(root, "train"), load_split(root, "val")
     assert len(train) + len(val) == 160 and len(val) == 4 * 2  # 5 % of 40 annotations, all 4 versions
     assert not set(train.ann_ids) & set(val.ann_ids)
-    saved = json.loads((root / VAL_SPLIT_FILE).read_text())
+    assert not (root / VAL_SPLIT_FILE).exists()  # never written into the data root
+    path = derived_folder(root) / VAL_SPLIT_FILE
+    saved = json.loads(path.read_text())
     assert sorted(saved["val_ann_ids"]) == sorted(set(val.ann_ids.tolist()))
     saved["val_ann_ids"] = [0, 1]
-    (root / VAL_SPLIT_FILE).write_text(json.dumps(saved))
+    path.write_text(json.dumps(saved))
     assert sorted(set(load_split(root, "val").ann_ids.tolist())) == [0, 1]  # reused, not re-drawn
 
 

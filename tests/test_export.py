@@ -1,28 +1,11 @@
 """ONNX export with parity (predict.py --export onnx) and onnxruntime as a prediction backend."""
 import numpy as np
 import pytest
-import torch
 
 from prediction import onnx_backend
-import predict
 from models.checkpoints import load_checkpoint
 from training.checkpoints import save_checkpoint
-from tests.checkpoints import TINY_HOURGLASS, write_checkpoint
 from tests.scripts import assert_one_line_error, leftovers, run_predict
-
-
-@pytest.fixture(scope="module")
-def exported(marker_set, tmp_path_factory):
-    """A small hourglass's checkpoint, exported beside it."""
-    ckpt = write_checkpoint(tmp_path_factory.mktemp("runs") / "hg" / "best.pt", "hourglass_attn", marker_set,
-                            model=TINY_HOURGLASS)
-    state = load_checkpoint(ckpt)
-    torch.manual_seed(1)
-    state["model"] = {k: v + 0.05 * torch.randn_like(v) if k.endswith("running_mean") else v
-                      for k, v in state["model"].items()}                          # not a freshly reset BN
-    save_checkpoint(state, ckpt)
-    predict.main(["--ckpt", str(ckpt), "--export", "onnx", "--data-root", str(marker_set)])
-    return ckpt
 
 
 @pytest.mark.slow

@@ -21,7 +21,6 @@ from training import step
 from prediction import inference
 import predict
 import train
-from training import rundir
 from models.checkpoints import load_checkpoint
 from core.common import PROJECT_ROOT, UserError
 from data.readers import load_split
@@ -185,7 +184,7 @@ def test_corrupt_config_json_when_resuming_by_arch_says_resume_by_out(finished_r
     broken = runs / "broken"
     subprocess.run(["cp", "-r", str(finished_run), str(broken)], check=True)
     (broken / "config.json").write_text("{not json")
-    monkeypatch.setattr(rundir, "RUNS_ROOT", runs)
+    monkeypatch.setenv("HANDPOSE_RUNS", str(runs))
     code, _, err = run_main(train.main, ["--arch", "ghost_lite", "--resume"], capsys)
     one_line_error(code, err, "config.json cannot be read", f"--out {broken} --resume")
 

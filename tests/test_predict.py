@@ -17,7 +17,7 @@ from scoring import metrics
 import models
 import predict
 from scoring.report import report_scores
-from uploads import naming, upload_files
+from uploads import upload_files
 from uploads.check import check_file
 from uploads.kinds import FORMATS
 from uploads.records import load_predictions
@@ -502,8 +502,8 @@ def test_defaults_newest_checkpoint_its_data_root_and_the_submission_split(marke
     runs = tmp_path / "runs"
     write_checkpoint(runs / "older" / "best.pt", "ghost_lite", marker_set)
     write_checkpoint(runs / "newer" / "best.pt", "ghost_lite", marker_set)
-    monkeypatch.setattr(predict, "RUNS_ROOT", runs)
-    monkeypatch.setattr(naming, "SUBMISSIONS_ROOT", tmp_path / "submissions")
+    monkeypatch.setenv("HANDPOSE_RUNS", str(runs))
+    monkeypatch.setenv("HANDPOSE_SUBMISSIONS", str(tmp_path / "submissions"))
     code, out, err = run_predict(["--workers", 0], capsys)
     assert code == 0, err
     prefix = tmp_path / "submissions" / "newer_evaluation_tta1"

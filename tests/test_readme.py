@@ -142,8 +142,7 @@ def test_the_readme_is_short_and_narrow():
 def test_every_local_link_of_the_readme_exists():
     links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", README.read_text())
     local = [link for link in links if "://" not in link]
-    # docs/notebooks.md comes with the Kaggle and SLURM page, written on another branch
-    missing = [link for link in local if not (ROOT / link).exists() and link != "docs/notebooks.md"]
+    missing = [link for link in local if not (ROOT / link).exists()]
     assert local and not missing, missing
 
 

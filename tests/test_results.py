@@ -47,7 +47,7 @@ def made(tmp_path, monkeypatch):
     gt = hands(30, rng)
     submissions = tmp_path / "submissions"
     submissions.mkdir()
-    monkeypatch.setattr(results, "SUBMISSIONS_ROOT", submissions)
+    monkeypatch.setenv("HANDPOSE_SUBMISSIONS", str(submissions))
     first = make_run(tmp_path, "first", seed=0, epochs=3, seconds=40.0, speed=150.0, val_mm=15.5, baseline_mm=21.0)
     second = make_run(tmp_path, "second", seed=1, epochs=2, seconds=30.0, speed=120.0, val_mm=16.0, baseline_mm=21.0)
     scores = {}

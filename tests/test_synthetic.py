@@ -204,7 +204,7 @@ def test_the_default_set_is_made_once_and_again_when_an_older_generator_made_it(
     import data
     root = tmp_path / "synthetic"
     monkeypatch.setattr(data, "DEFAULT_DATA_ROOT", tmp_path / "freihand")
-    monkeypatch.setattr(data, "SYNTHETIC_ROOT", root)
+    monkeypatch.setenv("HANDPOSE_SYNTHETIC", str(root))
     monkeypatch.setattr(data, "SYNTHETIC_DEFAULT", {"n_train": 3, "n_eval": 1, "seed": 0, "size": 64, "versions": 1})
     said = []
     assert data.resolve_or_generate_data_root(announce=said.append) == root and "generating" in said[-1]
@@ -224,7 +224,7 @@ def test_the_read_only_resolution_never_makes_or_deletes_the_set(tmp_path, monke
     import data
     root = tmp_path / "synthetic"
     monkeypatch.setattr(data, "DEFAULT_DATA_ROOT", tmp_path / "freihand")
-    monkeypatch.setattr(data, "SYNTHETIC_ROOT", root)
+    monkeypatch.setenv("HANDPOSE_SYNTHETIC", str(root))
     with pytest.raises(UserError, match="no current synthetic set"):
         data.existing_data_root()
     assert not root.exists()

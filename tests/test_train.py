@@ -385,6 +385,7 @@ STOPPING_SCRIPT = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
 import train
+from training import trainer
 real, calls = trainer.forward_loss, [0]
 def forward(*args, **kwargs):
     calls[0] += 1

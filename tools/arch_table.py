@@ -24,6 +24,7 @@ from training import recipes  # noqa: E402
 from data import resolve_or_generate_data_root  # noqa: E402
 from data.readers import load_split  # noqa: E402
 from scoring.report import current_keys  # noqa: E402
+from core.json_files import json_text  # noqa: E402
 
 # Schneider 2020's family with the shared head and with its paper head, then every other arch at its best
 ROWS = ("effb0_unet_64_cpu", "effb0_1d_64_cpu", "effb4_unet_64_cpu", "resnet34_unet_64_cpu", "resnet101_unet_64_cpu",
@@ -97,7 +98,7 @@ def head_of(config):
 
 
 def write_table(rows, out, minutes):
-    (out / "table.json").write_text(json.dumps(rows, indent=2))
+    (out / "table.json").write_text(json_text(rows, indent=2))
     lines = [f"| recipe | arch | head | epochs in {minutes:g} min | train min | train img/s | eval PA-MPJPE mm "
              f"(tta 10) | of constant shape | command |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -119,7 +120,7 @@ def main(argv=None):
     for row in todo:
         done.append(train_row(row, args.minutes, rates[row], train_images, args.tta, out, args.out))
         write_table(done, out, args.minutes)
-        print(json.dumps(done[-1]), flush=True)
+        print(json_text(done[-1]), flush=True)
 
 
 if __name__ == "__main__":

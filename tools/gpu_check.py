@@ -122,7 +122,7 @@ def bench(out, sizes, data_root):
                                 sizes["img_size"], "--img-size", sizes["img_size"], "--batch-size",
                                 sizes["batch_size"], "--steps", sizes["bench_steps"], "--tta", sizes["tta"],
                                 "--data-root", data_root, "--split", "train", "--max-images", 512,
-                                "--cache-root", out / "cache", "--out", result], out / "bench.log")
+                                "--cache-dir", out / "cache", "--out", result], out / "bench.log")
     figures = json.loads(result.read_text()) if code == 0 else {}
     return {"seconds": round(seconds, 1), "exit_status": code, **{k: figures.get(k) for k in (
         "machine", "stages", "augment_share", "loader_headroom")}}, code == 0

@@ -10,7 +10,6 @@ of real inputs, not of a reset network). Both backends predict every image of th
 16); the difference is the largest over all joints of u, v (input pixels) and of the root-relative depth (mm).
 """
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from data.readers import load_split  # noqa: E402
 from models.checkpoints import load_model, read_checkpoint  # noqa: E402
 from prediction.inference import predict_batch  # noqa: E402
 from prediction.onnx_backend import OnnxModel, export_graph, input_images, uvd_differences, within_tolerance  # noqa: E402
+from core.json_files import json_text  # noqa: E402
 
 BATCH = 16
 
@@ -89,13 +89,13 @@ def main(argv=None):
         trained.add(state["config"]["arch"])
         rows.append(parity_row(f"{state['config']['arch']} ({ckpt})", load_model(state, ckpt),
                                state["config"]["img_size"], split))
-        print(json.dumps(rows[-1]), flush=True)
+        print(json_text(rows[-1]), flush=True)
     for arch in models.list_models():
         if arch not in trained:
             size = cpu_recipe(arch)["img_size"]
             rows.append(parity_row(f"{arch} (untrained)", untrained(arch, input_images(split, size)), size, split))
-            print(json.dumps(rows[-1]), flush=True)
-    Path(args.out).write_text(json.dumps(rows, indent=2))
+            print(json_text(rows[-1]), flush=True)
+    Path(args.out).write_text(json_text(rows, indent=2))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.common import SUBMISSIONS_ROOT, UserError, atomic_write, cli, shown, usable_cores  # noqa: E402
+from core import locations  # noqa: E402
+from core.common import UserError, atomic_write, cli, shown, usable_cores  # noqa: E402
 from scoring.report import read_scores  # noqa: E402
 from training import recipes  # noqa: E402
 from training.config import CLI_KEYS  # noqa: E402
@@ -52,6 +53,7 @@ def parse_args(argv=None):
     add.add_argument("--note", default="")
     add.add_argument("--machine", help="what it ran on (default: this machine)")
     add.add_argument("--csv", type=Path, default=CSV)
+    locations.add_flags(add, "submissions")
     render = sub.add_parser("render", help="write docs/results.md from docs/results.csv")
     render.add_argument("--csv", type=Path, default=CSV)
     render.add_argument("--out", type=Path, default=MARKDOWN)
@@ -113,7 +115,7 @@ def run_metrics(run_dir, given):
     if given:
         return [(Path(path), read_scores(path)) for path in given]
     found = []
-    for path in sorted(SUBMISSIONS_ROOT.glob("**/*.metrics.json")):
+    for path in sorted(locations.root("submissions").glob("**/*.metrics.json")):
         scores = read_scores(path)
         ckpt = scores.get("ckpt")
         if ckpt and (ROOT / ckpt).resolve().parent == run_dir.resolve():
@@ -247,6 +249,7 @@ def render(args):
 @cli
 def main(argv=None):
     args = parse_args(argv)
+    locations.apply_flags(args, "submissions")
     add(args) if args.action == "add" else render(args)
 
 

@@ -10,6 +10,7 @@ import torch
 from core.common import atomic_write
 from models.checkpoints import FORMAT_VERSION, load_checkpoint
 
+
 def save_checkpoint(state, path):
     """Write ``state`` to ``path`` atomically: a reader sees the old file or the new one, never a partial one."""
     buffer = io.BytesIO()  # serialised in memory, then written by Python: a full disk is an OSError naming the
@@ -56,7 +57,7 @@ class CheckpointSaver:
     def save_best(self, state, val_xyz, val_ids):
         save_checkpoint(state, self.folder / "best.pt")
         with atomic_write(self.folder / "val_pred.npz") as tmp, open(tmp, "wb") as f:
-            np.savez(f, xyz=val_xyz, ids=val_ids, split="val")
+            np.savez(f, xyz=val_xyz, ids=val_ids, split="val", data_root=str(Path(self.config["data_root"]).resolve()))
 
     def keep_top_k(self, epoch, val_mm, weights):
         if self.top_k < 2:

@@ -34,6 +34,7 @@ RESUMABLE_OVERRIDES = ("device", "workers", "lr")   # what --resume may change: 
 # come from the decoded cache (the same pixels as the JPEGs)
 RESUMABLE_SET_KEYS = ("grad_clip", "checkpoint_minutes", "cache")
 NOT_SET = "(not set)"
+PRETRAINED_WORDS = ("auto", "imagenet", "none")   # --pretrained values that are not a path
 
 
 def announce(line):
@@ -109,7 +110,17 @@ def resolve_config(args):
         set_key(config, key, value)
         given.add(key.split(".")[0])
     validate_config(config)
+    resolve_paths(config)
     return config, given
+
+
+def resolve_paths(config):
+    """Paths are recorded resolved, so the run resumes from any folder and compares them as they are."""
+    for key in PATH_KEYS:
+        if config[key]:
+            config[key] = str(Path(config[key]).expanduser().resolve())
+    if config["pretrained"] not in PRETRAINED_WORDS:
+        config["pretrained"] = str(Path(config["pretrained"]).expanduser().resolve())
 
 
 def resume_config(args, folder):
@@ -228,6 +239,10 @@ def validate_config(config):
                         f"0..K-1")
     if config["fold"] and not config["folds"]:
         raise UserError(f"--fold {config['fold']} needs --folds K (the number of folds)")
+    needing_pseudo = [key for key in ("pseudo_weight", "pseudo_keep") if config[key] != CONFIG_DEFAULTS[key]]
+    if needing_pseudo and not config["pseudo_labels"]:
+        raise UserError(f"{', '.join(needing_pseudo)} set without --pseudo-labels PRED.npz, the predictions they "
+                        f"weigh: give the file, or drop {', '.join(needing_pseudo)}")
     if config["augs_final"] and not config["final_epochs"]:
         raise UserError("augs_final is set but final_epochs=0: give --set final_epochs=N, or drop augs_final")
     check_model_options(config)

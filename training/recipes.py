@@ -41,7 +41,7 @@ CONFIG_DEFAULTS = {
     "device": "auto",
     "seed": 0,
     "workers": -1,                  # data-loading processes; -1 = sized to the machine
-    "amp": True,                    # mixed precision on CUDA (bf16 where supported)
+    "amp": True,                    # mixed precision on CUDA (core.precision: bf16 or fp16)
     "channels_last": True,          # NHWC memory layout (faster on CUDA and on the CPU)
     "compile": False,               # torch.compile the model
     "cache": True,                  # decode JPEGs once into a uint8 memory map (data/cache/)

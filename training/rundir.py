@@ -10,7 +10,8 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from core.common import RUNS_ROOT, UserError, check_writable, ensure_writable_folder, remove_stale_temps
+from core import locations
+from core.common import UserError, check_writable, ensure_writable_folder, remove_stale_temps
 from training import runstate
 from models.checkpoints import load_checkpoint, newest_checkpoint
 
@@ -23,12 +24,12 @@ def run_folder(args, config):
         return Path(args.out)
     if args.resume:
         if not args.arch:
-            return newest_checkpoint("last.pt", RUNS_ROOT, hint="or pass --out RUN_FOLDER").parent
+            return newest_checkpoint("last.pt", hint="or pass --out RUN_FOLDER").parent
         return _newest_run_of(args.arch)
     fold = f"_fold{config['fold']}of{config['folds']}" if config["folds"] else ""
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")  # torchrun --rdzv-id: the same after a restart
     stamp = run_id if run_id != "none" else f"{datetime.now():%Y%m%d-%H%M%S}"
-    return RUNS_ROOT / f"{config['recipe']}{fold}_{stamp}"
+    return locations.root("runs") / f"{config['recipe']}{fold}_{stamp}"
 
 
 def _saved_arch(last_pt):
@@ -41,9 +42,10 @@ def _saved_arch(last_pt):
 
 
 def _newest_run_of(arch):
-    runs = sorted((p for p in RUNS_ROOT.glob("*/last.pt") if _saved_arch(p) == arch), key=lambda p: p.stat().st_mtime)
+    runs_root = locations.root("runs")
+    runs = sorted((p for p in runs_root.glob("*/last.pt") if _saved_arch(p) == arch), key=lambda p: p.stat().st_mtime)
     if not runs:
-        raise UserError(f"no run of {arch} with a last.pt in {RUNS_ROOT.name}/ to resume; start one without "
+        raise UserError(f"no run of {arch} with a last.pt in {runs_root}/ to resume; start one without "
                         f"--resume or pass --out RUN_FOLDER")
     return runs[-1].parent
 
@@ -133,7 +135,7 @@ def validation_files(record, path, explicit=None):
     return files
 
 
-RUN_ONLY_KEYS = ("fold", "device", "workers", "checkpoint_minutes", "cache")  # config keys that may differ
+RUN_ONLY_KEYS = ("fold", "device", "workers", "checkpoint_minutes", "cache", "precision")  # config keys that may differ
 # between the runs of one fold set
 
 

@@ -8,7 +8,8 @@ import torch
 
 import models
 from core import geometry
-from core.common import SYNTHETIC_ROOT, UserError, shown
+from core import locations, precision
+from core.common import UserError, shown
 from data import augment, resolve_or_generate_data_root
 from data.dataset import make_dataset
 from data.joints import bone_ratios
@@ -22,6 +23,7 @@ from training.config import apply_cpu_budget, resolve_config, resume_config
 from training.distributed import barrier, init_distributed
 from training.rundir import check_new_run_folder, elastic_restart, run_folder
 from training.runstate import EpochPosition, Progress, RunParts, RunSetup, seed_everything
+from uploads.provenance import check_made_on, check_plausible_hands
 from uploads.records import load_predictions
 
 
@@ -30,6 +32,7 @@ def set_up(args):
     parts' states and the progress restored from last.pt when it resumes."""
     config, folder, resume_state, given = resolve_run(args)
     rank, world_size, device = init_distributed(config["device"])
+    config["precision"] = precision.choose(device, config["amp"]).name  # recorded in config.json and summary.json
     announce = print if rank == 0 else (lambda *_: None)
     data_root = locate_data(config, rank, world_size, announce)
     if resume_state is None:
@@ -43,7 +46,8 @@ def set_up(args):
                      val_set=val_set)
     announce(f"{config['recipe']}: {config['arch']} ({parts.params / 1e6:.2f} M params), {len(train_set)} training "
              f"/ {len(val_set)} validation images from {shown(data_root)}, {config['img_size']} px, batch "
-             f"{config['batch_size']}{f' x {world_size} processes' if world_size > 1 else ''}, {device}, run folder "
+             f"{config['batch_size']}{f' x {world_size} processes' if world_size > 1 else ''}, {device} "
+             f"({precision.choose(device, config['amp']).describe()}), run folder "
              f"{shown(folder)}; the constant-shape baseline (one hand for all) scores {setup.constant_shape_mm:.2f} mm "
              f"PA-MPJPE on validation")
     if resume_state is not None:
@@ -98,7 +102,7 @@ def locate_data(config, rank, world_size, announce):
 def settle_new_run(args, config, given, data_root, device, rank, announce):
     """A new run's last config decisions (the CPU budget on the synthetic set, which weights) and its folder,
     checked before any work."""
-    synthetic = Path(data_root).resolve() == SYNTHETIC_ROOT.resolve()
+    synthetic = Path(data_root).resolve() == locations.root("synthetic").resolve()
     if synthetic and device.type == "cpu":
         apply_cpu_budget(config, given, announce)
     if config["pretrained"] == "auto":
@@ -130,7 +134,14 @@ def load_datasets(config, data_root, world_size, announce):
 def with_pseudo_labels(train_set, config, data_root, announce):
     """The training set joined by the pseudo-labelled images of config['pseudo_labels'] (data/pseudo.py)."""
     path = config["pseudo_labels"]
-    split, info = pseudo_split(load_predictions(path), path, data_root, config["pseudo_keep"])
+    if config.get("pseudo_labels_sha256") and not Path(path).is_file():  # a resumed run's file is gone
+        raise UserError(f"--pseudo-labels {path} is gone, and this run trains on that file (sha256 "
+                        f"{config['pseudo_labels_sha256'][:12]}): restore it to resume (new predictions would differ "
+                        f"from it), or start a new run")
+    record = load_predictions(path)
+    check_made_on(record, path, data_root, "--pseudo-labels")
+    check_plausible_hands(record["xyz"], record["ids"], f"--pseudo-labels {path}")
+    split, info = pseudo_split(record, path, data_root, config["pseudo_keep"])
     announce(f"pseudo-labels: {info['kept']} of {info['images']} images of the {info['split']} split labelled by "
              f"{path} (sha256 {info['sha256'][:12]}), loss weight {config['pseudo_weight']:g}")
     if config.setdefault("pseudo_labels_sha256", info["sha256"]) != info["sha256"]:  # a resumed run's file changed
@@ -158,7 +169,7 @@ def build_parts(config, device, rank, world_size, train_set, val_set, resume_sta
     if steps_per_epoch < 1:
         raise UserError(f"an epoch of {len(train_loader)} batches is less than one optimiser step of "
                         f"accumulate={config['accumulate']} batches; lower --set accumulate")
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda and config["amp"] and not torch.cuda.is_bf16_supported())
+    scaler = precision.choose(device, config["amp"]).grad_scaler()
     scheduler = optimization.make_scheduler(optimizer, config, steps_per_epoch)
     ema = optimization.make_ema(model, config)
     parts = RunParts(model=model, wrapped=model, ema=ema, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
@@ -192,7 +203,8 @@ def restore_parts(parts, state, config):
     saved_lr = state["config"]["lr"]
     if config["lr"] != saved_lr:
         optimization.rescale_lr(parts.optimizer, parts.scheduler, config["lr"] / saved_lr)
-    parts.scaler.load_state_dict(state["scaler"])
+    if state["scaler"] and parts.scaler.is_enabled():  # empty from a run without fp16 (another GPU, the CPU)
+        parts.scaler.load_state_dict(state["scaler"])
 
 
 def restored_progress(state, config, steps_per_epoch, folder):

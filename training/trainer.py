@@ -3,7 +3,6 @@ and trains; ``Trainer`` holds the typed run state (``runstate``) and the things 
 saver, TensorBoard, the stop signals). Inside the epochs SIGINT and SIGTERM stop the run after the step in progress,
 with a last.pt that continues it exactly."""
 import contextlib
-import json
 import shutil
 import time
 
@@ -15,6 +14,7 @@ from tqdm import tqdm
 from core.common import (EXIT_INTERRUPTED, EXIT_TERMINATED, Interrupted, Terminated, UserError, atomic_write,
                          shown)
 from core.common import progress as progress_bar  # ``progress`` in training/ is the run state (runstate.Progress)
+from core.json_files import json_text
 from data.loader import shut_down, to_device
 from prediction.inference import camera_joints, predict_loader
 from scoring import metrics
@@ -71,7 +71,7 @@ class Trainer:
         setup, config, position = self.setup, self.config, self.progress.position
         if setup.rank == 0:
             with atomic_write(setup.folder / "config.json") as tmp:
-                tmp.write_text(json.dumps(config, indent=2))
+                tmp.write_text(json_text(config, indent=2))
         self.tb = runlog.TensorBoardLog(setup.folder, enabled=setup.rank == 0, purge_step=self.progress.epoch *
                                         self.parts.steps_per_epoch + (position.batches // config["accumulate"]
                                                                       if position else 0))
@@ -301,9 +301,10 @@ class Trainer:
                    "val_constant_shape_mm": baseline,
                    "best_val_fraction_of_constant_shape": best["val_pa_mpjpe_mm"] / baseline,
                    "train_images_per_s": float(np.mean(speeds)) if speeds else None,
-                   "img_size": config["img_size"], "world_size": setup.world_size, **extra}
+                   "img_size": config["img_size"], "world_size": setup.world_size,
+                   "precision": config.get("precision"), **extra}
         with atomic_write(setup.folder / "summary.json") as tmp:
-            tmp.write_text(json.dumps(summary, indent=2))
+            tmp.write_text(json_text(summary, indent=2))
         print(f"done: best validation PA-MPJPE {summary['best_val_pa_mpjpe_mm']:.2f} mm at epoch "
               f"{summary['best_epoch']} = {summary['best_val_fraction_of_constant_shape']:.0%} of the constant-shape "
               f"baseline ({baseline:.2f} mm); {shown(setup.folder / 'best.pt')}"

@@ -2,14 +2,15 @@
 --joint-order ask for."""
 from pathlib import Path
 
-from core.common import SUBMISSIONS_ROOT, UserError, check_writable
+from core import locations
+from core.common import UserError, check_writable
 from data.joints import ORDERS
 from uploads.kinds import FORMATS, KINDS
 
 
 def output_prefix(out, default_name):
-    """PREFIX from --out (a known suffix such as .zip is dropped), else SUBMISSIONS_ROOT/default_name."""
-    prefix = Path(out) if out else SUBMISSIONS_ROOT / default_name
+    """PREFIX from --out (a known suffix such as .zip is dropped), else the submissions root / default_name."""
+    prefix = Path(out) if out else locations.root("submissions") / default_name
     for kind in KINDS.values():
         if prefix.name.endswith(kind.suffix):
             prefix = prefix.with_name(prefix.name[:-len(kind.suffix)])

@@ -10,6 +10,7 @@ from core.common import UserError
 from data import existing_data_root
 from data.readers import detect_layout, load_split, submission_split
 from uploads.joint_checks import check_joints
+from uploads.provenance import check_made_on, check_metres, check_spread
 
 REQUIRED_RECORD_KEYS = ("xyz", "ids", "split")
 
@@ -64,6 +65,8 @@ def load_predictions(path):
     record = {key: value.item() if value.ndim == 0 else value for key, value in record.items()}
     record["xyz"], record["ids"] = record["xyz"].astype(np.float64), record["ids"].astype(np.int64)
     validate_predictions(record["xyz"], record["ids"], str(path))
+    check_metres(record["xyz"], str(path))
+    check_spread(record, path)
     return record
 
 
@@ -82,6 +85,8 @@ def check_record(path, kind, order, data_root, split_name):
     """--check of a prediction file: (the OK line's start, the joint check's notes); its ids checked against the
     split when one is known."""
     record = load_predictions(path)
+    if data_root and record.get("data_root"):
+        check_made_on(record, path, existing_data_root(data_root), "prediction file")
     split = expected_split(data_root, split_name, record)
     if split is not None:
         validate_predictions(record["xyz"], record["ids"], str(path), expected_ids=split.image_ids)

@@ -10,6 +10,7 @@ import numpy as np
 
 from core import geometry
 from core.common import UserError
+from core.json_files import json_text
 from data.joints import from_freihand
 from uploads.joint_checks import check_joints
 from uploads.records import expected_split
@@ -23,7 +24,7 @@ DECIMALS_M, DECIMALS_MM = 7, 4       # written precision: 0.1 micrometre either 
 # --- writers ------------------------------------------------------------------------------------------------
 
 def json_array(values, decimals):
-    return json.dumps(np.round(np.asarray(values, np.float64), decimals).tolist())
+    return json_text(np.round(np.asarray(values, np.float64), decimals).tolist())
 
 
 def mesh_placeholder(xyz):
