@@ -238,7 +238,8 @@ def validation_calibration(run_dir, config, stats):
     of the data it trained on, or None; a line saying which)."""
     path, root = Path(run_dir) / "val_pred.npz", config.get("data_root")
     where = shown(path)
-    plain = "bone lengths as the training labels have them"
+    plain = ("bone lengths as the training labels have them" if "bone_ratio_mean" in stats
+             else "bone lengths as the reference hand has them")
     if not path.is_file() or not root or detect_layout(root) is None:
         missing = where if not path.is_file() else f"its training data {shown(root) if root else '(none recorded)'}"
         return None, f"{plain} ({missing} not found to calibrate)"

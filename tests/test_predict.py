@@ -610,6 +610,7 @@ def test_checkpoints_record_the_training_bone_ratios_and_older_ones_are_announce
         code, out, err = run_predict(["--ckpt", ckpt, "--tta", 1, "--out", tmp_path / name, "--workers", 0], capsys)
         assert code == 0, err
         assert ("records no bone ratios" in out) == (name == "old")
+        assert ("bone lengths as the reference hand has them" in out) == (name == "old")
     # the training hands drawn exactly: their own ratios put them nearer their depth than the reference hand's
     predictions = {"uvd": geometry.xyz_to_uvd(split.xyz, split.K), "K": split.K, "bone_length": split.scale}
     truth = split.xyz[:, geometry.ROOT_JOINT, 2]
