@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from core import geometry
-from core import locations, precision
+from core import locations, messages, precision
 from core.common import UserError, check_minimums, cli, shown
 from core.device import resolve_device
 from core.pictures import save_pictures
@@ -81,12 +81,14 @@ from uploads.kinds import MP21_ORDER
 from uploads.naming import output_prefix, resolve_format
 from uploads.writing import write_outputs, written_line
 
+log = messages.logger(__name__)
+
 BACKENDS = ("torch", "onnxruntime")
 
 
 # --- data and options ------------------------------------------------------------------------------------------
 
-def resolve_root(data_root, config, announce=print):
+def resolve_root(data_root, config):
     """--data-root, else the checkpoint's training data root while it holds a dataset, else the default."""
     if data_root:
         return resolve_or_generate_data_root(data_root)
@@ -94,8 +96,8 @@ def resolve_root(data_root, config, announce=print):
     if trained_on and detect_layout(trained_on) is not None:
         return Path(trained_on)
     if trained_on:
-        announce(f"the checkpoint's data root {trained_on} holds no dataset now; using the default")
-    return resolve_or_generate_data_root(None, announce)
+        log.info(f"the checkpoint's data root {trained_on} holds no dataset now; using the default")
+    return resolve_or_generate_data_root(None)
 
 
 def root_depth_source(split, stats):
@@ -146,6 +148,7 @@ def parse_args(argv=None):
                    help="with --images: left mirrors each picture, predicts a right hand and mirrors the joints "
                         "back")
     locations.add_flags(p, "runs", "submissions", "cache", "synthetic")
+    messages.add_quiet_flag(p)
     return p.parse_args(argv)
 
 
@@ -190,8 +193,8 @@ def predict_split(model, split, config, args, device, mirror=False):
     max_deg = args.tta_range if args.tta_range is not None else training_rotation(config)
     spread = "the full circle" if max_deg >= 180.0 else f"+-{max_deg:g} degrees"
     engine = "onnxruntime" if args.backend == "onnxruntime" else precision.choose(device, amp).describe()
-    print(f"predicting {len(split)} images on {device} ({engine}{', channels_last' if channels_last else ''}), "
-          f"TTA over {args.tta} rotation{'s' * (args.tta > 1)}" + (f" spread over {spread}" if args.tta > 1 else ""))
+    log.info(f"predicting {len(split)} images on {device} ({engine}{', channels_last' if channels_last else ''}), "
+             f"TTA over {args.tta} rotation{'s' * (args.tta > 1)}" + (f" spread over {spread}" if args.tta > 1 else ""))
     return predict_loader(model, loader, device, args.tta, amp, channels_last, desc=f"predict {split.name}",
                           max_deg=max_deg, mirror=mirror)
 
@@ -202,8 +205,8 @@ def camera_joints_of(predictions, stats, calibration):
     if fell_back.any():
         fallback = ("the depth the crop's framing gives" if calibration
                     else f"the training mean, {stats['root_depth_m']:.3f} m")
-        print(f"warning: {fell_back.sum()} of {len(depth)} predictions put every joint on one camera ray (an "
-              f"untrained model?); their root depth is {fallback}")
+        log.warning(f"{fell_back.sum()} of {len(depth)} predictions put every joint on one camera ray (an "
+                    f"untrained model?); their root depth is {fallback}")
     return geometry.uvd_to_xyz(predictions["uvd"], predictions["K"], depth)
 
 
@@ -215,9 +218,9 @@ def export_onnx(model, ckpt, config, args):
     images = input_images(split, config["img_size"])
     predict = lambda net, x: predict_batch(net, x, channels_last=False).numpy()
     path, uv_px, depth_mm = export_with_parity(model.float().eval(), ckpt, config["img_size"], images, predict)
-    print(f"wrote {shown(path)}: onnxruntime agrees with PyTorch on {len(images)} images of the {split.name} split "
-          f"within {uv_px:.2g} px (u, v) and {depth_mm:.2g} mm (depth); tolerance {TOLERANCE_UV_PX} px, "
-          f"{TOLERANCE_DEPTH_MM} mm")
+    log.info(f"wrote {shown(path)}: onnxruntime agrees with PyTorch on {len(images)} images of the {split.name} split "
+             f"within {uv_px:.2g} px (u, v) and {depth_mm:.2g} mm (depth); tolerance {TOLERANCE_UV_PX} px, "
+             f"{TOLERANCE_DEPTH_MM} mm")
 
 
 def predict_pictures(model, ckpt, config, stats, args):
@@ -230,15 +233,15 @@ def predict_pictures(model, ckpt, config, stats, args):
     name = Path(args.images[0]).stem if len(args.images) == 1 else "images"
     prefix = output_prefix(args.out, f"{ckpt.resolve().parent.name}_{name}_{args.hand}_tta{args.tta}")
     calibration, calibration_line = validation_calibration(ckpt.resolve().parent, config, stats)
-    print(f"{len(files)} pictures, {args.hand} hand{'s' * (len(files) > 1)}; camera: "
-          + ("given" if camera_known else f"unknown (focal {DEFAULT_FOCAL_PER_SIDE} x the longer side, centred; "
-                                          f"no camera-space joints)") + f"; {calibration_line}")
+    log.info(f"{len(files)} pictures, {args.hand} hand{'s' * (len(files) > 1)}; camera: "
+             + ("given" if camera_known else f"unknown (focal {DEFAULT_FOCAL_PER_SIDE} x the longer side, centred; "
+                                             f"no camera-space joints)") + f"; {calibration_line}")
     predictions = predict_split(model, split, config, args, resolve_device(args.device), mirror=args.hand == "left")
     xyz = camera_joints_of(predictions, stats, calibration)
     written = write_joints(prefix, files, geometry.project(xyz, K), xyz, K, camera_known, args.hand)
-    print(f"wrote {' and '.join(str(shown(p)) for p in written)}")
+    log.info(f"wrote {' and '.join(str(shown(p)) for p in written)}")
     if args.viz:
-        print(f"wrote {min(args.viz, len(files))} pictures to {shown(save_pictures(prefix, split, xyz, args.viz))}/")
+        log.info(f"wrote {min(args.viz, len(files))} pictures to {shown(save_pictures(prefix, split, xyz, args.viz))}/")
 
 
 def load_backend(state, ckpt, args):
@@ -251,6 +254,7 @@ def load_backend(state, ckpt, args):
 @cli
 def main(argv=None):
     args = parse_args(argv)
+    messages.set_quiet(args.quiet)
     locations.apply_flags(args, "runs", "submissions", "cache", "synthetic")
     if args.check:
         print(check_file(args.check, args.data_root, args.split, args.joint_order))
@@ -259,10 +263,10 @@ def main(argv=None):
     ckpt = Path(args.ckpt) if args.ckpt else newest_checkpoint("best.pt")
     state = read_checkpoint(ckpt)
     config, stats = state["config"], state["stats"]
-    print(f"checkpoint {shown(ckpt)}: {config['arch']}, {config['img_size']} px, epoch {state.get('epoch', '?')}")
+    log.info(f"checkpoint {shown(ckpt)}: {config['arch']}, {config['img_size']} px, epoch {state.get('epoch', '?')}")
     if "bone_ratio_mean" not in stats:  # written before checkpoints recorded them
-        print("the checkpoint records no bone ratios of its training labels: the root depth expects the reference "
-              "hand's (a run trained now records them)")
+        log.info("the checkpoint records no bone ratios of its training labels: the root depth expects the reference "
+                 "hand's (a run trained now records them)")
     if args.export:
         return export_onnx(load_model(state, ckpt), ckpt, config, args)
     model = load_backend(state, ckpt, args)
@@ -273,8 +277,8 @@ def main(argv=None):
     fmt, joint_order = resolve_format(args.format, args.joint_order, split.layout)
     prefix = output_prefix(args.out, f"{ckpt.resolve().parent.name}_{split.name}_tta{args.tta}")
     calibration, calibration_line = validation_calibration(ckpt.resolve().parent, config, stats)
-    print(f"data: the {split.name} split of {shown(root)} ({split.layout} layout)\n"
-          f"{root_depth_source(split, stats)}; {calibration_line}")
+    log.info(f"data: the {split.name} split of {shown(root)} ({split.layout} layout)\n"
+             f"{root_depth_source(split, stats)}; {calibration_line}")
 
     predictions = predict_split(model, split, config, args, resolve_device(args.device))
     xyz = camera_joints_of(predictions, stats, calibration)
@@ -284,13 +288,13 @@ def main(argv=None):
               "backend": args.backend,
               **({"constant_shape_m": np.asarray(stats["constant_shape_m"])} if "constant_shape_m" in stats else {})}
     npz, upload, notes = write_outputs(prefix, record, fmt, joint_order, expected_ids=split.image_ids)
-    print(written_line(f"wrote {shown(npz)} and the upload file {shown(upload)}", fmt, joint_order, notes))
+    log.info(written_line(f"wrote {shown(npz)} and the upload file {shown(upload)}", fmt, joint_order, notes))
     if split.labelled:
         info = {"split": split.name, "arch": config["arch"], "ckpt": str(ckpt), "tta": args.tta,
                 "backend": args.backend}
-        print(f"wrote {shown(report_scores(prefix, xyz, split.xyz, stats.get('constant_shape_m'), info))}")
+        log.info(f"wrote {shown(report_scores(prefix, xyz, split.xyz, stats.get('constant_shape_m'), info))}")
     if args.viz:
-        print(f"wrote {args.viz} pictures to {shown(save_pictures(prefix, split, xyz, args.viz))}/")
+        log.info(f"wrote {args.viz} pictures to {shown(save_pictures(prefix, split, xyz, args.viz))}/")
 
 
 if __name__ == "__main__":

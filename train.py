@@ -13,7 +13,7 @@ The trainer itself is the training/ package (config, setup, trainer, checkpoints
 import argparse
 
 import models
-from core import locations
+from core import locations, messages
 from core.common import cli, shown
 from data import augment
 from training import recipes
@@ -49,6 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue the run in --out (default: the newest run "
                                                          "of --arch) from its last.pt")
     locations.add_flags(p, "runs", "cache", "synthetic")
+    messages.add_quiet_flag(p)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any recipe key, e.g. loss.js1d=0.1, aug.rotate.max_deg=90, amp=false")
     return p.parse_args(argv)
@@ -57,6 +58,7 @@ def parse_args(argv=None):
 @cli
 def main(argv=None):
     args = parse_args(argv)
+    messages.set_quiet(args.quiet)
     locations.apply_flags(args, "runs", "cache", "synthetic")
     if args.list_archs:
         print_archs()

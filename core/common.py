@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from core import messages
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = PROJECT_ROOT / "data" / "freihand"   # where a downloaded dataset goes (git-ignored)
 # Where the project writes (caches, runs, submissions, the synthetic set): core.locations.
@@ -71,10 +73,11 @@ def one_line(err):
 def cli(main):
     """The error boundary of every script: run ``main`` and turn a UserError, or an OSError on a path (a full
     disk, a read-only folder), into one line on stderr and exit status 2, and Ctrl-C (SIGINT) or SIGTERM into one
-    line and exit status 130 or 143, without a traceback."""
+    line and exit status 130 or 143, without a traceback. Messages are written by the one handler it installs
+(core.messages)."""
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
-        with stop_signals_restored():
+        with stop_signals_restored(), messages.handler_installed():
             try:
                 with terminate_as_exception():
                     return main(*args, **kwargs)
@@ -294,7 +297,9 @@ class _PlainLines:
 def progress(iterable=None, desc="", total=None, unit="it", enabled=True, **kwargs):
     """A progress bar on stderr for a step that can take more than a few seconds. On a terminal, tqdm's live bar,
     cleared when done. Otherwise (a log file) quiet for steps shorter than PROGRESS_LOG_SECONDS, then one plain
-    line that often (done, total, rate, time left) and a last one at the end. ``enabled`` False: no output."""
+    line that often (done, total, rate, time left) and a last one at the end. ``enabled`` False, or the messages
+    quieted (--quiet): no output."""
+    enabled = enabled and not messages.quieted()
     if sys.stderr.isatty():
         return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, dynamic_ncols=True, mininterval=1,
                     disable=not enabled, **kwargs)

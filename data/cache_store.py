@@ -34,10 +34,13 @@ import numpy as np
 
 from core.common import UserError, atomic_write, fork_pool, progress, remove_stale_temps, shown, usable_cores
 from core.json_files import json_text
+from core.messages import logger
 from data.cache_files import (BUILD_LOCK, DATA_FILES, FORMAT_VERSION, MAKE_ROOM, MANIFEST, WITHOUT, amount, amounts,
                               cache_folder, dataset_digest, disk_bytes, file_record, has_masks, hold_in_use,
                               list_caches, stale_reason, unused)
 from data.decoding import decode_image, decode_mask
+
+log = logger(__name__)
 
 try:
     import fcntl
@@ -184,17 +187,17 @@ def build(folder, split, size, digest, workers=None):
     return seconds
 
 
-def _build_announced(folder, split, size, digest, reason, workers, announce):
+def _build_announced(folder, split, size, digest, reason, workers):
     """Build ``folder`` with a line before (what, why, how many GB of how many free, what other caches hold) and
     one after (time, GB on disk). A build that fails leaves nothing: its folder is removed."""
-    prune_orphans(folder.parent, announce)
+    prune_orphans(folder.parent)
     n_masks = int(has_masks(split).sum())
     others = [row["bytes"] for row in list_caches(folder.parent) if row["folder"] != folder]
     held = f"; {len(others)} other caches hold {amount(sum(others))}" if others else ""
     what = (f"decoding {len(split)} {split.name} images{f' and {n_masks} masks' if n_masks else ''} of "
             f"{shown(split.root)} once into {shown(folder)}/ ({size} px, {amount(needed_bytes(split, size))} "
             f"of the {amount(shutil.disk_usage(folder).free)} free{held})")
-    announce(what if reason == "not built" else f"cache {shown(folder)}/ is stale ({reason}): rebuilding; {what}")
+    log.info(what if reason == "not built" else f"cache {shown(folder)}/ is stale ({reason}): rebuilding; {what}")
     try:
         seconds = build(folder, split, size, digest, workers)
     except BaseException as err:
@@ -204,11 +207,11 @@ def _build_announced(folder, split, size, digest, reason, workers, announce):
                             f"partial cache was removed; free space ({MAKE_ROOM}), make it writable "
                             f"{WITHOUT}") from None
         raise
-    announce(f"cache {shown(folder)}/ built in {seconds:.1f} s ({len(split) / max(seconds, 1e-9):.0f} images/s): "
+    log.info(f"cache {shown(folder)}/ built in {seconds:.1f} s ({len(split) / max(seconds, 1e-9):.0f} images/s): "
              f"{amount(disk_bytes(folder))} on disk; {MAKE_ROOM}")
 
 
-def prune_orphans(cache_root, announce=print):
+def prune_orphans(cache_root):
     """Delete the caches under ``cache_root`` whose dataset root no longer exists (a moved dataset, a test's
     temporary folder): they can never be built again. One that a process still reads or builds is kept."""
     removed = 0
@@ -224,7 +227,7 @@ def prune_orphans(cache_root, announce=print):
                 shutil.rmtree(manifest.parent, ignore_errors=True)
                 removed += 1
     if removed:
-        announce(f"removed {removed} decoded-image cache{'s' * (removed > 1)} of datasets that no longer exist "
+        log.info(f"removed {removed} decoded-image cache{'s' * (removed > 1)} of datasets that no longer exist "
                  f"from {shown(cache_root)}/")
 
 
@@ -265,7 +268,7 @@ class DecodedCache:
         return {**self.__dict__, "_maps": None, "_in_use": None}
 
 
-def open_cache(split, size, cache_root=None, workers=None, announce=print):
+def open_cache(split, size, cache_root=None, workers=None):
     """The checked cache of ``split`` at ``size`` px; built first when missing, incomplete or stale (one line
     says which and why, one what it took). ``workers``: build processes (default: all cores)."""
     size = int(size)
@@ -284,5 +287,5 @@ def open_cache(split, size, cache_root=None, workers=None, announce=print):
                 continue
             reason = stale_reason(folder, digest, len(split))
             if reason is not None:
-                _build_announced(folder, split, size, digest, reason, workers, announce)
+                _build_announced(folder, split, size, digest, reason, workers)
             return DecodedCache(folder, len(split), size)  # in use before the build lock is released

@@ -11,8 +11,10 @@ from pathlib import Path
 
 from core import locations
 from core.common import UserError, check_minimums, cli, shown
+from core.messages import logger
 from data.cache_files import amount, list_caches, unused
 
+log = logger(__name__)
 
 def format_caches(rows, cache_root):
     """The table ``python -m data.caches --list`` prints."""
@@ -38,7 +40,7 @@ def _selected(row, dataset, unused_days):
     return unused_days is None or time.time() - row["last_used"] >= unused_days * 86400
 
 
-def clear_caches(cache_root=None, dataset=None, unused_days=None, announce=print):
+def clear_caches(cache_root=None, dataset=None, unused_days=None):
     """Remove the caches of ``dataset`` (its folder name or path; None: any) not used for ``unused_days`` days
     (None: whenever used), except those a process builds or reads now. Returns the bytes freed."""
     cache_root = cache_root or locations.root("cache")
@@ -52,7 +54,7 @@ def clear_caches(cache_root=None, dataset=None, unused_days=None, announce=print
                 continue
             shutil.rmtree(row["folder"])
         removed, freed = removed + 1, freed + row["bytes"]
-    announce(f"removed {removed} cache{'s' * (removed != 1)} ({amount(freed)}) from {shown(cache_root)}/"
+    log.info(f"removed {removed} cache{'s' * (removed != 1)} ({amount(freed)}) from {shown(cache_root)}/"
              + (f"; kept {len(busy)} in use by a running process: {', '.join(busy)}" if busy else ""))
     return freed
 

@@ -81,9 +81,9 @@ class CachedHandDataset(torch.utils.data.Dataset):
     """
     batched = True
 
-    def __init__(self, split, img_size, cache_root=None, workers=None, announce=print):
+    def __init__(self, split, img_size, cache_root=None, workers=None):
         self.split, self.size = split, int(img_size)
-        self.cache = open_cache(split, self.size, cache_root, workers, announce)
+        self.cache = open_cache(split, self.size, cache_root, workers)
         self.labels = {"has_mask": torch.from_numpy(self.cache.mask_rows >= 0),     # (N, ...) tensors
                        **input_labels(split, np.arange(len(split)), self.cache.affines)}
 
@@ -113,10 +113,10 @@ class CachedHandDataset(torch.utils.data.Dataset):
                 **{key: value[picked] for key, value in self.labels.items()}}
 
 
-def make_dataset(split, img_size, cache=False, announce=print, cache_root=None):
+def make_dataset(split, img_size, cache=False, cache_root=None):
     """The Dataset of ``split`` at ``img_size``: from the decoded uint8 cache (built on first use, see
     ``data.cache_store``) when ``cache``, else decoding the JPEGs per sample. Both give the samples documented in
     ``HandDataset``; the cached one serves whole batches (``__getitems__``)."""
     if not cache:
         return HandDataset(split, img_size)
-    return CachedHandDataset(split, img_size, announce=announce, cache_root=cache_root)
+    return CachedHandDataset(split, img_size, cache_root=cache_root)

@@ -8,7 +8,10 @@ import numpy as np
 
 from core.common import UserError, atomic_write
 from core.json_files import json_text
+from core.messages import logger
 from scoring import metrics
+
+log = logger(__name__)
 
 METRIC_COLUMNS = {"pa_mpjpe_mm": "PA-MPJPE mm", "auc_0_50mm": "AUC 0-50mm", "f@5mm": "F@5mm",
                   "f@15mm": "F@15mm", "mpjpe_mm": "root-rel. MPJPE mm",
@@ -67,7 +70,7 @@ def score_table(scores):
 def report_scores(prefix, xyz, gt, constant_shape_m=None, info=None):
     """Print the score table and write PREFIX.metrics.json (``info``: what made the predictions). Returns it."""
     scores = {**(info or {}), "n": int(len(gt)), **score(xyz, gt, constant_shape_m)}
-    print(f"scores on {scores['n']} labelled images:\n{score_table(scores)}")
+    log.info(f"scores on {scores['n']} labelled images:\n{score_table(scores)}")
     path = Path(f"{prefix}.metrics.json")
     with atomic_write(path) as tmp:
         tmp.write_text(json_text(scores, indent=2))

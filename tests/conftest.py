@@ -1,3 +1,4 @@
+import logging
 import os
 import shutil
 import signal
@@ -5,6 +6,7 @@ import signal
 import pytest
 import torch
 
+from core import messages
 from tests.markers import write_marker_dataset
 from tests.scripts import make_synthetic_set
 
@@ -121,3 +123,10 @@ def terminal_stop_signals():
     for signum, handler in previous.items():
         if handler is not None:  # None: set outside Python, cannot be set back from here
             signal.signal(signum, handler)
+
+
+@pytest.fixture
+def said(caplog):
+    """said() -> the project's messages (core.messages) so far in this test, info and up, one string each."""
+    caplog.set_level(logging.INFO, logger=messages.ROOT)
+    return lambda: [record.getMessage() for record in caplog.records if record.name.startswith(messages.ROOT)]

@@ -35,10 +35,26 @@ def markers(tmp_path_factory):
     return write_marker_dataset(tmp_path_factory.mktemp("fh"), n=12, versions=2, size=(240, 200), seed=7)
 
 
+class Announced:
+    """The cache's messages so far in a test as a list, but the build times (test_a_build_announces_what_it_takes)."""
+
+    def __init__(self, said):
+        self.said = said
+
+    def lines(self):
+        return [line for line in self.said() if " built in " not in line]
+
+    def __len__(self):
+        return len(self.lines())
+
+    def __getitem__(self, index):
+        return self.lines()[index]
+
+
 @pytest.fixture
-def fresh(marker_set_2_versions, copy_of, tmp_path):
+def fresh(marker_set_2_versions, copy_of, tmp_path, said):
     """A private copy of a small dataset and an empty cache root: (root, cache_root, lines announced)."""
-    return copy_of(marker_set_2_versions), tmp_path / "cache", []
+    return copy_of(marker_set_2_versions), tmp_path / "cache", Announced(said)
 
 
 def assert_same_samples(expected, actual):
@@ -55,11 +71,9 @@ def assert_matches_jpegs(split, dataset):
         assert_same_samples(jpeg[i], dataset[i])
 
 
-def open_dataset(root, cache_root, lines, split="train", workers=1):
-    """The cached dataset; ``lines`` gets the lines announced before each build (those after it are checked in
-    test_a_build_announces_what_it_takes)."""
-    return CachedHandDataset(load_split(root, split), SIZE, cache_root=cache_root, workers=workers,
-                             announce=lambda line: None if " built in " in line else lines.append(line))
+def open_dataset(root, cache_root, split="train", workers=1):
+    """The cached dataset, built on first use (what it says: the fixture ``fresh``'s lines)."""
+    return CachedHandDataset(load_split(root, split), SIZE, cache_root=cache_root, workers=workers)
 
 
 # --- same samples ---------------------------------------------------------------------------------------------
@@ -68,7 +82,7 @@ def open_dataset(root, cache_root, lines, split="train", workers=1):
 def test_cache_returns_exactly_the_jpeg_samples(markers, tmp_path, split):
     """Pixels, masks, K, uvd, xyz, ids: bit for bit what decoding the JPEGs gives, sample by sample."""
     data = load_split(markers, split)
-    dataset = make_dataset(data, SIZE, cache=True, cache_root=tmp_path, announce=lambda *_: None)
+    dataset = make_dataset(data, SIZE, cache=True, cache_root=tmp_path)
     assert isinstance(dataset, CachedHandDataset) and isinstance(make_dataset(data, SIZE, cache=False), HandDataset)
     assert_matches_jpegs(data, dataset)
     if split == "train":
@@ -78,7 +92,7 @@ def test_cache_returns_exactly_the_jpeg_samples(markers, tmp_path, split):
 def test_loader_batches_equal_the_jpeg_loader_shuffled_and_sharded(markers, tmp_path):
     """Same (seed, epoch) shuffle, same DDP shards, same batch contents; workers in shared memory too."""
     data = load_split(markers, "train")
-    cached = CachedHandDataset(data, SIZE, cache_root=tmp_path, announce=lambda *_: None)
+    cached = CachedHandDataset(data, SIZE, cache_root=tmp_path)
     for rank in range(2):
         loaders = [make_loader(d, 4, train=True, workers=w, seed=3, rank=rank, world_size=2)
                    for d, w in ((HandDataset(data, SIZE), 0), (cached, 0), (cached, 1))]
@@ -99,8 +113,8 @@ def test_loader_batches_equal_the_jpeg_loader_shuffled_and_sharded(markers, tmp_
 
 def test_reopening_an_unchanged_cache_does_not_rebuild(fresh):
     root, cache_root, lines = fresh
-    open_dataset(root, cache_root, lines)
-    open_dataset(root, cache_root, lines)
+    open_dataset(root, cache_root)
+    open_dataset(root, cache_root)
     assert len(lines) == 1 and lines[0].startswith("decoding 10 train images and 5 masks")
 
 
@@ -117,9 +131,9 @@ def _touch(path):
 @pytest.mark.parametrize("change", [_replace_image, _touch], ids=["replaced", "touched"])
 def test_changed_dataset_rebuilds(fresh, change):
     root, cache_root, lines = fresh
-    open_dataset(root, cache_root, lines)
+    open_dataset(root, cache_root)
     change(root / "training/rgb/00000007.jpg")
-    dataset = open_dataset(root, cache_root, lines)
+    dataset = open_dataset(root, cache_root)
     assert len(lines) == 2 and "is stale (an image or mask of the dataset changed" in lines[1]
     assert_matches_jpegs(load_split(root, "train"), dataset)
 
@@ -155,9 +169,9 @@ def _truncate(path):
 ], ids=["altered", "altered-same-mtime", "truncated", "masks-truncated", "meta-altered", "deleted"])
 def test_changed_cache_file_is_rebuilt_not_read(fresh, name, damage, reason):
     root, cache_root, lines = fresh
-    open_dataset(root, cache_root, lines)
+    open_dataset(root, cache_root)
     damage(_cache_file(root, cache_root, name))
-    dataset = open_dataset(root, cache_root, lines)
+    dataset = open_dataset(root, cache_root)
     assert len(lines) == 2 and reason in lines[1] and "rebuilding" in lines[1], lines
     assert_matches_jpegs(load_split(root, "train"), dataset)
     assert cache_files.stale_reason(dataset.cache.folder, cache_files.dataset_digest(dataset.split, SIZE),
@@ -169,11 +183,11 @@ def test_killed_build_leaves_nothing_read_as_complete(fresh):
     """SIGKILL a build (a rebuild, so an older complete cache existed) half-way: no manifest, the next open
     rebuilds and clears the killed build's temp files."""
     root, cache_root, lines = fresh
-    open_dataset(root, cache_root, lines)
+    open_dataset(root, cache_root)
     _touch(root / "training/rgb/00000002.jpg")
     folder = _cache_file(root, cache_root, "")
     script = f"""
-import sys, time
+import logging, sys, time
 sys.path.insert(0, {str(PROJECT_ROOT)!r})
 import data.cache_store as c
 from data.readers import load_split
@@ -182,7 +196,8 @@ def stall_after_first_chunk(task):
     time.sleep(60 if task[0] else 0)
     return decode(task)
 c._decode_chunk, c.CHUNK = stall_after_first_chunk, 4
-c.open_cache(load_split({str(root)!r}, "train"), {SIZE}, {str(cache_root)!r}, workers=2, announce=print)
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+c.open_cache(load_split({str(root)!r}, "train"), {SIZE}, {str(cache_root)!r}, workers=2)
 """
     process = subprocess.Popen([sys.executable, "-u", "-c", script], start_new_session=True, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True)
@@ -197,7 +212,7 @@ c.open_cache(load_split({str(root)!r}, "train"), {SIZE}, {str(cache_root)!r}, wo
         process.wait()
     assert process.returncode == -signal.SIGKILL
     assert list(folder.glob("*.tmp-*")) and not (folder / MANIFEST).exists()
-    dataset = open_dataset(root, cache_root, lines)
+    dataset = open_dataset(root, cache_root)
     assert lines[-1].startswith("decoding 10 train images")
     assert not list(folder.glob("*.tmp-*"))
     assert_matches_jpegs(load_split(root, "train"), dataset)
@@ -206,10 +221,10 @@ c.open_cache(load_split({str(root)!r}, "train"), {SIZE}, {str(cache_root)!r}, wo
 def test_caches_of_vanished_datasets_are_pruned_when_another_is_built(fresh, tmp_path):
     root, cache_root, lines = fresh
     gone = shutil.copytree(root, tmp_path / "gone")
-    orphan = open_dataset(gone, cache_root, lines).cache.folder
-    kept = open_dataset(root, cache_root, lines, split="evaluation").cache.folder
+    orphan = open_dataset(gone, cache_root).cache.folder
+    kept = open_dataset(root, cache_root, split="evaluation").cache.folder
     shutil.rmtree(gone)
-    open_dataset(root, cache_root, lines)
+    open_dataset(root, cache_root)
     assert not orphan.exists() and kept.exists() and "removed 1 decoded-image cache of datasets" in lines[-2]
 
 
@@ -222,7 +237,7 @@ def test_corrupt_jpeg_in_a_build_worker_is_one_clear_line(fresh):
     cache_store.CHUNK, chunk = 2, cache_store.CHUNK  # several tasks, so the bad image meets a worker
     try:
         with pytest.raises(UserError) as info:
-            open_dataset(root, cache_root, lines, workers=2)
+            open_dataset(root, cache_root, workers=2)
     finally:
         cache_store.CHUNK = chunk
     message = str(info.value)
@@ -250,23 +265,23 @@ def test_unwritable_cache_root_is_a_clear_error(fresh):
     root, cache_root, lines = fresh
     cache_root.write_text("a file where the cache folder should be")
     with pytest.raises(UserError, match="cannot create the decoded-image cache"):
-        open_dataset(root, cache_root, lines)
+        open_dataset(root, cache_root)
 
 
 def test_out_of_range_indices_raise(markers, tmp_path):
-    dataset = CachedHandDataset(load_split(markers, "evaluation"), SIZE, cache_root=tmp_path, announce=print)
+    dataset = CachedHandDataset(load_split(markers, "evaluation"), SIZE, cache_root=tmp_path)
     with pytest.raises(IndexError):
         dataset.__getitems__([0, len(dataset)])
 
 
 # --- room on disk, listing and clearing ---------------------------------------------------------------------------
 
-def test_a_build_announces_what_it_takes(fresh):
+def test_a_build_announces_what_it_takes(fresh, said):
     """Before: how many GB of how many free (and what the other caches hold); after: the time and the GB on disk."""
     root, cache_root, _ = fresh
-    lines = []
     for split in ("train", "evaluation"):
-        CachedHandDataset(load_split(root, split), SIZE, cache_root=cache_root, workers=1, announce=lines.append)
+        CachedHandDataset(load_split(root, split), SIZE, cache_root=cache_root, workers=1)
+    lines = said()
     need = cache_store.needed_bytes(load_split(root, "evaluation"), SIZE)
     train_mb = cache_store.needed_bytes(load_split(root, "train"), SIZE) / 1e6
     assert re.search(rf"\(64 px, {train_mb:.1f} MB of the [\d.]+ [GM]B free\)$", lines[0]), lines[0]
@@ -287,11 +302,11 @@ def test_a_build_without_room_is_refused_in_one_line_leaving_nothing(fresh, monk
     root, cache_root, lines = fresh
     split = load_split(root, "train")
     if stale:
-        open_dataset(root, cache_root, lines)
+        open_dataset(root, cache_root)
         _touch(root / "training/rgb/00000002.jpg")
     _no_room(monkeypatch, 1000)
     with pytest.raises(UserError) as info:
-        open_dataset(root, cache_root, lines)
+        open_dataset(root, cache_root)
     message = str(info.value)
     assert "\n" not in message and f"needs {cache_store.needed_bytes(split, SIZE) / 1e6:.1f} MB" in message
     assert "0.0 MB are free" in message and "python -m data.caches --list" in message and "cache=false" in message
@@ -310,7 +325,7 @@ def test_a_full_disk_during_a_build_is_one_line_and_leaves_no_partial_cache(fres
     monkeypatch.setattr(cache_store, "_write_rows", fill_up)
     monkeypatch.setattr(cache_store, "CHUNK", 2)
     with pytest.raises(UserError) as info:
-        open_dataset(root, cache_root, lines)
+        open_dataset(root, cache_root)
     assert "No space left on device" in str(info.value) and "the partial cache was removed" in str(info.value)
     assert "\n" not in str(info.value) and written
     assert not cache_folder(load_split(root, "train"), SIZE, cache_root).exists()
@@ -322,8 +337,8 @@ def test_list_and_clear_caches(fresh, tmp_path, monkeypatch, capsys):
     root, cache_root, lines = fresh
     other = shutil.copytree(root, tmp_path / "other")
     monkeypatch.setenv("HANDPOSE_CACHE", str(cache_root))
-    train_set = open_dataset(root, cache_root, lines)
-    folders = {name: open_dataset(r, cache_root, lines, split=s).cache.folder
+    train_set = open_dataset(root, cache_root)
+    folders = {name: open_dataset(r, cache_root, split=s).cache.folder
                for name, r, s in (("eval", root, "evaluation"), ("other", other, "train"))}
     old = time.time() - 10 * 86400
     os.utime(folders["eval"] / cache_files.IN_USE, (old, old))
@@ -355,13 +370,13 @@ def test_a_run_that_opens_a_cache_while_clear_removes_it_builds_it_again(fresh):
     finds its lock on a deleted file and makes the cache again (it does not build into a folder that is gone)."""
     root, cache_root, lines = fresh
     split = load_split(root, "train")
-    folder = open_dataset(root, cache_root, lines).cache.folder
+    folder = open_dataset(root, cache_root).cache.folder
     gc.collect()  # the dataset above no longer reads it
     opened = {}
 
     def run_opens():
         try:
-            opened["cache"] = open_cache(split, SIZE, cache_root, workers=1, announce=lambda *_: None)
+            opened["cache"] = open_cache(split, SIZE, cache_root, workers=1)
         except (UserError, OSError) as err:
             opened["error"] = err
     with cache_files.unused(folder) as free:  # what clear_caches holds while it removes a cache
@@ -382,9 +397,9 @@ def test_a_cache_in_use_or_a_link_is_never_removed(fresh, tmp_path, capsys):
     to a folder outside the cache root alone."""
     root, cache_root, lines = fresh
     gone = shutil.copytree(root, tmp_path / "gone")
-    reading = open_dataset(gone, cache_root, lines)
+    reading = open_dataset(gone, cache_root)
     shutil.rmtree(gone)
-    open_dataset(root, cache_root, lines)  # a build prunes orphans
+    open_dataset(root, cache_root)  # a build prunes orphans
     assert reading.cache.folder.is_dir() and reading[0]["image"].shape == (3, SIZE, SIZE)
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -394,7 +409,7 @@ def test_a_cache_in_use_or_a_link_is_never_removed(fresh, tmp_path, capsys):
         p.name for p in cache_root.iterdir() if not p.is_symlink())
     del reading
     gc.collect()
-    caches.clear_caches(cache_root, announce=lambda *_: None)
+    caches.clear_caches(cache_root)
     assert [p.name for p in cache_root.iterdir()] == ["linked-train-64px-0123456789abcdef"]
     assert (outside / "images.npy").read_bytes() == b"not a cache"
 

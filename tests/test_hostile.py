@@ -172,7 +172,7 @@ def test_a_deleted_pseudo_label_file_on_resume_says_restore_it(twins, tmp_path):
     config = {"pseudo_labels": str(gone), "pseudo_labels_sha256": "ab" * 32, "pseudo_keep": 1.0,
               "pseudo_weight": 1.0, "img_size": 32, "cache": False}
     with pytest.raises(UserError, match="is gone.*restore it to resume"):
-        with_pseudo_labels(None, config, first, print)
+        with_pseudo_labels(None, config, first)
 
 
 # --- the rules in general -------------------------------------------------------------------------------------

@@ -37,8 +37,7 @@ def test_in_a_log_a_short_step_prints_nothing_and_a_long_one_plain_lines(monkeyp
 
 
 def test_a_cache_build_shows_progress(marker_set_2_versions, tmp_path, every_update, capsys):
-    CachedHandDataset(load_split(marker_set_2_versions, "train"), 64, cache_root=tmp_path / "cache", workers=1,
-                      announce=lambda *_: None)
+    CachedHandDataset(load_split(marker_set_2_versions, "train"), 64, cache_root=tmp_path / "cache", workers=1)
     assert "10/10 [" in plain_lines(capsys, "decoding train: ")[-1]
 
 

@@ -10,16 +10,15 @@ def test_every_earlier_name_points_at_a_recipe_that_exists():
     assert not set(recipes.RECIPE_ALIASES) & set(recipes.RECIPES)
 
 
-def test_an_earlier_name_resolves_to_the_new_recipe_and_announces_it(capsys):
+def test_an_earlier_name_resolves_to_the_new_recipe_and_announces_it(said):
     config, _ = resolve_config(train.parse_args(["--recipe", "synthetic_cpu"]))
     assert config["recipe"] == "hourglass_attn_64_cpu" and config["arch"] == "hourglass_attn"
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert lines == ["recipe 'synthetic_cpu' is now called 'hourglass_attn_64_cpu'; the old name will stop working"]
+    assert said() == ["recipe 'synthetic_cpu' is now called 'hourglass_attn_64_cpu'; the old name will stop working"]
 
 
-def test_the_new_name_is_quiet(capsys):
+def test_the_new_name_is_quiet(said):
     config, _ = resolve_config(train.parse_args(["--recipe", "effb0_unet_64_cpu"]))
-    assert config["recipe"] == "effb0_unet_64_cpu" and capsys.readouterr().err == ""
+    assert config["recipe"] == "effb0_unet_64_cpu" and said() == []
 
 
 def test_no_recipe_or_paper_name_says_seed():

@@ -200,21 +200,20 @@ def test_versions_paint_the_same_hand_again_in_freihands_numbering(tmp_path):
             assert np.abs(rgb[hand].mean(0) - rgb[~hand].mean(0)).max() > 10 or hand.mean() < 0.01
 
 
-def test_the_default_set_is_made_once_and_again_when_an_older_generator_made_it(tmp_path, monkeypatch):
+def test_the_default_set_is_made_once_and_again_when_an_older_generator_made_it(tmp_path, monkeypatch, said):
     import data
     root = tmp_path / "synthetic"
     monkeypatch.setattr(data, "DEFAULT_DATA_ROOT", tmp_path / "freihand")
     monkeypatch.setenv("HANDPOSE_SYNTHETIC", str(root))
     monkeypatch.setattr(data, "SYNTHETIC_DEFAULT", {"n_train": 3, "n_eval": 1, "seed": 0, "size": 64, "versions": 1})
-    said = []
-    assert data.resolve_or_generate_data_root(announce=said.append) == root and "generating" in said[-1]
+    assert data.resolve_or_generate_data_root() == root and "generating" in said()[-1]
     first = (root / "training_xyz.json").stat().st_mtime_ns
-    assert data.resolve_or_generate_data_root(announce=said.append) == root and "using" in said[-1]
+    assert data.resolve_or_generate_data_root() == root and "using" in said()[-1]
     assert (root / "training_xyz.json").stat().st_mtime_ns == first
     (root / synthetic.SETTINGS_FILE).unlink()                     # as a set of the previous generator
     (root / "stale.txt").write_text("from the old set")
-    assert data.resolve_or_generate_data_root(announce=said.append) == root
-    assert "another version of the generator" in said[-2] and "generating" in said[-1]
+    assert data.resolve_or_generate_data_root() == root
+    assert "another version of the generator" in said()[-2] and "generating" in said()[-1]
     assert not (root / "stale.txt").exists()
     assert synthetic.read_settings(root)["generator"] == synthetic.GENERATOR_VERSION
 

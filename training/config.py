@@ -5,12 +5,12 @@ import copy
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 
 import models
 from core.common import UserError
+from core.messages import logger
 from data import augment
 from models.losses import split_weights
 from training import optimization
@@ -18,6 +18,8 @@ from training import recipes
 from models.checkpoints import load_checkpoint
 from training.recipes import CONFIG_DEFAULTS
 from training.rundir import continue_command
+
+log = logger(__name__)
 
 # The laptop default: the synthetic set on the CPU with none of these keys given gets this short run, which
 # ends in minutes; giving any of them on the command line hands the whole budget back to the recipe.
@@ -35,10 +37,6 @@ RESUMABLE_OVERRIDES = ("device", "workers", "lr")   # what --resume may change: 
 RESUMABLE_SET_KEYS = ("grad_clip", "checkpoint_minutes", "cache")
 NOT_SET = "(not set)"
 PRETRAINED_WORDS = ("auto", "imagenet", "none")   # --pretrained values that are not a path
-
-
-def announce(line):
-    print(line, file=sys.stderr)
 
 
 def parse_value(text):
@@ -95,7 +93,7 @@ def set_key(config, dotted, value):
 
 def resolve_config(args):
     """CONFIG_DEFAULTS <- recipe <- command line. Returns (config, keys given on the command line)."""
-    name = recipes.current_name(args.recipe, announce) if args.recipe else args.arch
+    name = recipes.current_name(args.recipe, warn=True) if args.recipe else args.arch
     if not name:
         raise UserError("give --arch NAME (see --list-archs) or --recipe NAME")
     if name not in recipes.RECIPES:
@@ -161,7 +159,7 @@ def command_line_changes(args, config):
     differs from the saved ``config``'s (paths compared resolved, augmentation lists as parsed)."""
     changes = []
     # a recipe's earlier name is no change (the run may have been saved under it)
-    if args.recipe and recipes.current_name(args.recipe, announce) != recipes.current_name(config["recipe"]):
+    if args.recipe and recipes.current_name(args.recipe, warn=True) != recipes.current_name(config["recipe"]):
         changes.append(("--recipe", "recipe", config["recipe"], args.recipe))
     for key in CLI_KEYS:
         given = getattr(args, key)
@@ -258,13 +256,13 @@ def check_model_options(config):
         raise UserError(f"model options {config['model']} for {config['arch']}: {err}") from None
 
 
-def apply_cpu_budget(config, given, announce):
+def apply_cpu_budget(config, given):
     """The laptop default: synthetic data on the CPU, a recipe made for GPUs (``short_on_cpu``), none of the
     budget's keys given -> CPU_SYNTHETIC_BUDGET."""
     if given & set(CPU_SYNTHETIC_BUDGET) or not config["short_on_cpu"]:
         return
     config.update(CPU_SYNTHETIC_BUDGET)
-    announce(f"synthetic data on the CPU: a short run ({config['img_size']} px, {config['epochs']} epochs of "
+    log.info(f"synthetic data on the CPU: a short run ({config['img_size']} px, {config['epochs']} epochs of "
              f"{config['max_train_images']} images) that ends in minutes; give --epochs, --img-size or "
              f"--batch-size to run the recipe instead")
 

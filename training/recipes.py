@@ -7,7 +7,10 @@ shape (Schneider 2020: x0.1 at epochs 100 and 140 of 145).
 """
 import copy
 
+from core.messages import logger
 from data.augment import TRAIN_DEFAULT_AUGS
+
+log = logger(__name__)
 
 CONFIG_DEFAULTS = {
     "arch": "",
@@ -171,10 +174,10 @@ def recipe_names():
     return sorted(RECIPES)
 
 
-def current_name(name, announce=None):
-    """``name`` itself, or the recipe an earlier name now stands for (announced in one line when ``announce``)."""
-    if name in RECIPE_ALIASES and announce:
-        announce(f"recipe {name!r} is now called {RECIPE_ALIASES[name]!r}; the old name will stop working")
+def current_name(name, warn=False):
+    """``name`` itself, or the recipe an earlier name now stands for (a warning says so when ``warn``)."""
+    if name in RECIPE_ALIASES and warn:
+        log.warning(f"recipe {name!r} is now called {RECIPE_ALIASES[name]!r}; the old name will stop working")
     return RECIPE_ALIASES.get(name, name)
 
 

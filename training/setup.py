@@ -8,7 +8,7 @@ import torch
 
 import models
 from core import geometry
-from core import locations, precision
+from core import locations, messages, precision
 from core.common import UserError, shown
 from data import augment, resolve_or_generate_data_root
 from data.dataset import make_dataset
@@ -26,6 +26,8 @@ from training.runstate import EpochPosition, Progress, RunParts, RunSetup, seed_
 from uploads.provenance import check_made_on, check_plausible_hands
 from uploads.records import load_predictions
 
+log = messages.logger(__name__)
+
 
 def set_up(args):
     """(RunSetup, RunParts, Progress) of the run ``args`` asks for: config, data, model, optimiser, folder; the
@@ -33,18 +35,19 @@ def set_up(args):
     config, folder, resume_state, given = resolve_run(args)
     rank, world_size, device = init_distributed(config["device"])
     config["precision"] = precision.choose(device, config["amp"]).name  # recorded in config.json and summary.json
-    announce = print if rank == 0 else (lambda *_: None)
-    data_root = locate_data(config, rank, world_size, announce)
+    if rank:
+        messages.set_quiet()   # one process speaks for the group; warnings still come from each
+    data_root = locate_data(config, rank, world_size)
     if resume_state is None:
-        folder = settle_new_run(args, config, given, data_root, device, rank, announce)
+        folder = settle_new_run(args, config, given, data_root, device, rank)
     seed_everything(config["seed"])
-    train_split, val_split, train_set, val_set = load_datasets(config, data_root, world_size, announce)
+    train_split, val_split, train_set, val_set = load_datasets(config, data_root, world_size)
     stats = training_stats(train_split)
     parts, progress = build_parts(config, device, rank, world_size, train_set, val_set, resume_state, folder)
     setup = RunSetup(config=config, folder=folder, rank=rank, world_size=world_size, device=device, stats=stats,
                      constant_shape_mm=metrics.constant_shape_mm(stats["constant_shape_m"], val_split.xyz),
                      val_set=val_set)
-    announce(f"{config['recipe']}: {config['arch']} ({parts.params / 1e6:.2f} M params), {len(train_set)} training "
+    log.info(f"{config['recipe']}: {config['arch']} ({parts.params / 1e6:.2f} M params), {len(train_set)} training "
              f"/ {len(val_set)} validation images from {shown(data_root)}, {config['img_size']} px, batch "
              f"{config['batch_size']}{f' x {world_size} processes' if world_size > 1 else ''}, {device} "
              f"({precision.choose(device, config['amp']).describe()}), run folder "
@@ -52,7 +55,7 @@ def set_up(args):
              f"PA-MPJPE on validation")
     if resume_state is not None:
         inside = f", at {progress.describe(config['accumulate'])}" if progress.position else ""
-        announce(f"resuming {folder} after epoch {resume_state['epoch']} of {config['epochs']}{inside}")
+        log.info(f"resuming {folder} after epoch {resume_state['epoch']} of {config['epochs']}{inside}")
     return setup, parts, progress
 
 
@@ -89,22 +92,22 @@ def resolve_run(args):
     return config, None, None, given
 
 
-def locate_data(config, rank, world_size, announce):
+def locate_data(config, rank, world_size):
     """The dataset folder; the synthetic default is generated once, by rank 0, while the others wait."""
     if rank == 0:
-        data_root = resolve_or_generate_data_root(config["data_root"] or None, announce)
+        data_root = resolve_or_generate_data_root(config["data_root"] or None)
     barrier(world_size)
     if rank:
-        data_root = resolve_or_generate_data_root(config["data_root"] or None, announce=lambda *_: None)
+        data_root = resolve_or_generate_data_root(config["data_root"] or None)
     return data_root
 
 
-def settle_new_run(args, config, given, data_root, device, rank, announce):
+def settle_new_run(args, config, given, data_root, device, rank):
     """A new run's last config decisions (the CPU budget on the synthetic set, which weights) and its folder,
     checked before any work."""
     synthetic = Path(data_root).resolve() == locations.root("synthetic").resolve()
     if synthetic and device.type == "cpu":
-        apply_cpu_budget(config, given, announce)
+        apply_cpu_budget(config, given)
     if config["pretrained"] == "auto":
         config["pretrained"] = "none" if synthetic else "imagenet"
     config["data_root"] = str(data_root)
@@ -114,24 +117,24 @@ def settle_new_run(args, config, given, data_root, device, rank, announce):
     return folder
 
 
-def load_datasets(config, data_root, world_size, announce):
+def load_datasets(config, data_root, world_size):
     """(train split, val split, train dataset, val dataset) at the config's input size."""
     train_split, val_split = (limit(load_split(data_root, name, config["folds"], config["fold"]), config[key],
                                     config["seed"])
                               for name, key in (("train", "max_train_images"), ("val", "max_val_images")))
     if not train_split.labelled or not val_split.labelled:
         raise UserError(f"{data_root}: the train and val splits need *_xyz.json labels")
-    train_set, val_set = (make_dataset(split, config["img_size"], cache=config["cache"], announce=announce)
+    train_set, val_set = (make_dataset(split, config["img_size"], cache=config["cache"])
                           for split in (train_split, val_split))
     if config["pseudo_labels"]:
-        train_set = with_pseudo_labels(train_set, config, data_root, announce)
+        train_set = with_pseudo_labels(train_set, config, data_root)
     if len(train_set) < config["batch_size"] * world_size:
         raise UserError(f"{len(train_set)} training images are fewer than one batch of {config['batch_size']} "
                         f"per process; lower --batch-size")
     return train_split, val_split, train_set, val_set
 
 
-def with_pseudo_labels(train_set, config, data_root, announce):
+def with_pseudo_labels(train_set, config, data_root):
     """The training set joined by the pseudo-labelled images of config['pseudo_labels'] (data/pseudo.py)."""
     path = config["pseudo_labels"]
     if config.get("pseudo_labels_sha256") and not Path(path).is_file():  # a resumed run's file is gone
@@ -142,12 +145,12 @@ def with_pseudo_labels(train_set, config, data_root, announce):
     check_made_on(record, path, data_root, "--pseudo-labels")
     check_plausible_hands(record["xyz"], record["ids"], f"--pseudo-labels {path}")
     split, info = pseudo_split(record, path, data_root, config["pseudo_keep"])
-    announce(f"pseudo-labels: {info['kept']} of {info['images']} images of the {info['split']} split labelled by "
+    log.info(f"pseudo-labels: {info['kept']} of {info['images']} images of the {info['split']} split labelled by "
              f"{path} (sha256 {info['sha256'][:12]}), loss weight {config['pseudo_weight']:g}")
     if config.setdefault("pseudo_labels_sha256", info["sha256"]) != info["sha256"]:  # a resumed run's file changed
         raise UserError(f"--pseudo-labels {path} changed since this run began (sha256 {info['sha256'][:12]}, was "
                         f"{config['pseudo_labels_sha256'][:12]}): restore that file, or start a new run")
-    pseudo_set = make_dataset(split, config["img_size"], cache=config["cache"], announce=announce)
+    pseudo_set = make_dataset(split, config["img_size"], cache=config["cache"])
     return WeightedUnion([train_set, pseudo_set], [1.0, config["pseudo_weight"]])
 
 

@@ -9,12 +9,12 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from core.common import (EXIT_INTERRUPTED, EXIT_TERMINATED, Interrupted, Terminated, UserError, atomic_write,
                          shown)
 from core.common import progress as progress_bar  # ``progress`` in training/ is the run state (runstate.Progress)
 from core.json_files import json_text
+from core.messages import logger
 from data.loader import shut_down, to_device
 from prediction.inference import camera_joints, predict_loader
 from scoring import metrics
@@ -26,6 +26,8 @@ from training.distributed import barrier, ranks_hold_same_weights
 from training.rundir import claim_run_folder, last_pt_holds, resume_hint
 from training.setup import set_up
 from training.step import forward_loss, optimizer_step
+
+log = logger(__name__)
 
 
 def run(args):
@@ -136,8 +138,8 @@ class Trainer:
             position = runstate.EpochPosition(epoch, self.parts.steps_per_epoch * config["accumulate"],
                                               self.parts.optimizer.param_groups[0]["lr"], setup.world_size)
         elif not runstate.restore_streams(position.streams[setup.rank], setup.device, generator) and setup.rank == 0:
-            print(f"last.pt was written on {position.streams[0]['device']}: on {setup.device.type} the rest of epoch "
-                  f"{epoch} draws other augmentations and dropout than the run would have drawn there")
+            log.warning(f"last.pt was written on {position.streams[0]['device']}: on {setup.device.type} the rest "
+                        f"of epoch {epoch} draws other augmentations and dropout than the run would have drawn there")
         self.parts.train_loader.sampler.set_epoch(epoch, skip=position.batches * config["batch_size"])
         return position, generator
 
@@ -252,9 +254,9 @@ class Trainer:
                         "epoch_seconds": time.perf_counter() - started})
         self.save_epoch(epoch, result, val_xyz, val_ids)
         self.tb.epoch(epoch, history[-1], self.skeleton_panel(uv_pred))
-        tqdm.write(f"epoch {epoch}/{self.config['epochs']}  loss {history[-1]['train_loss']:.4f}  val PA-MPJPE "
-                   f"{result['pa_mpjpe_mm']:.2f} mm = {result['pa_mpjpe_mm'] / baseline:.0%} of the "
-                   f"constant shape  AUC {result['auc_0_50mm']:.3f}  {row['train_images_per_s']:.0f} img/s")
+        log.info(f"epoch {epoch}/{self.config['epochs']}  loss {history[-1]['train_loss']:.4f}  val PA-MPJPE "
+                 f"{result['pa_mpjpe_mm']:.2f} mm = {result['pa_mpjpe_mm'] / baseline:.0%} of the "
+                 f"constant shape  AUC {result['auc_0_50mm']:.3f}  {row['train_images_per_s']:.0f} img/s")
 
     def save_epoch(self, epoch, result, val_xyz, val_ids):
         """best.pt (when validation improved), val_pred.npz and topk.pt, then last.pt, then log.csv and curves.png."""
@@ -285,8 +287,8 @@ class Trainer:
         """The kept best epochs' mean weights, validated; best.pt when better. The summary's record, or None."""
         record = self.saver.average_top_k(self.parts.evaluated, self.validate)
         if record is not None:
-            print(f"average of the {len(record['epochs'])} best epochs {record['epochs']}: validation "
-                  f"{record['val_pa_mpjpe_mm']:.2f} mm{' (now best.pt)' if record['used'] else ' (best.pt kept)'}")
+            log.info(f"average of the {len(record['epochs'])} best epochs {record['epochs']}: validation "
+                     f"{record['val_pa_mpjpe_mm']:.2f} mm{' (now best.pt)' if record['used'] else ' (best.pt kept)'}")
         return record
 
     def write_summary(self, speeds, extra):
@@ -305,7 +307,7 @@ class Trainer:
                    "precision": config.get("precision"), **extra}
         with atomic_write(setup.folder / "summary.json") as tmp:
             tmp.write_text(json_text(summary, indent=2))
-        print(f"done: best validation PA-MPJPE {summary['best_val_pa_mpjpe_mm']:.2f} mm at epoch "
-              f"{summary['best_epoch']} = {summary['best_val_fraction_of_constant_shape']:.0%} of the constant-shape "
-              f"baseline ({baseline:.2f} mm); {shown(setup.folder / 'best.pt')}"
-              f"{SHORT_RUN_NOTE if is_short_run(config) else ''}")
+        log.info(f"done: best validation PA-MPJPE {summary['best_val_pa_mpjpe_mm']:.2f} mm at epoch "
+                 f"{summary['best_epoch']} = {summary['best_val_fraction_of_constant_shape']:.0%} of the "
+                 f"constant-shape baseline ({baseline:.2f} mm); {shown(setup.folder / 'best.pt')}"
+                 f"{SHORT_RUN_NOTE if is_short_run(config) else ''}")
