@@ -6,7 +6,7 @@ import signal
 import pytest
 import torch
 
-from core import messages
+from core import locations, messages
 from tests.markers import write_marker_dataset
 from tests.scripts import make_synthetic_set
 
@@ -19,6 +19,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def write_locations_outside_the_project(tmp_path_factory):
+    """Every root the project writes (core.locations) in this session's temporary folder, for the tests and the
+    scripts they start: the suite leaves the checkout as it found it, and tests running side by side never meet in
+    its data/cache/ or runs/. A test of the defaults removes the variables itself."""
+    base = tmp_path_factory.mktemp("write_locations")
+    for location in locations.LOCATIONS.values():
+        os.environ[location.env] = str(base / location.kind)
+    yield
+    for location in locations.LOCATIONS.values():
+        os.environ.pop(location.env, None)
 
 
 @pytest.fixture(autouse=True)
