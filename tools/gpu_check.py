@@ -107,7 +107,8 @@ def run_logged(command, log, timeout=None):
 
 def cuda_tests(out):
     junit = out / "pytest_cuda.xml"
-    seconds, code = run_logged([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
+    # -n 0: one process holds the GPU, not the suite's two workers
+    seconds, code = run_logged([sys.executable, "-m", "pytest", "-q", "-n", "0", "-m", "cuda", "-p", "no:cacheprovider",
                                 f"--junitxml={junit}", "tests/test_cuda.py"], out / "pytest_cuda.log")
     text = junit.read_text() if junit.is_file() else ""
     counts = {key: int(m.group(1)) if (m := re.search(rf'{key}="(\d+)"', text)) else None
