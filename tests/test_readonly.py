@@ -1,10 +1,15 @@
 """A data root the process cannot write into trains, predicts, ensembles and checks as a writable one, and no file
-in it changes or appears. Tests may run as root, where permissions do not stop a write: the tree's listing, bytes
-and modification times are compared before and after as well."""
+in it changes or appears. Tests may run as root, where permissions do not stop a write: writes into the data root
+are also refused in the test's process (EROFS), and the tree's listing, bytes and modification times are compared
+before and after."""
+import builtins
+import errno
 import hashlib
+import io
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -42,17 +47,60 @@ def set_writable(root, writable):
             os.chmod(path, mode | stat.S_IWUSR if writable else mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
+def refuse_writes_under(root, monkeypatch):
+    """Opening a file under ``root`` for writing, or making a folder there, fails as on a read-only file system
+    (EROFS), in this process, whoever runs it (root ignores permission bits)."""
+    root = str(Path(root).resolve())
+
+    def under(path):
+        return isinstance(path, (str, bytes, os.PathLike)) and os.path.realpath(os.fsdecode(path)).startswith(root)
+
+    def refused(path):
+        return OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
+
+    def guarded_open(opener, writes):
+        def open_(path, *args, **kwargs):
+            if under(path) and writes(*args, **kwargs):
+                raise refused(path)
+            return opener(path, *args, **kwargs)
+        return open_
+    file_writes = lambda mode="r", *_, **kwargs: any(c in kwargs.get("mode", mode) for c in "wax+")
+    fd_writes = lambda flags, *_, **__: bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+    monkeypatch.setattr(builtins, "open", guarded_open(builtins.open, file_writes))
+    monkeypatch.setattr(io, "open", guarded_open(io.open, file_writes))
+    monkeypatch.setattr(os, "open", guarded_open(os.open, fd_writes))
+    monkeypatch.setattr(os, "mkdir", guarded_open(os.mkdir, lambda *_, **__: True))
+
+
 @pytest.fixture
-def read_only_data(tmp_path, monkeypatch):
-    """A tiny synthetic set made read-only, the project's writable roots moved into ``tmp_path``."""
+def hand_data(tmp_path, monkeypatch):
+    """A tiny synthetic set, the project's writable roots moved into ``tmp_path``."""
     data = tmp_path / "data"
     synthetic.main(["--out", str(data), "--train", "24", "--eval", "8", "--seed", "1", "--size", "96",
                     "--workers", "1"])
     for kind in ("CACHE", "RUNS", "SUBMISSIONS", "SYNTHETIC"):
         monkeypatch.setenv(f"HANDPOSE_{kind}", str(tmp_path / kind.lower()))
-    set_writable(data, False)
-    yield data
-    set_writable(data, True)
+    return data
+
+
+@pytest.fixture
+def read_only_data(hand_data, monkeypatch):
+    """``hand_data`` made read-only: its permission bits, and writes into it refused in this process."""
+    set_writable(hand_data, False)
+    with monkeypatch.context() as patched:
+        refuse_writes_under(hand_data, patched)
+        yield hand_data
+    set_writable(hand_data, True)
+
+
+def test_writes_into_the_read_only_data_root_fail(read_only_data):
+    """The fixture's guard itself: a write the project might make there fails, reading still works."""
+    for write in (lambda: open(read_only_data / "x.json", "w"), lambda: (read_only_data / "x").write_text("x"),
+                  lambda: os.open(read_only_data / "x", os.O_CREAT | os.O_WRONLY),
+                  lambda: (read_only_data / "d").mkdir()):
+        with pytest.raises(OSError, match="Read-only file system"):
+            write()
+    assert (read_only_data / "training_K.json").read_text().startswith("[")
 
 
 def test_a_read_only_data_root_trains_predicts_ensembles_and_checks_and_stays_unchanged(read_only_data, tmp_path,
@@ -77,13 +125,13 @@ def test_a_read_only_data_root_trains_predicts_ensembles_and_checks_and_stays_un
     assert not (read_only_data / VAL_SPLIT_FILE).exists()
 
 
-def test_an_old_val_split_in_the_data_root_is_still_read(read_only_data, tmp_path):
+def test_an_old_val_split_in_the_data_root_is_still_read(hand_data, monkeypatch):
     from data.readers import load_split
-    set_writable(read_only_data, True)
-    (read_only_data / VAL_SPLIT_FILE).write_text(json.dumps({"num_annotations": 24, "val_ann_ids": [3, 5]}))
-    set_writable(read_only_data, False)
-    assert sorted(set(load_split(read_only_data, "val").ann_ids.tolist())) == [3, 5]
-    assert not derived_folder(read_only_data).exists()
+    (hand_data / VAL_SPLIT_FILE).write_text(json.dumps({"num_annotations": 24, "val_ann_ids": [3, 5]}))
+    set_writable(hand_data, False)
+    refuse_writes_under(hand_data, monkeypatch)
+    assert sorted(set(load_split(hand_data, "val").ann_ids.tolist())) == [3, 5]
+    assert not derived_folder(hand_data).exists()
 
 
 def test_two_data_roots_never_share_their_derived_folder(read_only_data, tmp_path):
