@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 NOT_CARRIED = re.compile(r"^(torch|torchvision|torchaudio|triton|nvidia-.*|pip|setuptools|wheel)$")
 FULL = {"device": "cuda", "img_size": 224, "batch_size": 64, "bench_steps": 10, "train": 20000, "eval": 3960,
         "recipe": "effb4_1d_plus", "archs": "all", "bench_recipes": "effb4_1d_plus,resnet34_plus", "tta": 10,
-        "workers": 8, "max_epochs": None}
+        "workers": 8, "max_epochs": None, "loader_batches": 200, "loader_seconds": 3.0}
 DRY = {"device": "cpu", "img_size": 64, "batch_size": 4, "bench_steps": 1, "train": 24, "eval": 8,
        "recipe": "effb0_unet_64_cpu", "archs": "none", "bench_recipes": "effb0_unet_64_cpu", "tta": 2, "workers": 0,
-       "max_epochs": 1}
+       "max_epochs": 1, "loader_batches": 2, "loader_seconds": 0}
 
 
 def parse_args(argv=None):
@@ -122,6 +122,8 @@ def bench(out, sizes, data_root):
                                 "--archs", sizes["archs"], "--recipes", sizes["bench_recipes"], "--model-size",
                                 sizes["img_size"], "--img-size", sizes["img_size"], "--batch-size",
                                 sizes["batch_size"], "--steps", sizes["bench_steps"], "--tta", sizes["tta"],
+                                "--loader-batches", sizes["loader_batches"],
+                                "--loader-seconds", sizes["loader_seconds"],
                                 "--data-root", data_root, "--split", "train", "--max-images", 512,
                                 "--cache-dir", out / "cache", "--out", result], out / "bench.log")
     figures = json.loads(result.read_text()) if code == 0 else {}
