@@ -74,7 +74,7 @@ def cli(main):
     """The error boundary of every script: run ``main`` and turn a UserError, or an OSError on a path (a full
     disk, a read-only folder), into one line on stderr and exit status 2, and Ctrl-C (SIGINT) or SIGTERM into one
     line and exit status 130 or 143, without a traceback. Messages are written by the one handler it installs
-(core.messages)."""
+    (core.messages)."""
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         with stop_signals_restored(), messages.handler_installed():

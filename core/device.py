@@ -1,7 +1,7 @@
-"""Where the work runs: the device a --device flag names, mixed precision on it, and waiting for its queued work."""
+"""Where the work runs: the device a --device flag names and waiting for its queued work (mixed precision on it:
+core.precision)."""
 import torch
 
-from core import precision
 from core.common import UserError
 
 
@@ -14,12 +14,6 @@ def resolve_device(name):
     if name != "cpu" and not name.startswith("cuda"):
         raise UserError(f"--device {name!r}: choose auto, cpu or cuda")
     return torch.device(name)
-
-
-def autocast(device, amp):
-    """Mixed precision as ``core.precision.choose`` picks it for ``device`` (bf16 on GPUs with native bf16, fp16
-    on older ones); full precision on the CPU or with ``amp`` off."""
-    return precision.autocast(device, amp)
 
 
 def synchronizer(device):

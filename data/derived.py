@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from core import locations
+from core.common import file_sha256
 
 DERIVED_FOLDER = "datasets"
 ANNOTATION_PATTERNS = ("*_K.json", "*_xyz.json", "*_scale.json")
@@ -36,10 +37,7 @@ def _key(root, stamps):
     """Hashes the files once per process while their sizes and mtimes stay (``stamps``: (name, bytes, mtime_ns))."""
     h = hashlib.sha256(f"{root}\n".encode())
     for name, _, _ in stamps:
-        h.update(f"{name}\n".encode())
-        with open(Path(root) / name, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        h.update(f"{name}\n{file_sha256(Path(root) / name)}\n".encode())
     return h.hexdigest()[:16]
 
 

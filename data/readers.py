@@ -214,9 +214,10 @@ def load_or_make_val_split(root, n_annotations, fraction=VAL_FRACTION, seed=VAL_
     """Annotation ids held out for validation: made once, saved where the project writes (``data.derived``, never
     in ``root``), reused by every script. A val_split.json that an older version saved in ``root`` is still read."""
     from data.derived import derived_folder, prune_gone
-    for path in (Path(root) / VAL_SPLIT_FILE, derived_folder(root) / VAL_SPLIT_FILE):
-        if path.is_file():
-            return _read_val_split(path, n_annotations)
+    path = derived_folder(root) / VAL_SPLIT_FILE
+    for saved in (Path(root) / VAL_SPLIT_FILE, path):   # an older version's file in the root first
+        if saved.is_file():
+            return _read_val_split(saved, n_annotations)
     from sklearn.model_selection import GroupShuffleSplit
     hands = np.arange(n_annotations)   # one annotation per hand: its image versions follow it to the same side
     n_val = max(1, round(n_annotations * fraction))

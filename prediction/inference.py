@@ -13,14 +13,13 @@ import torch
 
 from core import geometry
 from core.common import UserError, progress, shown, unit_float
-from core.device import autocast
-from core.geometry import warp_images
-from data.augment import parse_augs, resolve_options
-from core.geometry import BONES
-from data.joints import REFERENCE_BONES_MM, bone_lengths
-from data.decoding import input_affine
-from data.loader import to_device
+from core.geometry import BONES, warp_images
 from core.picture_files import shown_layout
+from core.precision import autocast
+from data.augment import parse_augs, resolve_options
+from data.decoding import input_affine
+from data.joints import REFERENCE_BONES_MM, bone_lengths
+from data.loader import to_device
 from data.readers import detect_layout, load_split
 from models import prepare_images
 

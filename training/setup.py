@@ -34,7 +34,8 @@ def set_up(args):
     parts' states and the progress restored from last.pt when it resumes."""
     config, folder, resume_state, given = resolve_run(args)
     rank, world_size, device = init_distributed(config["device"])
-    config["precision"] = precision.choose(device, config["amp"]).name  # recorded in config.json and summary.json
+    chosen = precision.choose(device, config["amp"])
+    config["precision"] = chosen.name  # recorded in config.json and summary.json
     if rank:
         messages.set_quiet()   # one process speaks for the group; warnings still come from each
     data_root = locate_data(config, rank, world_size)
@@ -50,7 +51,7 @@ def set_up(args):
     log.info(f"{config['recipe']}: {config['arch']} ({parts.params / 1e6:.2f} M params), {len(train_set)} training "
              f"/ {len(val_set)} validation images from {shown(data_root)}, {config['img_size']} px, batch "
              f"{config['batch_size']}{f' x {world_size} processes' if world_size > 1 else ''}, {device} "
-             f"({precision.choose(device, config['amp']).describe()}), run folder "
+             f"({chosen.describe()}), run folder "
              f"{shown(folder)}; the constant-shape baseline (one hand for all) scores {setup.constant_shape_mm:.2f} mm "
              f"PA-MPJPE on validation")
     if resume_state is not None:

@@ -5,7 +5,7 @@ an augmented batch, then the optimiser step with clipping, the per-step lr sched
 ``model`` is the bare nn.Module whose parameters the optimiser and the EMA hold."""
 import torch
 
-from core.device import autocast
+from core.precision import autocast
 from models import prepare_images
 from models.losses import loss_target, pose_loss
 
