@@ -69,11 +69,7 @@ def newest_checkpoint(name="best.pt", runs_root=None, hint="or pass --ckpt PATH"
 def read_checkpoint(path):
     """``load_checkpoint`` plus what prediction needs: a config naming the model and its input size,
     and the training stats. Every problem is a UserError naming the file."""
-    try:
-        state = load_checkpoint(path)
-    except pickle.UnpicklingError as err:  # a text or foreign file that torch.load reads as a pickle
-        raise UserError(f"checkpoint {path} cannot be read (UnpicklingError: {err}); it is broken or not a "
-                        f"PyTorch file: use another checkpoint") from None
+    state = load_checkpoint(path)
     missing = [key for key in ("arch", "img_size", "model") if key not in state["config"]]
     missing += [f"stats.{key}" for key in ("bone_length_m", "root_depth_m")
                 if key not in state.get("stats", {})]
