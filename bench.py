@@ -66,6 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--tta", type=int, default=10, help="rotations of the predict stage")
     p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16 where native, else fp16); none on "
                                                       "the CPU")
+    p.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast of the training step on a CPU with bf16 "
+                                                           "instructions (train.py's cpu_bf16)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--threads", type=int, default=None, help="CPU threads of torch (default: torch's)")
@@ -167,9 +169,9 @@ def train_step_rate(config, batch, args, device):
     """Images per second of one optimisation step of ``config['arch']`` on a fixed augmented batch."""
     model = make_model(config, device, args.channels_last).train()
     optimizer = make_optimizer(model, config)
-    scaler = precision.choose(device, args.amp).grad_scaler()
+    config = {**config, "amp": args.amp, "cpu_bf16": args.cpu_bf16}
+    scaler = precision.choose(device, args.amp, args.cpu_bf16).grad_scaler()
     wrapped = torch.compile(model) if args.compile else model
-    config = {**config, "amp": args.amp}
 
     def step():  # the trainer's step: the same loss, clipping and optimiser step (no schedule, no EMA)
         loss, _ = forward_loss(wrapped, batch, config, device, args.channels_last)
@@ -233,8 +235,9 @@ def run(args):
                                       seed=0)
         record(f"augment/{name}", augment_rate(augmenter, data, args, device), model_size, b, config["augs"])
         rate, model = train_step_rate(config, augmenter(data), args, device)
+        chosen = precision.choose(device, args.amp, args.cpu_bf16).name
         record(f"train_step/{name}", rate, model_size, b, f"{config['arch']}, {config['optimizer']}, loss "
-                                                          f"{','.join(config['loss'])}")
+                                                          f"{','.join(config['loss'])}, {chosen}")
         record(f"predict_tta/{name}", predict_rate(model, data["image"], args, device), model_size, b,
                f"tta {args.tta}")
         del model
@@ -264,7 +267,7 @@ def augment_share(rows):
 def write_json(path, rows, info, args):
     settings = {k: getattr(args, k) for k in ("device", "img_size", "model_size", "batch_size", "steps", "warmup",
                                                "loader_batches", "loader_seconds", "workers", "tta", "amp",
-                                               "channels_last", "compile", "threads", "data_root", "split",
+                                               "cpu_bf16", "channels_last", "compile", "threads", "data_root", "split",
                                                "max_images")}
     settings["cudnn_benchmark"] = torch.backends.cudnn.benchmark
     result = {"machine": info, "settings": settings, "stages": {r["stage"]: r["images_per_s"] for r in rows},

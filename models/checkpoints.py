@@ -9,7 +9,8 @@ streams are re-seeded from the seed and the epoch at each epoch's start). A ``la
 stop signal, ``checkpoint_minutes``) also holds ``position``: ``runstate.EpochPosition.to_dict()``, the place in
 that epoch and every process's random streams. ``model`` is the evaluated weights (the EMA when the run keeps one)
 in ``best.pt`` and the raw trained weights in ``last.pt``. The weights of the best epochs kept for averaging are in
-``topk.pt`` (written at epoch ends only, so a state inside an epoch agrees with it).
+``topk.pt`` (written at epoch ends only, so a state inside an epoch agrees with it). ``img_size``, beside the
+config, is the input size the weights were trained at (a run with stages, training/stages.py, changes it).
 """
 import pickle
 from pathlib import Path
@@ -75,6 +76,8 @@ def read_checkpoint(path):
                 if key not in state.get("stats", {})]
     if missing:
         raise UserError(f"checkpoint {path} lacks {', '.join(missing)}; pass a best.pt written by train.py")
+    # the size its weights were trained and validated at: a run with stages records it beside the run's config
+    state["config"] = {**state["config"], "img_size": state.get("img_size") or state["config"]["img_size"]}
     return state
 
 

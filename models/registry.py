@@ -27,18 +27,23 @@ class ModelEntry:
     summary: str       # one line for --list-archs and the README
     head_options: dict = field(default_factory=dict)   # option -> the heads that read it (the others would not)
     default_head: Optional[str] = None                 # the head when the options name none
+    resizable: bool = True      # takes another input size with the same weights (a training stage's new size)
+    size_multiple: int = 32     # input sizes it takes are multiples of this (its deepest stride)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name, *, paper, summary, head_options=None, default_head=None):
+def register_model(name, *, paper, summary, head_options=None, default_head=None, resizable=True, size_multiple=32):
     """Decorator for ``builder(pretrained='none', **options) -> nn.Module``. ``head_options``: the options only some
-    heads read, each with those heads (``options['head']``, else ``default_head``); given to another, a ValueError."""
+    heads read, each with those heads (``options['head']``, else ``default_head``); given to another, a ValueError.
+    ``resizable``: whether the weights take another input size (no layer sized by the input, such as a flattened
+    feature map into a Linear); ``size_multiple``: the multiple such sizes must be."""
     def decorate(builder):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = ModelEntry(name, builder, paper, summary, dict(head_options or {}), default_head)
+        _REGISTRY[name] = ModelEntry(name, builder, paper, summary, dict(head_options or {}), default_head,
+                                     resizable, size_multiple)
         return builder
     return decorate
 

@@ -43,6 +43,20 @@ def log_epochs(folder):
         return [int(row["epoch"]) for row in csv.DictReader(f)]
 
 
+def assert_same_run(straight, resumed):
+    """Two run folders ended with the same weights, EMA, schedule and log (lr and loss of every epoch)."""
+    import torch
+    from models.checkpoints import load_checkpoint
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
+    for weights in ("model", "ema"):
+        for key in a[weights] or {}:
+            torch.testing.assert_close(a[weights][key], b[weights][key], rtol=0, atol=1e-6, msg=f"{weights} {key}")
+    assert a["scheduler"] == b["scheduler"] and a["epoch"] == b["epoch"]
+    assert [(row["lr"], row["train_loss"]) for row in a["history"]] == \
+        [(row["lr"], row["train_loss"]) for row in b["history"]]
+    return a, b
+
+
 def act_at_forward(monkeypatch, call, action):
     """The trainer's forward_loss runs ``action()`` at the start of its ``call``-th call (1-based): mid-step."""
     from training import trainer  # here, not above: conftest imports this module, and light test files need no trainer

@@ -26,7 +26,9 @@ def test_gpu_check_dry_run_runs_every_step_and_writes_its_figures(tmp_path):
     bench = steps["bench"]
     assert bench["stages"]["train_step/effb0_unet_64_cpu"] > 0 and 0 < bench["augment_share"]["effb0_unet_64_cpu"] < 1
     trained = steps["train_and_predict"]
-    assert trained["epochs"] == 1 and math.isfinite(trained["fraction_of_constant_shape"]) and trained["tta"] == 2
+    assert trained["epochs"] == 2 and math.isfinite(trained["fraction_of_constant_shape"]) and trained["tta"] == 2
+    assert [(s["epochs"], s["img_size"]) for s in trained["stage_records"]] == [([1, 1], 64), ([2, 2], 96)]
+    assert trained["predicted_at_px"] == 96
 
 
 def test_wheels_are_installed_only_for_missing_distributions(tmp_path, monkeypatch):

@@ -56,7 +56,8 @@ def test_the_training_step_the_predictor_and_bench_share_the_choice(gpu, monkeyp
     from training import setup
     seen = []
     real = precision.choose
-    monkeypatch.setattr(precision, "choose", lambda device, amp: seen.append((str(device), amp)) or real(device, amp))
+    monkeypatch.setattr(precision, "choose", lambda device, amp, cpu_bf16=False: seen.append((str(device), amp)) or
+                        real(device, amp, cpu_bf16))
     inference.autocast(torch.device("cpu"), True)
     assert seen == [("cpu", True)]
     for module in (bench, setup):

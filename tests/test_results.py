@@ -67,7 +67,7 @@ def test_two_runs_become_rows_holding_their_files_figures(made, capsys):
     table_path = tmp_path / "docs" / "results.csv"
     results.main(["add", str(first), "--note", "the first", "--csv", str(table_path), "--machine", "a test machine"])
     results.main(["add", str(second), "--metrics", str(second_metrics), "--csv", str(table_path),
-                  "--machine", "a test machine"])
+                  "--machine", "a test machine", "--data", "1,000 held-back hands"])
     assert "skipped" in capsys.readouterr().out  # the validation-split prediction of the first run
     table = results.read_table(table_path)
     assert list(table.columns) == results.COLUMNS and len(table) == 2
@@ -77,6 +77,7 @@ def test_two_runs_become_rows_holding_their_files_figures(made, capsys):
     assert one["command"] == "python train.py --recipe hourglass_attn_64_cpu --epochs 3"
     assert two["command"] == "python train.py --recipe hourglass_attn_64_cpu --epochs 2 --seed 1"
     assert (one["seed"], one["epochs"], one["data"], one["note"]) == (0, 3, "synthetic", "the first")
+    assert two["data"] == "1,000 held-back hands"  # --data: what its --metrics were scored on
     assert one["wall_minutes"] == 2.0 and two["wall_minutes"] == 1.0
     assert one["images_per_s"] == 150.0 and one["machine"] == "a test machine"
     assert one["val_mm"] == 15.5 and one["val_fraction"] == pytest.approx(round(15.5 / 21.0, 3))

@@ -23,7 +23,7 @@ from data.readers import load_split
 from training.config import resolve_config, resume_config
 from training.rundir import continue_command
 from training.setup import restored_progress
-from tests.scripts import (TINY, act_at_forward, log_epochs, run_main, run_train,
+from tests.scripts import (TINY, act_at_forward, assert_same_run, log_epochs, run_main, run_train,
                            stop_signals_as_in_a_terminal)
 
 # every training feature whose state must survive a resume and stay equal across DDP ranks
@@ -114,18 +114,6 @@ def test_a_short_run_writes_the_run_folder(synthetic_96, tmp_path):
     state = load_checkpoint(folder / "best.pt")
     model = build_model(state, expect_arch="ghost_lite")
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 21, 3)
-
-
-def assert_same_run(straight, resumed):
-    """Two run folders ended with the same weights, EMA, schedule and log (lr and loss of every epoch)."""
-    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
-    for weights in ("model", "ema"):
-        for key in a[weights] or {}:
-            torch.testing.assert_close(a[weights][key], b[weights][key], rtol=0, atol=1e-6, msg=f"{weights} {key}")
-    assert a["scheduler"] == b["scheduler"] and a["epoch"] == b["epoch"]
-    assert [(row["lr"], row["train_loss"]) for row in a["history"]] == \
-        [(row["lr"], row["train_loss"]) for row in b["history"]]
-    return a, b
 
 
 # --- stopping inside an epoch: SIGKILL, SIGTERM, Ctrl-C, timed saves ------------------------------------------------

@@ -11,8 +11,9 @@ On a bare machine with NVIDIA's PyTorch and no internet it
 3. runs ``bench.py --device cuda --amp --channels-last`` over every arch and the GPU recipes at 224 px: training
    images/s, the augmentation share of a step, the loader's headroom;
 4. generates a synthetic set of --train hands (one image version each) and --eval evaluation hands;
-5. trains --recipe for about --train-minutes (its epochs sized by the step rate bench measured), then predicts the
-   evaluation split with ``--tta 10`` and reads its fraction of the constant shape.
+5. trains --recipe for about --train-minutes (its epochs sized by the step rate bench measured), the last tenth of
+   them in a final stage at a larger input size, then predicts the evaluation split at that size with ``--tta 10``
+   and reads its fraction of the constant shape.
 Every step's figures go to OUT/gpu_check.json (written after each step, so a step that fails keeps the others);
 each step's output to OUT/<step>.log. Exit status 1 when any step failed.
 """
@@ -28,12 +29,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_CARRIED = re.compile(r"^(torch|torchvision|torchaudio|triton|nvidia-.*|pip|setuptools|wheel)$")
-FULL = {"device": "cuda", "img_size": 224, "batch_size": 64, "bench_steps": 10, "train": 20000, "eval": 3960,
-        "recipe": "effb4_1d_plus", "archs": "all", "bench_recipes": "effb4_1d_plus,resnet34_plus", "tta": 10,
-        "workers": 8, "max_epochs": None, "loader_batches": 200, "loader_seconds": 3.0}
-DRY = {"device": "cpu", "img_size": 64, "batch_size": 4, "bench_steps": 1, "train": 24, "eval": 8,
-       "recipe": "effb0_unet_64_cpu", "archs": "none", "bench_recipes": "effb0_unet_64_cpu", "tta": 2, "workers": 0,
-       "max_epochs": 1, "loader_batches": 2, "loader_seconds": 0}
+# final_size, final_fraction: the recipe's final stage, at this size for this share of the epochs (training/stages.py)
+FULL = {"device": "cuda", "img_size": 224, "final_size": 320, "final_fraction": 0.1, "batch_size": 64,
+        "bench_steps": 10, "train": 20000, "eval": 3960, "recipe": "effb4_1d_plus", "archs": "all",
+        "bench_recipes": "effb4_1d_plus,resnet34_plus", "tta": 10, "workers": 8, "max_epochs": None,
+        "loader_batches": 200, "loader_seconds": 3.0}
+DRY = {"device": "cpu", "img_size": 64, "final_size": 96, "final_fraction": 0.5, "batch_size": 4, "bench_steps": 1,
+       "train": 24, "eval": 8, "recipe": "effb0_unet_64_cpu", "archs": "none", "bench_recipes": "effb0_unet_64_cpu",
+       "tta": 2, "workers": 0, "max_epochs": 2, "loader_batches": 2, "loader_seconds": 0}
 
 
 def parse_args(argv=None):
@@ -147,12 +150,16 @@ def epochs_for(minutes, rate, images):
 
 def train_and_predict(out, sizes, minutes, rate):
     run, data = out / "run", out / "synthetic"
-    # 5 % of the hands are held out for validation; 15 % of the time left for loading, validation and averaging
-    epochs = min(epochs_for(0.85 * minutes, rate, 0.95 * sizes["train"]), sizes["max_epochs"] or math.inf)
+    # 5 % of the hands are held out for validation; a quarter of the time left for loading, validation, averaging and
+    # the final stage's larger images
+    epochs = max(2, min(epochs_for(0.75 * minutes, rate, 0.95 * sizes["train"]), sizes["max_epochs"] or math.inf))
+    stages = [{"fraction": sizes["final_fraction"], "img_size": sizes["final_size"]}]
     train_s, code = run_logged([sys.executable, "train.py", "--recipe", sizes["recipe"], "--data-root", data,
-                                "--img-size", sizes["img_size"], "--device", sizes["device"], "--epochs", epochs,
-                                "--workers", sizes["workers"], "--out", run], out / "train.log")
-    figures = {"recipe": sizes["recipe"], "epochs": epochs, "train_seconds": round(train_s, 1), "exit_status": code}
+                                "--img-size", sizes["img_size"], "--set", f"stages={json.dumps(stages)}",
+                                "--device", sizes["device"], "--epochs", epochs, "--workers", sizes["workers"],
+                                "--out", run], out / "train.log")
+    figures = {"recipe": sizes["recipe"], "epochs": epochs, "stages": stages, "train_seconds": round(train_s, 1),
+               "exit_status": code}
     if code != 0:
         return figures, False
     prefix = out / "prediction"
@@ -166,7 +173,8 @@ def train_and_predict(out, sizes, minutes, rate):
         figures.update(pa_mpjpe_mm=scores["pa_mpjpe_mm"],
                        fraction_of_constant_shape=scores["fraction_of_constant_shape"],
                        predict_images_per_s=round(sizes["eval"] / predict_s, 1), tta=sizes["tta"],
-                       train_images_per_s=summary.get("train_images_per_s"))
+                       train_images_per_s=summary.get("train_images_per_s"), stage_records=summary.get("stages"),
+                       predicted_at_px=summary.get("img_size"))
     return figures, code == 0
 
 

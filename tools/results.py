@@ -51,6 +51,7 @@ def parse_args(argv=None):
                      "given, only these are read")
     add.add_argument("--kind", choices=KINDS, help="default: run, or ensemble for a .ensemble.json")
     add.add_argument("--note", default="")
+    add.add_argument("--data", help="what the --metrics were scored on, when not the run's own data (a held-back set)")
     add.add_argument("--machine", help="what it ran on (default: this machine)")
     add.add_argument("--csv", type=Path, default=CSV)
     locations.add_flags(add, "submissions")
@@ -185,6 +186,8 @@ def add(args):
     else:
         raise UserError(f"{target}: give a run folder (runs/NAME) or an ensemble's PREFIX.ensemble.json")
     row.update(note=args.note, machine=args.machine or this_machine(), date=datetime.now().strftime("%Y-%m-%d"))
+    if args.data:
+        row["data"] = args.data
     table = read_table(args.csv) if args.csv.is_file() else pd.DataFrame(columns=COLUMNS)
     table = pd.concat([table, pd.DataFrame([row], columns=COLUMNS)], ignore_index=True)
     args.csv.parent.mkdir(parents=True, exist_ok=True)

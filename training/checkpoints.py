@@ -42,14 +42,16 @@ class CheckpointSaver:
         """Whether ``val_mm`` beats the best so far: a later epoch that ties it wins; an average must beat it."""
         return val_mm <= self.progress.best_mm if ties_win else val_mm < self.progress.best_mm
 
-    def save_epoch(self, epoch, val_mm, weights, val_xyz, val_ids):
-        """After validating ``epoch``: best.pt and val_pred.npz when it is the best so far, and topk.pt when its
-        evaluated ``weights`` enter the top k (last.pt is ``save_last``'s)."""
-        if self.improves(val_mm):
+    def save_epoch(self, epoch, stage, val_mm, weights, val_xyz, val_ids):
+        """After validating ``epoch`` of ``stage`` (stages.Stage): best.pt and val_pred.npz when it is the best so far
+        or the first of a later stage (a new input size starts the race again), and topk.pt when its evaluated
+        ``weights`` enter the stage's top k (last.pt is ``save_last``'s)."""
+        if self.improves(val_mm) or (stage.index > 0 and epoch == stage.first_epoch):
             self.progress.best_mm = val_mm
             self.save_best({"model": weights, "config": self.config, "epoch": epoch, "history": self.progress.history,
-                            "stats": self.stats, "best_val_pa_mpjpe_mm": val_mm}, val_xyz, val_ids)
-        self.keep_top_k(epoch, val_mm, weights)
+                            "stats": self.stats, "best_val_pa_mpjpe_mm": val_mm, "img_size": stage.img_size},
+                           val_xyz, val_ids)
+        self.keep_top_k(epoch, val_mm, weights, stage.first_epoch)
 
     def save_last(self, state):
         save_checkpoint(state, self.folder / "last.pt")
@@ -59,10 +61,12 @@ class CheckpointSaver:
         with atomic_write(self.folder / "val_pred.npz") as tmp, open(tmp, "wb") as f:
             np.savez(f, xyz=val_xyz, ids=val_ids, split="val", data_root=str(Path(self.config["data_root"]).resolve()))
 
-    def keep_top_k(self, epoch, val_mm, weights):
+    def keep_top_k(self, epoch, val_mm, weights, first_epoch=1):
+        """Keep ``weights`` when they enter the top k of the epochs since ``first_epoch`` (their stage's first)."""
         if self.top_k < 2:
             return
-        kept = [e for e in self.kept if e[1] < epoch]  # a resumed run repeats the epoch it was killed in
+        # a resumed run repeats the epoch it was killed in; an earlier stage's weights are of another input size
+        kept = [e for e in self.kept if first_epoch <= e[1] < epoch]
         weights = {key: value.detach().cpu().clone() for key, value in weights.items()}
         self.kept = sorted(kept + [(val_mm, epoch, weights)], key=lambda e: e[0])[:self.top_k]
         if any(e[1] == epoch for e in self.kept):

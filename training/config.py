@@ -15,6 +15,7 @@ from data import augment
 from models.losses import split_weights
 from training import optimization
 from training import recipes
+from training import stages
 from models.checkpoints import load_checkpoint
 from training.recipes import CONFIG_DEFAULTS
 from training.rundir import continue_command
@@ -24,13 +25,14 @@ log = logger(__name__)
 # The laptop default: the synthetic set on the CPU with none of these keys given gets this short run, which
 # ends in minutes; giving any of them on the command line hands the whole budget back to the recipe.
 CPU_SYNTHETIC_BUDGET = {"img_size": 128, "epochs": 3, "batch_size": 16, "max_train_images": 480,
-                        "max_val_images": 100}
+                        "max_val_images": 100, "stages": []}
 SHORT_RUN_NOTE = ("; this was the short check that everything runs, too short to learn the fingers; the recipe "
                   "made for a CPU, `python train.py --recipe hourglass_attn_64_cpu`, learns them (docs/recipes.md)")
 CLI_KEYS = ("data_root", "epochs", "batch_size", "img_size", "lr", "pretrained", "device", "seed", "augs",
             "backgrounds", "workers", "folds", "fold", "pseudo_labels")
 PATH_KEYS = ("data_root", "backgrounds", "pseudo_labels")
-NEWER_KEYS = ("pseudo_labels", "pseudo_weight", "pseudo_keep")  # absent from older runs' configs: their defaults
+# absent from older runs' configs: their defaults
+NEWER_KEYS = ("pseudo_labels", "pseudo_weight", "pseudo_keep", "cpu_bf16", "stages")
 RESUMABLE_OVERRIDES = ("device", "workers", "lr")   # what --resume may change: where it runs, the lr (scaled with
 # its schedule) and clipping (after a NaN loss), how often a mid-epoch last.pt is written, and whether the images
 # come from the decoded cache (the same pixels as the JPEGs)
@@ -244,6 +246,7 @@ def validate_config(config):
     if config["augs_final"] and not config["final_epochs"]:
         raise UserError("augs_final is set but final_epochs=0: give --set final_epochs=N, or drop augs_final")
     check_model_options(config)
+    stages.check_stages(config)
     if config["schedule"] == "onecycle" and config["warmup_epochs"]:
         raise UserError("schedule=onecycle warms up by itself: set warmup_epochs=0 or use schedule=cosine")
 

@@ -16,9 +16,12 @@ CONFIG_DEFAULTS = {
     "arch": "",
     "recipe": "",
     "data_root": "",                # empty: data/freihand when it holds a dataset, else the synthetic set
-    "img_size": 224,
+    "img_size": 224,                # the input size of the first stage (of the only one without ``stages``)
     "batch_size": 32,
     "epochs": 100,
+    "stages": [],                   # the run's last stages at other sizes, each a fraction of the epochs, e.g.
+                                    # [{"fraction": 0.1, "img_size": 288}] (training/stages.py); predictions use the
+                                    # last stage's size
     "optimizer": "adam",            # adam | adamw | sgd
     "lr": 1e-4,
     "weight_decay": 0.0,
@@ -45,6 +48,8 @@ CONFIG_DEFAULTS = {
     "seed": 0,
     "workers": -1,                  # data-loading processes; -1 = sized to the machine
     "amp": True,                    # mixed precision on CUDA (core.precision: bf16 or fp16)
+    "cpu_bf16": False,              # bf16 autocast of the training step on a CPU with bf16 instructions (predictions
+                                    # stay fp32 there); on where it measured faster (docs/recipes.md)
     "channels_last": True,          # NHWC memory layout (faster on CUDA and on the CPU)
     "compile": False,               # torch.compile the model
     "cache": True,                  # decode JPEGs once into a uint8 memory map (data/cache/)
@@ -102,8 +107,10 @@ RECIPES = {
                          "augs": "none"},
     # ours, the CPU recipe: Liu 2018's hourglass cut to one 64-channel stack of depth 3 at a quarter of a 64 px
     # input so that a CPU takes many steps; depth by lifting the canonical 2D pose; the heatmap term, not the
-    # coordinates, teaches where the fingers are, hence its weight 30; rotations within +-30 degrees (TTA too)
-    "hourglass_attn_64_cpu": {**_LIU2018, "img_size": 64, "batch_size": 16, "epochs": 60, "optimizer": "adamw",
+    # coordinates, teaches where the fingers are, hence its weight 30; rotations within +-30 degrees (TTA too);
+    # the last 12 epochs at 128 px, where its heatmaps are 32x32, not 16x16; bf16 on CPUs that have it
+    "hourglass_attn_64_cpu": {**_LIU2018, "img_size": 64, "batch_size": 16, "epochs": 68,
+                              "stages": [{"fraction": 0.18, "img_size": 128}], "cpu_bf16": True, "optimizer": "adamw",
                               "lr": 3e-3, "weight_decay": 0.05, "schedule": "cosine", "min_lr_ratio": 0.02,
                               "warmup_epochs": 1.0, "ema_decay": 0.999, "average_top_k": 3,
                               "model": {"channels": 64, "num_stacks": 1, "hourglass_depth": 3, "stem_stride": 4,
@@ -113,7 +120,9 @@ RECIPES = {
     # ours: the effb0 encoder under the shared U-Net head with _CPU_HEAD's settings; the encoder stops at stride 16
     # (at 64 px the stride-32 stage sees 2x2 yet holds most weights), twice the lr; scale, shift and stochastic
     # depth because 5 M weights fit the synthetic poses soon; a narrower decoder buys more epochs
-    "effb0_unet_64_cpu": {**_CPU_HEAD, "arch": "effb0_1d", "epochs": 44, "lr": 4e-3, "augs": "scale,rotate,translate",
+    # the last 8 epochs at 128 px (bf16 is slower than fp32 for its depthwise convolutions on a CPU)
+    "effb0_unet_64_cpu": {**_CPU_HEAD, "arch": "effb0_1d", "epochs": 50,
+                          "stages": [{"fraction": 0.16, "img_size": 128}], "lr": 4e-3, "augs": "scale,rotate,translate",
                           "model": {"head": "unet", "drop_connect": 0.1, "encoder_depth": 4, "decoder_width": 48}},
     # ours, the same head on the other encoders and hourglasses, for the table of every arch at one CPU budget
     # (tools/arch_table.py sets their epochs)
@@ -135,11 +144,15 @@ RECIPES = {
                         "loss": {"coord_mse": 1.0, "simcc_kl": 0.1}, "augs": "rotate", "pretrained": "none",
                         "short_on_cpu": False},
     # ours, for a GPU: Schneider 2020's EfficientNet-B4 under the shared head, which beat its 1D decoder on the CPU
-    # (docs/recipes.md); the whole encoder, since at 224 px its stride-32 stage sees 7x7
-    "effb4_1d_plus": {**_GPU_HEAD, "arch": "effb4_1d", "model": {"head": "unet"}},
+    # (docs/recipes.md); the whole encoder, since at 224 px its stride-32 stage sees 7x7; the last 10 epochs at
+    # 320 px, towards the 380 px EfficientNet-B4 was made for (FreiHAND's images are 224 px: upsampled)
+    "effb4_1d_plus": {**_GPU_HEAD, "arch": "effb4_1d", "model": {"head": "unet"},
+                      "stages": [{"fraction": 0.1, "img_size": 320}]},
     # ours, for a GPU: Reichardt 2021's ResNet34 as a feature extractor under the shared head, since 2D accuracy
-    # was the lever on the CPU and direct regression stayed above the constant shape there
-    "resnet34_plus": {**_GPU_HEAD, "arch": "resnet34", "model": {"head": "unet"}},
+    # was the lever on the CPU and direct regression stayed above the constant shape there; the last 10 epochs at
+    # 288 px (FixRes's train-test resolution gap)
+    "resnet34_plus": {**_GPU_HEAD, "arch": "resnet34", "model": {"head": "unet"},
+                      "stages": [{"fraction": 0.1, "img_size": 288}]},
     # Reichardt 2021: direct regression, 128 px, L1, Adam, cosine annealing; ResNet101 was its best without clutter
     "resnet34": {**_REICHARDT2021, "arch": "resnet34", "epochs": 150, "augs": "background,rotate,occlude"},
     "resnet101": {**_REICHARDT2021, "arch": "resnet101", "epochs": 200, "augs": "background,rotate"},

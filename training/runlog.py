@@ -97,7 +97,7 @@ class TensorBoardLog:
         if self.writer is None:
             return
         for key, value in row.items():
-            if key.startswith("val_") or key == "train_images_per_s":
+            if key.startswith("val_") or key in ("train_images_per_s", "img_size"):  # img_size: the stage's
                 self.writer.add_scalar(key.replace("val_", "val/", 1), value, epoch)
         if panel is not None:
             self.writer.add_image("val/skeletons", panel, epoch, dataformats="HWC")

@@ -1,5 +1,5 @@
 """A training run's state, typed and split by lifetime: ``RunSetup`` (fixed once the run is set up), ``RunParts``
-(the built parts: the model and its wrapped twin, EMA, optimiser, schedule, scaler, loaders, augmenters) and
+(the built parts: the model and its wrapped twin, EMA, optimiser, schedule, scaler, the stage's inputs) and
 ``Progress`` (what last.pt holds beyond the parts' states: epochs done, the best validation, the log's rows, and
 the ``EpochPosition`` when it was written inside an epoch); the random streams that continue a run exactly, and
 the stop signals that end it cleanly.
@@ -32,8 +32,8 @@ SIGNAL_NAMES = {signal.SIGINT: "SIGINT (Ctrl-C)", signal.SIGTERM: "SIGTERM"}
 class EpochPosition:
     """Where a run stands inside epoch ``epoch`` of ``epoch_batches`` batches per process: ``batches`` of them done
     (a whole number of optimiser steps), ``lr`` at the epoch's first step, the loss sums and counts of log.csv's
-    row, the seconds spent training in it, the number of processes whose shards those batches are, and, once
-    saved, every process's ``random_streams`` by rank."""
+    row, the seconds spent training in it, the number of processes whose shards those batches are, the input size
+    of its stage, and, once saved, every process's ``random_streams`` by rank."""
     epoch: int
     epoch_batches: int
     lr: float
@@ -44,6 +44,7 @@ class EpochPosition:
     images: int = 0
     seconds: float = 0.0
     streams: list = field(default_factory=list)
+    img_size: int = 0           # the input size of the epoch's stage (0: written before stages)
 
     def add(self, terms, images):
         """Count one batch: its loss terms (0-d tensors, summed without a device sync) and its images."""
@@ -75,7 +76,6 @@ class RunSetup:
     device: torch.device
     stats: dict                 # facts about the training labels that every checkpoint carries (setup.training_stats)
     constant_shape_mm: float    # the yardstick: PA-MPJPE (mm) of the constant shape on the validation split
-    val_set: Any                # the validation dataset (its first images go to TensorBoard)
 
 
 @dataclass
@@ -88,12 +88,9 @@ class RunParts:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
-    train_loader: Any
-    val_loader: Any
-    steps_per_epoch: int        # optimiser steps per epoch (batches // accumulate)
+    inputs: Any                 # stages.StageInputs: the current stage's datasets, loaders and augmenters
+    steps_per_epoch: int        # optimiser steps per epoch (batches // accumulate), the same in every stage
     params: int
-    augmenter: Any = None
-    augmenter_final: Any = None  # the augmentations of the last final_epochs
 
     @property
     def evaluated(self):

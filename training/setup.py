@@ -10,15 +10,14 @@ import models
 from core import geometry
 from core import locations, messages, precision
 from core.common import UserError, shown
-from data import augment, resolve_or_generate_data_root
-from data.dataset import make_dataset
+from data import resolve_or_generate_data_root
 from data.joints import bone_ratios
-from data.loader import make_loader
-from data.pseudo import WeightedUnion, pseudo_split
+from data.pseudo import pseudo_split
 from data.readers import load_split
 from scoring import metrics
 from training import optimization
 from training import runlog
+from training import stages
 from training.config import apply_cpu_budget, resolve_config, resume_config
 from training.distributed import barrier, init_distributed
 from training.rundir import check_new_run_folder, elastic_restart, run_folder
@@ -34,7 +33,7 @@ def set_up(args):
     parts' states and the progress restored from last.pt when it resumes."""
     config, folder, resume_state, given = resolve_run(args)
     rank, world_size, device = init_distributed(config["device"])
-    chosen = precision.choose(device, config["amp"])
+    chosen = precision.choose(device, config["amp"], config["cpu_bf16"])
     config["precision"] = chosen.name  # recorded in config.json and summary.json
     if rank:
         messages.set_quiet()   # one process speaks for the group; warnings still come from each
@@ -42,21 +41,24 @@ def set_up(args):
     if resume_state is None:
         folder = settle_new_run(args, config, given, data_root, device, rank)
     seed_everything(config["seed"])
-    train_split, val_split, train_set, val_set = load_datasets(config, data_root, world_size)
-    stats = training_stats(train_split)
-    parts, progress = build_parts(config, device, rank, world_size, train_set, val_set, resume_state, folder)
+    splits = load_splits(config, data_root)
+    stats = training_stats(splits[0])
+    parts, progress = build_parts(config, device, rank, world_size, splits, resume_state, folder)
     setup = RunSetup(config=config, folder=folder, rank=rank, world_size=world_size, device=device, stats=stats,
-                     constant_shape_mm=metrics.constant_shape_mm(stats["constant_shape_m"], val_split.xyz),
-                     val_set=val_set)
-    log.info(f"{config['recipe']}: {config['arch']} ({parts.params / 1e6:.2f} M params), {len(train_set)} training "
-             f"/ {len(val_set)} validation images from {shown(data_root)}, {config['img_size']} px, batch "
+                     constant_shape_mm=metrics.constant_shape_mm(stats["constant_shape_m"], splits[1].xyz))
+    log.info(f"{config['recipe']}: {config['arch']} ({parts.params / 1e6:.2f} M params), {len(parts.inputs.train_set)}"
+             f" training / {len(parts.inputs.val_set)} validation images from {shown(data_root)}, "
+             f"{stages.describe_sizes(config)}, batch "
              f"{config['batch_size']}{f' x {world_size} processes' if world_size > 1 else ''}, {device} "
              f"({chosen.describe()}), run folder "
              f"{shown(folder)}; the constant-shape baseline (one hand for all) scores {setup.constant_shape_mm:.2f} mm "
              f"PA-MPJPE on validation")
     if resume_state is not None:
         inside = f", at {progress.describe(config['accumulate'])}" if progress.position else ""
-        log.info(f"resuming {folder} after epoch {resume_state['epoch']} of {config['epochs']}{inside}")
+        plan = stages.plan(config)
+        stage = stages.stage_at(config, min(progress.epoch + 1, config["epochs"]))
+        in_stage = f", in {stage.describe(len(plan))}" if len(plan) > 1 else ""
+        log.info(f"resuming {folder} after epoch {resume_state['epoch']} of {config['epochs']}{inside}{in_stage}")
     return setup, parts, progress
 
 
@@ -118,25 +120,20 @@ def settle_new_run(args, config, given, data_root, device, rank):
     return folder
 
 
-def load_datasets(config, data_root, world_size):
-    """(train split, val split, train dataset, val dataset) at the config's input size."""
+def load_splits(config, data_root):
+    """(train split, val split, pseudo-labelled split or None): the images and labels the run trains and validates
+    on, at any input size (``stages.StageInputs`` makes their datasets)."""
     train_split, val_split = (limit(load_split(data_root, name, config["folds"], config["fold"]), config[key],
                                     config["seed"])
                               for name, key in (("train", "max_train_images"), ("val", "max_val_images")))
     if not train_split.labelled or not val_split.labelled:
         raise UserError(f"{data_root}: the train and val splits need *_xyz.json labels")
-    train_set, val_set = (make_dataset(split, config["img_size"], cache=config["cache"])
-                          for split in (train_split, val_split))
-    if config["pseudo_labels"]:
-        train_set = with_pseudo_labels(train_set, config, data_root)
-    if len(train_set) < config["batch_size"] * world_size:
-        raise UserError(f"{len(train_set)} training images are fewer than one batch of {config['batch_size']} "
-                        f"per process; lower --batch-size")
-    return train_split, val_split, train_set, val_set
+    pseudo = pseudo_labelled_split(config, data_root) if config["pseudo_labels"] else None
+    return train_split, val_split, pseudo
 
 
-def with_pseudo_labels(train_set, config, data_root):
-    """The training set joined by the pseudo-labelled images of config['pseudo_labels'] (data/pseudo.py)."""
+def pseudo_labelled_split(config, data_root):
+    """The pseudo-labelled images of config['pseudo_labels'] that join the training set (data/pseudo.py)."""
     path = config["pseudo_labels"]
     if config.get("pseudo_labels_sha256") and not Path(path).is_file():  # a resumed run's file is gone
         raise UserError(f"--pseudo-labels {path} is gone, and this run trains on that file (sha256 "
@@ -151,8 +148,7 @@ def with_pseudo_labels(train_set, config, data_root):
     if config.setdefault("pseudo_labels_sha256", info["sha256"]) != info["sha256"]:  # a resumed run's file changed
         raise UserError(f"--pseudo-labels {path} changed since this run began (sha256 {info['sha256'][:12]}, was "
                         f"{config['pseudo_labels_sha256'][:12]}): restore that file, or start a new run")
-    pseudo_set = make_dataset(split, config["img_size"], cache=config["cache"])
-    return WeightedUnion([train_set, pseudo_set], [1.0, config["pseudo_weight"]])
+    return split
 
 
 def make_model(config, device, channels_last, pretrained="none"):
@@ -161,26 +157,25 @@ def make_model(config, device, channels_last, pretrained="none"):
     return model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
 
 
-def build_parts(config, device, rank, world_size, train_set, val_set, resume_state=None, folder=None):
-    """(RunParts, Progress): model, optimiser, schedule, EMA, loaders and augmenters, their states and the progress
-    restored from ``resume_state`` (last.pt's) when given, before DDP copies rank 0's weights to every process."""
+def build_parts(config, device, rank, world_size, splits, resume_state=None, folder=None):
+    """(RunParts, Progress): model, optimiser, schedule, EMA, the loaders and augmenters of the stage the run starts
+    (or resumes) in, their states and the progress restored from ``resume_state`` (last.pt's) when given, before
+    DDP copies rank 0's weights to every process."""
     cuda = device.type == "cuda"
     model = make_model(config, device, config["channels_last"], "none" if resume_state else config["pretrained"])
     optimizer = optimization.make_optimizer(model, config)
-    train_loader = make_loader(train_set, config["batch_size"], train=True, workers=config["workers"],
-                               seed=config["seed"], rank=rank, world_size=world_size, pin_memory=cuda, shielded=True)
-    steps_per_epoch = len(train_loader) // config["accumulate"]
+    inputs = stages.StageInputs(config, device, rank, world_size, splits)
+    first_epoch = min(resume_state["epoch"] + 1, config["epochs"]) if resume_state else 1
+    inputs.use(stages.stage_at(config, first_epoch).img_size)
+    steps_per_epoch = len(inputs.train_loader) // config["accumulate"]
     if steps_per_epoch < 1:
-        raise UserError(f"an epoch of {len(train_loader)} batches is less than one optimiser step of "
+        raise UserError(f"an epoch of {len(inputs.train_loader)} batches is less than one optimiser step of "
                         f"accumulate={config['accumulate']} batches; lower --set accumulate")
-    scaler = precision.choose(device, config["amp"]).grad_scaler()
+    scaler = precision.choose(device, config["amp"], config["cpu_bf16"]).grad_scaler()
     scheduler = optimization.make_scheduler(optimizer, config, steps_per_epoch)
     ema = optimization.make_ema(model, config)
     parts = RunParts(model=model, wrapped=model, ema=ema, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                     train_loader=train_loader, steps_per_epoch=steps_per_epoch,
-                     params=sum(p.numel() for p in model.parameters()),
-                     val_loader=make_loader(val_set, config["batch_size"], train=False, workers=config["workers"],
-                                            pin_memory=cuda, shielded=True))
+                     inputs=inputs, steps_per_epoch=steps_per_epoch, params=sum(p.numel() for p in model.parameters()))
     progress = Progress()
     if resume_state is not None:
         restore_parts(parts, resume_state, config)
@@ -189,10 +184,6 @@ def build_parts(config, device, rank, world_size, train_set, val_set, resume_sta
         parts.wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     if config["compile"]:
         parts.wrapped = torch.compile(parts.wrapped)
-    parts.augmenter, parts.augmenter_final = (
-        augment.Augmenter(augment.parse_augs(augs), augment.resolve_options(config["aug"]), config["img_size"],
-                          device, backgrounds=config["backgrounds"] or None)
-        for augs in (config["augs"], config["augs_final"] or config["augs"]))
     return parts, progress
 
 
@@ -219,6 +210,10 @@ def restored_progress(state, config, steps_per_epoch, folder):
     if state.get("position"):
         position = progress.position = EpochPosition.from_dict(state["position"])
         position.lr *= config["lr"] / state["config"]["lr"]
+        size = stages.stage_at(config, position.epoch).img_size
+        if position.img_size and position.img_size != size:
+            raise UserError(f"{folder / 'last.pt'} stopped inside epoch {position.epoch} at {position.img_size} px, "
+                            f"and its stages train that epoch at {size} px: start a new run with another --out")
         if position.epoch_batches != steps_per_epoch * config["accumulate"]:
             raise UserError(f"{folder / 'last.pt'} stopped inside an epoch of {position.epoch_batches} "
                             f"batches per process, and the training split now makes "

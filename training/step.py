@@ -21,7 +21,7 @@ def forward_loss(wrapped, batch, config, device, channels_last, fraction_done=0.
     x = prepare_images(batch["image"])                                   # (B, 3, S, S) float, normalised
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with autocast(device, config["amp"]):
+    with autocast(device, config["amp"], config["cpu_bf16"]):
         uvd, aux = wrapped(x, return_aux=True)                             # (B, 21, 3), dict
     return pose_loss(uvd.float(), float_aux(aux), loss_target(batch, config["img_size"]), config["loss"],
                      fraction_done)

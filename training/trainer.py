@@ -15,11 +15,12 @@ from core.common import (EXIT_INTERRUPTED, EXIT_TERMINATED, Interrupted, Termina
 from core.common import progress as progress_bar  # ``progress`` in training/ is the run state (runstate.Progress)
 from core.json_files import json_text
 from core.messages import logger
-from data.loader import shut_down, to_device
+from data.loader import to_device
 from prediction.inference import camera_joints, predict_loader
 from scoring import metrics
 from training import runlog
 from training import runstate
+from training import stages
 from training.checkpoints import CheckpointSaver
 from training.config import SHORT_RUN_NOTE, is_short_run
 from training.distributed import barrier, ranks_hold_same_weights
@@ -49,8 +50,7 @@ def run(args):
                 from None
         raise
     finally:
-        for loader in (parts.train_loader, parts.val_loader):
-            shut_down(loader)  # their workers ignore stop signals: end them before the interpreter exits
+        parts.inputs.close()  # the loaders' workers ignore stop signals: end them before the interpreter exits
         if lock is not None:
             lock.close()  # the folder is free again (also when run inside another program, such as a test)
 
@@ -83,17 +83,27 @@ class Trainer:
             self.signals = signals
             for epoch in range(self.progress.epoch + 1, config["epochs"] + 1):
                 started = time.perf_counter()
+                stage = self.enter_stage(epoch)
                 loss, terms, speed, lr = self.train_one_epoch(epoch)
                 speeds.append(speed)
                 if setup.rank == 0:
-                    self.end_epoch(epoch, {"lr": lr, "train_loss": loss, **{f"loss_{k}": v for k, v in terms.items()},
-                                           "train_images_per_s": speed}, started)
+                    self.end_epoch(epoch, stage, {"lr": lr, "train_loss": loss, **{f"loss_{k}": v for k, v in
+                                                                                  terms.items()},
+                                                  "train_images_per_s": speed}, started)
                 self.progress.epoch = epoch
                 barrier(setup.world_size)
                 signum, _ = runstate.agree(signals, setup.world_size, setup.device)
                 if signum:  # arrived during validation or the save: last.pt holds this epoch
                     self.stop(signum, epoch)
         self.finish(speeds)
+
+    def enter_stage(self, epoch):
+        """The Stage of ``epoch``; its inputs (loaders, augmenters at its size) made current, said when new."""
+        stage, count = stages.stage_at(self.config, epoch), len(stages.plan(self.config))
+        if self.parts.inputs.use(stage.img_size):
+            log.info(f"{stage.describe(count)}, from its own decoded images; best.pt and the averaged epochs come "
+                     f"from {'this stage' if stage.index == count - 1 else 'the last stage'}")
+        return stage
 
     def train_one_epoch(self, epoch):
         """Returns (mean loss, mean loss terms, training images per second, lr at the epoch's first step). Each
@@ -103,9 +113,10 @@ class Trainer:
         self.parts.wrapped.train()
         position, generator = self.begin_epoch(epoch)
         final = epoch > config["epochs"] - config["final_epochs"]
-        augmenter = self.parts.augmenter_final if final else self.parts.augmenter
+        inputs = self.parts.inputs
+        augmenter = inputs.augmenter_final if final else inputs.augmenter
         total = position.epoch_batches
-        bar = progress_bar(self.parts.train_loader, desc=f"epoch {epoch}/{config['epochs']}", total=total,
+        bar = progress_bar(inputs.train_loader, desc=f"epoch {epoch}/{config['epochs']}", total=total,
                        initial=position.batches, enabled=setup.rank == 0)
         window, start = [], time.perf_counter() - position.seconds
         for micro, batch in enumerate(bar, start=position.batches):
@@ -136,11 +147,12 @@ class Trainer:
         position, self.progress.position = self.progress.position, None
         if position is None:
             position = runstate.EpochPosition(epoch, self.parts.steps_per_epoch * config["accumulate"],
-                                              self.parts.optimizer.param_groups[0]["lr"], setup.world_size)
+                                              self.parts.optimizer.param_groups[0]["lr"], setup.world_size,
+                                              img_size=self.parts.inputs.size)
         elif not runstate.restore_streams(position.streams[setup.rank], setup.device, generator) and setup.rank == 0:
             log.warning(f"last.pt was written on {position.streams[0]['device']}: on {setup.device.type} the rest "
                         f"of epoch {epoch} draws other augmentations and dropout than the run would have drawn there")
-        self.parts.train_loader.sampler.set_epoch(epoch, skip=position.batches * config["batch_size"])
+        self.parts.inputs.train_loader.sampler.set_epoch(epoch, skip=position.batches * config["batch_size"])
         return position, generator
 
     def train_batch(self, batch, epoch, micro):
@@ -196,6 +208,7 @@ class Trainer:
         config, the log's rows and the training stats (save_position adds the place inside the next epoch)."""
         parts, progress = self.parts, self.progress
         return {"model": parts.model.state_dict(), "config": self.config, "epoch": epochs_done,
+                "img_size": parts.inputs.size,  # the size these weights train at now (predict.py reads it)
                 "history": progress.history, "stats": self.setup.stats, "best_val_pa_mpjpe_mm": progress.best_mm,
                 "ema": parts.ema.module.state_dict() if parts.ema is not None else None,
                 "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
@@ -229,19 +242,20 @@ class Trainer:
     def validate(self, model):
         """Plain (no TTA) prediction of the validation split by ``model``: (metrics dict, xyz (N, 21, 3) metres,
         ids (N,), predicted uv (TB_IMAGES, 21, 2) of the first images)."""
-        predictions = predict_loader(model, self.parts.val_loader, self.setup.device, tta=1, amp=self.config["amp"],
-                                     channels_last=self.config["channels_last"], desc="validate")
+        config = self.config
+        predictions = predict_loader(model, self.parts.inputs.val_loader, self.setup.device, tta=1, amp=config["amp"],
+                                     channels_last=config["channels_last"], desc="validate")
         xyz = camera_joints(predictions, self.setup.stats)
         result = metrics.evaluate(xyz, predictions["xyz"])
         return result, xyz, predictions["ids"], predictions["uvd"][:runlog.TB_IMAGES, :, :2]
 
     def skeleton_panel(self, uv_pred):
         """The first validation images with their predicted and true skeletons, for TensorBoard."""
-        samples = [self.setup.val_set[i] for i in range(len(uv_pred))]
+        samples = [self.parts.inputs.val_set[i] for i in range(len(uv_pred))]
         images = np.stack([s["image"].permute(1, 2, 0).numpy() for s in samples])
         return runlog.skeleton_panel(images, uv_pred, np.stack([s["uvd"][:, :2].numpy() for s in samples]))
 
-    def end_epoch(self, epoch, row, started):
+    def end_epoch(self, epoch, stage, row, started):
         """Validate, add the epoch's row to the history, save (best.pt, last.pt, the log), print the epoch's line."""
         result, val_xyz, val_ids, uv_pred = self.validate(self.parts.evaluated)
         baseline, history = self.setup.constant_shape_mm, self.progress.history
@@ -251,16 +265,19 @@ class Trainer:
                         "val_fraction_of_constant_shape": result["pa_mpjpe_mm"] / baseline,
                         "val_constant_shape_mm": baseline, "val_auc": result["auc_0_50mm"],
                         "val_mpjpe_mm": result["mpjpe_mm"], "train_images_per_s": row["train_images_per_s"],
-                        "epoch_seconds": time.perf_counter() - started})
-        self.save_epoch(epoch, result, val_xyz, val_ids)
+                        "epoch_seconds": time.perf_counter() - started, "stage": stage.index + 1,
+                        "img_size": stage.img_size})
+        self.save_epoch(epoch, stage, result, val_xyz, val_ids)
         self.tb.epoch(epoch, history[-1], self.skeleton_panel(uv_pred))
         log.info(f"epoch {epoch}/{self.config['epochs']}  loss {history[-1]['train_loss']:.4f}  val PA-MPJPE "
                  f"{result['pa_mpjpe_mm']:.2f} mm = {result['pa_mpjpe_mm'] / baseline:.0%} of the "
                  f"constant shape  AUC {result['auc_0_50mm']:.3f}  {row['train_images_per_s']:.0f} img/s")
 
-    def save_epoch(self, epoch, result, val_xyz, val_ids):
-        """best.pt (when validation improved), val_pred.npz and topk.pt, then last.pt, then log.csv and curves.png."""
-        self.saver.save_epoch(epoch, result["pa_mpjpe_mm"], self.parts.evaluated.state_dict(), val_xyz, val_ids)
+    def save_epoch(self, epoch, stage, result, val_xyz, val_ids):
+        """best.pt (when validation improved, or the stage is new), val_pred.npz and topk.pt, then last.pt, then
+        log.csv and curves.png."""
+        self.saver.save_epoch(epoch, stage, result["pa_mpjpe_mm"], self.parts.evaluated.state_dict(), val_xyz,
+                              val_ids)
         self.saver.save_last(self.last_state(epoch))
         self.last_saved, self.last_pt = time.monotonic(), f"epoch {epoch}"
         runlog.write_log(self.setup.folder, self.progress.history)
@@ -291,6 +308,18 @@ class Trainer:
                      f"{record['val_pa_mpjpe_mm']:.2f} mm{' (now best.pt)' if record['used'] else ' (best.pt kept)'}")
         return record
 
+    def stage_records(self):
+        """Per stage: its epochs, input size, best validation and mean training speed (summary.json)."""
+        records = []
+        for stage in stages.plan(self.config):
+            rows = [row for row in self.progress.history if stage.first_epoch <= row["epoch"] <= stage.last_epoch]
+            records.append({"stage": stage.index + 1, "epochs": [stage.first_epoch, stage.last_epoch],
+                            "img_size": stage.img_size,
+                            "best_val_pa_mpjpe_mm": min((row["val_pa_mpjpe_mm"] for row in rows), default=None),
+                            "train_images_per_s": float(np.mean([row["train_images_per_s"] for row in rows]))
+                            if rows else None})
+        return records
+
     def write_summary(self, speeds, extra):
         setup, config, history = self.setup, self.config, self.progress.history
         baseline = setup.constant_shape_mm
@@ -303,7 +332,8 @@ class Trainer:
                    "val_constant_shape_mm": baseline,
                    "best_val_fraction_of_constant_shape": best["val_pa_mpjpe_mm"] / baseline,
                    "train_images_per_s": float(np.mean(speeds)) if speeds else None,
-                   "img_size": config["img_size"], "world_size": setup.world_size,
+                   "img_size": stages.final_size(config), "stages": self.stage_records(),
+                   "world_size": setup.world_size,
                    "precision": config.get("precision"), **extra}
         with atomic_write(setup.folder / "summary.json") as tmp:
             tmp.write_text(json_text(summary, indent=2))
