@@ -12,7 +12,8 @@ Defaults: the newest runs/*/best.pt; --data-root, else the data root the checkpo
 holds a dataset, else data.resolve_or_generate_data_root() (the synthetic set, made on first use); the layout's
 submission split (FreiHAND 'evaluation', MP21 'test'); --format freihand on the FreiHAND layout, mp21 on MP21;
 --out submissions/<run>_<split>_tta<N>. --check only reads: it never makes a dataset.
-img_size, arch and model options always come from the checkpoint's config.
+Arch and model options always come from the checkpoint's config, the input size from the checkpoint (the last
+training stage's size, training/stages.py).
 
 Files (PREFIX = --out):
   PREFIX.npz           raw predictions for ensemble.py: xyz (N, 21, 3) metres in FreiHAND order, ids (N,) image

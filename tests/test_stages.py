@@ -47,11 +47,11 @@ def test_the_plan_puts_the_stages_at_the_end_and_the_first_takes_the_rest():
 
 def test_a_shortened_run_keeps_the_shape_and_drops_a_stage_of_no_epoch():
     recipe = recipe_config("hourglass_attn_64_cpu")
-    assert [(s.last_epoch - s.first_epoch + 1, s.img_size) for s in stages.plan(recipe)] == [(56, 64), (12, 128)]
+    assert [(s.last_epoch - s.first_epoch + 1, s.img_size) for s in stages.plan(recipe)] == [(51, 64), (17, 96)]
     shortened = {**recipe, "epochs": 20}
-    assert [(s.first_epoch, s.last_epoch, s.img_size) for s in stages.plan(shortened)] == [(1, 16, 64), (17, 20, 128)]
-    short = {**recipe, "epochs": 2}    # 0.18 of 2 epochs rounds to none: one stage, at 64 px
-    assert [(s.first_epoch, s.last_epoch, s.img_size) for s in stages.plan(short)] == [(1, 2, 64)]
+    assert [(s.first_epoch, s.last_epoch, s.img_size) for s in stages.plan(shortened)] == [(1, 15, 64), (16, 20, 96)]
+    short = {**recipe, "epochs": 1}    # a quarter of 1 epoch rounds to none: one stage, at 64 px
+    assert [(s.first_epoch, s.last_epoch, s.img_size) for s in stages.plan(short)] == [(1, 1, 64)]
     assert stages.final_size(short) == 64
 
 
@@ -168,6 +168,27 @@ def test_sigterm_inside_the_final_stage_resumes_to_the_weights_of_a_run_never_st
         assert load_checkpoint(run / "best.pt")["img_size"] == 96
 
 
+def random_batch(size, count=2, seed=0):
+    """An augmented batch as the trainer sees it: uint8 images and joints inside them."""
+    generator = torch.Generator().manual_seed(seed)
+    uvd = torch.rand(count, 21, 3, generator=generator) * torch.tensor([size - 8.0, size - 8.0, 1.0]) + \
+        torch.tensor([4.0, 4.0, -0.5])
+    return {"image": torch.randint(0, 255, (count, 3, size, size), dtype=torch.uint8, generator=generator),
+            "uvd": uvd, "visible": torch.ones(count, 21, dtype=torch.bool),
+            "K": torch.eye(3).expand(count, 3, 3).clone(), "xyz": torch.rand(count, 21, 3, generator=generator) + 0.5}
+
+
+def test_the_loss_of_a_later_stage_s_batch_is_taken_at_that_batch_s_size():
+    """The heatmap targets and pixel terms follow the images' size, not config['img_size'] (the first stage's)."""
+    config = {**recipe_config("hourglass_attn_64_cpu"), "cpu_bf16": False}
+    torch.manual_seed(0)
+    model = models.create_model(config["arch"], **config["model"]).eval()
+    batch = random_batch(96)
+    losses = [forward_loss(model, batch, {**config, "img_size": size}, torch.device("cpu"), channels_last=False)[0]
+              for size in (64, 96)]
+    assert losses[0].item() == losses[1].item()
+
+
 # --- bf16 autocast on the CPU ----------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -207,12 +228,7 @@ def test_a_cpu_bf16_training_step_computes_its_convolutions_in_bf16_and_its_loss
     seen = []
     first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     first_conv.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
-    generator = torch.Generator().manual_seed(0)
-    batch = {"image": torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8, generator=generator),
-             "uvd": torch.rand(2, 21, 3, generator=generator) * torch.tensor([32.0, 32.0, 1.0]) - torch.tensor(
-                 [0.0, 0.0, 0.5]),
-             "visible": torch.ones(2, 21, dtype=torch.bool), "K": torch.eye(3).expand(2, 3, 3).clone(),
-             "xyz": torch.rand(2, 21, 3, generator=generator) + 0.5}
+    batch = random_batch(32)
     loss, _ = forward_loss(model, batch, config, torch.device("cpu"), channels_last=False)
     loss.backward()
     assert seen and seen[0] == torch.bfloat16

@@ -108,9 +108,9 @@ RECIPES = {
     # ours, the CPU recipe: Liu 2018's hourglass cut to one 64-channel stack of depth 3 at a quarter of a 64 px
     # input so that a CPU takes many steps; depth by lifting the canonical 2D pose; the heatmap term, not the
     # coordinates, teaches where the fingers are, hence its weight 30; rotations within +-30 degrees (TTA too);
-    # the last 12 epochs at 128 px, where its heatmaps are 32x32, not 16x16; bf16 on CPUs that have it
+    # the last 17 epochs at 96 px, where its heatmaps are 24x24, not 16x16; bf16 on CPUs that have it
     "hourglass_attn_64_cpu": {**_LIU2018, "img_size": 64, "batch_size": 16, "epochs": 68,
-                              "stages": [{"fraction": 0.18, "img_size": 128}], "cpu_bf16": True, "optimizer": "adamw",
+                              "stages": [{"fraction": 0.25, "img_size": 96}], "cpu_bf16": True, "optimizer": "adamw",
                               "lr": 3e-3, "weight_decay": 0.05, "schedule": "cosine", "min_lr_ratio": 0.02,
                               "warmup_epochs": 1.0, "ema_decay": 0.999, "average_top_k": 3,
                               "model": {"channels": 64, "num_stacks": 1, "hourglass_depth": 3, "stem_stride": 4,
@@ -120,9 +120,9 @@ RECIPES = {
     # ours: the effb0 encoder under the shared U-Net head with _CPU_HEAD's settings; the encoder stops at stride 16
     # (at 64 px the stride-32 stage sees 2x2 yet holds most weights), twice the lr; scale, shift and stochastic
     # depth because 5 M weights fit the synthetic poses soon; a narrower decoder buys more epochs
-    # the last 8 epochs at 128 px (bf16 is slower than fp32 for its depthwise convolutions on a CPU)
-    "effb0_unet_64_cpu": {**_CPU_HEAD, "arch": "effb0_1d", "epochs": 50,
-                          "stages": [{"fraction": 0.16, "img_size": 128}], "lr": 4e-3, "augs": "scale,rotate,translate",
+    # the last 10 epochs at 96 px (bf16 is slower than fp32 for its depthwise convolutions on a CPU)
+    "effb0_unet_64_cpu": {**_CPU_HEAD, "arch": "effb0_1d", "epochs": 48,
+                          "stages": [{"fraction": 0.2, "img_size": 96}], "lr": 4e-3, "augs": "scale,rotate,translate",
                           "model": {"head": "unet", "drop_connect": 0.1, "encoder_depth": 4, "decoder_width": 48}},
     # ours, the same head on the other encoders and hourglasses, for the table of every arch at one CPU budget
     # (tools/arch_table.py sets their epochs)

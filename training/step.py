@@ -23,7 +23,8 @@ def forward_loss(wrapped, batch, config, device, channels_last, fraction_done=0.
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast(device, config["amp"], config["cpu_bf16"]):
         uvd, aux = wrapped(x, return_aux=True)                             # (B, 21, 3), dict
-    return pose_loss(uvd.float(), float_aux(aux), loss_target(batch, config["img_size"]), config["loss"],
+    # the batch's own size: a later training stage's differs from config['img_size'] (training/stages.py)
+    return pose_loss(uvd.float(), float_aux(aux), loss_target(batch, x.shape[-1]), config["loss"],
                      fraction_done)
 
 
