@@ -17,7 +17,7 @@ from tests.scripts import assert_one_line_error, make_synthetic_set, run_main
 from training import config as config_module
 from models.checkpoints import load_checkpoint
 from training.checkpoints import save_checkpoint
-from training.setup import with_pseudo_labels
+from training.setup import pseudo_labelled_split
 from uploads.records import load_predictions
 from uploads.writing import save_record
 
@@ -172,7 +172,7 @@ def test_a_deleted_pseudo_label_file_on_resume_says_restore_it(twins, tmp_path):
     config = {"pseudo_labels": str(gone), "pseudo_labels_sha256": "ab" * 32, "pseudo_keep": 1.0,
               "pseudo_weight": 1.0, "img_size": 32, "cache": False}
     with pytest.raises(UserError, match="is gone.*restore it to resume"):
-        with_pseudo_labels(None, config, first)
+        pseudo_labelled_split(config, first)
 
 
 # --- the rules in general -------------------------------------------------------------------------------------
