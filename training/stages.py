@@ -14,6 +14,7 @@ from data import augment
 from data.dataset import make_dataset
 from data.loader import make_loader, shut_down
 from data.pseudo import WeightedUnion
+from models.losses import is_number
 
 STAGE_KEYS = ("fraction", "img_size")
 EXAMPLE = '--set \'stages=[{"fraction": 0.2, "img_size": 128}]\''
@@ -80,19 +81,15 @@ def check_stages(config):
         raise UserError(f"stages take {config['epochs'] - first.last_epoch} of the {config['epochs']} epochs, "
                         f"leaving none at img_size {config['img_size']}: give more --epochs or smaller fractions")
     entry = models.model_entry(config["arch"])
+    if stages and not entry.resizable:
+        raise UserError(f"arch {config['arch']} cannot change its input size during a run (its head is built "
+                        f"for {config['img_size']} px): drop the stages")
     for stage in stages:
-        if not entry.resizable:
-            raise UserError(f"arch {config['arch']} cannot change its input size during a run (its head is built "
-                            f"for {config['img_size']} px): drop the stages")
         size, multiple = stage["img_size"], entry.size_multiple
         if size % multiple:
             raise UserError(f"stages: img_size {size} is not a multiple of {multiple}, which {config['arch']} needs to "
                             f"take a new input size: choose {size // multiple * multiple or multiple} or "
                             f"{(size // multiple + 1) * multiple}")
-
-
-def is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class StageInputs:
