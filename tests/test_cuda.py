@@ -31,7 +31,6 @@ from tests.scripts import act_at_forward, cuda_batch, make_synthetic_set, run_ma
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")
 TTA_TOLERANCE_PX = 0.05      # fp32 on both devices: cuDNN and the CPU sum in other orders
-TTA_AMP_TOLERANCE_PX = 1.0   # AMP on the GPU (bf16: 8 bits of mantissa) against fp32 on the CPU, at 64 px
 SIZE = 128                   # px of the marker checks of the augmentation
 
 
@@ -72,20 +71,42 @@ def test_augmenter_on_cuda_keeps_keypoints_on_the_marks(marker_set_12, augs):
     assert_on_marks(images, out["uvd"][..., :2].cpu().numpy())
 
 
-@pytest.mark.parametrize("amp, tolerance", [(False, TTA_TOLERANCE_PX), (True, TTA_AMP_TOLERANCE_PX)])
-def test_tta_on_cuda_equals_the_cpu_result(amp, tolerance):
-    """predict_batch with 10 rotations of a real network: the GPU (channels_last, cudnn.benchmark) gives the
-    CPU's uvd within the stated tolerance (u, v in input pixels, d in model units x 64)."""
+def tta_case():
+    """A random effb0 U-Net and 4 marker images at 64 px: (model, uint8 images)."""
     torch.manual_seed(0)
-    torch.backends.cudnn.benchmark = True
     model = models.create_model("effb0_1d", head="unet").eval()
     images, _ = marker_batch(count=4)
-    images = torch.nn.functional.interpolate(images.float(), size=64).round().to(torch.uint8)
+    return model, torch.nn.functional.interpolate(images.float(), size=64).round().to(torch.uint8)
+
+
+def deviation(uvd, reference):
+    """The largest change of u, v (input pixels) and of d (model units x 64, to compare with pixels)."""
+    return (uvd[..., :2] - reference[..., :2]).abs().max(), 64 * (uvd[..., 2] - reference[..., 2]).abs().max()
+
+
+def test_tta_on_cuda_equals_the_cpu_result():
+    """predict_batch with 10 rotations of a real network: the GPU (channels_last, cudnn.benchmark) in fp32 gives the
+    CPU's uvd within the stated tolerance (u, v in input pixels, d in model units x 64)."""
+    torch.backends.cudnn.benchmark = True
+    model, images = tta_case()
     on_cpu = inference.predict_batch(model, images, tta=10)
     model = model.to(CUDA, memory_format=torch.channels_last)
-    on_gpu = inference.predict_batch(model, images.to(CUDA), tta=10, amp=amp, channels_last=True).cpu()
-    assert (on_gpu[..., :2] - on_cpu[..., :2]).abs().max() < tolerance
-    assert 64 * (on_gpu[..., 2] - on_cpu[..., 2]).abs().max() < tolerance
+    on_gpu = inference.predict_batch(model, images.to(CUDA), tta=10, channels_last=True).cpu()
+    assert max(deviation(on_gpu, on_cpu)) < TTA_TOLERANCE_PX
+
+
+def test_tta_with_amp_on_cuda_moves_no_more_than_bf16_on_the_cpu():
+    """AMP's rounding (bf16, or fp16 on older GPUs) against fp32 on the CPU is bounded by what bf16 autocast does to
+    the same network on the CPU. Random weights make the depth read-out a small difference of large activations,
+    so its bf16 error is large here (a trained model's is not: docs/gpu.md); the bound is the CPU's own."""
+    model, images = tta_case()
+    on_cpu = inference.predict_batch(model, images, tta=10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16_on_cpu = inference.predict_batch(model, images, tta=10)
+    model = model.to(CUDA, memory_format=torch.channels_last)
+    on_gpu = inference.predict_batch(model, images.to(CUDA), tta=10, amp=True, channels_last=True).cpu()
+    for amp_error, bf16_error in zip(deviation(on_gpu, on_cpu), deviation(bf16_on_cpu, on_cpu)):
+        assert amp_error <= 2 * bf16_error + TTA_TOLERANCE_PX
 
 
 def test_channels_last_on_cuda_gives_the_contiguous_result():

@@ -29,6 +29,8 @@ def test_gpu_check_dry_run_runs_every_step_and_writes_its_figures(tmp_path):
     assert trained["epochs"] == 2 and math.isfinite(trained["fraction_of_constant_shape"]) and trained["tta"] == 2
     assert [(s["epochs"], s["img_size"]) for s in trained["stage_records"]] == [([1, 1], 64), ([2, 2], 96)]
     assert trained["predicted_at_px"] == 96
+    # offline on a GPU machine: from random weights whatever the recipe's pretrained setting
+    assert "--pretrained none" in (tmp_path / "check" / "train.log").read_text().splitlines()[0]
 
 
 def test_wheels_are_installed_only_for_missing_distributions(tmp_path, monkeypatch):
@@ -45,3 +47,24 @@ def test_epochs_fill_the_budget():
     assert gpu_check.epochs_for(4.0, 1500.0, 19000) == 18
     assert gpu_check.epochs_for(4.0, None, 19000) == 1 and gpu_check.epochs_for(0.1, 10.0, 19000) == 1
     assert "torch" not in gpu_check.carried_distributions() and "timm" in gpu_check.carried_distributions()
+
+
+def test_a_rerun_leaves_out_the_named_steps_and_refuses_unknown_ones(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        gpu_check.parse_args(["--skip", "bench,benchmark"])
+    assert "--skip benchmark: not a step" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        gpu_check.parse_args(["--train-epochs", "-1"])
+    assert "--train-epochs -1" in capsys.readouterr().err
+    everything = ",".join(gpu_check.STEPS)
+    assert gpu_check.main(["--dry-run", "--skip", everything, "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["steps"] == {}
+
+
+def test_a_short_check_still_trains_one_epoch_in_the_final_stage(tmp_path, monkeypatch):
+    commands = []
+    monkeypatch.setattr(gpu_check, "run_logged", lambda command, log: commands.append(command) or (1.0, 1))
+    figures, passed = gpu_check.train_and_predict(tmp_path, gpu_check.FULL, 4.0, None, epochs=7)
+    assert not passed and figures["epochs"] == 7
+    stages = json.loads(commands[0][commands[0].index("--set") + 1].removeprefix("stages="))
+    assert stages[0]["img_size"] == gpu_check.FULL["final_size"] and round(stages[0]["fraction"] * 7) == 1

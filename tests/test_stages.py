@@ -134,6 +134,8 @@ def test_a_run_with_a_final_stage_trains_each_size_and_predicts_at_the_last(synt
     assert any("-train-64px-" in name for name in caches) and any("-train-96px-" in name for name in caches)
     best = folder / "best.pt"
     assert (load_checkpoint(best)["img_size"], read_checkpoint(best)["config"]["img_size"]) == (96, 96)
+    # the summary names what best.pt holds, not a better epoch of the first stage
+    assert summary["best_val_pa_mpjpe_mm"] == load_checkpoint(best)["best_val_pa_mpjpe_mm"]
     assert load_checkpoint(folder / "last.pt")["config"]["img_size"] == 64  # the run's own config, as it was given
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(folder)).Reload()

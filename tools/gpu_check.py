@@ -15,13 +15,16 @@ On a bare machine with NVIDIA's PyTorch and no internet it
    them in a final stage at a larger input size, then predicts the evaluation split at that size with ``--tta 10``
    and reads its fraction of the constant shape.
 Every step's figures go to OUT/gpu_check.json (written after each step, so a step that fails keeps the others);
-each step's output to OUT/<step>.log. Exit status 1 when any step failed.
+each step's output to OUT/<step>.log. Exit status 1 when any step failed. To run again only what failed:
+--skip names steps to leave out, --cuda-tests selects tests by pytest's -k, and --train-epochs sizes step 5
+without the bench's rate.
 """
 import argparse
 import importlib.metadata
 import json
 import math
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -39,11 +42,19 @@ DRY = {"device": "cpu", "img_size": 64, "final_size": 96, "final_fraction": 0.5,
        "tta": 2, "workers": 0, "max_epochs": 2, "loader_batches": 2, "loader_seconds": 0}
 
 
+STEPS = ("install", "pytest_cuda", "synthetic_set", "bench", "train_and_predict")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="gpu_check", help="folder for gpu_check.json, the logs and the data")
     p.add_argument("--wheels", default=str(ROOT / "tools" / "wheels"), help="folder of wheels to install from")
     p.add_argument("--train-minutes", type=float, default=4.0, help="training budget of step 5")
+    p.add_argument("--train-epochs", type=int, default=0,
+                   help="step 5's epochs instead of those --train-minutes fits at the bench's rate (0 = those)")
+    p.add_argument("--skip", default="", help=f"steps to leave out, comma-separated: {', '.join(STEPS)}")
+    p.add_argument("--cuda-tests", default="", metavar="EXPR", help="step 2 runs only the CUDA tests pytest's "
+                                                                    "-k EXPR selects (default: all)")
     p.add_argument("--dry-run", action="store_true", help="every step at tiny sizes on the CPU (the suite runs it)")
     p.add_argument("--download-wheels", metavar="DIR", help="only write the wheels of this environment's "
                                                              "distributions (but torch's stack) to DIR, and exit")
@@ -51,6 +62,11 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not args.train_minutes > 0:
         p.error(f"--train-minutes {args.train_minutes}: must be > 0")
+    if args.train_epochs < 0:
+        p.error(f"--train-epochs {args.train_epochs}: must be >= 0 (0 = sized by the bench's rate)")
+    args.skip = [name for name in args.skip.split(",") if name]
+    if unknown := sorted(set(args.skip) - set(STEPS)):
+        p.error(f"--skip {','.join(unknown)}: not a step; the steps are {', '.join(STEPS)}")
     return args
 
 
@@ -100,19 +116,24 @@ def install_missing(folder, log):
 # --- steps ------------------------------------------------------------------------------------------------
 
 def run_logged(command, log, timeout=None):
-    """Run ``command`` in the project root, its output to ``log``; (seconds, exit status)."""
+    """Run ``command`` in the project root, its output to ``log`` after a line with the command; (seconds, exit
+    status)."""
+    command = [str(c) for c in command]
     start = time.perf_counter()
     with open(log, "w") as out:
-        done = subprocess.run([str(c) for c in command], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        out.write("$ " + shlex.join(command) + "\n")
+        out.flush()  # before the child's output, which goes to the same file
+        done = subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                               timeout=timeout)
     return time.perf_counter() - start, done.returncode
 
 
-def cuda_tests(out):
+def cuda_tests(out, select):
     junit = out / "pytest_cuda.xml"
     # -n 0: one process holds the GPU, not the suite's two workers
     seconds, code = run_logged([sys.executable, "-m", "pytest", "-q", "-n", "0", "-m", "cuda", "-p", "no:cacheprovider",
-                                f"--junitxml={junit}", "tests/test_cuda.py"], out / "pytest_cuda.log")
+                                f"--junitxml={junit}", *(["-k", select] if select else []), "tests/test_cuda.py"],
+                               out / "pytest_cuda.log")
     text = junit.read_text() if junit.is_file() else ""
     counts = {key: int(m.group(1)) if (m := re.search(rf'{key}="(\d+)"', text)) else None
               for key in ("tests", "failures", "errors", "skipped")}
@@ -148,14 +169,18 @@ def epochs_for(minutes, rate, images):
     return max(1, math.floor(60 * minutes * rate / images)) if rate else 1
 
 
-def train_and_predict(out, sizes, minutes, rate):
+def train_and_predict(out, sizes, minutes, rate, epochs=0):
     run, data = out / "run", out / "synthetic"
     # 5 % of the hands are held out for validation; a quarter of the time left for loading, validation, averaging and
     # the final stage's larger images
-    epochs = max(2, min(epochs_for(0.75 * minutes, rate, 0.95 * sizes["train"]), sizes["max_epochs"] or math.inf))
-    stages = [{"fraction": sizes["final_fraction"], "img_size": sizes["final_size"]}]
+    epochs = epochs or max(2, min(epochs_for(0.75 * minutes, rate, 0.95 * sizes["train"]),
+                                  sizes["max_epochs"] or math.inf))
+    # at least one epoch in the final stage, which a short check would otherwise round away
+    stages = [{"fraction": max(sizes["final_fraction"], 1 / epochs), "img_size": sizes["final_size"]}]
+    # from random weights: the check runs offline, and the GPU's speed and correctness are its subject, not ImageNet's
     train_s, code = run_logged([sys.executable, "train.py", "--recipe", sizes["recipe"], "--data-root", data,
                                 "--img-size", sizes["img_size"], "--set", f"stages={json.dumps(stages)}",
+                                "--pretrained", "none",
                                 "--device", sizes["device"], "--epochs", epochs, "--workers", sizes["workers"],
                                 "--out", run], out / "train.log")
     figures = {"recipe": sizes["recipe"], "epochs": epochs, "stages": stages, "train_seconds": round(train_s, 1),
@@ -189,11 +214,14 @@ def main(argv=None):
     sizes = DRY if args.dry_run else FULL
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    report = {"dry_run": args.dry_run, "sizes": sizes, "steps": {}}
+    report = {"dry_run": args.dry_run, "sizes": sizes, "skipped": args.skip, "steps": {}}
+    write(out, report)
     ok = True
 
     def step(name, function, *step_args):
         nonlocal ok
+        if name in args.skip:
+            return {}
         start = time.perf_counter()
         figures, passed = function(*step_args)
         report["steps"][name] = {**figures, "passed": passed, "wall_s": round(time.perf_counter() - start, 1)}
@@ -203,11 +231,11 @@ def main(argv=None):
         return figures
 
     step("install", lambda: (install_missing(args.wheels, out / "install.log"), True))
-    step("pytest_cuda", cuda_tests, out)
+    step("pytest_cuda", cuda_tests, out, args.cuda_tests)
     step("synthetic_set", make_data, out, sizes)
     figures = step("bench", bench, out, sizes, out / "synthetic")
     rate = ((figures.get("stages") or {}).get(f"train_step/{sizes['recipe']}"))
-    step("train_and_predict", train_and_predict, out, sizes, args.train_minutes, rate)
+    step("train_and_predict", train_and_predict, out, sizes, args.train_minutes, rate, args.train_epochs)
     print(f"wrote {out / 'gpu_check.json'}")
     return 0 if ok else 1
 

@@ -323,7 +323,9 @@ class Trainer:
     def write_summary(self, speeds, extra):
         setup, config, history = self.setup, self.config, self.progress.history
         baseline = setup.constant_shape_mm
-        best = min(history, key=lambda row: row["val_pa_mpjpe_mm"])
+        # best.pt comes from the last stage, at the size predicted at: its epochs alone
+        best = min((row for row in history if row["stage"] == history[-1]["stage"]),
+                   key=lambda row: row["val_pa_mpjpe_mm"])
         if extra["top_k_average"] and extra["top_k_average"]["used"]:
             best = {"epoch": "average", "val_pa_mpjpe_mm": extra["top_k_average"]["val_pa_mpjpe_mm"]}
         summary = {"arch": config["arch"], "recipe": config["recipe"], "params": self.parts.params,
