@@ -89,17 +89,20 @@ class LiftingHead(nn.Module):
         super().__init__()
         self.refine_uv = refine_uv
         self.reduce = nn.Linear(channels, feature_dim)
+        # LayerNorm before each ReLU keeps units alive: without it AdamW at the CPU recipes' lr left 93-100 % of
+        # the second layer dead (in one run all of it, and depth never learned); Martinez et al. normalise too
         self.mlp = nn.Sequential(
-            nn.Linear(num_joints * (2 + feature_dim), hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_joints * (3 if refine_uv else 1)))
+            nn.Linear(num_joints * (2 + feature_dim), hidden), nn.LayerNorm(hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.ReLU(inplace=True))
+        self.out = nn.Linear(hidden, num_joints * (3 if refine_uv else 1))
 
     def forward(self, uv, pooled):
         uv = uv.detach()
         pose, scale, turn = canonical_frame(uv)                                     # (B, J, 2)
         x = torch.cat([pose, self.reduce(pooled.to(pose.dtype))], -1).flatten(1)    # (B, J * (2 + feature_dim))
         if not self.refine_uv:
-            return uv, self.mlp(x).unsqueeze(-1)                                    # (B, J, 1)
-        out = self.mlp(x).view(len(x), -1, 3)                                       # (B, J, 3)
+            return uv, self.out(self.mlp(x)).unsqueeze(-1)                          # (B, J, 1)
+        out = self.out(self.mlp(x)).view(len(x), -1, 3)                             # (B, J, 3)
         return from_canonical(pose + out[..., :2], uv, scale, turn), out[..., 2:]
 
 

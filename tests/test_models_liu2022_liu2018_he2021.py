@@ -8,7 +8,7 @@ from models import create_model
 from models.flops import count_gflops
 from models.ghost import SeparableSelfAttention
 from models.heatmaps import gaussian_heatmaps, soft_argmax_2d, spatial_softmax
-from models.heads import canonical_frame, from_canonical, read_out
+from models.heads import LiftingHead, canonical_frame, from_canonical, read_out
 from models.losses import pose_loss
 
 ARCHS = ("ghost_lite", "hourglass_attn", "hg_mlp")
@@ -165,13 +165,27 @@ def test_lifting_head_without_refinement_keeps_the_2d_read_out():
     x = torch.randn(2, 3, 64, 64)
     plain = create_model("hourglass_attn", **CPU_OPTIONS).eval()
     refined = create_model("hourglass_attn", **CPU_OPTIONS, refine_uv=True).eval()
-    last = "depth_head.mlp.4."  # the output layer: 21 depths, or 63 values with the 2D corrections
+    last = "depth_head.out."  # the output layer: 21 depths, or 63 values with the 2D corrections
     refined.load_state_dict({k: v for k, v in plain.state_dict().items() if not k.startswith(last)}, strict=False)
     with torch.no_grad():
         (uvd, aux), (uvd_refined, _) = plain(x, return_aux=True), refined(x, return_aux=True)
         plain_uv = soft_argmax_2d(read_out(aux["heatmaps2d"][-1]), (64, 64))
     torch.testing.assert_close(uvd[..., :2], plain_uv)
     assert (uvd_refined[..., :2] - plain_uv).abs().max() > 1e-4
+
+
+def test_the_lifting_network_keeps_its_units_alive_when_its_biases_drift_negative():
+    """The failure LayerNorm prevents: biases pushed far below zero (where AdamW drove them) left a ReLU MLP's
+    units dead and its depth constant; normalised pre-activations keep the depth a function of the input."""
+    torch.manual_seed(0)
+    head = LiftingHead(channels=8).eval()
+    with torch.no_grad():
+        for layer in head.mlp:
+            if isinstance(layer, torch.nn.Linear):
+                layer.bias.fill_(-100.0)
+        uv, pooled = torch.rand(4, 21, 2) * 64, torch.randn(4, 21, 8)
+        _, depth = head(uv, pooled)                                                  # (4, 21, 1)
+    assert depth.std(0).mean() > 1e-3
 
 
 # --- learning -------------------------------------------------------------------------------------------
