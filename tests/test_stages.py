@@ -47,10 +47,10 @@ def test_the_plan_puts_the_stages_at_the_end_and_the_first_takes_the_rest():
 
 def test_a_shortened_run_keeps_the_shape_and_drops_a_stage_of_no_epoch():
     recipe = recipe_config("hourglass_attn_64_cpu")
-    assert [(s.last_epoch - s.first_epoch + 1, s.img_size) for s in stages.plan(recipe)] == [(51, 64), (17, 96)]
+    assert [(s.last_epoch - s.first_epoch + 1, s.img_size) for s in stages.plan(recipe)] == [(48, 64), (20, 96)]
     shortened = {**recipe, "epochs": 20}
-    assert [(s.first_epoch, s.last_epoch, s.img_size) for s in stages.plan(shortened)] == [(1, 15, 64), (16, 20, 96)]
-    short = {**recipe, "epochs": 1}    # a quarter of 1 epoch rounds to none: one stage, at 64 px
+    assert [(s.first_epoch, s.last_epoch, s.img_size) for s in stages.plan(shortened)] == [(1, 14, 64), (15, 20, 96)]
+    short = {**recipe, "epochs": 1}    # 0.3 of 1 epoch rounds to none: one stage, at 64 px
     assert [(s.first_epoch, s.last_epoch, s.img_size) for s in stages.plan(short)] == [(1, 1, 64)]
     assert stages.final_size(short) == 64
 
