@@ -230,11 +230,16 @@ def usable_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _end_worker(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def _pool_worker_signals():
-    """In a pool worker: Ctrl-C is the parent's to handle, SIGTERM ends the worker (what Pool.terminate sends; a
-    handler inherited from the parent that does not exit would leave terminate() waiting forever)."""
+    """In a pool worker: Ctrl-C is the parent's to handle; SIGTERM (what Pool.terminate sends, or a scheduler to the
+    whole group) ends the worker by an exception, which releases the task queue's lock on the way out. Killed outright
+    while it waited for a task, the worker would keep that lock, and the parent's terminate() would wait for ever."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, _end_worker)
 
 
 @contextlib.contextmanager
