@@ -163,6 +163,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(synthetic_96
     assert_same_run(straight, folder)
     summaries = [json.loads((f / "summary.json").read_text()) for f in (straight, folder)]
     assert summaries[0]["top_k_average"] == summaries[1]["top_k_average"] is not None
+    assert summaries[0]["best_epoch"] == summaries[1]["best_epoch"] is not None
 
 
 @pytest.mark.slow

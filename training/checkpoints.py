@@ -47,7 +47,7 @@ class CheckpointSaver:
         or the first of a later stage (a new input size starts the race again), and topk.pt when its evaluated
         ``weights`` enter the stage's top k (last.pt is ``save_last``'s)."""
         if self.improves(val_mm) or (stage.index > 0 and epoch == stage.first_epoch):
-            self.progress.best_mm = val_mm
+            self.progress.best_mm, self.progress.best_epoch = val_mm, epoch
             self.save_best({"model": weights, "config": self.config, "epoch": epoch, "history": self.progress.history,
                             "stats": self.stats, "best_val_pa_mpjpe_mm": val_mm, "img_size": stage.img_size},
                            val_xyz, val_ids)
@@ -83,7 +83,7 @@ class CheckpointSaver:
         result, val_xyz, val_ids, _ = validate(averaged)
         better = self.improves(result["pa_mpjpe_mm"], ties_win=False)
         if better:
-            self.progress.best_mm = result["pa_mpjpe_mm"]
+            self.progress.best_mm, self.progress.best_epoch = result["pa_mpjpe_mm"], "average"
             state = load_checkpoint(self.folder / "best.pt")
             self.save_best({**state, "model": averaged.state_dict(), "best_val_pa_mpjpe_mm": self.progress.best_mm,
                             "averaged_epochs": [e[1] for e in self.kept]}, val_xyz, val_ids)

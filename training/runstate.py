@@ -17,7 +17,7 @@ import random
 import signal
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -100,10 +100,12 @@ class RunParts:
 
 @dataclass
 class Progress:
-    """What last.pt holds beyond the parts' states: ``epoch`` (epochs done), ``best_mm`` (the best validation
-    PA-MPJPE so far), ``history`` (log.csv's rows) and, when it was written inside an epoch, ``position``."""
+    """What last.pt holds beyond the parts' states: ``epoch`` (epochs done), ``best_mm`` (the validation PA-MPJPE
+    of best.pt) and ``best_epoch`` (its epoch, or "average" for the top-k average), ``history`` (log.csv's rows) and,
+    when it was written inside an epoch, ``position``."""
     epoch: int = 0
     best_mm: float = math.inf
+    best_epoch: Optional[Union[int, str]] = None
     history: list = field(default_factory=list)
     position: Optional[EpochPosition] = None
 

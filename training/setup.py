@@ -205,7 +205,7 @@ def restore_parts(parts, state, config):
 def restored_progress(state, config, steps_per_epoch, folder):
     """The Progress last.pt's ``state`` holds; written inside an epoch, its place there (checked against the
     epoch the training split now makes), from which the trainer continues it."""
-    progress = Progress(epoch=state["epoch"], best_mm=state["best_val_pa_mpjpe_mm"],
+    progress = Progress(epoch=state["epoch"], best_mm=state["best_val_pa_mpjpe_mm"], best_epoch=state.get("best_epoch"),
                         history=[runlog.current_keys(row) for row in state["history"]])
     if state.get("position"):
         position = progress.position = EpochPosition.from_dict(state["position"])

@@ -210,6 +210,7 @@ class Trainer:
         return {"model": parts.model.state_dict(), "config": self.config, "epoch": epochs_done,
                 "img_size": parts.inputs.size,  # the size these weights train at now (predict.py reads it)
                 "history": progress.history, "stats": self.setup.stats, "best_val_pa_mpjpe_mm": progress.best_mm,
+                "best_epoch": progress.best_epoch,
                 "ema": parts.ema.module.state_dict() if parts.ema is not None else None,
                 "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
                 "scaler": parts.scaler.state_dict()}
@@ -321,18 +322,14 @@ class Trainer:
         return records
 
     def write_summary(self, speeds, extra):
-        setup, config, history = self.setup, self.config, self.progress.history
+        setup, config, progress = self.setup, self.config, self.progress
         baseline = setup.constant_shape_mm
-        # best.pt comes from the last stage, at the size predicted at: its epochs alone
-        best = min((row for row in history if row["stage"] == history[-1]["stage"]),
-                   key=lambda row: row["val_pa_mpjpe_mm"])
-        if extra["top_k_average"] and extra["top_k_average"]["used"]:
-            best = {"epoch": "average", "val_pa_mpjpe_mm": extra["top_k_average"]["val_pa_mpjpe_mm"]}
+        # best.pt's, as the saver chose it (the last stage's epochs alone, or their top-k average)
         summary = {"arch": config["arch"], "recipe": config["recipe"], "params": self.parts.params,
-                   "epochs": len(history), "best_epoch": best["epoch"],
-                   "best_val_pa_mpjpe_mm": best["val_pa_mpjpe_mm"],
+                   "epochs": len(progress.history), "best_epoch": progress.best_epoch,
+                   "best_val_pa_mpjpe_mm": progress.best_mm,
                    "val_constant_shape_mm": baseline,
-                   "best_val_fraction_of_constant_shape": best["val_pa_mpjpe_mm"] / baseline,
+                   "best_val_fraction_of_constant_shape": progress.best_mm / baseline,
                    "train_images_per_s": float(np.mean(speeds)) if speeds else None,
                    "img_size": stages.final_size(config), "stages": self.stage_records(),
                    "world_size": setup.world_size,
