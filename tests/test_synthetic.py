@@ -270,30 +270,6 @@ def test_sigterm_is_one_line_exit_143_and_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-POOL_OF_KILLED_WORKERS = """
-import multiprocessing, os, signal, time
-from core.common import fork_pool
-try:
-    with fork_pool(2) as pool:
-        pool.map(abs, [1, 2])
-        time.sleep(0.5)  # both workers wait for a task; one of them holds the task queue's lock
-        for worker in multiprocessing.active_children():
-            os.kill(worker.pid, signal.SIGTERM)
-        time.sleep(0.5)
-        raise RuntimeError
-except RuntimeError:
-    print("terminated")
-"""
-
-
-def test_a_pool_whose_waiting_workers_got_sigterm_still_terminates():
-    """A signal to the whole group reaches the workers too; one that dies holding the task queue's lock would leave
-    Pool.terminate() waiting for ever (the generator once hung so after SIGTERM)."""
-    done = subprocess.run([sys.executable, "-c", POOL_OF_KILLED_WORKERS], cwd=PROJECT_ROOT, capture_output=True,
-                          text=True, timeout=60)
-    assert done.stdout == "terminated\n", done.stderr
-
-
 def test_progress_counts_the_images(tmp_path, monkeypatch, capsys):
     """The progress bar counts images (V per training hand); without a terminal a plain line at most every
     PROGRESS_LOG_SECONDS (here 0: every update), none for a step that ends sooner."""
