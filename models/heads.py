@@ -83,9 +83,11 @@ class LiftingHead(nn.Module):
     bone, and each joint's heatmap-pooled features reduced to ``feature_dim`` values, which carry the shading
     that tells towards from away, returns the depth d of every joint; with ``refine_uv`` also a correction of
     the canonical 2D pose (a read-out that misplaces a hidden fingertip pulled towards a hand that fits the rest;
-    off by default: it did not help, docs/recipes.md). (B, J, 2) + (B, J, C) -> uv (B, J, 2), d (B, J, 1)."""
+    off by default: it did not help, docs/recipes.md). ``dropout``: the chance of dropping each unit of the last
+    hidden layer in training (Martinez et al. drop half), against an MLP that learns the depths of the training
+    poses by heart. (B, J, 2) + (B, J, C) -> uv (B, J, 2), d (B, J, 1)."""
 
-    def __init__(self, channels, refine_uv=False, num_joints=NUM_JOINTS, feature_dim=16, hidden=512):
+    def __init__(self, channels, refine_uv=False, num_joints=NUM_JOINTS, feature_dim=16, hidden=512, dropout=0.0):
         super().__init__()
         self.refine_uv = refine_uv
         self.reduce = nn.Linear(channels, feature_dim)
@@ -94,6 +96,7 @@ class LiftingHead(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(num_joints * (2 + feature_dim), hidden), nn.LayerNorm(hidden), nn.ReLU(inplace=True),
             nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.ReLU(inplace=True))
+        self.drop = nn.Dropout(dropout)  # outside mlp, so that checkpoints keep their parameter names
         self.out = nn.Linear(hidden, num_joints * (3 if refine_uv else 1))
 
     def forward(self, uv, pooled):
@@ -101,8 +104,8 @@ class LiftingHead(nn.Module):
         pose, scale, turn = canonical_frame(uv)                                     # (B, J, 2)
         x = torch.cat([pose, self.reduce(pooled.to(pose.dtype))], -1).flatten(1)    # (B, J * (2 + feature_dim))
         if not self.refine_uv:
-            return uv, self.out(self.mlp(x)).unsqueeze(-1)                          # (B, J, 1)
-        out = self.out(self.mlp(x)).view(len(x), -1, 3)                             # (B, J, 3)
+            return uv, self.out(self.drop(self.mlp(x))).unsqueeze(-1)               # (B, J, 1)
+        out = self.out(self.drop(self.mlp(x))).view(len(x), -1, 3)                  # (B, J, 3)
         return from_canonical(pose + out[..., :2], uv, scale, turn), out[..., 2:]
 
 

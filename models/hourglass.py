@@ -157,13 +157,14 @@ class HourglassAttention(nn.Module):
     C-vector. ``depth_head`` 'attention' (the paper): a small network shared by all joints turns [that vector,
     the mean of all joints' vectors] into d (the hand-wide mean gives every joint the reference it needs for a
     root-relative depth);
-    'lifting' (ours): ``LiftingHead``. ``stem_stride`` 4 (ours) runs the hourglasses at a quarter of the
-    input, four times cheaper than the paper's half.
+    'lifting' (ours): ``LiftingHead``, whose last hidden layer drops units with chance ``lifting_dropout`` in
+    training. ``stem_stride`` 4 (ours) runs the hourglasses at a quarter of the input, four times cheaper than
+    the paper's half.
     """
 
     def __init__(self, channels=128, num_stacks=2, hourglass_depth=4, readout_sharpness=15.0,
                  depth_source="shallow", stem_stride=2, depth_head="attention", readout="peak",
-                 refine_uv=False, num_joints=NUM_JOINTS):
+                 refine_uv=False, lifting_dropout=0.0, num_joints=NUM_JOINTS):
         super().__init__()
         check_readout(readout)  # a bad read-out name fails when the model is built
         self.readout = readout
@@ -173,11 +174,15 @@ class HourglassAttention(nn.Module):
             raise ValueError(f"depth_head={depth_head!r}: choose 'attention' or 'lifting'")
         if refine_uv and depth_head != "lifting":
             raise ValueError("refine_uv=True: only depth_head='lifting' refines the 2D read-out")
+        if lifting_dropout and depth_head != "lifting":
+            raise ValueError(f"lifting_dropout={lifting_dropout}: only depth_head='lifting' has the lifting network")
+        if not 0.0 <= lifting_dropout < 1.0:
+            raise ValueError(f"lifting_dropout={lifting_dropout}: a chance in [0, 1)")
         self.depth_source = depth_source
         self.readout_sharpness = readout_sharpness
         self.stem = Stem(channels, se=True, stride=stem_stride)
         self.stacks = StackedHourglass(channels, num_stacks, hourglass_depth, se=True, num_joints=num_joints)
-        self.depth_head = (LiftingHead(channels, refine_uv) if depth_head == "lifting"
+        self.depth_head = (LiftingHead(channels, refine_uv, dropout=lifting_dropout) if depth_head == "lifting"
                            else AttentionDepth(channels))
 
     def forward(self, x, return_aux=False):
@@ -197,9 +202,9 @@ class HourglassAttention(nn.Module):
                         "shallow features")
 def build_hourglass_attn(pretrained="none", channels=128, num_stacks=2, hourglass_depth=4, readout_sharpness=15.0,
                          depth_source="shallow", stem_stride=2, depth_head="attention", readout="peak",
-                         refine_uv=False):
+                         refine_uv=False, lifting_dropout=0.0):
     model = HourglassAttention(channels, num_stacks, hourglass_depth, readout_sharpness, depth_source, stem_stride,
-                               depth_head, readout, refine_uv)
+                               depth_head, readout, refine_uv, lifting_dropout)
     return load_weights(model, pretrained, "hourglass_attn")
 
 

@@ -111,3 +111,24 @@ def test_the_gpu_recipes_at_224_px():
         assert config["img_size"] == 224 and config["model"].get("head", "1d") == head
         assert config["amp"] and config["channels_last"] and config["ema_decay"] > 0 and config["warmup_epochs"] > 0
         assert config["schedule"] == "cosine" and config["optimizer"] == "adamw"
+
+
+def test_lifting_dropout_acts_in_training_only_and_keeps_the_checkpoint_names():
+    options = {"channels": 16, "num_stacks": 1, "hourglass_depth": 2, "stem_stride": 4, "depth_head": "lifting"}
+    torch.manual_seed(0)
+    plain = models.create_model("hourglass_attn", **options)
+    dropped = models.create_model("hourglass_attn", lifting_dropout=0.5, **options)
+    assert dropped.state_dict().keys() == plain.state_dict().keys()  # old checkpoints load into either
+    dropped.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 3, 32, 32)
+    dropped.train()
+    first, second = dropped(x), dropped(x)
+    torch.testing.assert_close(first[..., :2], second[..., :2])  # u, v do not pass through the lifting MLP
+    assert not torch.allclose(first[..., 2], second[..., 2])     # depths do, and differ between draws
+    plain.load_state_dict(dropped.state_dict())                  # the batch norms' statistics of those calls
+    plain.eval(), dropped.eval()
+    torch.testing.assert_close(dropped(x), plain(x))             # at prediction time nothing is dropped
+    with pytest.raises(ValueError, match="a chance in"), torch.device("meta"):
+        models.create_model("hourglass_attn", lifting_dropout=1.0, **options)
+    with pytest.raises(ValueError, match="only depth_head='lifting'"), torch.device("meta"):
+        models.create_model("hourglass_attn", lifting_dropout=0.5, **{**options, "depth_head": "attention"})
