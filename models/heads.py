@@ -85,11 +85,15 @@ class LiftingHead(nn.Module):
     the canonical 2D pose (a read-out that misplaces a hidden fingertip pulled towards a hand that fits the rest;
     off by default: it did not help, docs/recipes.md). ``dropout``: the chance of dropping each unit of the last
     hidden layer in training (Martinez et al. drop half), against an MLP that learns the depths of the training
-    poses by heart. (B, J, 2) + (B, J, C) -> uv (B, J, 2), d (B, J, 1)."""
+    poses by heart. ``noise``: the standard deviation, in units of the hand's RMS radius, of Gaussian noise added
+    to the canonical pose the MLP reads in training, so that it learns depth from a read-out as rough as on
+    unseen hands (Martinez et al. train their lifting on detections, not on the true 2D pose).
+    (B, J, 2) + (B, J, C) -> uv (B, J, 2), d (B, J, 1)."""
 
-    def __init__(self, channels, refine_uv=False, num_joints=NUM_JOINTS, feature_dim=16, hidden=512, dropout=0.0):
+    def __init__(self, channels, refine_uv=False, num_joints=NUM_JOINTS, feature_dim=16, hidden=512, dropout=0.0,
+                 noise=0.0):
         super().__init__()
-        self.refine_uv = refine_uv
+        self.refine_uv, self.noise = refine_uv, noise
         self.reduce = nn.Linear(channels, feature_dim)
         # LayerNorm before each ReLU keeps units alive: without it AdamW at the CPU recipes' lr left 93-100 % of
         # the second layer dead (in one run all of it, and depth never learned); Martinez et al. normalise too
@@ -102,7 +106,8 @@ class LiftingHead(nn.Module):
     def forward(self, uv, pooled):
         uv = uv.detach()
         pose, scale, turn = canonical_frame(uv)                                     # (B, J, 2)
-        x = torch.cat([pose, self.reduce(pooled.to(pose.dtype))], -1).flatten(1)    # (B, J * (2 + feature_dim))
+        seen = pose + self.noise * torch.randn_like(pose) if self.training and self.noise else pose
+        x = torch.cat([seen, self.reduce(pooled.to(pose.dtype))], -1).flatten(1)    # (B, J * (2 + feature_dim))
         if not self.refine_uv:
             return uv, self.out(self.drop(self.mlp(x))).unsqueeze(-1)               # (B, J, 1)
         out = self.out(self.drop(self.mlp(x))).view(len(x), -1, 3)                  # (B, J, 3)

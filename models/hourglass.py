@@ -158,13 +158,14 @@ class HourglassAttention(nn.Module):
     the mean of all joints' vectors] into d (the hand-wide mean gives every joint the reference it needs for a
     root-relative depth);
     'lifting' (ours): ``LiftingHead``, whose last hidden layer drops units with chance ``lifting_dropout`` in
-    training. ``stem_stride`` 4 (ours) runs the hourglasses at a quarter of the input, four times cheaper than
-    the paper's half.
+    training and whose input pose gets Gaussian noise of ``lifting_noise`` hand radii in training.
+    ``stem_stride`` 4 (ours) runs the hourglasses at a quarter of the input, four times cheaper than the paper's
+    half.
     """
 
     def __init__(self, channels=128, num_stacks=2, hourglass_depth=4, readout_sharpness=15.0,
                  depth_source="shallow", stem_stride=2, depth_head="attention", readout="peak",
-                 refine_uv=False, lifting_dropout=0.0, num_joints=NUM_JOINTS):
+                 refine_uv=False, lifting_dropout=0.0, lifting_noise=0.0, num_joints=NUM_JOINTS):
         super().__init__()
         check_readout(readout)  # a bad read-out name fails when the model is built
         self.readout = readout
@@ -178,12 +179,16 @@ class HourglassAttention(nn.Module):
             raise ValueError(f"lifting_dropout={lifting_dropout}: only depth_head='lifting' has the lifting network")
         if not 0.0 <= lifting_dropout < 1.0:
             raise ValueError(f"lifting_dropout={lifting_dropout}: a chance in [0, 1)")
+        if lifting_noise and depth_head != "lifting":
+            raise ValueError(f"lifting_noise={lifting_noise}: only depth_head='lifting' has the lifting network")
+        if lifting_noise < 0:
+            raise ValueError(f"lifting_noise={lifting_noise}: a standard deviation, 0 or more")
         self.depth_source = depth_source
         self.readout_sharpness = readout_sharpness
         self.stem = Stem(channels, se=True, stride=stem_stride)
         self.stacks = StackedHourglass(channels, num_stacks, hourglass_depth, se=True, num_joints=num_joints)
-        self.depth_head = (LiftingHead(channels, refine_uv, dropout=lifting_dropout) if depth_head == "lifting"
-                           else AttentionDepth(channels))
+        self.depth_head = (AttentionDepth(channels) if depth_head == "attention" else
+                           LiftingHead(channels, refine_uv, dropout=lifting_dropout, noise=lifting_noise))
 
     def forward(self, x, return_aux=False):
         shallow = self.stem(x)                                         # (B, C, S/s, S/s)
@@ -202,9 +207,9 @@ class HourglassAttention(nn.Module):
                         "shallow features")
 def build_hourglass_attn(pretrained="none", channels=128, num_stacks=2, hourglass_depth=4, readout_sharpness=15.0,
                          depth_source="shallow", stem_stride=2, depth_head="attention", readout="peak",
-                         refine_uv=False, lifting_dropout=0.0):
+                         refine_uv=False, lifting_dropout=0.0, lifting_noise=0.0):
     model = HourglassAttention(channels, num_stacks, hourglass_depth, readout_sharpness, depth_source, stem_stride,
-                               depth_head, readout, refine_uv, lifting_dropout)
+                               depth_head, readout, refine_uv, lifting_dropout, lifting_noise)
     return load_weights(model, pretrained, "hourglass_attn")
 
 

@@ -6,7 +6,8 @@ import torch
 import models
 from training import recipes
 from training.config import validate_config
-from models.heads import HeatmapLifting, PoseHead
+from core.geometry import NUM_JOINTS
+from models.heads import HeatmapLifting, LiftingHead, PoseHead, canonical_frame
 from models.heatmaps import gaussian_heatmaps
 from models.losses import pose_loss
 
@@ -113,22 +114,40 @@ def test_the_gpu_recipes_at_224_px():
         assert config["schedule"] == "cosine" and config["optimizer"] == "adamw"
 
 
-def test_lifting_dropout_acts_in_training_only_and_keeps_the_checkpoint_names():
+@pytest.mark.parametrize("option, value, bad, refusal", [("lifting_dropout", 0.5, 1.0, "a chance in"),
+                                                        ("lifting_noise", 0.1, -0.1, "a standard deviation")])
+def test_lifting_regularisers_act_in_training_only_and_keep_the_checkpoint_names(option, value, bad, refusal):
     options = {"channels": 16, "num_stacks": 1, "hourglass_depth": 2, "stem_stride": 4, "depth_head": "lifting"}
     torch.manual_seed(0)
     plain = models.create_model("hourglass_attn", **options)
-    dropped = models.create_model("hourglass_attn", lifting_dropout=0.5, **options)
-    assert dropped.state_dict().keys() == plain.state_dict().keys()  # old checkpoints load into either
-    dropped.load_state_dict(plain.state_dict())
+    regularised = models.create_model("hourglass_attn", **{option: value}, **options)
+    assert regularised.state_dict().keys() == plain.state_dict().keys()  # old checkpoints load into either
+    regularised.load_state_dict(plain.state_dict())
     x = torch.rand(2, 3, 32, 32)
-    dropped.train()
-    first, second = dropped(x), dropped(x)
+    regularised.train()
+    first, second = regularised(x), regularised(x)
     torch.testing.assert_close(first[..., :2], second[..., :2])  # u, v do not pass through the lifting MLP
     assert not torch.allclose(first[..., 2], second[..., 2])     # depths do, and differ between draws
-    plain.load_state_dict(dropped.state_dict())                  # the batch norms' statistics of those calls
-    plain.eval(), dropped.eval()
-    torch.testing.assert_close(dropped(x), plain(x))             # at prediction time nothing is dropped
-    with pytest.raises(ValueError, match="a chance in"), torch.device("meta"):
-        models.create_model("hourglass_attn", lifting_dropout=1.0, **options)
+    plain.load_state_dict(regularised.state_dict())              # the batch norms' statistics of those calls
+    plain.eval(), regularised.eval()
+    torch.testing.assert_close(regularised(x), plain(x))         # at prediction time nothing is dropped or added
+    with pytest.raises(ValueError, match=refusal), torch.device("meta"):
+        models.create_model("hourglass_attn", **{option: bad}, **options)
     with pytest.raises(ValueError, match="only depth_head='lifting'"), torch.device("meta"):
-        models.create_model("hourglass_attn", lifting_dropout=0.5, **{**options, "depth_head": "attention"})
+        models.create_model("hourglass_attn", **{option: value}, **{**options, "depth_head": "attention"})
+
+
+@pytest.mark.parametrize("pixels", [1.0, 50.0])
+def test_lifting_noise_is_measured_in_hand_radii_whatever_the_hand_size_in_pixels(pixels):
+    torch.manual_seed(0)
+    head = LiftingHead(channels=8, noise=0.1).train()
+    seen = []
+    head.mlp.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    uv = pixels * torch.randn(256, NUM_JOINTS, 2)
+    head(uv, torch.rand(256, NUM_JOINTS, 8))
+    pose = seen[0].view(256, NUM_JOINTS, -1)[..., :2]                  # (B, J, 2) the canonical pose the MLP read
+    offset = pose - canonical_frame(uv)[0]
+    assert abs(offset.std().item() - 0.1) < 0.005                      # 0.1 hand radii, at 1 px or 50 px a radius
+    head.eval(), seen.clear()
+    head(uv, torch.rand(256, NUM_JOINTS, 8))
+    torch.testing.assert_close(seen[0].view(256, NUM_JOINTS, -1)[..., :2], canonical_frame(uv)[0])
