@@ -175,12 +175,11 @@ class HourglassAttention(nn.Module):
             raise ValueError(f"depth_head={depth_head!r}: choose 'attention' or 'lifting'")
         if refine_uv and depth_head != "lifting":
             raise ValueError("refine_uv=True: only depth_head='lifting' refines the 2D read-out")
-        if lifting_dropout and depth_head != "lifting":
-            raise ValueError(f"lifting_dropout={lifting_dropout}: only depth_head='lifting' has the lifting network")
+        for name, value in (("lifting_dropout", lifting_dropout), ("lifting_noise", lifting_noise)):
+            if value and depth_head != "lifting":
+                raise ValueError(f"{name}={value}: only depth_head='lifting' has the lifting network")
         if not 0.0 <= lifting_dropout < 1.0:
             raise ValueError(f"lifting_dropout={lifting_dropout}: a chance in [0, 1)")
-        if lifting_noise and depth_head != "lifting":
-            raise ValueError(f"lifting_noise={lifting_noise}: only depth_head='lifting' has the lifting network")
         if lifting_noise < 0:
             raise ValueError(f"lifting_noise={lifting_noise}: a standard deviation, 0 or more")
         self.depth_source = depth_source
