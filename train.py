@@ -29,6 +29,9 @@ def parse_args(argv=None):
     p.add_argument("--list-runs", action="store_true", help="print a table of the runs in runs/ and exit")
     p.add_argument("--data-root", help="dataset folder (default: data/freihand, else the synthetic set)")
     p.add_argument("--epochs", type=int)
+    p.add_argument("--budget-minutes", type=float, metavar="M",
+                   help="train fewer epochs where the run's epochs would take longer than M minutes on this machine "
+                        "(timed before the first step; 0: every epoch)")
     p.add_argument("--batch-size", type=int, help="per process")
     p.add_argument("--img-size", type=int)
     p.add_argument("--lr", type=float)

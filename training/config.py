@@ -29,10 +29,10 @@ CPU_SYNTHETIC_BUDGET = {"img_size": 128, "epochs": 3, "batch_size": 16, "max_tra
 SHORT_RUN_NOTE = ("; this was the short check that everything runs, too short to learn the fingers; the recipe "
                   "made for a CPU, `python train.py --recipe hourglass_attn_64_cpu`, learns them (docs/recipes.md)")
 CLI_KEYS = ("data_root", "epochs", "batch_size", "img_size", "lr", "pretrained", "device", "seed", "augs",
-            "backgrounds", "workers", "folds", "fold", "pseudo_labels")
+            "backgrounds", "workers", "folds", "fold", "pseudo_labels", "budget_minutes")
 PATH_KEYS = ("data_root", "backgrounds", "pseudo_labels")
 # absent from older runs' configs: their defaults
-NEWER_KEYS = ("pseudo_labels", "pseudo_weight", "pseudo_keep", "cpu_bf16", "stages")
+NEWER_KEYS = ("pseudo_labels", "pseudo_weight", "pseudo_keep", "cpu_bf16", "stages", "budget_minutes")
 RESUMABLE_OVERRIDES = ("device", "workers", "lr")   # what --resume may change: where it runs, the lr (scaled with
 # its schedule) and clipping (after a NaN loss), how often a mid-epoch last.pt is written, and whether the images
 # come from the decoded cache (the same pixels as the JPEGs)
@@ -158,7 +158,9 @@ def resume_config(args, folder):
 
 def command_line_changes(args, config):
     """[(option as typed, config key, saved value, given value)] for every option on the command line whose value
-    differs from the saved ``config``'s (paths compared resolved, augmentation lists as parsed)."""
+    differs from the saved ``config``'s (paths compared resolved, augmentation lists as parsed). The epochs are
+    compared with those the run was asked for, before a time budget shortened it (the same command resumes)."""
+    config = {**config, "epochs": config.get("epochs_asked", config["epochs"])}
     changes = []
     # a recipe's earlier name is no change (the run may have been saved under it)
     if args.recipe and recipes.current_name(args.recipe, warn=True) != recipes.current_name(config["recipe"]):
@@ -228,7 +230,8 @@ def validate_config(config):
                            ("grad_clip", 0.0, math.inf), ("momentum", 0.0, 0.999), ("gamma", 1e-6, 1.0),
                            ("workers", -1, 256), ("seed", 0, 2 ** 31), ("max_train_images", 0, math.inf),
                            ("max_val_images", 0, math.inf), ("folds", 0, 1000), ("average_top_k", 0, 1000),
-                           ("checkpoint_minutes", 0.0, math.inf), ("pseudo_weight", 1e-6, 1e6),
+                           ("checkpoint_minutes", 0.0, math.inf), ("budget_minutes", 0.0, math.inf),
+                           ("pseudo_weight", 1e-6, 1e6),
                            ("pseudo_keep", 1e-6, 1.0)):
         if not (math.isfinite(config[key]) and low <= config[key] <= high):
             raise UserError(f"{key}={config[key]}: must lie in [{low}, {high}]")

@@ -35,6 +35,15 @@ def barrier(world_size):
         dist.barrier()
 
 
+def broadcast_int(value, device, world_size):
+    """Rank 0's ``value`` on every rank (``value`` itself with one process)."""
+    if world_size == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.broadcast(tensor, src=0)
+    return int(tensor.item())
+
+
 def ranks_hold_same_weights(model):
     """True when every rank's parameters equal rank 0's, compared against a broadcast copy of rank 0's."""
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])

@@ -60,6 +60,8 @@ CONFIG_DEFAULTS = {
     "folds": 0,                     # K-fold cross-validation by hand (GroupKFold); 0 = the saved 5 % hold-out
     "fold": 0,                      # the fold validated when folds > 0
     "average_top_k": 0,             # at the end, average the weights of the k best epochs (0/1 = off)
+    "budget_minutes": 0.0,          # train fewer epochs where the run would take longer than this on this machine,
+                                    # timed before the first step (training/budget.py); 0 = every epoch
     "checkpoint_minutes": 30.0,     # also write last.pt inside an epoch this often (0 = at epoch ends only)
     "pseudo_labels": "",            # a prediction .npz of an unlabelled split: its images join training
                                     # (data/pseudo.py)
@@ -109,9 +111,11 @@ RECIPES = {
     # input so that a CPU takes many steps; depth by lifting the canonical 2D pose; the heatmap term, not the
     # coordinates, teaches where the fingers are, hence its weight 30; rotations within +-30 degrees (TTA too), scale
     # and shift; the last 38 epochs at 96 px, where its heatmaps are 24x24, not 16x16; bf16 on CPUs that have it;
-    # the lifting network drops half its last hidden units, as it learned the training poses' depths by heart
+    # the lifting network drops half its last hidden units, as it learned the training poses' depths by heart;
+    # 76 epochs fill 30 minutes of a 2-core CPU with bf16: a slower one trains the epochs that fit 30 (budget_minutes)
     "hourglass_attn_64_cpu": {**_LIU2018, "img_size": 64, "batch_size": 16, "epochs": 76,
-                              "stages": [{"fraction": 0.5, "img_size": 96}], "cpu_bf16": True, "optimizer": "adamw",
+                              "stages": [{"fraction": 0.5, "img_size": 96}], "cpu_bf16": True, "budget_minutes": 30.0,
+                              "optimizer": "adamw",
                               "lr": 3e-3, "weight_decay": 0.05, "schedule": "cosine", "min_lr_ratio": 0.02,
                               "warmup_epochs": 1.0, "ema_decay": 0.999, "average_top_k": 3,
                               "model": {"channels": 64, "num_stacks": 1, "hourglass_depth": 3, "stem_stride": 4,
@@ -123,7 +127,7 @@ RECIPES = {
     # (at 64 px the stride-32 stage sees 2x2 yet holds most weights), twice the lr; scale, shift and stochastic
     # depth because 5 M weights fit the synthetic poses soon; a narrower decoder buys more epochs
     # the last 16 epochs at 96 px (bf16 is slower than fp32 for its depthwise convolutions on a CPU)
-    "effb0_unet_64_cpu": {**_CPU_HEAD, "arch": "effb0_1d", "epochs": 54,
+    "effb0_unet_64_cpu": {**_CPU_HEAD, "arch": "effb0_1d", "epochs": 54, "budget_minutes": 30.0,
                           "stages": [{"fraction": 0.3, "img_size": 96}], "lr": 4e-3, "augs": "scale,rotate,translate",
                           "model": {"head": "unet", "drop_connect": 0.1, "encoder_depth": 4, "decoder_width": 48}},
     # ours, the same head on the other encoders and hourglasses, for the table of every arch at one CPU budget

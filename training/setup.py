@@ -18,8 +18,9 @@ from scoring import metrics
 from training import optimization
 from training import runlog
 from training import stages
+from training import time_budget
 from training.config import apply_cpu_budget, resolve_config, resume_config
-from training.distributed import barrier, init_distributed
+from training.distributed import barrier, broadcast_int, init_distributed
 from training.rundir import check_new_run_folder, elastic_restart, run_folder
 from training.runstate import EpochPosition, Progress, RunParts, RunSetup, seed_everything
 from uploads.provenance import check_made_on, check_plausible_hands
@@ -167,6 +168,10 @@ def build_parts(config, device, rank, world_size, splits, resume_state=None, fol
     inputs = stages.StageInputs(config, device, rank, world_size, splits)
     first_epoch = min(resume_state["epoch"] + 1, config["epochs"]) if resume_state else 1
     inputs.use(stages.stage_at(config, first_epoch).img_size)
+    if resume_state is None and config["budget_minutes"]:
+        time_budget.fit_to_budget(config, model, inputs, device)
+        # every process times its own copy; all train rank 0's epochs, as one schedule needs
+        config["epochs"] = broadcast_int(config["epochs"], device, world_size)
     steps_per_epoch = len(inputs.train_loader) // config["accumulate"]
     if steps_per_epoch < 1:
         raise UserError(f"an epoch of {len(inputs.train_loader)} batches is less than one optimiser step of "

@@ -331,6 +331,9 @@ class Trainer:
                    "val_constant_shape_mm": baseline,
                    "best_val_fraction_of_constant_shape": progress.best_mm / baseline,
                    "train_images_per_s": float(np.mean(speeds)) if speeds else None,
+                   "train_minutes": sum(row["epoch_seconds"] for row in progress.history) / 60
+                   if all("epoch_seconds" in row for row in progress.history) else None,
+                   "budget_minutes": config["budget_minutes"],
                    "img_size": stages.final_size(config), "stages": self.stage_records(),
                    "world_size": setup.world_size,
                    "precision": config.get("precision"), **extra}

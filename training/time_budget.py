@@ -1,0 +1,88 @@
+"""A run's time budget (``config['budget_minutes']``, ``train.py --budget-minutes``): before the first step, the
+trainer's step (augmentation, forward, backward, optimiser, EMA) and a validation batch are timed at every stage's
+input size on a copy of the model; when the run's epochs would take longer than the budget on this machine, it
+trains as many as fit, its stages keeping their fractions and its schedule its shape. The epochs are never raised,
+so on a machine fast enough the run is the recipe's own, to the bit (the timing trains copies, and every epoch
+seeds its own random streams)."""
+import copy
+
+from core.common import UserError, median_seconds
+from core.device import synchronizer
+from core.messages import logger
+from core.precision import choose
+from data.loader import to_device
+from prediction.inference import predict_batch
+from training import optimization
+from training import stages
+from training.step import forward_loss, optimizer_step
+
+log = logger(__name__)
+
+TIMED_STEPS, WARMUP_STEPS = 3, 1  # the first step builds kernels and buffers: untimed
+TIME_SHARE = 0.95  # of the budget, for the timed work; the rest loads images and writes checkpoints
+
+
+def epoch_seconds(config, model, inputs, device, size):
+    """Seconds of one epoch at input ``size`` on this machine: its batches' timed training steps (on a copy of
+    ``model`` with its own optimiser and EMA) and its validation batches' timed predictions."""
+    inputs.use(size)
+    batch = to_device(next(iter(inputs.train_loader)), device)
+    trained = copy.deepcopy(model).train()
+    optimizer, ema = optimization.make_optimizer(trained, config), optimization.make_ema(trained, config)
+    scaler = choose(device, config["amp"], config["cpu_bf16"]).grad_scaler()
+    sync = synchronizer(device)
+
+    def step():
+        loss, _ = forward_loss(trained, inputs.augmenter(batch), config, device, config["channels_last"])
+        scaler.scale(loss).backward()
+        optimizer_step(trained, optimizer, scaler, config["grad_clip"], ema=ema, steps_done=1)
+
+    train = median_seconds(step, TIMED_STEPS, WARMUP_STEPS, sync)
+    images = to_device(next(iter(inputs.val_loader)), device)["image"]
+    trained.eval()
+    val = median_seconds(lambda: predict_batch(trained, images, 1, config["amp"], config["channels_last"]),
+                         TIMED_STEPS, WARMUP_STEPS, sync)
+    return train * len(inputs.train_loader) + val * len(inputs.val_loader)
+
+
+def predicted_seconds(config, epochs, seconds_at):
+    """Seconds of a run of ``epochs`` with ``config``'s stages, given each size's seconds per epoch."""
+    plan = stages.plan({**config, "epochs": epochs})
+    return sum((stage.last_epoch - stage.first_epoch + 1) * seconds_at[stage.img_size] for stage in plan)
+
+
+def fitting_epochs(config, seconds_at):
+    """The most epochs, up to ``config['epochs']``, whose predicted seconds fit the budget's share and whose
+    stages all keep their place (the first stage at least one epoch), or 0 when none does."""
+    budget = TIME_SHARE * 60 * config["budget_minutes"]
+    for epochs in range(config["epochs"], 0, -1):
+        if predicted_seconds(config, epochs, seconds_at) <= budget and stages.plan({**config, "epochs": epochs})[0] \
+                .last_epoch >= 1 and epochs >= max(config["warmup_epochs"], config["final_epochs"]):
+            return epochs
+    return 0
+
+
+def fit_to_budget(config, model, inputs, device):
+    """Time an epoch at every stage's size, then set ``config['epochs']`` to the most that fit
+    ``config['budget_minutes']`` (a UserError when not even the shortest run does); the inputs are left at the
+    first stage's size."""
+    sizes = dict.fromkeys(stage.img_size for stage in stages.plan(config))
+    seconds_at = {size: epoch_seconds(config, model, inputs, device, size) for size in sizes}
+    inputs.use(stages.plan(config)[0].img_size)
+    asked = config["epochs"]
+    epochs = fitting_epochs(config, seconds_at)
+    per_epoch = ", ".join(f"{s:.0f} s an epoch at {size} px" for size, s in seconds_at.items())
+    if not epochs:
+        raise UserError(f"budget_minutes={config['budget_minutes']:g}: not even the shortest run of these stages fits "
+                        f"on this machine ({per_epoch}); give more --budget-minutes, or 0 to train every epoch")
+    config["epochs"], config["epochs_asked"] = epochs, asked  # config.json keeps both: the same command resumes
+    minutes = predicted_seconds(config, epochs, seconds_at) / 60
+    if epochs < asked:
+        log.info(f"time budget of {config['budget_minutes']:g} min: {asked} epochs would take "
+                 f"{predicted_seconds(config, asked, seconds_at) / 60:.0f} min on this machine ({per_epoch}); "
+                 f"training {epochs} epochs ({stages.describe_sizes(config)}), about {minutes:.0f} min; "
+                 f"--budget-minutes 0 trains all {asked}")
+    else:
+        log.info(f"time budget of {config['budget_minutes']:g} min: the {epochs} epochs take about "
+                 f"{minutes:.0f} min on this machine ({per_epoch})")
+
