@@ -1,7 +1,7 @@
 """The time budget (training/time_budget.py): a run whose epochs would take longer than ``--budget-minutes`` on this
-machine trains as many as fit, its stages keeping their fractions; one they fit is the recipe's run to the bit; a
-resumed run keeps the epochs its start chose; a budget too short for any run, or not a number of minutes, is one
-line before any work."""
+machine trains as many as fit, its stages keeping their fractions, and the first epochs' real time corrects the plan;
+a run they fit is the recipe's run to the bit; a resumed run keeps the epochs planned; a budget too short for any
+run, or not a number of minutes, is one line before any work."""
 import json
 import signal
 
@@ -38,26 +38,55 @@ def test_the_most_epochs_that_fit_keep_the_stages_shape():
     assert time_budget.fitting_epochs({**config, "warmup_epochs": 5.0}, SECONDS) == 0   # no shorter than warm-up
 
 
-def test_a_tight_budget_trains_the_epochs_that_fit_and_its_resume_keeps_them(synthetic_96, slow_machine, tmp_path,
-                                                                             monkeypatch, capsys,
-                                                                             terminal_stop_signals):
+def test_a_tight_budget_plans_the_epochs_that_fit_and_the_first_epoch_s_real_time_replans_them(
+        synthetic_96, slow_machine, tmp_path, monkeypatch, capsys, terminal_stop_signals):
+    """Timed as a slow machine, the run plans 4 epochs; its first epoch takes a second or two, not 60 s, so it
+    trains the 10 asked. A stop in epoch 3 resumes with those 10, without timing again, from the same command."""
     folder = tmp_path / "run"
     args = [*TINY, *STAGED, "--budget-minutes", "7", "--data-root", synthetic_96, "--out", folder]
-    act_at_forward(monkeypatch, 9 + 2, lambda: signal.raise_signal(signal.SIGTERM))  # epoch 2 (9 batches an epoch)
+    act_at_forward(monkeypatch, 2 * 9 + 2, lambda: signal.raise_signal(signal.SIGTERM))  # epoch 3 (9 batches each)
     code, out, err = run_main(train.main, args, capsys)
     assert code == 143, err
     assert ("time budget of 7 min: 10 epochs would take 13 min on this machine (60 s an epoch at 64 px, 120 s an "
             "epoch at 96 px); training 4 epochs (64 px, then 96 px for epochs 4-4), about 5 min") in out
+    assert "time budget: an epoch at 64 px took" in out and "training 10 epochs (64 px, then 96 px for epochs " \
+        "8-10)" in out
     assert slow_machine == [64, 96]
-    assert json.loads((folder / "config.json").read_text())["epochs"] == 4
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["epochs"], config["epochs_asked"]) == (10, 10)  # rewritten after the first epoch
+    assert config["budget_epoch_seconds"] == {"64": 60.0, "96": 120.0}
     monkeypatch.undo()
     monkeypatch.setattr(time_budget, "epoch_seconds", lambda *a: pytest.fail("a resumed run timed its epochs again"))
     code, out, err = run_main(train.main, [*args, "--resume"], capsys)
     assert code == 0, err
-    assert log_epochs(folder) == [1, 2, 3, 4]
+    assert log_epochs(folder) == list(range(1, 11))
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["budget_minutes"] == 7.0 and summary["train_minutes"] > 0
-    assert [(s["epochs"], s["img_size"]) for s in summary["stages"]] == [([1, 3], 64), ([4, 4], 96)]
+    assert [(s["epochs"], s["img_size"]) for s in summary["stages"]] == [([1, 7], 64), ([8, 10], 96)]
+
+
+def budgeted(history_seconds, **changes):
+    """A config planned at 10 s an epoch at 64 px and 20 s at 96 px, and the log's rows of its first epochs."""
+    config = {"epochs": 10, "epochs_asked": 10, "img_size": 64, "stages": [{"fraction": 0.3, "img_size": 96}],
+              "budget_minutes": 2.5, "warmup_epochs": 1.0, "final_epochs": 0, "schedule": "cosine",
+              "budget_epoch_seconds": {"64": 10.0, "96": 20.0}, **changes}
+    return config, [{"epoch": e, "epoch_seconds": s} for e, s in enumerate(history_seconds, start=1)]
+
+
+def test_an_epoch_slower_than_timed_shortens_the_run_and_keeps_the_epochs_done_in_the_first_stage():
+    config, history = budgeted([30.0])  # 3 times the timing: 10 epochs would take 390 s of the 142.5 s
+    time_budget.replan(config, history)
+    assert config["epochs"] == 3        # 2 x 30 s at 64 px + 1 x 60 s at 96 px = 120 s
+    config, history = budgeted([31.0, 30.0])  # the faster epoch counts; epochs 1-2 stay at 64 px
+    time_budget.replan(config, history)
+    assert config["epochs"] == 3
+    config, history = budgeted([60.0, 60.0])  # none that keeps epochs 1-2 at 64 px fits: the fewest that do
+    time_budget.replan(config, history)
+    assert config["epochs"] == 3
+    for config, history in (budgeted([30.0] * 3), budgeted([30.0], schedule="onecycle"),
+                            budgeted([30.0], budget_epoch_seconds=None)):
+        time_budget.replan(config, history)  # after the first epochs, under OneCycleLR, or not budgeted
+        assert config["epochs"] == 10
 
 
 def test_a_budget_the_epochs_fit_leaves_the_run_as_without_one_to_the_bit(synthetic_96, tmp_path, capsys):

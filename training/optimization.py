@@ -60,13 +60,14 @@ def schedule_factor(step, total_steps, steps_per_epoch, config):
 
 def make_scheduler(optimizer, config, steps_per_epoch):
     """A scheduler to step after every optimiser step."""
-    total_steps = steps_per_epoch * config["epochs"]
     if config["schedule"] == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config["lr"], total_steps=total_steps,
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config["lr"],
+                                                   total_steps=steps_per_epoch * config["epochs"],
                                                    pct_start=config["onecycle_pct"], final_div_factor=1e4 / 25,
                                                    cycle_momentum=False)
+    # the epochs read at every step: a time budget may set them after the first epochs (training/time_budget.py)
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: schedule_factor(step, total_steps, steps_per_epoch, config))
+        optimizer, lambda step: schedule_factor(step, steps_per_epoch * config["epochs"], steps_per_epoch, config))
 
 
 def rescale_lr(optimizer, scheduler, factor):

@@ -1,7 +1,8 @@
 """A run's time budget (``config['budget_minutes']``, ``train.py --budget-minutes``): before the first step, the
 trainer's step (augmentation, forward, backward, optimiser, EMA) and a validation batch are timed at every stage's
 input size on a copy of the model; when the run's epochs would take longer than the budget on this machine, it
-trains as many as fit, its stages keeping their fractions and its schedule its shape. The epochs are never raised,
+trains as many as fit, its stages keeping their fractions and its schedule its shape; the first epochs' real time
+then corrects the plan (``replan``). The epochs are never raised,
 so on a machine fast enough the run is the recipe's own, to the bit (the timing trains copies, and every epoch
 seeds its own random streams)."""
 import copy
@@ -20,6 +21,7 @@ log = logger(__name__)
 
 TIMED_STEPS, WARMUP_STEPS = 3, 1  # the first step builds kernels and buffers: untimed
 TIME_SHARE = 0.95  # of the budget, for the timed work; the rest loads images and writes checkpoints
+REPLAN_EPOCHS = 2  # after each of the first epochs the plan follows their real time (a busy start mis-times it)
 
 
 def epoch_seconds(config, model, inputs, device, size):
@@ -51,15 +53,19 @@ def predicted_seconds(config, epochs, seconds_at):
     return sum((stage.last_epoch - stage.first_epoch + 1) * seconds_at[stage.img_size] for stage in plan)
 
 
-def fitting_epochs(config, seconds_at):
-    """The most epochs, up to ``config['epochs']``, whose predicted seconds fit the budget's share and whose
-    stages all keep their place (the first stage at least one epoch), or 0 when none does."""
+def keeps_shape(config, epochs, done=0):
+    """Whether a run of ``epochs`` is no shorter than its warm-up and final epochs and its first stage holds the
+    ``done`` epochs (and at least one)."""
+    return stages.plan({**config, "epochs": epochs})[0].last_epoch >= max(done, 1) and \
+        epochs >= max(config["warmup_epochs"], config["final_epochs"])
+
+
+def fitting_epochs(config, seconds_at, done=0):
+    """The most epochs, up to ``config['epochs']``, whose predicted seconds fit the budget's share and that keep
+    the shape (``keeps_shape``), or 0."""
     budget = TIME_SHARE * 60 * config["budget_minutes"]
-    for epochs in range(config["epochs"], 0, -1):
-        if predicted_seconds(config, epochs, seconds_at) <= budget and stages.plan({**config, "epochs": epochs})[0] \
-                .last_epoch >= 1 and epochs >= max(config["warmup_epochs"], config["final_epochs"]):
-            return epochs
-    return 0
+    return next((epochs for epochs in range(config["epochs"], max(done, 1) - 1, -1)
+                 if predicted_seconds(config, epochs, seconds_at) <= budget and keeps_shape(config, epochs, done)), 0)
 
 
 def fit_to_budget(config, model, inputs, device):
@@ -76,6 +82,7 @@ def fit_to_budget(config, model, inputs, device):
         raise UserError(f"budget_minutes={config['budget_minutes']:g}: not even the shortest run of these stages fits "
                         f"on this machine ({per_epoch}); give more --budget-minutes, or 0 to train every epoch")
     config["epochs"], config["epochs_asked"] = epochs, asked  # config.json keeps both: the same command resumes
+    config["budget_epoch_seconds"] = {str(size): s for size, s in seconds_at.items()}  # JSON keys: strings
     minutes = predicted_seconds(config, epochs, seconds_at) / 60
     if epochs < asked:
         log.info(f"time budget of {config['budget_minutes']:g} min: {asked} epochs would take "
@@ -86,3 +93,30 @@ def fit_to_budget(config, model, inputs, device):
         log.info(f"time budget of {config['budget_minutes']:g} min: the {epochs} epochs take about "
                  f"{minutes:.0f} min on this machine ({per_epoch})")
 
+
+
+def replan(config, history):
+    """After each of the first ``REPLAN_EPOCHS`` epochs of a budgeted run (``history``: the log's rows so far): scale
+    the timed seconds of every size by the fastest first-stage epoch's real seconds over its timed ones, and set
+    ``config['epochs']`` to the most of those asked that fit, the epochs done kept in the first stage (when none
+    fits, the fewest that keep them). The timing before the first step takes seconds, so a busy moment (another
+    program starting) can mis-time it by times over; an epoch is a steadier clock. The cosine and multistep
+    schedules follow the new epochs; OneCycleLR fixes its steps when it is made, so its runs keep the first plan.
+    Returns whether the epochs changed."""
+    done = len(history)
+    if not config.get("budget_epoch_seconds") or done > REPLAN_EPOCHS or config["schedule"] == "onecycle":
+        return False
+    first = stages.plan(config)[0]
+    timed = {int(size): s for size, s in config["budget_epoch_seconds"].items()}
+    real = min(row["epoch_seconds"] for row in history if row["epoch"] <= first.last_epoch)
+    seconds_at = {size: s * real / timed[first.img_size] for size, s in timed.items()}
+    asked = {**config, "epochs": config["epochs_asked"]}
+    epochs = fitting_epochs(asked, seconds_at, done) or next(
+        (epochs for epochs in range(done, asked["epochs"] + 1) if keeps_shape(asked, epochs, done)), config["epochs"])
+    if epochs != config["epochs"]:
+        config["epochs"] = epochs
+        log.info(f"time budget: an epoch at {first.img_size} px took {real:.0f} s, timed at {timed[first.img_size]:.0f}"
+                 f" s: training {epochs} epochs ({stages.describe_sizes(config)}), about "
+                 f"{predicted_seconds(config, epochs, seconds_at) / 60:.0f} min in all")
+        return True
+    return False

@@ -21,9 +21,10 @@ from scoring import metrics
 from training import runlog
 from training import runstate
 from training import stages
+from training import time_budget
 from training.checkpoints import CheckpointSaver
 from training.config import SHORT_RUN_NOTE, is_short_run
-from training.distributed import barrier, ranks_hold_same_weights
+from training.distributed import barrier, broadcast_int, ranks_hold_same_weights
 from training.rundir import claim_run_folder, last_pt_holds, resume_hint
 from training.setup import set_up
 from training.step import forward_loss, optimizer_step
@@ -72,8 +73,7 @@ class Trainer:
         """config.json, then every epoch: train, validate, save; then the summary."""
         setup, config, position = self.setup, self.config, self.progress.position
         if setup.rank == 0:
-            with atomic_write(setup.folder / "config.json") as tmp:
-                tmp.write_text(json_text(config, indent=2))
+            self.write_config()
         self.tb = runlog.TensorBoardLog(setup.folder, enabled=setup.rank == 0, purge_step=self.progress.epoch *
                                         self.parts.steps_per_epoch + (position.batches // config["accumulate"]
                                                                       if position else 0))
@@ -81,21 +81,28 @@ class Trainer:
         speeds = [row["train_images_per_s"] for row in self.progress.history]
         with runstate.StopSignals() as signals:
             self.signals = signals
-            for epoch in range(self.progress.epoch + 1, config["epochs"] + 1):
-                started = time.perf_counter()
+            epoch = self.progress.epoch + 1
+            while epoch <= config["epochs"]:  # a time budget may change the epochs after the first (replan)
                 stage = self.enter_stage(epoch)
-                loss, terms, speed, lr = self.train_one_epoch(epoch)
+                loss, terms, speed, lr, seconds = self.train_one_epoch(epoch)
                 speeds.append(speed)
                 if setup.rank == 0:
                     self.end_epoch(epoch, stage, {"lr": lr, "train_loss": loss, **{f"loss_{k}": v for k, v in
                                                                                   terms.items()},
-                                                  "train_images_per_s": speed}, started)
+                                                  "train_images_per_s": speed}, seconds)
+                if config["budget_minutes"]:
+                    config["epochs"] = broadcast_int(config["epochs"], setup.device, setup.world_size)
                 self.progress.epoch = epoch
+                epoch += 1
                 barrier(setup.world_size)
                 signum, _ = runstate.agree(signals, setup.world_size, setup.device)
                 if signum:  # arrived during validation or the save: last.pt holds this epoch
                     self.stop(signum, epoch)
         self.finish(speeds)
+
+    def write_config(self):
+        with atomic_write(self.setup.folder / "config.json") as tmp:
+            tmp.write_text(json_text(self.config, indent=2))
 
     def enter_stage(self, epoch):
         """The Stage of ``epoch``; its inputs (loaders, augmenters at its size) made current, said when new."""
@@ -106,7 +113,8 @@ class Trainer:
         return stage
 
     def train_one_epoch(self, epoch):
-        """Returns (mean loss, mean loss terms, training images per second, lr at the epoch's first step). Each
+        """Returns (mean loss, mean loss terms, training images per second, lr at the epoch's first step, seconds
+        of training, a resumed epoch's earlier part included). Each
         optimiser step sums the gradients of ``accumulate`` batches, then steps the lr schedule and the EMA; after
         each the run may save its place in the epoch or stop (``pause_point``)."""
         setup, config, accumulate = self.setup, self.config, self.config["accumulate"]
@@ -136,7 +144,8 @@ class Trainer:
                 window = self.pause_point(position, generator, window)
         bar.close()
         terms = {k: float(v) / position.count for k, v in position.totals.items()}
-        return terms.pop("total"), terms, position.images / (time.perf_counter() - start), position.lr
+        seconds = time.perf_counter() - start
+        return terms.pop("total"), terms, position.images / seconds, position.lr, seconds
 
     def begin_epoch(self, epoch):
         """Seed the epoch's random streams from (seed, epoch) and set its shuffle; when the run resumes inside this
@@ -256,8 +265,10 @@ class Trainer:
         images = np.stack([s["image"].permute(1, 2, 0).numpy() for s in samples])
         return runlog.skeleton_panel(images, uv_pred, np.stack([s["uvd"][:, :2].numpy() for s in samples]))
 
-    def end_epoch(self, epoch, stage, row, started):
-        """Validate, add the epoch's row to the history, save (best.pt, last.pt, the log), print the epoch's line."""
+    def end_epoch(self, epoch, stage, row, train_seconds):
+        """Validate, add the epoch's row to the history, follow a time budget (``time_budget.replan``), save
+        (best.pt, last.pt with the epochs the run now trains, the log), print the epoch's line."""
+        started = time.perf_counter()
         result, val_xyz, val_ids, uv_pred = self.validate(self.parts.evaluated)
         baseline, history = self.setup.constant_shape_mm, self.progress.history
         history.append({"epoch": epoch, "lr": row.pop("lr"), "train_loss": row.pop("train_loss"),
@@ -266,8 +277,10 @@ class Trainer:
                         "val_fraction_of_constant_shape": result["pa_mpjpe_mm"] / baseline,
                         "val_constant_shape_mm": baseline, "val_auc": result["auc_0_50mm"],
                         "val_mpjpe_mm": result["mpjpe_mm"], "train_images_per_s": row["train_images_per_s"],
-                        "epoch_seconds": time.perf_counter() - started, "stage": stage.index + 1,
+                        "epoch_seconds": train_seconds + time.perf_counter() - started, "stage": stage.index + 1,
                         "img_size": stage.img_size})
+        if time_budget.replan(self.config, history):
+            self.write_config()
         self.save_epoch(epoch, stage, result, val_xyz, val_ids)
         self.tb.epoch(epoch, history[-1], self.skeleton_panel(uv_pred))
         log.info(f"epoch {epoch}/{self.config['epochs']}  loss {history[-1]['train_loss']:.4f}  val PA-MPJPE "
