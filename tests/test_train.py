@@ -196,6 +196,27 @@ def test_signal_mid_step_stops_after_it_and_resume_matches_an_uninterrupted_run(
     assert_same_run(straight_runs(extra), folder)
 
 
+def test_a_signal_during_validation_stops_at_that_epoch_s_end_and_resume_trains_the_next(
+        synthetic_96, tmp_path, monkeypatch, capsys, terminal_stop_signals):
+    """SIGTERM while epoch 1 validates: last.pt holds epoch 1 (validated, saved), the line says so, and --resume
+    trains epoch 2 alone."""
+    from training.trainer import Trainer
+    folder, args = tmp_path / "run", [*SHORT, "--data-root", synthetic_96]
+    validate = Trainer.validate
+
+    def signalled(self, model):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return validate(self, model)
+    monkeypatch.setattr(Trainer, "validate", signalled)
+    code, _, err = run_main(train.main, [*args, "--out", folder], capsys)
+    assert code == 143 and f"stopped by SIGTERM; {folder / 'last.pt'} holds epoch 1 of 2;" in err, err
+    assert load_checkpoint(folder / "last.pt")["epoch"] == 1 and log_epochs(folder) == [1]
+    monkeypatch.undo()
+    code, out, err = run_main(train.main, [*args, "--out", folder, "--resume"], capsys)
+    assert code == 0 and f"resuming {folder} after epoch 1 of 2" in out, err
+    assert log_epochs(folder) == [1, 2]
+
+
 @pytest.mark.slow
 def test_checkpoint_minutes_saves_inside_the_epoch_and_a_crash_resumes_exactly(synthetic_96, straight_runs,
                                                                                 tmp_path, monkeypatch, capsys):

@@ -93,11 +93,11 @@ class Trainer:
                 if config["budget_minutes"]:
                     config["epochs"] = broadcast_int(config["epochs"], setup.device, setup.world_size)
                 self.progress.epoch = epoch
-                epoch += 1
                 barrier(setup.world_size)
                 signum, _ = runstate.agree(signals, setup.world_size, setup.device)
                 if signum:  # arrived during validation or the save: last.pt holds this epoch
                     self.stop(signum, epoch)
+                epoch += 1
         self.finish(speeds)
 
     def write_config(self):
