@@ -124,3 +124,15 @@ def test_a_folder_that_is_no_run_is_one_line(tmp_path, capsys):
         results.main(["add", str(tmp_path), "--csv", str(tmp_path / "r.csv")])
     err = capsys.readouterr().err.strip()
     assert stop.value.code == 2 and len(err.splitlines()) == 1 and "config.json does not exist" in err
+
+
+def test_a_budgeted_run_s_command_is_the_one_given_and_its_epochs_are_those_trained():
+    """A time budget's run: the row's command is what was typed (the recipe's epochs), the epochs column what
+    trained; an --epochs that was typed stays in the command."""
+    config = {**recipes.recipe_config("hourglass_attn_64_cpu"), "seed": 1, "epochs": 40, "epochs_asked": 76,
+              "budget_epoch_seconds": {"64": 29.0, "96": 52.0}}
+    assert results.command_of(config) == "python train.py --recipe hourglass_attn_64_cpu --seed 1"
+    assert results.command_of({**config, "epochs_asked": 90}) == \
+        "python train.py --recipe hourglass_attn_64_cpu --epochs 90 --seed 1"
+    assert results.command_of({**config, "epochs_asked": 90, "budget_epoch_seconds": None, "epochs": 90}) == \
+        "python train.py --recipe hourglass_attn_64_cpu --epochs 90 --seed 1"

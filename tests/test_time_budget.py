@@ -112,3 +112,30 @@ def test_a_budget_no_run_fits_or_not_minutes_is_one_line_before_any_epoch(budget
                                          "--out", tmp_path / "run"], capsys)
     assert_one_line_error(code, err, fragment)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_deadline_counts_the_epochs_done_and_the_next_at_its_size():
+    config, _ = budgeted([])
+    rows = [{"epoch": e, "epoch_seconds": 20.0, "img_size": 64} for e in range(1, 7)]   # 120 s of the 150 s
+    assert not time_budget.past_deadline(config, rows)            # epoch 7 at 64 px: 20 s more, 140 s
+    # epoch 8 is the first at 96 px: its timing (20 s) scaled as the latest epoch ran against its timing
+    assert time_budget.past_deadline(config, rows + [{"epoch": 7, "epoch_seconds": 20.0, "img_size": 64}])  # 40 s
+    assert time_budget.past_deadline(config, rows[:5] + [{"epoch": 6, "epoch_seconds": 20.0, "img_size": 64},
+                                                         {"epoch": 7, "epoch_seconds": 1.0, "img_size": 64}]) is False
+    assert not time_budget.past_deadline({**config, "budget_epoch_seconds": None}, rows * 3)
+    assert not time_budget.past_deadline(config, [])
+
+
+def test_a_run_past_its_deadline_ends_after_the_epoch_done_and_resumes_without_one(synthetic_96, tmp_path,
+                                                                                   monkeypatch, capsys):
+    folder = tmp_path / "run"
+    args = [*TINY, *STAGED, "--data-root", synthetic_96, "--out", folder]
+    monkeypatch.setattr(time_budget, "past_deadline", lambda config, history: len(history) >= 2)
+    code, out, err = run_main(train.main, [*args, "--budget-minutes", "600"], capsys)
+    assert code == 0, err
+    assert (f"time budget: the next epoch would end past 600 min; ending after epoch 2 of 10 (the rest, past the "
+            f"budget: python train.py --out {folder} --resume --budget-minutes 0)") in out
+    assert log_epochs(folder) == [1, 2] and json.loads((folder / "summary.json").read_text())["epochs"] == 2
+    code, out, err = run_main(train.main, [*args, "--resume", "--budget-minutes", "0"], capsys)
+    assert code == 0, err
+    assert log_epochs(folder) == list(range(1, 11))

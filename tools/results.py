@@ -84,7 +84,9 @@ def read_json(path, what):
 
 
 def command_of(config):
-    """``python train.py --recipe R`` plus every option where the run's config differs from the recipe's."""
+    """``python train.py --recipe R`` plus every option where the run's config differs from the recipe's: the
+    command that was given, so a time budget's epochs (the row's epochs column) are not an option of it."""
+    config = {**config, "epochs": config.get("epochs_asked", config["epochs"])}
     base = recipes.recipe_config(recipes.current_name(config["recipe"]))
     words = ["python", "train.py", "--recipe", base["recipe"]]
     for key in sorted(config):

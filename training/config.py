@@ -33,9 +33,10 @@ CLI_KEYS = ("data_root", "epochs", "batch_size", "img_size", "lr", "pretrained",
 PATH_KEYS = ("data_root", "backgrounds", "pseudo_labels")
 # absent from older runs' configs: their defaults
 NEWER_KEYS = ("pseudo_labels", "pseudo_weight", "pseudo_keep", "cpu_bf16", "stages", "budget_minutes")
-RESUMABLE_OVERRIDES = ("device", "workers", "lr")   # what --resume may change: where it runs, the lr (scaled with
-# its schedule) and clipping (after a NaN loss), how often a mid-epoch last.pt is written, and whether the images
-# come from the decoded cache (the same pixels as the JPEGs)
+RESUMABLE_OVERRIDES = ("device", "workers", "lr", "budget_minutes")   # what --resume may change: where it runs, the
+# lr (scaled with its schedule), the time budget's deadline (its plan is made), clipping (after a NaN loss), how
+# often a mid-epoch last.pt is written, and whether the images come from the decoded cache (the same pixels as the
+# JPEGs)
 RESUMABLE_SET_KEYS = ("grad_clip", "checkpoint_minutes", "cache")
 NOT_SET = "(not set)"
 PRETRAINED_WORDS = ("auto", "imagenet", "none")   # --pretrained values that are not a path

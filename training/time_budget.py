@@ -97,7 +97,7 @@ def fit_to_budget(config, model, inputs, device):
 
 def replan(config, history):
     """After each of the first ``REPLAN_EPOCHS`` epochs of a budgeted run (``history``: the log's rows so far): scale
-    the timed seconds of every size by the fastest first-stage epoch's real seconds over its timed ones, and set
+    the timed seconds of every size by the latest first-stage epoch's real seconds over its timed ones, and set
     ``config['epochs']`` to the most of those asked that fit, the epochs done kept in the first stage (when none
     fits, the fewest that keep them). The timing before the first step takes seconds, so a busy moment (another
     program starting) can mis-time it by times over; an epoch is a steadier clock. The cosine and multistep
@@ -108,7 +108,8 @@ def replan(config, history):
         return False
     first = stages.plan(config)[0]
     timed = {int(size): s for size, s in config["budget_epoch_seconds"].items()}
-    real = min(row["epoch_seconds"] for row in history if row["epoch"] <= first.last_epoch)
+    real = [row["epoch_seconds"] for row in history if row["epoch"] <= first.last_epoch][-1]  # the latest: the first
+    # epoch carries one-off costs, and the fastest of a few flatters the rest of the run
     seconds_at = {size: s * real / timed[first.img_size] for size, s in timed.items()}
     asked = {**config, "epochs": config["epochs_asked"]}
     epochs = fitting_epochs(asked, seconds_at, done) or next(
@@ -120,3 +121,21 @@ def replan(config, history):
                  f"{predicted_seconds(config, epochs, seconds_at) / 60:.0f} min in all")
         return True
     return False
+
+
+def past_deadline(config, history):
+    """Whether a budgeted run should end now: the epochs so far (``history``, a resumed run's included) and the next,
+    at its size (the latest epoch's seconds there, else its timing scaled as the first stage's ran), would end past
+    ``budget_minutes``. The backstop for epochs slower than planned (a busy machine, a slower stage than timed)."""
+    done = len(history)
+    if not config.get("budget_epoch_seconds") or not history or done >= config["epochs"]:
+        return False
+    size = stages.stage_at(config, done + 1).img_size
+    seen = [row["epoch_seconds"] for row in history if row["img_size"] == size]
+    if seen:
+        upcoming = seen[-1]
+    else:
+        timed = {int(key): s for key, s in config["budget_epoch_seconds"].items()}
+        first = history[-1]
+        upcoming = timed[size] * first["epoch_seconds"] / timed[first["img_size"]]
+    return sum(row["epoch_seconds"] for row in history) + upcoming > 60 * config["budget_minutes"]

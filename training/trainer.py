@@ -97,8 +97,20 @@ class Trainer:
                 signum, _ = runstate.agree(signals, setup.world_size, setup.device)
                 if signum:  # arrived during validation or the save: last.pt holds this epoch
                     self.stop(signum, epoch)
+                if config["budget_minutes"] and self.deadline_reached(epoch):
+                    break
                 epoch += 1
         self.finish(speeds)
+
+    def deadline_reached(self, epoch):
+        """Whether the next epoch would end past the time budget (rank 0 decides for all); says so when it would."""
+        ending = int(self.setup.rank == 0 and time_budget.past_deadline(self.config, self.progress.history))
+        if not broadcast_int(ending, self.setup.device, self.setup.world_size):
+            return False
+        log.info(f"time budget: the next epoch would end past {self.config['budget_minutes']:g} min; ending after "
+                 f"epoch {epoch} of {self.config['epochs']} (the rest, past the budget: python train.py --out "
+                 f"{self.setup.folder} --resume --budget-minutes 0)")
+        return True
 
     def write_config(self):
         with atomic_write(self.setup.folder / "config.json") as tmp:
