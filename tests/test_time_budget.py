@@ -77,7 +77,7 @@ def test_an_epoch_slower_than_timed_shortens_the_run_and_keeps_the_epochs_done_i
     config, history = budgeted([30.0])  # 3 times the timing: 10 epochs would take 390 s of the 142.5 s
     time_budget.replan(config, history)
     assert config["epochs"] == 3        # 2 x 30 s at 64 px + 1 x 60 s at 96 px = 120 s
-    config, history = budgeted([31.0, 30.0])  # the faster epoch counts; epochs 1-2 stay at 64 px
+    config, history = budgeted([31.0, 30.0])  # the latest epoch counts; epochs 1-2 stay at 64 px
     time_budget.replan(config, history)
     assert config["epochs"] == 3
     config, history = budgeted([60.0, 60.0])  # none that keeps epochs 1-2 at 64 px fits: the fewest that do
