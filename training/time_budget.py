@@ -95,6 +95,13 @@ def fit_to_budget(config, model, inputs, device):
 
 
 
+def scaled_seconds(config, seconds, size):
+    """{size: seconds of an epoch}: the timing before the first step, scaled so that an epoch at ``size`` takes
+    the ``seconds`` one really took."""
+    timed = {int(key): s for key, s in config["budget_epoch_seconds"].items()}  # JSON keys: strings
+    return {key: s * seconds / timed[size] for key, s in timed.items()}
+
+
 def replan(config, history):
     """After each of the first ``REPLAN_EPOCHS`` epochs of a budgeted run (``history``: the log's rows so far): scale
     the timed seconds of every size by the latest first-stage epoch's real seconds over its timed ones, and set
@@ -107,17 +114,17 @@ def replan(config, history):
     if not config.get("budget_epoch_seconds") or done > REPLAN_EPOCHS or config["schedule"] == "onecycle":
         return False
     first = stages.plan(config)[0]
-    timed = {int(size): s for size, s in config["budget_epoch_seconds"].items()}
     real = [row["epoch_seconds"] for row in history if row["epoch"] <= first.last_epoch][-1]  # the latest: the first
     # epoch carries one-off costs, and the fastest of a few flatters the rest of the run
-    seconds_at = {size: s * real / timed[first.img_size] for size, s in timed.items()}
+    seconds_at = scaled_seconds(config, real, first.img_size)
     asked = {**config, "epochs": config["epochs_asked"]}
     epochs = fitting_epochs(asked, seconds_at, done) or next(
         (epochs for epochs in range(done, asked["epochs"] + 1) if keeps_shape(asked, epochs, done)), config["epochs"])
     if epochs != config["epochs"]:
         config["epochs"] = epochs
-        log.info(f"time budget: an epoch at {first.img_size} px took {real:.0f} s, timed at {timed[first.img_size]:.0f}"
-                 f" s: training {epochs} epochs ({stages.describe_sizes(config)}), about "
+        timed = config["budget_epoch_seconds"][str(first.img_size)]
+        log.info(f"time budget: an epoch at {first.img_size} px took {real:.0f} s, timed at {timed:.0f} s: "
+                 f"training {epochs} epochs ({stages.describe_sizes(config)}), about "
                  f"{predicted_seconds(config, epochs, seconds_at) / 60:.0f} min in all")
         return True
     return False
@@ -125,17 +132,13 @@ def replan(config, history):
 
 def past_deadline(config, history):
     """Whether a budgeted run should end now: the epochs so far (``history``, a resumed run's included) and the next,
-    at its size (the latest epoch's seconds there, else its timing scaled as the first stage's ran), would end past
+    at its size (the latest epoch's seconds there, else its timing scaled as the latest epoch ran), would end past
     ``budget_minutes``. The backstop for epochs slower than planned (a busy machine, a slower stage than timed)."""
     done = len(history)
     if not config.get("budget_epoch_seconds") or not history or done >= config["epochs"]:
         return False
     size = stages.stage_at(config, done + 1).img_size
     seen = [row["epoch_seconds"] for row in history if row["img_size"] == size]
-    if seen:
-        upcoming = seen[-1]
-    else:
-        timed = {int(key): s for key, s in config["budget_epoch_seconds"].items()}
-        first = history[-1]
-        upcoming = timed[size] * first["epoch_seconds"] / timed[first["img_size"]]
+    latest = history[-1]
+    upcoming = seen[-1] if seen else scaled_seconds(config, latest["epoch_seconds"], latest["img_size"])[size]
     return sum(row["epoch_seconds"] for row in history) + upcoming > 60 * config["budget_minutes"]
