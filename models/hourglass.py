@@ -104,6 +104,29 @@ class Stem(nn.Module):
     def forward(self, x):
         return self.layers(x)
 
+    def forward_both(self, x):
+        """(the first conv's stride-2 features (B, C/2, S/2, S/2), the stem's output (B, C, S/s, S/s))."""
+        fine = self.layers[0](x)
+        return fine, self.layers[1:](fine)
+
+
+class FineHeatmaps(nn.Module):
+    """Heatmaps at stride 2 (ours): the last stack's features (B, C, h, w), mapped to C/2 channels by a 1x1 conv
+    and upsampled, added to the stem's stride-2 features (B, C/2, 2h, 2w), then a 3x3 conv block and a 1x1 conv
+    to J maps (B, J, 2h, 2w): a U-Net's last step, so the 2D read-out has twice the bins for the cost of one 3x3
+    conv at half the channels."""
+
+    def __init__(self, channels, num_joints=NUM_JOINTS):
+        super().__init__()
+        half = channels // 2
+        self.lateral = nn.Conv2d(channels, half, 1)
+        self.block = conv_bn_relu(half, half, 3)
+        self.head = nn.Conv2d(half, num_joints, 1)
+
+    def forward(self, feats, fine):
+        up = F.interpolate(self.lateral(feats), size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        return self.head(self.block(fine + up))
+
 
 class StackedHourglass(nn.Module):
     """``num_stacks`` hourglasses, each followed by a heatmap head (intermediate supervision).
@@ -160,12 +183,15 @@ class HourglassAttention(nn.Module):
     'lifting' (ours): ``LiftingHead``, whose last hidden layer drops units with chance ``lifting_dropout`` in
     training and whose input pose gets Gaussian noise of ``lifting_noise`` hand radii in training.
     ``stem_stride`` 4 (ours) runs the hourglasses at a quarter of the input, four times cheaper than the paper's
-    half.
+    half; ``fine_heatmaps`` (ours, with ``stem_stride`` 4) then reads u, v from ``FineHeatmaps`` at half the
+    input, appended to the supervised heatmaps, and pools the depth features with its attention summed over
+    2x2 bins.
     """
 
     def __init__(self, channels=128, num_stacks=2, hourglass_depth=4, readout_sharpness=15.0,
                  depth_source="shallow", stem_stride=2, depth_head="attention", readout="peak",
-                 refine_uv=False, lifting_dropout=0.0, lifting_noise=0.0, num_joints=NUM_JOINTS):
+                 refine_uv=False, lifting_dropout=0.0, lifting_noise=0.0, fine_heatmaps=False,
+                 num_joints=NUM_JOINTS):
         super().__init__()
         check_readout(readout)  # a bad read-out name fails when the model is built
         self.readout = readout
@@ -178,6 +204,9 @@ class HourglassAttention(nn.Module):
         for name, value in (("lifting_dropout", lifting_dropout), ("lifting_noise", lifting_noise)):
             if value and depth_head != "lifting":
                 raise ValueError(f"{name}={value}: only depth_head='lifting' has the lifting network")
+        if fine_heatmaps and stem_stride != 4:
+            raise ValueError(f"fine_heatmaps=True needs stem_stride=4 (its heatmaps are already at half the input "
+                             f"with stem_stride={stem_stride})")
         if not 0.0 <= lifting_dropout < 1.0:
             raise ValueError(f"lifting_dropout={lifting_dropout}: a chance in [0, 1)")
         if lifting_noise < 0:
@@ -186,15 +215,20 @@ class HourglassAttention(nn.Module):
         self.readout_sharpness = readout_sharpness
         self.stem = Stem(channels, se=True, stride=stem_stride)
         self.stacks = StackedHourglass(channels, num_stacks, hourglass_depth, se=True, num_joints=num_joints)
+        self.fine_heatmaps = FineHeatmaps(channels, num_joints) if fine_heatmaps else None
         self.depth_head = (AttentionDepth(channels) if depth_head == "attention" else
                            LiftingHead(channels, refine_uv, dropout=lifting_dropout, noise=lifting_noise))
 
     def forward(self, x, return_aux=False):
-        shallow = self.stem(x)                                         # (B, C, S/s, S/s)
+        fine, shallow = self.stem.forward_both(x)                      # (B, C/2, S/2, S/2), (B, C, S/s, S/s)
         feats, heatmaps = self.stacks(shallow)                         # heatmaps: list of (B, J, S/s, S/s)
+        if self.fine_heatmaps is not None:
+            heatmaps = [*heatmaps, self.fine_heatmaps(feats, fine)]    # the last (B, J, S/2, S/2)
         attention = read_out(heatmaps[-1], self.readout, self.readout_sharpness)  # M_j, (B, J, h, w)
         uv = soft_argmax_2d(attention, x.shape[-2:])                   # (B, J, 2)
         source = shallow if self.depth_source == "shallow" else feats
+        if self.fine_heatmaps is not None:  # each 2x2 bins' sum: (B, J, S/2, S/2) -> (B, J, S/4, S/4), still sums to 1
+            attention = 4 * F.avg_pool2d(attention, 2)
         pooled = attention_pool(attention, source)                     # sum over space of M_j * F, (B, J, C)
         uv, d = self.depth_head(uv, pooled)                            # (B, J, 2), (B, J, 1)
         uvd = torch.cat([uv, d], -1)
@@ -206,9 +240,9 @@ class HourglassAttention(nn.Module):
                         "shallow features")
 def build_hourglass_attn(pretrained="none", channels=128, num_stacks=2, hourglass_depth=4, readout_sharpness=15.0,
                          depth_source="shallow", stem_stride=2, depth_head="attention", readout="peak",
-                         refine_uv=False, lifting_dropout=0.0, lifting_noise=0.0):
+                         refine_uv=False, lifting_dropout=0.0, lifting_noise=0.0, fine_heatmaps=False):
     model = HourglassAttention(channels, num_stacks, hourglass_depth, readout_sharpness, depth_source, stem_stride,
-                               depth_head, readout, refine_uv, lifting_dropout, lifting_noise)
+                               depth_head, readout, refine_uv, lifting_dropout, lifting_noise, fine_heatmaps)
     return load_weights(model, pretrained, "hourglass_attn")
 
 

@@ -7,7 +7,7 @@ import models
 from training import recipes
 from training.config import validate_config
 from core.geometry import NUM_JOINTS
-from models.heads import HeatmapLifting, LiftingHead, PoseHead, canonical_frame
+from models.heads import HeatmapLifting, LiftingHead, PoseHead, attention_pool, canonical_frame, read_out
 from models.heatmaps import gaussian_heatmaps
 from models.losses import pose_loss
 
@@ -16,7 +16,8 @@ HEADED = [("effb0_1d", {"head": "unet"}, 4), ("effb0_1d", {"head": "fpn"}, 4),
           ("effb0_1d", {"head": "unet", "encoder_depth": 4}, 4), ("resnet34", {"head": "unet"}, 4),
           ("resnet34", {"head": "fpn"}, 4), ("ghost_lite", {"head": "lifting"}, 2),
           ("hg_mlp", {"head": "lifting", "stem_stride": 4}, 4),
-          ("hourglass_attn", {"depth_head": "lifting", "stem_stride": 4}, 4)]
+          ("hourglass_attn", {"depth_head": "lifting", "stem_stride": 4}, 4),
+          ("hourglass_attn", {"depth_head": "lifting", "stem_stride": 4, "fine_heatmaps": True}, 2)]
 
 
 @pytest.mark.parametrize("arch, options, stride", HEADED, ids=lambda v: str(v))
@@ -32,7 +33,9 @@ def test_head_shapes_at_three_sizes(arch, options, stride):
 
 
 @pytest.mark.parametrize("arch, options", [("effb0_1d", {"head": "unet", "encoder_depth": 4}),
-                                           ("resnet34", {"head": "fpn"}), ("hg_mlp", {"head": "lifting"})])
+                                           ("resnet34", {"head": "fpn"}), ("hg_mlp", {"head": "lifting"}),
+                                           ("hourglass_attn", {"depth_head": "lifting", "stem_stride": 4,
+                                                               "fine_heatmaps": True})])
 def test_every_trainable_parameter_gets_a_gradient_and_unused_blocks_are_frozen(arch, options):
     """DDP needs every trainable parameter in the graph: the head's loss reaches all of them; the encoder blocks
     the head never runs (EfficientNet's 1x1 head conv, the blocks past encoder_depth) are frozen."""
@@ -65,6 +68,26 @@ def test_a_peaked_heatmap_reads_out_its_joint():
     uvd = head(heatmaps, torch.randn(2, 8, h, h), (size, size))
     assert uvd.shape == (2, 21, 3)
     assert (uvd[..., :2] - uv).abs().max() < 0.1
+
+
+def test_fine_heatmaps_read_uv_at_half_the_input_and_pool_depth_features_from_the_bins_below():
+    """hourglass_attn's stride-2 maps: Gaussians at known uv on a 32x32 map of a 64 px input come back as those uv
+    within 0.1 px, and the depth head pools the stride-4 stem features with each 2x2 bins' summed attention."""
+    torch.manual_seed(0)
+    size = 64
+    model = models.create_model("hourglass_attn", channels=16, num_stacks=1, hourglass_depth=2, stem_stride=4,
+                                depth_head="lifting", fine_heatmaps=True).eval()
+    uv = torch.rand(2, 21, 2) * (size - 16) + 8
+    fine = gaussian_heatmaps(uv, size, 32, 32, sigma=2.0)
+    model.fine_heatmaps.forward = lambda feats, stem_features: fine
+    seen = {}
+    model.depth_head.register_forward_hook(lambda module, args, out: seen.update(pooled=args[1]))
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        uvd, shallow = model(x), model.stem(x)
+    assert (uvd[..., :2] - uv).abs().max() < 0.1
+    coarse = read_out(fine).view(2, 21, 16, 2, 16, 2).sum((3, 5))   # (B, J, 16, 16): each 2x2 block's sum
+    assert torch.allclose(seen["pooled"], attention_pool(coarse, shallow), atol=1e-5)
 
 
 def test_pose_head_decodes_any_encoder_to_stride_4():

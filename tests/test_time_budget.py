@@ -77,15 +77,20 @@ def test_an_epoch_slower_than_timed_shortens_the_run_and_keeps_the_epochs_done_i
     config, history = budgeted([30.0])  # 3 times the timing: 10 epochs would take 390 s of the 142.5 s
     time_budget.replan(config, history)
     assert config["epochs"] == 3        # 2 x 30 s at 64 px + 1 x 60 s at 96 px = 120 s
-    config, history = budgeted([31.0, 30.0])  # the latest epoch counts; epochs 1-2 stay at 64 px
+    config, history = budgeted([31.0, 30.0])  # the median of two, their mean; epochs 1-2 stay at 64 px
     time_budget.replan(config, history)
     assert config["epochs"] == 3
+    for slow_one in ([10.0, 10.0, 30.0], [30.0, 10.0, 10.0]):  # a busy epoch, or the first's one-off costs: the
+        config, history = budgeted(slow_one, epochs=4)         # median of three leaves them out
+        time_budget.replan(config, history)
+        assert config["epochs"] == 10  # 7 x 10 s + 3 x 20 s = 130 s
     config, history = budgeted([60.0, 60.0])  # none that keeps epochs 1-2 at 64 px fits: the fewest that do
     time_budget.replan(config, history)
     assert config["epochs"] == 3
-    for config, history in (budgeted([30.0] * 3), budgeted([30.0], schedule="onecycle"),
-                            budgeted([30.0], budget_epoch_seconds=None)):
-        time_budget.replan(config, history)  # after the first epochs, under OneCycleLR, or not budgeted
+    for config, history in (budgeted([30.0] * 4), budgeted([30.0], schedule="onecycle"),
+                            budgeted([30.0], budget_epoch_seconds=None), budgeted([30.0], budget_minutes=0.0)):
+        time_budget.replan(config, history)  # after the first epochs, under OneCycleLR, not budgeted or resumed
+        # with --budget-minutes 0
         assert config["epochs"] == 10
 
 

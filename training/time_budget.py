@@ -6,6 +6,7 @@ then corrects the plan (``replan``). The epochs are never raised,
 so on a machine fast enough the run is the recipe's own, to the bit (the timing trains copies, and every epoch
 seeds its own random streams)."""
 import copy
+import statistics
 
 from core.common import UserError, median_seconds
 from core.device import synchronizer
@@ -21,7 +22,7 @@ log = logger(__name__)
 
 TIMED_STEPS, WARMUP_STEPS = 3, 1  # the first step builds kernels and buffers: untimed
 TIME_SHARE = 0.95  # of the budget, for the timed work; the rest loads images and writes checkpoints
-REPLAN_EPOCHS = 2  # after each of the first epochs the plan follows their real time (a busy start mis-times it)
+REPLAN_EPOCHS = 3  # after each of the first epochs the plan follows their median time (a busy start mis-times it)
 
 
 def epoch_seconds(config, model, inputs, device, size):
@@ -104,18 +105,20 @@ def scaled_seconds(config, seconds, size):
 
 def replan(config, history):
     """After each of the first ``REPLAN_EPOCHS`` epochs of a budgeted run (``history``: the log's rows so far): scale
-    the timed seconds of every size by the latest first-stage epoch's real seconds over its timed ones, and set
+    the timed seconds of every size by the first-stage epochs' median real seconds over their timed ones, and set
     ``config['epochs']`` to the most of those asked that fit, the epochs done kept in the first stage (when none
     fits, the fewest that keep them). The timing before the first step takes seconds, so a busy moment (another
     program starting) can mis-time it by times over; an epoch is a steadier clock. The cosine and multistep
     schedules follow the new epochs; OneCycleLR fixes its steps when it is made, so its runs keep the first plan.
     Returns whether the epochs changed."""
     done = len(history)
-    if not config.get("budget_epoch_seconds") or done > REPLAN_EPOCHS or config["schedule"] == "onecycle":
+    if (not config["budget_minutes"] or not config.get("budget_epoch_seconds") or done > REPLAN_EPOCHS
+            or config["schedule"] == "onecycle"):  # budget 0: a run resumed without its budget
         return False
     first = stages.plan(config)[0]
-    real = [row["epoch_seconds"] for row in history if row["epoch"] <= first.last_epoch][-1]  # the latest: the first
-    # epoch carries one-off costs, and the fastest of a few flatters the rest of the run
+    # the median: the first epoch carries one-off costs, a busy moment slows any one epoch, and the fastest of a few
+    # flatters the rest of the run
+    real = statistics.median(row["epoch_seconds"] for row in history if row["epoch"] <= first.last_epoch)
     seconds_at = scaled_seconds(config, real, first.img_size)
     asked = {**config, "epochs": config["epochs_asked"]}
     epochs = fitting_epochs(asked, seconds_at, done) or next(
@@ -123,7 +126,8 @@ def replan(config, history):
     if epochs != config["epochs"]:
         config["epochs"] = epochs
         timed = config["budget_epoch_seconds"][str(first.img_size)]
-        log.info(f"time budget: an epoch at {first.img_size} px took {real:.0f} s, timed at {timed:.0f} s: "
+        log.info(f"time budget: an epoch at {first.img_size} px took {real:.0f} s (the median of {done}), timed at "
+                 f"{timed:.0f} s: "
                  f"training {epochs} epochs ({stages.describe_sizes(config)}), about "
                  f"{predicted_seconds(config, epochs, seconds_at) / 60:.0f} min in all")
         return True
