@@ -87,10 +87,13 @@ def test_an_epoch_slower_than_timed_shortens_the_run_and_keeps_the_epochs_done_i
     config, history = budgeted([60.0, 60.0])  # none that keeps epochs 1-2 at 64 px fits: the fewest that do
     time_budget.replan(config, history)
     assert config["epochs"] == 3
-    for config, history in (budgeted([30.0] * 4), budgeted([30.0], schedule="onecycle"),
+    config, history = budgeted([10.0] * 2 + [30.0] * 3)  # every first-stage epoch counts: a median of 30 s after
+    time_budget.replan(config, history)                   # epoch 5, the fewest epochs that keep 1-5 at 64 px
+    assert config["epochs"] == 7
+    for config, history in (budgeted([10.0] * 7 + [30.0]), budgeted([30.0], schedule="onecycle"),
                             budgeted([30.0], budget_epoch_seconds=None), budgeted([30.0], budget_minutes=0.0)):
-        time_budget.replan(config, history)  # after the first epochs, under OneCycleLR, not budgeted or resumed
-        # with --budget-minutes 0
+        time_budget.replan(config, history)  # past the first stage (epochs 1-7), under OneCycleLR, not budgeted or
+        # resumed with --budget-minutes 0
         assert config["epochs"] == 10
 
 
@@ -121,8 +124,9 @@ def test_a_budget_no_run_fits_or_not_minutes_is_one_line_before_any_epoch(budget
 
 def test_the_deadline_counts_the_epochs_done_and_the_next_at_its_size():
     config, _ = budgeted([])
-    rows = [{"epoch": e, "epoch_seconds": 20.0, "img_size": 64} for e in range(1, 7)]   # 120 s of the 150 s
-    assert not time_budget.past_deadline(config, rows)            # epoch 7 at 64 px: 20 s more, 140 s
+    rows = [{"epoch": e, "epoch_seconds": 20.0, "img_size": 64} for e in range(1, 7)]   # 120 s of the 142.5 s the
+    assert not time_budget.past_deadline(config, rows)            # epochs may take (95 % of 150 s); epoch 7: 140 s
+    assert time_budget.past_deadline(config, rows[:5] + [{"epoch": 6, "epoch_seconds": 24.0, "img_size": 64}])  # 148 s
     # epoch 8 is the first at 96 px: its timing (20 s) scaled as the latest epoch ran against its timing
     assert time_budget.past_deadline(config, rows + [{"epoch": 7, "epoch_seconds": 20.0, "img_size": 64}])  # 40 s
     assert time_budget.past_deadline(config, rows[:5] + [{"epoch": 6, "epoch_seconds": 20.0, "img_size": 64},
@@ -138,7 +142,8 @@ def test_a_run_past_its_deadline_ends_after_the_epoch_done_and_resumes_without_o
     monkeypatch.setattr(time_budget, "past_deadline", lambda config, history: len(history) >= 2)
     code, out, err = run_main(train.main, [*args, "--budget-minutes", "600"], capsys)
     assert code == 0, err
-    assert (f"time budget: the next epoch would end past 600 min; ending after epoch 2 of 10 (the rest, past the "
+    assert (f"time budget: the next epoch would end past 570 of the 600 min (the rest starts and ends the run); "
+            f"ending after epoch 2 of 10 (the rest, past the "
             f"budget: python train.py --out {folder} --resume --budget-minutes 0)") in out
     assert log_epochs(folder) == [1, 2] and json.loads((folder / "summary.json").read_text())["epochs"] == 2
     code, out, err = run_main(train.main, [*args, "--resume", "--budget-minutes", "0"], capsys)

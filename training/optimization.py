@@ -65,7 +65,7 @@ def make_scheduler(optimizer, config, steps_per_epoch):
                                                    total_steps=steps_per_epoch * config["epochs"],
                                                    pct_start=config["onecycle_pct"], final_div_factor=1e4 / 25,
                                                    cycle_momentum=False)
-    # the epochs read at every step: a time budget may set them after the first epochs (training/time_budget.py)
+    # the epochs read at every step: a time budget may set them in the first stage (training/time_budget.py)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: schedule_factor(step, steps_per_epoch * config["epochs"], steps_per_epoch, config))
 

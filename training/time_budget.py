@@ -1,8 +1,8 @@
 """A run's time budget (``config['budget_minutes']``, ``train.py --budget-minutes``): before the first step, the
 trainer's step (augmentation, forward, backward, optimiser, EMA) and a validation batch are timed at every stage's
 input size on a copy of the model; when the run's epochs would take longer than the budget on this machine, it
-trains as many as fit, its stages keeping their fractions and its schedule its shape; the first epochs' real time
-then corrects the plan (``replan``). The epochs are never raised,
+trains as many as fit, its stages keeping their fractions and its schedule its shape; the first stage's epochs'
+real time then corrects the plan (``replan``). The epochs are never raised,
 so on a machine fast enough the run is the recipe's own, to the bit (the timing trains copies, and every epoch
 seeds its own random streams)."""
 import copy
@@ -22,7 +22,6 @@ log = logger(__name__)
 
 TIMED_STEPS, WARMUP_STEPS = 3, 1  # the first step builds kernels and buffers: untimed
 TIME_SHARE = 0.95  # of the budget, for the timed work; the rest loads images and writes checkpoints
-REPLAN_EPOCHS = 3  # after each of the first epochs the plan follows their median time (a busy start mis-times it)
 
 
 def epoch_seconds(config, model, inputs, device, size):
@@ -104,19 +103,18 @@ def scaled_seconds(config, seconds, size):
 
 
 def replan(config, history):
-    """After each of the first ``REPLAN_EPOCHS`` epochs of a budgeted run (``history``: the log's rows so far): scale
-    the timed seconds of every size by the first-stage epochs' median real seconds over their timed ones, and set
+    """After each epoch of a budgeted run's first stage (``history``: the log's rows so far): scale the timed seconds
+    of every size by the first-stage epochs' median real seconds over their timed ones, and set
     ``config['epochs']`` to the most of those asked that fit, the epochs done kept in the first stage (when none
     fits, the fewest that keep them). The timing before the first step takes seconds, so a busy moment (another
     program starting) can mis-time it by times over; an epoch is a steadier clock. The cosine and multistep
     schedules follow the new epochs; OneCycleLR fixes its steps when it is made, so its runs keep the first plan.
     Returns whether the epochs changed."""
-    done = len(history)
-    if (not config["budget_minutes"] or not config.get("budget_epoch_seconds") or done > REPLAN_EPOCHS
-            or config["schedule"] == "onecycle"):  # budget 0: a run resumed without its budget
-        return False
-    first = stages.plan(config)[0]
-    # the median: the first epoch carries one-off costs, a busy moment slows any one epoch, and the fastest of a few
+    done, first = len(history), stages.plan(config)[0]
+    if (not config["budget_minutes"] or not config.get("budget_epoch_seconds") or done > first.last_epoch
+            or config["schedule"] == "onecycle"):  # budget 0: a run resumed without its budget; past the first
+        return False                                # stage, the stages' epochs are fixed
+    # the median: the first epochs carry one-off costs, a busy moment slows any one epoch, and the fastest of a few
     # flatters the rest of the run
     real = statistics.median(row["epoch_seconds"] for row in history if row["epoch"] <= first.last_epoch)
     seconds_at = scaled_seconds(config, real, first.img_size)
@@ -126,8 +124,8 @@ def replan(config, history):
     if epochs != config["epochs"]:
         config["epochs"] = epochs
         timed = config["budget_epoch_seconds"][str(first.img_size)]
-        log.info(f"time budget: an epoch at {first.img_size} px took {real:.0f} s (the median of {done}), timed at "
-                 f"{timed:.0f} s: "
+        median = f" (the median of {done})" if done > 1 else ""
+        log.info(f"time budget: an epoch at {first.img_size} px took {real:.0f} s{median}, timed at {timed:.0f} s: "
                  f"training {epochs} epochs ({stages.describe_sizes(config)}), about "
                  f"{predicted_seconds(config, epochs, seconds_at) / 60:.0f} min in all")
         return True
@@ -137,7 +135,8 @@ def replan(config, history):
 def past_deadline(config, history):
     """Whether a budgeted run should end now: the epochs so far (``history``, a resumed run's included) and the next,
     at its size (the latest epoch's seconds there, else its timing scaled as the latest epoch ran), would end past
-    ``budget_minutes``. The backstop for epochs slower than planned (a busy machine, a slower stage than timed)."""
+    the epochs' share of ``budget_minutes`` (``TIME_SHARE``, as planned: the rest starts and ends the run). The
+    backstop for epochs slower than planned (a busy machine, a slower stage than timed)."""
     done = len(history)
     if not config.get("budget_epoch_seconds") or not history or done >= config["epochs"]:
         return False
@@ -145,4 +144,4 @@ def past_deadline(config, history):
     seen = [row["epoch_seconds"] for row in history if row["img_size"] == size]
     latest = history[-1]
     upcoming = seen[-1] if seen else scaled_seconds(config, latest["epoch_seconds"], latest["img_size"])[size]
-    return sum(row["epoch_seconds"] for row in history) + upcoming > 60 * config["budget_minutes"]
+    return sum(row["epoch_seconds"] for row in history) + upcoming > TIME_SHARE * 60 * config["budget_minutes"]

@@ -107,9 +107,11 @@ class Trainer:
         ending = int(self.setup.rank == 0 and time_budget.past_deadline(self.config, self.progress.history))
         if not broadcast_int(ending, self.setup.device, self.setup.world_size):
             return False
-        log.info(f"time budget: the next epoch would end past {self.config['budget_minutes']:g} min; ending after "
-                 f"epoch {epoch} of {self.config['epochs']} (the rest, past the budget: python train.py --out "
-                 f"{self.setup.folder} --resume --budget-minutes 0)")
+        minutes = self.config["budget_minutes"]
+        log.info(f"time budget: the next epoch would end past {time_budget.TIME_SHARE * minutes:.3g} of the "
+                 f"{minutes:g} min (the rest starts and ends the run); ending after epoch {epoch} of "
+                 f"{self.config['epochs']} (the rest, past the budget: python train.py --out {self.setup.folder} "
+                 f"--resume --budget-minutes 0)")
         return True
 
     def write_config(self):
