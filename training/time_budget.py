@@ -24,6 +24,11 @@ TIMED_STEPS, WARMUP_STEPS = 3, 1  # the first step builds kernels and buffers: u
 TIME_SHARE = 0.95  # of the budget, for the timed work; the rest loads images and writes checkpoints
 
 
+def epochs_share_seconds(config):
+    """The seconds of ``budget_minutes`` the epochs may take, its ``TIME_SHARE``: for the plan and the deadline."""
+    return TIME_SHARE * 60 * config["budget_minutes"]
+
+
 def epoch_seconds(config, model, inputs, device, size):
     """Seconds of one epoch at input ``size`` on this machine: its batches' timed training steps (on a copy of
     ``model`` with its own optimiser and EMA) and its validation batches' timed predictions."""
@@ -63,7 +68,7 @@ def keeps_shape(config, epochs, done=0):
 def fitting_epochs(config, seconds_at, done=0):
     """The most epochs, up to ``config['epochs']``, whose predicted seconds fit the budget's share and that keep
     the shape (``keeps_shape``), or 0."""
-    budget = TIME_SHARE * 60 * config["budget_minutes"]
+    budget = epochs_share_seconds(config)
     return next((epochs for epochs in range(config["epochs"], max(done, 1) - 1, -1)
                  if predicted_seconds(config, epochs, seconds_at) <= budget and keeps_shape(config, epochs, done)), 0)
 
@@ -114,9 +119,9 @@ def replan(config, history):
     if (not config["budget_minutes"] or not config.get("budget_epoch_seconds") or done > first.last_epoch
             or config["schedule"] == "onecycle"):  # budget 0: a run resumed without its budget; past the first
         return False                                # stage, the stages' epochs are fixed
-    # the median: the first epochs carry one-off costs, a busy moment slows any one epoch, and the fastest of a few
-    # flatters the rest of the run
-    real = statistics.median(row["epoch_seconds"] for row in history if row["epoch"] <= first.last_epoch)
+    # the median of the epochs so far, all in the first stage: the first epochs carry one-off costs, a busy moment
+    # slows any one epoch, and the fastest of a few flatters the rest of the run
+    real = statistics.median(row["epoch_seconds"] for row in history)
     seconds_at = scaled_seconds(config, real, first.img_size)
     asked = {**config, "epochs": config["epochs_asked"]}
     epochs = fitting_epochs(asked, seconds_at, done) or next(
@@ -144,4 +149,4 @@ def past_deadline(config, history):
     seen = [row["epoch_seconds"] for row in history if row["img_size"] == size]
     latest = history[-1]
     upcoming = seen[-1] if seen else scaled_seconds(config, latest["epoch_seconds"], latest["img_size"])[size]
-    return sum(row["epoch_seconds"] for row in history) + upcoming > TIME_SHARE * 60 * config["budget_minutes"]
+    return sum(row["epoch_seconds"] for row in history) + upcoming > epochs_share_seconds(config)

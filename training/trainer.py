@@ -107,11 +107,10 @@ class Trainer:
         ending = int(self.setup.rank == 0 and time_budget.past_deadline(self.config, self.progress.history))
         if not broadcast_int(ending, self.setup.device, self.setup.world_size):
             return False
-        minutes = self.config["budget_minutes"]
-        log.info(f"time budget: the next epoch would end past {time_budget.TIME_SHARE * minutes:.3g} of the "
-                 f"{minutes:g} min (the rest starts and ends the run); ending after epoch {epoch} of "
-                 f"{self.config['epochs']} (the rest, past the budget: python train.py --out {self.setup.folder} "
-                 f"--resume --budget-minutes 0)")
+        share = time_budget.epochs_share_seconds(self.config) / 60
+        log.info(f"time budget: the next epoch would end past {share:.3g} of the {self.config['budget_minutes']:g} "
+                 f"min (the rest starts and ends the run); ending after epoch {epoch} of {self.config['epochs']} (the "
+                 f"rest, past the budget: python train.py --out {self.setup.folder} --resume --budget-minutes 0)")
         return True
 
     def write_config(self):
