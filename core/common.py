@@ -270,20 +270,18 @@ def file_sha256(path):
 PROGRESS_LOG_SECONDS = 60.0  # without a terminal (a log file): at most one progress line this often
 
 
-def seconds_of(step, sync):
-    """Wall time of one ``step()``, ``sync()`` around it (so that a GPU's queued work counts)."""
-    sync()
-    start = time.perf_counter()
-    step()
-    sync()
-    return time.perf_counter() - start
-
-
 def median_seconds(step, steps, warmup, sync):
     """Median wall time of ``step()`` over ``steps`` calls after ``warmup`` untimed ones, ``sync()`` around each."""
     for _ in range(warmup):
         step()
-    return float(statistics.median(seconds_of(step, sync) for _ in range(steps)))
+    seconds = []
+    for _ in range(steps):
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        seconds.append(time.perf_counter() - start)
+    return float(statistics.median(seconds))
 
 
 class _PlainLines:

@@ -2,15 +2,13 @@
 machine trains as many as fit, its stages keeping their fractions, and the first epochs' real time corrects the plan;
 a run they fit is the recipe's run to the bit; a resumed run keeps the epochs planned; a budget too short for any
 run, or not a number of minutes, is one line before any work."""
-import copy
 import json
 import signal
 
 import pytest
-import torch
 
 import train
-from training import recipes, time_budget
+from training import time_budget
 from tests.scripts import TINY, act_at_forward, assert_one_line_error, assert_same_run, log_epochs, run_main
 
 STAGED = ["--epochs", "10", "--set", 'stages=[{"fraction": 0.3, "img_size": 96}]']  # 7 epochs at 64 px, 3 at 96
@@ -22,35 +20,11 @@ def slow_machine(monkeypatch):
     """Epochs timed at SECONDS, whatever this machine's speed; returns the sizes timed, in order."""
     timed = []
 
-    def seconds(config, model, inputs, device, sizes):
-        timed.extend(sizes)
-        return {size: SECONDS[size] for size in sizes}
-    monkeypatch.setattr(time_budget, "seconds_per_epoch", seconds)
+    def seconds(config, model, inputs, device, size):
+        timed.append(size)
+        return SECONDS[size]
+    monkeypatch.setattr(time_budget, "epoch_seconds", seconds)
     return timed
-
-
-def test_the_sizes_take_turns_so_that_a_busy_moment_weighs_on_each_alike(monkeypatch):
-    """Steps at 96 px take 1.5x those at 64 px; the machine runs 3x slower through the 3rd-5th rounds (past the
-    2 untimed ones): the medians of 6 rounds keep the 1.5. Timed one size after the other, the busy moment would
-    fall on the 64 px steps alone."""
-    sizes_run = []
-    weight = torch.nn.Parameter(torch.ones(1))
-    work = lambda inputs, device, size: (size, lambda batch: batch, size, 10, 2)  # (B, augmenter, images, 10, 2)
-    monkeypatch.setattr(time_budget, "epoch_work", work)
-    monkeypatch.setattr(time_budget, "forward_loss", lambda model, size, *rest: (sizes_run.append(size) or weight * 2,
-                                                                                 None))
-    monkeypatch.setattr(time_budget, "predict_batch", lambda model, size, *rest: sizes_run.append(size))
-
-    def seconds_of(step, sync):
-        step()
-        busy = 3.0 if 8 < len(sizes_run) <= 20 else 1.0  # 4 calls a round: rounds 3-5
-        return busy * sizes_run[-1] / 64
-    monkeypatch.setattr(time_budget, "seconds_of", seconds_of)
-    config = {**copy.deepcopy(recipes.CONFIG_DEFAULTS), "optimizer": "adamw", "lr": 0.1}
-    seconds = time_budget.seconds_per_epoch(config, torch.nn.Linear(1, 1), None, torch.device("cpu"), [64, 96])
-    assert sizes_run[:8] == [64, 64, 96, 96] * 2  # a training step and a validation batch, each size in turn
-    assert seconds[64] == pytest.approx(12 * 2.0)  # 10 steps and 2 batches, the median of [3, 3, 3, 1, 1, 1]
-    assert seconds[96] / seconds[64] == pytest.approx(1.5)
 
 
 def test_the_most_epochs_that_fit_keep_the_stages_shape():
@@ -82,8 +56,7 @@ def test_a_tight_budget_plans_the_epochs_that_fit_and_the_first_epoch_s_real_tim
     assert (config["epochs"], config["epochs_asked"]) == (10, 10)  # rewritten after the first epoch
     assert config["budget_epoch_seconds"] == {"64": 60.0, "96": 120.0}
     monkeypatch.undo()
-    monkeypatch.setattr(time_budget, "seconds_per_epoch",
-                        lambda *a: pytest.fail("a resumed run timed its epochs again"))
+    monkeypatch.setattr(time_budget, "epoch_seconds", lambda *a: pytest.fail("a resumed run timed its epochs again"))
     code, out, err = run_main(train.main, [*args, "--resume"], capsys)
     assert code == 0, err
     assert log_epochs(folder) == list(range(1, 11))

@@ -3,13 +3,12 @@ trainer's step (augmentation, forward, backward, optimiser, EMA) and a validatio
 input size on a copy of the model; when the run's epochs would take longer than the budget on this machine, it
 trains as many as fit, its stages keeping their fractions and its schedule its shape; the first stage's epochs'
 real time then corrects the plan (``replan``). The epochs are never raised,
-so on a machine fast enough the run is the recipe's own, to the bit (the timing trains a copy, and every epoch
+so on a machine fast enough the run is the recipe's own, to the bit (the timing trains copies, and every epoch
 seeds its own random streams)."""
 import copy
-import functools
 import statistics
 
-from core.common import UserError, seconds_of
+from core.common import UserError, median_seconds
 from core.device import synchronizer
 from core.messages import logger
 from core.precision import choose
@@ -21,7 +20,7 @@ from training.step import forward_loss, optimizer_step
 
 log = logger(__name__)
 
-TIMED_ROUNDS, WARMUP_ROUNDS = 6, 2  # a round: a training step and a validation batch at every size, in turn
+TIMED_STEPS, WARMUP_STEPS = 3, 1  # the first step builds kernels and buffers: untimed
 TIME_SHARE = 0.95  # of the budget, for the timed work; the rest loads images and writes checkpoints
 
 
@@ -30,45 +29,27 @@ def epochs_share_seconds(config):
     return TIME_SHARE * 60 * config["budget_minutes"]
 
 
-def epoch_work(inputs, device, size):
-    """What an epoch at input ``size`` repeats: (a training batch, its augmenter, a validation batch's images,
-    the epoch's training batches, its validation batches)."""
+def epoch_seconds(config, model, inputs, device, size):
+    """Seconds of one epoch at input ``size`` on this machine: its batches' timed training steps (on a copy of
+    ``model`` with its own optimiser and EMA) and its validation batches' timed predictions."""
     inputs.use(size)
-    return (to_device(next(iter(inputs.train_loader)), device), inputs.augmenter,
-            to_device(next(iter(inputs.val_loader)), device)["image"], len(inputs.train_loader),
-            len(inputs.val_loader))
-
-
-def seconds_per_epoch(config, model, inputs, device, sizes):
-    """{size: seconds of one epoch at that input size on this machine}: its batches' timed training steps (on a
-    copy of ``model`` with its own optimiser and EMA) and its validation batches' timed predictions. The sizes
-    take turns, round after round, so that a slow moment of the machine weighs on every size alike: timed one
-    after the other, a 2-core CPU read 1.5-1.9 for the 96 px epoch over the 64 px one that ran 1.8-1.9 apart."""
-    work = {size: epoch_work(inputs, device, size) for size in sizes}
-    trained = copy.deepcopy(model)
+    batch = to_device(next(iter(inputs.train_loader)), device)
+    trained = copy.deepcopy(model).train()
     optimizer, ema = optimization.make_optimizer(trained, config), optimization.make_ema(trained, config)
     scaler = choose(device, config["amp"], config["cpu_bf16"]).grad_scaler()
     sync = synchronizer(device)
 
-    def train_step(size):
-        batch, augmenter = work[size][:2]
-        loss, _ = forward_loss(trained.train(), augmenter(batch), config, device, config["channels_last"])
+    def step():
+        loss, _ = forward_loss(trained, inputs.augmenter(batch), config, device, config["channels_last"])
         scaler.scale(loss).backward()
         optimizer_step(trained, optimizer, scaler, config["grad_clip"], ema=ema, steps_done=1)
 
-    def val_batch(size):
-        predict_batch(trained.eval(), work[size][2], 1, config["amp"], config["channels_last"])
-
-    seconds = {(size, part): [] for size in sizes for part in (train_step, val_batch)}
-    for round_ in range(WARMUP_ROUNDS + TIMED_ROUNDS):  # the first rounds build kernels and buffers: untimed
-        for size in sizes:
-            for part in (train_step, val_batch):
-                spent = seconds_of(functools.partial(part, size), sync)
-                if round_ >= WARMUP_ROUNDS:
-                    seconds[size, part].append(spent)
-    median = {key: statistics.median(values) for key, values in seconds.items()}
-    return {size: median[size, train_step] * work[size][3] + median[size, val_batch] * work[size][4]
-            for size in sizes}
+    train = median_seconds(step, TIMED_STEPS, WARMUP_STEPS, sync)
+    images = to_device(next(iter(inputs.val_loader)), device)["image"]
+    trained.eval()
+    val = median_seconds(lambda: predict_batch(trained, images, 1, config["amp"], config["channels_last"]),
+                         TIMED_STEPS, WARMUP_STEPS, sync)
+    return train * len(inputs.train_loader) + val * len(inputs.val_loader)
 
 
 def predicted_seconds(config, epochs, seconds_at):
@@ -96,8 +77,8 @@ def fit_to_budget(config, model, inputs, device):
     """Time an epoch at every stage's size, then set ``config['epochs']`` to the most that fit
     ``config['budget_minutes']`` (a UserError when not even the shortest run does); the inputs are left at the
     first stage's size."""
-    sizes = list(dict.fromkeys(stage.img_size for stage in stages.plan(config)))
-    seconds_at = seconds_per_epoch(config, model, inputs, device, sizes)
+    sizes = dict.fromkeys(stage.img_size for stage in stages.plan(config))
+    seconds_at = {size: epoch_seconds(config, model, inputs, device, size) for size in sizes}
     inputs.use(stages.plan(config)[0].img_size)
     asked = config["epochs"]
     epochs = fitting_epochs(config, seconds_at)
