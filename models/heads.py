@@ -10,12 +10,14 @@ What made the CPU recipe learn the fingers (docs/recipes.md), as one module:
 
 Training supervises the heatmaps (``aux['heatmaps2d']``, the ``heatmap2d`` loss term) beside u, v and d.
 """
+import math
+
 import torch
 from segmentation_models_pytorch.decoders.fpn.decoder import FPNDecoder
 from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
 from torch import nn
 
-from core.geometry import NUM_JOINTS, ROOT_JOINT
+from core.geometry import NUM_JOINTS, ROOT_JOINT, uvd_to_xyz, xyz_to_uvd
 from models.heatmaps import soft_argmax_2d, spatial_softmax
 
 READOUTS = ("peak", "softmax")
@@ -106,12 +108,42 @@ class LiftingHead(nn.Module):
     def forward(self, uv, pooled):
         uv = uv.detach()
         pose, scale, turn = canonical_frame(uv)                                     # (B, J, 2)
-        seen = pose + self.noise * torch.randn_like(pose) if self.training and self.noise else pose
-        x = torch.cat([seen, self.reduce(pooled.to(pose.dtype))], -1).flatten(1)    # (B, J * (2 + feature_dim))
+        out = self._lift(pose, self.reduce(pooled.to(pose.dtype)))                  # (B, J * 1 or 3)
         if not self.refine_uv:
-            return uv, self.out(self.drop(self.mlp(x))).unsqueeze(-1)               # (B, J, 1)
-        out = self.out(self.drop(self.mlp(x))).view(len(x), -1, 3)                  # (B, J, 3)
+            return uv, out.unsqueeze(-1)                                            # (B, J, 1)
+        out = out.view(len(out), -1, 3)                                             # (B, J, 3)
         return from_canonical(pose + out[..., :2], uv, scale, turn), out[..., 2:]
+
+    def depth_without_image(self, uv):
+        """The depth d (B, J, 1) of 2D poses uv (B, J, 2) read without image evidence (each joint's reduced
+        features at their value for an all-zero input): for poses that no image shows (``tilted_views``)."""
+        pose = canonical_frame(uv)[0]
+        reduced = self.reduce.bias.to(pose.dtype).expand(*pose.shape[:2], -1)      # (B, J, feature_dim)
+        out = self._lift(pose, reduced)
+        return out.view(len(out), pose.shape[1], -1)[..., -1:]                       # d is each joint's last output
+
+    def _lift(self, pose, reduced):
+        """Canonical poses (B, J, 2) and reduced features (B, J, feature_dim) -> the MLP's output (B, J * k)."""
+        seen = pose + self.noise * torch.randn_like(pose) if self.training and self.noise else pose
+        return self.out(self.drop(self.mlp(torch.cat([seen, reduced], -1).flatten(1))))
+
+
+def tilted_views(uvd, K, root_depth, views, tilt_sd_deg):
+    """Each hand of a batch seen from ``views`` other directions: its camera-space joints turned about the root
+    by a Gaussian angle (sd ``tilt_sd_deg``) about a random axis in the image plane, then projected through the
+    same K. uvd (B, J, 3) model space, K (B, 3, 3), root depth (B,) metres -> uvd (B * views, J, 3)."""
+    K = K.repeat_interleave(views, 0)
+    xyz = uvd_to_xyz(uvd.repeat_interleave(views, 0), K, root_depth.repeat_interleave(views, 0))  # (N, J, 3)
+    n = len(xyz)
+    phi = 2 * math.pi * torch.rand(n, device=xyz.device, dtype=xyz.dtype)
+    theta = math.radians(tilt_sd_deg) * torch.randn(n, device=xyz.device, dtype=xyz.dtype)
+    kx, ky = phi.cos(), phi.sin()                                                   # unit axis (kx, ky, 0)
+    zero = torch.zeros_like(phi)
+    cross = torch.stack([zero, zero, ky, zero, zero, -kx, -ky, kx, zero], -1).view(n, 3, 3)  # [k]x
+    eye = torch.eye(3, device=xyz.device, dtype=xyz.dtype)
+    turn = eye + theta.sin()[:, None, None] * cross + (1 - theta.cos())[:, None, None] * cross @ cross  # Rodrigues
+    root = xyz[:, ROOT_JOINT:ROOT_JOINT + 1]
+    return xyz_to_uvd(root + (xyz - root) @ turn.transpose(-1, -2), K)
 
 
 class HeatmapLifting(nn.Module):

@@ -26,6 +26,9 @@ Terms
   ``asm`` = sum over the 63 values of (Y_pred - Y_asm)^2, Y_asm the batch's ground truth projected on its own
   top-k principal components with coefficients clamped to +-3 sqrt(eigenvalue); its weight decays with
   ``progress`` (``asm_decay``: 'linear' 1 - p, or 'cosine' (1 + cos(pi p)) / 2), from weight to 0.
+* on the lifting network (ours, archs with the lifting depth head): ``tilted_views``, ``depth_l1`` of the
+  depths it reads from the 2D pose alone of each hand turned out of the image plane (``views`` turns a hand, of
+  sd ``view_tilt_deg`` about random in-image axes through the root, ``models.heads.tilted_views``).
 """
 import math
 from functools import cached_property
@@ -36,6 +39,7 @@ import torch.nn.functional as F
 from core.common import UserError
 from core.geometry import BONES
 from core.geometry import DEPTH_RANGE_M, ROOT_JOINT, normalize_uvd, uvd_to_xyz
+from models.heads import tilted_views
 from models.heatmaps import gaussian_1d_targets, gaussian_heatmaps
 
 OPTIONS = {
@@ -45,6 +49,8 @@ OPTIONS = {
     "kl_tau": 1.0,           # simcc_kl: temperature of the predicted softmax (RTMPose: 0.1)
     "asm_components": 10,    # asm: principal components kept (at most batch size - 1)
     "asm_decay": "linear",   # asm: 'linear' or 'cosine' decay of its weight over training
+    "views": 4,              # tilted_views: other views of each hand a step
+    "view_tilt_deg": 25.0,   # tilted_views: sd of the turn of each view, degrees
 }
 ASM_DECAYS = {"linear": lambda p: 1.0 - p, "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p))}
 EPS = 1e-8
@@ -80,6 +86,17 @@ def uv_l1(pred, true, mask):
 
 def depth_l1(pred, true, weight=None):
     return batch_mean((pred[..., 2] - true[..., 2]).abs().mean(-1), weight)
+
+
+def tilted_view_depth_l1(lifting, target, views, tilt_sd_deg, weight=None):
+    """``depth_l1`` of the lifting network on each hand seen from ``views`` other directions (``tilted_views``),
+    read from the 2D pose alone: the network learns depth from the foreshortening of many more poses than the
+    training images show (it otherwise learns their depths by heart, docs/recipes.md)."""
+    uvd = target["uvd"].float()
+    turned = tilted_views(uvd, target["K"].to(uvd.dtype), target["root_depth"].to(uvd.dtype), views, tilt_sd_deg)
+    weight = None if weight is None else weight.repeat_interleave(views)
+    return batch_mean((lifting.depth_without_image(turned[..., :2]).float() - turned[..., 2:]).abs().mean((-2, -1)),
+                      weight)
 
 
 # --- terms on heatmaps -------------------------------------------------------------------------------------
@@ -168,9 +185,15 @@ def asm(pred, true, num_components, weight=None):
 class _Batch:
     """The prediction and target in every space the terms need, each computed once, on demand."""
 
-    def __init__(self, uvd, aux, target, options):
-        self.uvd, self.aux, self.target, self.options = uvd, aux, target, options
+    def __init__(self, uvd, aux, target, options, lifting=None):
+        self.uvd, self.aux, self.target, self.options, self._lifting = uvd, aux, target, options, lifting
         self.size = target["size"]
+
+    def lifting(self, term):
+        if self._lifting is None:
+            raise UserError(f"loss term {term!r} needs a lifting network (an arch with the lifting depth head); "
+                            f"set its weight to 0")
+        return self._lifting
 
     @cached_property
     def weight(self):
@@ -228,6 +251,8 @@ TERMS = {
     "bone_direction": lambda b: bone_direction(b.pred_xyz, b.true_xyz, b.weight),
     "bone_cosine": lambda b: bone_cosine(b.pred_xyz, b.true_xyz, b.weight),
     "asm": lambda b: asm(b.pred_xyz, b.true_xyz, b.options["asm_components"], b.weight),
+    "tilted_views": lambda b: tilted_view_depth_l1(b.lifting("tilted_views"), b.target, b.options["views"],
+                                                   b.options["view_tilt_deg"], b.weight),
 }
 AUX_TERMS = {"heatmap2d", "js1d", "simcc_kl"}
 LOSS_TERMS = frozenset(TERMS) | frozenset(OPTIONS)  # every key a weights dict may hold: term names and options
@@ -248,8 +273,11 @@ def split_weights(weights):
     for key in ("heatmap_sigma", "js_variance", "kl_sigma", "kl_tau"):
         if not (is_number(options[key]) and options[key] > 0):
             raise UserError(f"loss option {key}={options[key]!r}: must be a positive number")
-    if not (isinstance(options["asm_components"], int) and options["asm_components"] >= 1):
-        raise UserError(f"loss option asm_components={options['asm_components']!r}: must be an integer >= 1")
+    for key in ("asm_components", "views"):
+        if not (isinstance(options[key], int) and not isinstance(options[key], bool) and options[key] >= 1):
+            raise UserError(f"loss option {key}={options[key]!r}: must be an integer >= 1")
+    if not (is_number(options["view_tilt_deg"]) and options["view_tilt_deg"] >= 0):
+        raise UserError(f"loss option view_tilt_deg={options['view_tilt_deg']!r}: must be a number of degrees >= 0")
     for key in TERMS:
         if key in weights and not (is_number(weights[key]) and weights[key] >= 0):
             raise UserError(f"loss weight {key}={weights[key]!r}: must be a finite number >= 0 (0 turns the term "
@@ -278,18 +306,19 @@ def loss_target(batch, size):
     return target
 
 
-def pose_loss(uvd, aux, target, weights, progress=0.0):
+def pose_loss(uvd, aux, target, weights, progress=0.0, lifting=None):
     """Weighted sum of the loss terms.
 
     uvd: prediction (B, 21, 3) in model space; aux: the model's aux dict ({} when it has none);
     target: 'uvd' (B, 21, 3) model space of the input, 'visible' (B, 21) joints inside the input,
     'K' (B, 3, 3) camera matrix of the input, 'root_depth' (B,) metres, 'size' (int) input side in pixels,
     optionally 'weight' (B,): each sample's loss weight (every term is then a weighted mean);
-    weights: term -> weight, plus OPTIONS; progress: fraction of training done, in [0, 1].
+    weights: term -> weight, plus OPTIONS; progress: fraction of training done, in [0, 1]; lifting: the model's
+    ``models.heads.LiftingHead`` (for ``tilted_views``), if it has one.
     Returns (total, parts): the scalar to minimise, and term -> unweighted detached value.
     """
     terms, options = split_weights(weights)
-    batch = _Batch(uvd, aux, target, options)
+    batch = _Batch(uvd, aux, target, options, lifting)
     total = uvd.new_zeros(())
     parts = {}
     for name, weight in terms.items():

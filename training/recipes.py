@@ -111,7 +111,8 @@ RECIPES = {
     # input so that a CPU takes many steps; depth by lifting the canonical 2D pose; the heatmap term, not the
     # coordinates, teaches where the fingers are, hence its weight 30; rotations within +-30 degrees (TTA too), scale
     # and shift; the last 38 epochs at 96 px, where its heatmaps are 24x24, not 16x16; bf16 on CPUs that have it;
-    # the lifting network drops half its last hidden units, as it learned the training poses' depths by heart;
+    # the lifting network drops half its last hidden units, as it learned the training poses' depths by heart, and
+    # also reads each hand turned out of the image plane (tilted_views: the foreshortening of more poses);
     # 76 epochs fill 30 minutes of a 2-core CPU with bf16: a slower one trains the epochs that fit 30 (budget_minutes)
     "hourglass_attn_64_cpu": {**_LIU2018, "img_size": 64, "batch_size": 16, "epochs": 76,
                               "stages": [{"fraction": 0.5, "img_size": 96}], "cpu_bf16": True, "budget_minutes": 30.0,
@@ -120,7 +121,7 @@ RECIPES = {
                               "warmup_epochs": 1.0, "ema_decay": 0.999, "average_top_k": 3,
                               "model": {"channels": 64, "num_stacks": 1, "hourglass_depth": 3, "stem_stride": 4,
                                         "depth_head": "lifting", "lifting_dropout": 0.5},
-                              "loss": {"heatmap2d": 30.0, "uv_l1": 1.0, "depth_l1": 1.0},
+                              "loss": {"heatmap2d": 30.0, "uv_l1": 1.0, "depth_l1": 1.0, "tilted_views": 1.0},
                               "augs": "scale,rotate,translate", "aug": {"rotate": {"max_deg": 30.0}},
                               "short_on_cpu": False},
     # ours: the effb0 encoder under the shared U-Net head with _CPU_HEAD's settings; the encoder stops at stride 16

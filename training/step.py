@@ -7,6 +7,7 @@ import torch
 
 from core.precision import autocast
 from models import prepare_images
+from models.heads import LiftingHead
 from models.losses import loss_target, pose_loss
 
 
@@ -25,7 +26,14 @@ def forward_loss(wrapped, batch, config, device, channels_last, fraction_done=0.
         uvd, aux = wrapped(x, return_aux=True)                             # (B, 21, 3), dict
     # the batch's own size: a later training stage's differs from config['img_size'] (training/stages.py)
     return pose_loss(uvd.float(), float_aux(aux), loss_target(batch, x.shape[-1]), config["loss"],
-                     fraction_done)
+                     fraction_done, lifting_network(wrapped))
+
+
+def lifting_network(wrapped):
+    """The model's lifting network (``models.heads.LiftingHead``, found inside DDP / torch.compile), or None.
+    The ``tilted_views`` term runs it outside the forward pass, within the same backward pass, so DDP still
+    reduces each of its gradients once."""
+    return next((module for module in wrapped.modules() if isinstance(module, LiftingHead)), None)
 
 
 def optimizer_step(model, optimizer, scaler, grad_clip, scheduler=None, ema=None, steps_done=0):
