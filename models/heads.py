@@ -13,6 +13,7 @@ Training supervises the heatmaps (``aux['heatmaps2d']``, the ``heatmap2d`` loss 
 import math
 
 import torch
+from kornia.geometry.conversions import axis_angle_to_rotation_matrix
 from segmentation_models_pytorch.decoders.fpn.decoder import FPNDecoder
 from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
 from torch import nn
@@ -137,11 +138,8 @@ def tilted_views(uvd, K, root_depth, views, tilt_sd_deg):
     n = len(xyz)
     phi = 2 * math.pi * torch.rand(n, device=xyz.device, dtype=xyz.dtype)
     theta = math.radians(tilt_sd_deg) * torch.randn(n, device=xyz.device, dtype=xyz.dtype)
-    kx, ky = phi.cos(), phi.sin()                                                   # unit axis (kx, ky, 0)
-    zero = torch.zeros_like(phi)
-    cross = torch.stack([zero, zero, ky, zero, zero, -kx, -ky, kx, zero], -1).view(n, 3, 3)  # [k]x
-    eye = torch.eye(3, device=xyz.device, dtype=xyz.dtype)
-    turn = eye + theta.sin()[:, None, None] * cross + (1 - theta.cos())[:, None, None] * cross @ cross  # Rodrigues
+    axis = torch.stack([phi.cos(), phi.sin(), torch.zeros_like(phi)], -1)          # (N, 3) unit, in the image plane
+    turn = axis_angle_to_rotation_matrix(theta[:, None] * axis)                     # (N, 3, 3)
     root = xyz[:, ROOT_JOINT:ROOT_JOINT + 1]
     return xyz_to_uvd(root + (xyz - root) @ turn.transpose(-1, -2), K)
 

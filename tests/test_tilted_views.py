@@ -11,19 +11,13 @@ from core.geometry import NUM_JOINTS, ROOT_JOINT, uvd_to_xyz, xyz_to_uvd
 from core.common import UserError
 from models.heads import LiftingHead, tilted_views
 from models.losses import pose_loss, split_weights
+from tests.hands import synthetic_hands
 from training.step import lifting_network
 
-K = torch.tensor([[300.0, 0.0, 31.5], [0.0, 300.0, 31.5], [0.0, 0.0, 1.0]])
-
-
 def hands(n, seed=0):
-    """(uvd (n, J, 3), K (n, 3, 3), root depth (n,)): hands of +-8 cm about a root 0.4-0.6 m away."""
-    generator = torch.Generator().manual_seed(seed)
-    rel = 0.08 * torch.randn(n, NUM_JOINTS, 3, generator=generator)
-    rel = rel - rel[:, ROOT_JOINT:ROOT_JOINT + 1]
-    root = torch.tensor([0.0, 0.0, 0.4]) + torch.rand(n, 3, generator=generator) * torch.tensor([0.05, 0.05, 0.2])
-    Ks = K.expand(n, 3, 3)
-    return xyz_to_uvd(root[:, None] + rel, Ks), Ks, root[:, 2]
+    """(uvd (n, J, 3), K (n, 3, 3), root depth (n,)): the synthetic generator's hands as a 64 px input sees them."""
+    xyz, Ks = (torch.as_tensor(a, dtype=torch.float32) for a in synthetic_hands(n, seed))
+    return xyz_to_uvd(xyz, Ks), Ks, xyz[:, ROOT_JOINT, 2]
 
 
 def camera_joints(uvd, Ks, root_depth):
