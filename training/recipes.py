@@ -109,7 +109,7 @@ RECIPES = {
                          "augs": "none"},
     # ours, the CPU recipe: Liu 2018's hourglass cut to one 64-channel stack of depth 3 at a quarter of a 64 px
     # input so that a CPU takes many steps; depth by lifting the canonical 2D pose; the heatmap term, not the
-    # coordinates, teaches where the fingers are, hence its weight 30; rotations within +-30 degrees (TTA too), scale
+    # coordinates, teaches where the fingers are, hence its weight 30; rotations within +-45 degrees (TTA too), scale
     # and shift; the last 38 epochs at 96 px, where its heatmaps are 24x24, not 16x16; bf16 on CPUs that have it;
     # the lifting network drops half its last hidden units, as it learned the training poses' depths by heart, and
     # also reads each hand turned out of the image plane (tilted_views: the foreshortening of more poses);
@@ -122,7 +122,7 @@ RECIPES = {
                               "model": {"channels": 64, "num_stacks": 1, "hourglass_depth": 3, "stem_stride": 4,
                                         "depth_head": "lifting", "lifting_dropout": 0.5},
                               "loss": {"heatmap2d": 30.0, "uv_l1": 1.0, "depth_l1": 1.0, "tilted_views": 1.0},
-                              "augs": "scale,rotate,translate", "aug": {"rotate": {"max_deg": 30.0}},
+                              "augs": "scale,rotate,translate", "aug": {"rotate": {"max_deg": 45.0}},
                               "short_on_cpu": False},
     # ours: the effb0 encoder under the shared U-Net head with _CPU_HEAD's settings; the encoder stops at stride 16
     # (at 64 px the stride-32 stage sees 2x2 yet holds most weights), twice the lr; scale, shift and stochastic
