@@ -10,10 +10,11 @@ from data.dataset import make_dataset
 from data.loader import make_loader
 from data.readers import load_split
 from models.checkpoints import load_model, read_checkpoint
-from models.heads import LiftingHead
+from prediction.inference import predict_batch
 from scoring.metrics import pa_mpjpe
 from tests.checkpoints import IMG_SIZE, TINY_HOURGLASS, write_checkpoint
 from tools import error_split
+from training.step import lifting_network
 
 
 class Echo(torch.nn.Module):
@@ -63,14 +64,11 @@ def test_each_figure_puts_the_truth_in_for_its_own_half(batch):
 
 def test_the_lifting_network_reads_the_true_pose_only_while_asked(ckpt, batch):
     model = load_model(read_checkpoint(ckpt), ckpt)
-    lifting = next(m for m in model.modules() if isinstance(m, LiftingHead))
-    x = error_split.prepare_images(error_split.unit_float(batch["image"]))
     true_uv = xyz_to_uvd(batch["xyz"].double(), batch["K"].double())[..., :2].float()
-    with torch.no_grad():
-        before = model(x)
-        with error_split.lifting_reads(lifting, {"uv": true_uv}):
-            fed = model(x)
-        after = model(x)
+    before = predict_batch(model, batch["image"])
+    with error_split.lifting_reads(lifting_network(model), {"uv": true_uv}):
+        fed = predict_batch(model, batch["image"])
+    after = predict_batch(model, batch["image"])
     torch.testing.assert_close(fed[..., :2], true_uv)             # the read-out replaced by the truth
     assert not torch.allclose(fed[..., 2], before[..., 2])         # and the depths lifted from it
     torch.testing.assert_close(after, before)                      # the hook is gone

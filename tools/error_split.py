@@ -23,13 +23,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.common import UserError, cli, unit_float  # noqa: E402
+from core.common import UserError, cli  # noqa: E402
 from core.geometry import ROOT_JOINT, uvd_to_xyz, xyz_to_uvd  # noqa: E402
 from data.dataset import make_dataset  # noqa: E402
 from data.loader import make_loader  # noqa: E402
 from data.readers import load_split  # noqa: E402
-from models import prepare_images  # noqa: E402
 from models.checkpoints import load_model, read_checkpoint  # noqa: E402
+from prediction.inference import predict_batch  # noqa: E402
 from scoring.metrics import constant_shape_mm, pa_mpjpe  # noqa: E402
 from training.step import lifting_network  # noqa: E402
 
@@ -46,18 +46,16 @@ def lifting_reads(lifting, truth):
         handle.remove()
 
 
-@torch.no_grad()
 def batch_joints(model, batch, lifting):
     """{figure: camera joints (B, J, 3) metres} for one labelled batch (``FIGURES``)."""
     K, xyz = batch["K"].double(), batch["xyz"].double()
-    x = prepare_images(unit_float(batch["image"]))
-    predicted = model(x).double()                                       # (B, J, 3) model space
+    predicted = predict_batch(model, batch["image"]).double()           # (B, J, 3) model space, as predict.py
     true = xyz_to_uvd(xyz, K)                                           # (B, J, 3)
     if lifting is None:
         true_2d = torch.cat([true[..., :2], predicted[..., 2:]], -1)
     else:
         with lifting_reads(lifting, {"uv": true[..., :2].float()}):
-            true_2d = model(x).double()
+            true_2d = predict_batch(model, batch["image"]).double()
     true_depth = torch.cat([predicted[..., :2], true[..., 2:]], -1)
     root_depth = xyz[:, ROOT_JOINT, 2]
     return {name: uvd_to_xyz(uvd, K, root_depth)
@@ -90,15 +88,16 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     state = read_checkpoint(args.ckpt)
-    model, config = load_model(state, args.ckpt), state["config"]
-    root = args.data_root or config["data_root"]
+    config = state["config"]
+    # the splits are read before the model is built: a bad path or split name is refused before any work
+    splits = [load_split(args.data_root or config["data_root"], name) for name in args.split or ["val"]]
+    model = load_model(state, args.ckpt)
     how = "the depths the lifting network reads from it" if lifting_network(model) else "the predicted depths"
     print(f"{args.ckpt} at {config['img_size']} px, no TTA; true 2D: the true 2D pose with {how}", flush=True)
-    for name in args.split or ["val"]:
-        split = load_split(root, name)
+    for split in splits:
         errors, n = split_errors(model, split, config["img_size"], state["stats"]["constant_shape_m"])
         parts = [f"{figure} {mm:.2f} mm ({fraction:.1%})" for figure, (mm, fraction) in errors.items()]
-        print(f"{name}, {n} hands: " + " | ".join(parts), flush=True)
+        print(f"{split.name}, {n} hands: " + " | ".join(parts), flush=True)
 
 
 if __name__ == "__main__":
