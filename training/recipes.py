@@ -127,10 +127,12 @@ RECIPES = {
     # ours: the effb0 encoder under the shared U-Net head with _CPU_HEAD's settings; the encoder stops at stride 16
     # (at 64 px the stride-32 stage sees 2x2 yet holds most weights), twice the lr; scale, shift and stochastic
     # depth because 5 M weights fit the synthetic poses soon; a narrower decoder buys more epochs
-    # the last 16 epochs at 96 px (bf16 is slower than fp32 for its depthwise convolutions on a CPU)
+    # the last 16 epochs at 96 px (bf16 is slower than fp32 for its depthwise convolutions on a CPU); the lifting
+    # network also learns depth from tilted views of each training hand, as the hourglass's
     "effb0_unet_64_cpu": {**_CPU_HEAD, "arch": "effb0_1d", "epochs": 54, "budget_minutes": 30.0,
                           "stages": [{"fraction": 0.3, "img_size": 96}], "lr": 4e-3, "augs": "scale,rotate,translate",
-                          "model": {"head": "unet", "drop_connect": 0.1, "encoder_depth": 4, "decoder_width": 48}},
+                          "model": {"head": "unet", "drop_connect": 0.1, "encoder_depth": 4, "decoder_width": 48},
+                          "loss": {**_CPU_HEAD["loss"], "tilted_views": 1.0}},
     # ours, the same head on the other encoders and hourglasses, for the table of every arch at one CPU budget
     # (tools/arch_table.py sets their epochs)
     "effb4_unet_64_cpu": {**_CPU_HEAD, "arch": "effb4_1d", "lr": 4e-3,
