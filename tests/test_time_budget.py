@@ -8,7 +8,7 @@ import signal
 import pytest
 
 import train
-from training import time_budget
+from training import stages, time_budget
 from tests.scripts import TINY, act_at_forward, assert_one_line_error, assert_same_run, log_epochs, run_main
 
 STAGED = ["--epochs", "10", "--set", 'stages=[{"fraction": 0.3, "img_size": 96}]']  # 7 epochs at 64 px, 3 at 96
@@ -95,6 +95,61 @@ def test_an_epoch_slower_than_timed_shortens_the_run_and_keeps_the_epochs_done_i
         time_budget.replan(config, history)  # past the first stage (epochs 1-7), under OneCycleLR, not budgeted or
         # resumed with --budget-minutes 0
         assert config["epochs"] == 10
+
+
+def test_inside_the_last_stage_its_own_epochs_re_plan_its_end_and_its_first_epoch_stays():
+    config, history = budgeted([10.0] * 7 + [30.0])  # 7 x 10 s at 64 px, then 96 px: 30 s, not the 20 s timed
+    time_budget.fix_stages(config)                    # entering epoch 8, the last stage's first
+    assert config["stage_starts"] == [[1, 64], [8, 96]]
+    assert time_budget.replan(config, history)
+    assert config["epochs"] == 9                      # 100 s done, 42.5 s left of the 142.5: one more at 30 s
+    assert [(s.first_epoch, s.last_epoch, s.img_size) for s in stages.plan(config)] == [(1, 7, 64), (8, 9, 96)]
+    config, history = budgeted([10.0] * 7 + [30.0, 30.0])  # 130 s done: no time for another, the run ends now
+    time_budget.fix_stages(config)
+    assert time_budget.replan(config, history) and config["epochs"] == 9
+    config, history = budgeted([10.0] * 7 + [5.0], epochs_asked=12)  # faster than timed: the asked 12, no more
+    time_budget.fix_stages(config)
+    assert time_budget.replan(config, history) and config["epochs"] == 12
+    assert stages.plan(config)[-1].first_epoch == 8
+    # the median of the stage's epochs (30 s), not the latest (10 s) nor the mean: 145 s of 285 left, 4 more
+    config, history = budgeted([10.0] * 7 + [30.0, 30.0, 10.0], epochs_asked=20, budget_minutes=5.0)
+    time_budget.fix_stages(config)
+    assert time_budget.replan(config, history) and config["epochs"] == 14
+    for config, history in (budgeted([10.0] * 7 + [30.0], budget_minutes=0.0),   # resumed with --budget-minutes 0
+                            budgeted([10.0] * 7 + [30.0], schedule="onecycle")):
+        config["stage_starts"] = [[1, 64], [8, 96]]
+        assert not time_budget.replan(config, history) and config["epochs"] == 10
+
+
+def test_only_a_budgeted_run_of_several_stages_fixes_their_first_epochs():
+    for changes in ({"budget_minutes": 0.0}, {"budget_epoch_seconds": None}, {"stages": []}):
+        config, _ = budgeted([], **changes)
+        time_budget.fix_stages(config)
+        assert "stage_starts" not in config
+    config, _ = budgeted([])
+    time_budget.fix_stages(config)
+    config["epochs"] = 8  # from the fractions alone, 8 epochs would start the last stage at epoch 7
+    assert [(s.first_epoch, s.last_epoch) for s in stages.plan(config)] == [(1, 7), (8, 8)]
+
+
+def test_a_budgeted_run_stopped_inside_its_last_stage_resumes_to_the_weights_of_one_never_stopped(
+        synthetic_96, slow_machine, tmp_path, monkeypatch, capsys, terminal_stop_signals):
+    """The last stage's first epoch, fixed when the run enters it, travels in last.pt: the resumed run is the same."""
+    args = [*TINY, "--epochs", "3", "--set", 'stages=[{"fraction": 0.3, "img_size": 96}]', "--budget-minutes", "10",
+            "--data-root", synthetic_96]
+    straight, folder = tmp_path / "straight", tmp_path / "stopped"
+    code, _, err = run_main(train.main, [*args, "--out", straight], capsys)
+    assert code == 0, err
+    act_at_forward(monkeypatch, 9 * 2 + 3, lambda: signal.raise_signal(signal.SIGTERM))  # epoch 3 (9 batches each)
+    code, _, err = run_main(train.main, [*args, "--out", folder], capsys)
+    assert code == 143, err
+    monkeypatch.undo()
+    monkeypatch.setattr(time_budget, "epoch_seconds", lambda *a: pytest.fail("a resumed run timed its epochs again"))
+    code, out, err = run_main(train.main, [*args, "--out", folder, "--resume"], capsys)
+    assert code == 0, err
+    assert_same_run(straight, folder)
+    for run in (straight, folder):
+        assert json.loads((run / "config.json").read_text())["stage_starts"] == [[1, 64], [3, 96]]
 
 
 def test_a_budget_the_epochs_fit_leaves_the_run_as_without_one_to_the_bit(synthetic_96, tmp_path, capsys):

@@ -38,7 +38,13 @@ def stage_epochs(fraction, epochs):
 
 
 def plan(config):
-    """[Stage] of the run: the first at ``img_size``, then each of ``config['stages']`` that has an epoch."""
+    """[Stage] of the run: the first at ``img_size``, then each of ``config['stages']`` that has an epoch. Where a
+    time budget has fixed the stages' first epochs (``config['stage_starts']``, [[first epoch, img_size], ...];
+    training/time_budget.py), the last stage alone follows ``config['epochs']``."""
+    if config.get("stage_starts"):
+        starts = config["stage_starts"]
+        ends = [first - 1 for first, _ in starts[1:]] + [config["epochs"]]
+        return [Stage(index, first, end, size) for index, ((first, size), end) in enumerate(zip(starts, ends))]
     lengths = [(stage_epochs(stage["fraction"], config["epochs"]), stage["img_size"]) for stage in config["stages"]]
     lengths = [(epochs, size) for epochs, size in lengths if epochs]
     first_epochs = config["epochs"] - sum(epochs for epochs, _ in lengths)

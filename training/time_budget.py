@@ -2,10 +2,11 @@
 trainer's step (augmentation, forward, backward, optimiser, EMA) and a validation batch are timed at every stage's
 input size on a copy of the model; when the run's epochs would take longer than the budget on this machine, it
 trains as many as fit, its stages keeping their fractions and its schedule its shape; the first stage's epochs'
-real time then corrects the plan (``replan``). The epochs are never raised,
+real time then corrects the plan, and inside the last stage its own epochs' (``replan``). The epochs are never raised,
 so on a machine fast enough the run is the recipe's own, to the bit (the timing trains copies, and every epoch
 seeds its own random streams)."""
 import copy
+import math
 import statistics
 
 from core.common import UserError, median_seconds
@@ -107,18 +108,36 @@ def scaled_seconds(config, seconds, size):
     return {key: s * seconds / timed[size] for key, s in timed.items()}
 
 
+def budgeted(config):
+    """Whether the run follows a time budget now (a run resumed with --budget-minutes 0 does not)."""
+    return bool(config["budget_minutes"] and config.get("budget_epoch_seconds"))
+
+
+def fix_stages(config):
+    """When a budgeted run of several stages enters its last: ``config['stage_starts']`` fixes where every stage
+    begins ([[first epoch, img_size], ...], ``stages.plan``), so a re-plan inside the last stage moves its end
+    alone. Every process does it at the same epoch, from the epochs they share. Returns whether it did now."""
+    if not budgeted(config) or len(stages.plan(config)) < 2 or "stage_starts" in config:
+        return False
+    config["stage_starts"] = [[stage.first_epoch, stage.img_size] for stage in stages.plan(config)]
+    return True
+
+
 def replan(config, history):
     """After each epoch of a budgeted run's first stage (``history``: the log's rows so far): scale the timed seconds
     of every size by the first-stage epochs' median real seconds over their timed ones, and set
     ``config['epochs']`` to the most of those asked that fit, the epochs done kept in the first stage (when none
     fits, the fewest that keep them). The timing before the first step takes seconds, so a busy moment (another
-    program starting) can mis-time it by times over; an epoch is a steadier clock. The cosine and multistep
+    program starting) can mis-time it by times over; an epoch is a steadier clock. Inside the last stage of
+    several, its own epochs' real time re-plans its end (``replan_last_stage``). The cosine and multistep
     schedules follow the new epochs; OneCycleLR fixes its steps when it is made, so its runs keep the first plan.
     Returns whether the epochs changed."""
-    done, first = len(history), stages.plan(config)[0]
-    if (not config["budget_minutes"] or not config.get("budget_epoch_seconds") or done > first.last_epoch
-            or config["schedule"] == "onecycle"):  # budget 0: a run resumed without its budget; past the first
-        return False                                # stage, the stages' epochs are fixed
+    plan, done = stages.plan(config), len(history)
+    first, last = plan[0], plan[-1]
+    if not budgeted(config) or config["schedule"] == "onecycle":  # budget 0: a run resumed without its budget
+        return False
+    if done > first.last_epoch:  # in a middle stage nothing moves; fix_stages marks the last one's start
+        return "stage_starts" in config and replan_last_stage(config, history, last)
     # the median of the epochs so far, all in the first stage: the first epochs carry one-off costs, a busy moment
     # slows any one epoch, and the fastest of a few flatters the rest of the run
     real = statistics.median(row["epoch_seconds"] for row in history)
@@ -135,6 +154,26 @@ def replan(config, history):
                  f"{predicted_seconds(config, epochs, seconds_at) / 60:.0f} min in all")
         return True
     return False
+
+
+def replan_last_stage(config, history, last):
+    """Inside the last stage: its epochs' median real seconds so far (the timing before the first step reads a
+    later size's epoch 10-20 % off) into the time the budget's share has left sets ``config['epochs']``, no more
+    than those asked; its first epoch stays. Returns whether the epochs changed."""
+    done = len(history)
+    seconds = statistics.median(row["epoch_seconds"] for row in history[last.first_epoch - 1:])
+    left = epochs_share_seconds(config) - sum(row["epoch_seconds"] for row in history)
+    epochs = min(config["epochs_asked"], done + max(0, math.floor(left / seconds)))
+    epochs = max(epochs, done, config["final_epochs"])
+    if epochs == config["epochs"]:
+        return False
+    config["epochs"] = epochs
+    in_stage = done - last.first_epoch + 1
+    median = f" (the median of {in_stage})" if in_stage > 1 else ""
+    minutes = (sum(row["epoch_seconds"] for row in history) + (epochs - done) * seconds) / 60
+    log.info(f"time budget: an epoch at {last.img_size} px took {seconds:.0f} s{median}: training {epochs} epochs "
+             f"({stages.describe_sizes(config)}), about {minutes:.0f} min in all")
+    return True
 
 
 def past_deadline(config, history):

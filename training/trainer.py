@@ -120,6 +120,9 @@ class Trainer:
     def enter_stage(self, epoch):
         """The Stage of ``epoch``; its inputs (loaders, augmenters at its size) made current, said when new."""
         stage, count = stages.stage_at(self.config, epoch), len(stages.plan(self.config))
+        # a re-plan inside the last stage keeps its first epoch; config.json says where the stages begin
+        if stage.index == count - 1 and time_budget.fix_stages(self.config) and self.setup.rank == 0:
+            self.write_config()
         if self.parts.inputs.use(stage.img_size):
             log.info(f"{stage.describe(count)}, from its own decoded images; best.pt and the averaged epochs come "
                      f"from {'this stage' if stage.index == count - 1 else 'the last stage'}")
