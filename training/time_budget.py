@@ -117,9 +117,10 @@ def fix_stages(config):
     """When a budgeted run of several stages enters its last: ``config['stage_starts']`` fixes where every stage
     begins ([[first epoch, img_size], ...], ``stages.plan``), so a re-plan inside the last stage moves its end
     alone. Every process does it at the same epoch, from the epochs they share. Returns whether it did now."""
-    if not budgeted(config) or len(stages.plan(config)) < 2 or "stage_starts" in config:
+    plan = stages.plan(config)
+    if not budgeted(config) or len(plan) < 2 or "stage_starts" in config:
         return False
-    config["stage_starts"] = [[stage.first_epoch, stage.img_size] for stage in stages.plan(config)]
+    config["stage_starts"] = [[stage.first_epoch, stage.img_size] for stage in plan]
     return True
 
 
@@ -160,17 +161,16 @@ def replan_last_stage(config, history, last):
     """Inside the last stage: its epochs' median real seconds so far (the timing before the first step reads a
     later size's epoch 10-20 % off) into the time the budget's share has left sets ``config['epochs']``, no more
     than those asked; its first epoch stays. Returns whether the epochs changed."""
-    done = len(history)
+    done, spent = len(history), sum(row["epoch_seconds"] for row in history)
     seconds = statistics.median(row["epoch_seconds"] for row in history[last.first_epoch - 1:])
-    left = epochs_share_seconds(config) - sum(row["epoch_seconds"] for row in history)
-    epochs = min(config["epochs_asked"], done + max(0, math.floor(left / seconds)))
-    epochs = max(epochs, done, config["final_epochs"])
+    more = max(0, math.floor((epochs_share_seconds(config) - spent) / seconds))
+    epochs = max(min(config["epochs_asked"], done + more), config["final_epochs"])
     if epochs == config["epochs"]:
         return False
     config["epochs"] = epochs
     in_stage = done - last.first_epoch + 1
     median = f" (the median of {in_stage})" if in_stage > 1 else ""
-    minutes = (sum(row["epoch_seconds"] for row in history) + (epochs - done) * seconds) / 60
+    minutes = (spent + (epochs - done) * seconds) / 60
     log.info(f"time budget: an epoch at {last.img_size} px took {seconds:.0f} s{median}: training {epochs} epochs "
              f"({stages.describe_sizes(config)}), about {minutes:.0f} min in all")
     return True
