@@ -182,7 +182,7 @@ def past_deadline(config, history):
     the epochs' share of ``budget_minutes`` (``TIME_SHARE``, as planned: the rest starts and ends the run). The
     backstop for epochs slower than planned (a busy machine, a slower stage than timed)."""
     done = len(history)
-    if not config.get("budget_epoch_seconds") or not history or done >= config["epochs"]:
+    if not budgeted(config) or not history or done >= config["epochs"]:
         return False
     size = stages.stage_at(config, done + 1).img_size
     seen = [row["epoch_seconds"] for row in history if row["img_size"] == size]
